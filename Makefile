@@ -1,0 +1,36 @@
+# prefork — developer entry points. `make run` and `make test` work on a fresh Debian with Python 3.
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+PYTEST_ARGS ?=
+
+.PHONY: test lint db clean server-binary
+
+$(PY):
+	sh scripts/ensure-venv.sh $(PYTHON) $(VENV)
+
+# The editable install is redone only when the package metadata changes.
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
+server-binary:
+	sh scripts/ensure-mariadb-binary.sh
+
+test: $(STAMP) server-binary
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check prefork workers tests bench scripts
+	$(PY) -m ruff format --check prefork workers tests bench scripts
+
+# Make sure a database answers: the configured DSN, or a private MariaDB with its data under var/.
+db: $(STAMP)
+	$(PY) scripts/devdb.py ensure
+
+clean:
+	-$(PY) scripts/devdb.py stop 2>/dev/null
+	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,193 @@
+"""A private MariaDB server started from the installed server binary.
+
+Used by the test suite (each test session gets its own server in a temporary directory, which tests may
+kill and restart) and by ``make run`` when the configured DSN does not answer (data under ``var/``).
+It never touches the machine's own database service: it has its own datadir, port and socket, and
+reads no option file.
+
+    server = MariaDBServer("/tmp/x")
+    server.start()            # installs the datadir on first use, waits until it answers
+    server.dsn                # mysql://root@127.0.0.1:PORT/test
+    server.kill()             # SIGKILL, as a crash would
+    server.restart()          # same datadir, same port
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+INSTALL_HINT = "install it with: sudo apt-get install mariadb-server"
+_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+
+
+class ServerBinaryMissing(RuntimeError):
+    """No MariaDB/MySQL server binary (or its install-db tool) is installed."""
+
+
+def find_binaries() -> tuple[str, str]:
+    """Return the paths of the server binary and of the datadir installer, or raise ServerBinaryMissing."""
+    server = shutil.which("mariadbd", path=_SBIN_PATH) or shutil.which("mysqld", path=_SBIN_PATH)
+    install = shutil.which("mariadb-install-db", path=_SBIN_PATH) or shutil.which("mysql_install_db", path=_SBIN_PATH)
+    if not server or not install:
+        raise ServerBinaryMissing(f"no MariaDB server binary found; {INSTALL_HINT}")
+    return server, install
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MariaDBServer:
+    """One private mariadbd process with its own datadir, port and socket."""
+
+    def __init__(self, basedir: str | os.PathLike, port: int | None = None, database: str = "test"):
+        self.basedir = Path(basedir).resolve()
+        self.datadir = self.basedir / "data"
+        self.socket = self.basedir / "mysqld.sock"
+        self.pidfile = self.basedir / "mysqld.pid"
+        self.logfile = self.basedir / "mysqld.log"
+        self.portfile = self.basedir / "port"
+        self.database = database
+        if port is None and self.portfile.exists():
+            port = int(self.portfile.read_text())
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The DSN of the server's test database, over TCP."""
+        return f"mysql://root@127.0.0.1:{self.port}/{self.database}"
+
+    def install(self) -> None:
+        """Create the datadir (once)."""
+        if (self.datadir / "mysql").is_dir():
+            return
+        server, install = find_binaries()
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            install,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ]
+        if os.geteuid() == 0:
+            cmd.append("--user=root")
+        basedir = Path(server).resolve().parent.parent
+        cmd.append(f"--basedir={basedir}")
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed ({out.returncode}):\n{out.stdout[-2000:]}")
+
+    def _command(self) -> list[str]:
+        server, _ = find_binaries()
+        cmd = [
+            server,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.pidfile}",
+            f"--log-error={self.logfile}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-log-file-size=64M",
+            # Commits reach the OS at once, so a killed server (not a crashed machine) loses nothing
+            # acknowledged, without paying an fsync per commit in the test suite.
+            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-doublewrite=0",
+            "--max-connections=1000",
+            "--max-allowed-packet=64M",
+        ]
+        if os.geteuid() == 0:
+            cmd.append("--user=root")
+        return cmd
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server (installing the datadir first if needed) and wait until it answers."""
+        self.install()
+        self.basedir.mkdir(parents=True, exist_ok=True)
+        self.portfile.write_text(str(self.port))
+        log = open(self.basedir / "stdout.log", "ab")
+        self.proc = subprocess.Popen(
+            self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        self._wait_ready(timeout)
+        self._create_database()
+
+    def _wait_ready(self, timeout: float) -> None:
+        import pymysql
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"mariadbd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=2).close()
+                return
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mariadbd did not answer within {timeout}s:\n{self.log_tail()}") from None
+                time.sleep(0.1)
+
+    def _create_database(self) -> None:
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", autocommit=True)
+        try:
+            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        finally:
+            conn.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the end of the server's error log."""
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def is_running(self) -> bool:
+        """Tell whether the server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash would, and wait until it is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the server again on the same datadir and port (killing it first if it runs)."""
+        self.kill()
+        self.start(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server cleanly (SIGTERM), killing it if it takes longer than timeout."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> MariaDBServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,49 @@
+"""DSN parsing and redaction: the password never shows."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefork.dsn import DSNError, parse_dsn
+
+
+def test_full_dsn_to_connect_kwargs():
+    dsn = parse_dsn("mysql://app:s%40cret@db.example:3307/shop?charset=utf8mb4&read_timeout=5")
+    kw = dsn.connect_kwargs()
+    assert (kw["host"], kw["port"], kw["user"], kw["password"], kw["database"]) == (
+        "db.example",
+        3307,
+        "app",
+        "s@cret",
+        "shop",
+    )
+    assert kw["read_timeout"] == 5.0 and kw["write_timeout"] == 60.0 and kw["connect_timeout"] == 10.0
+    assert kw["autocommit"] is False
+
+
+def test_defaults_and_unix_socket():
+    dsn = parse_dsn("mysql://root@localhost/test?unix_socket=/run/mysqld/mysqld.sock")
+    kw = dsn.connect_kwargs()
+    assert kw["unix_socket"] == "/run/mysqld/mysqld.sock" and kw["port"] == 3306 and kw["password"] == ""
+
+
+def test_password_is_redacted_everywhere():
+    dsn = parse_dsn("mysql://app:topsecret@db:3306/shop")
+    for text in (str(dsn), repr(dsn), dsn.redacted, f"{dsn}"):
+        assert "topsecret" not in text and "***" in text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "postgres://u:topsecret@h/db",
+        "mysql://u:topsecret@h:notaport/db",
+        "mysql://u:topsecret@h/db?bogus=1",
+        "mysql://u:topsecret@h/db?read_timeout=-1",
+        "mysql://u:topsecret@/db",
+    ],
+)
+def test_errors_never_show_the_password(bad):
+    with pytest.raises(DSNError) as info:
+        parse_dsn(bad)
+    assert "topsecret" not in str(info.value) and "bad DSN" in str(info.value)

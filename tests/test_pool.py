@@ -1,0 +1,434 @@
+"""The green connection pool against the private MariaDB: one test per rule at least."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import gevent
+import pymysql
+import pytest
+
+from prefork.pool import (
+    Pool,
+    PoolClosed,
+    PoolConnectError,
+    PoolForkError,
+    PoolTimeout,
+)
+from tests.helpers import connect, query
+
+
+def make_pool(dsn: str, **kwargs) -> Pool:
+    kwargs.setdefault("min_size", 0)
+    return Pool.from_dsn(dsn, **kwargs)
+
+
+def connection_id(pool: Pool) -> int:
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        return cur.fetchone()[0]
+
+
+def pool_thread_ids(dsn: str) -> set[int]:
+    """Ids of the server's client connections, other than the one asking."""
+    rows = query(
+        dsn, "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Daemon' AND ID <> CONNECTION_ID()"
+    )
+    return {r[0] for r in rows}
+
+
+def assert_consistent(pool: Pool) -> dict:
+    s = pool.stats()
+    assert s["size"] == s["idle"] + s["in_use"], s
+    assert s["size"] <= s["max_size"], s
+    assert s["created"] - sum(s["closed"].values()) == s["size"], s
+    return s
+
+
+def test_lazy_then_fills_to_min_size(dsn):
+    pool = make_pool(dsn, min_size=3, max_size=5)
+    assert pool.stats()["size"] == 0  # nothing opened before the first acquire
+    connection_id(pool)
+    pool.maintain()
+    s = assert_consistent(pool)
+    assert s["size"] == 3 and s["idle"] == 3
+    pool.close()
+
+
+def test_max_size_never_exceeded_under_200_greenlets(dsn):
+    before = pool_thread_ids(dsn)
+    pool = make_pool(dsn, max_size=5, timeout=30)
+    peak = {"in_use": 0, "server": 0}
+    stop = gevent.event.Event()
+
+    def hammer(i):
+        for _ in range(3):
+            with pool.connection() as conn:
+                peak["in_use"] = max(peak["in_use"], pool.stats()["in_use"])
+                conn.cursor().execute("SELECT SLEEP(0.002)")
+
+    def watch():
+        watcher = connect(dsn)
+        cur = watcher.cursor()
+        while not stop.is_set():
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Daemon'")
+            ids = {r[0] for r in cur.fetchall()} - before - {watcher.thread_id()}
+            peak["server"] = max(peak["server"], len(ids))
+            gevent.sleep(0.005)
+        watcher.close()
+
+    w = gevent.spawn(watch)
+    gevent.joinall([gevent.spawn(hammer, i) for i in range(200)], raise_error=True)
+    stop.set()
+    w.join()
+    s = assert_consistent(pool)
+    assert peak["in_use"] == 5
+    assert 1 <= peak["server"] <= 5
+    assert s["acquires"] == 600 and s["created"] <= 5 and s["timeouts"] == 0
+    pool.close()
+
+
+def test_waiters_are_served_first_come_first_served(dsn):
+    pool = make_pool(dsn, max_size=1)
+    order = []
+
+    def waiter(i):
+        with pool.connection():
+            order.append(i)
+
+    with pool.connection():
+        greenlets = []
+        for i in range(6):
+            greenlets.append(gevent.spawn(waiter, i))
+            gevent.sleep(0.01)  # let it queue before the next one
+        assert pool.stats()["waiting"] == 6
+    gevent.joinall(greenlets, raise_error=True)
+    assert order == list(range(6))
+    pool.close()
+
+
+def test_acquire_timeout_names_the_pool_state(dsn):
+    pool = make_pool(dsn, max_size=1, timeout=0.2)
+    with pool.connection():
+        with pytest.raises(PoolTimeout) as info:
+            with pool.connection():
+                pass
+    msg = str(info.value)
+    assert "0.2s" in msg and "size 1 of max 1" in msg and "in use 1" in msg and "waiting" in msg
+    s = assert_consistent(pool)
+    assert s["timeouts"] == 1 and s["waiting"] == 0
+    pool.close()
+
+
+@pytest.mark.timeout(10)
+def test_one_deadline_covers_connecting(dsn):
+    """A server that accepts but never greets must not stretch a 0.3 s acquire to connect_timeout."""
+    silent = gevent.socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    port = silent.getsockname()[1]
+    pool = make_pool(f"mysql://root@127.0.0.1:{port}/test?connect_timeout=60", timeout=0.3)
+    with pytest.raises(PoolTimeout, match="connecting took longer"):
+        with pool.connection():
+            pass
+    assert assert_consistent(pool)["size"] == 0
+    silent.close()
+
+
+def test_retire_by_max_uses(dsn):
+    pool = make_pool(dsn, max_uses=2)
+    ids = [connection_id(pool) for _ in range(6)]
+    assert ids[0] == ids[1] != ids[2] == ids[3] != ids[4] == ids[5]
+    s = assert_consistent(pool)
+    assert s["closed"]["max_uses"] == 3
+    pool.close()
+
+
+def test_retire_by_max_idle_down_to_min_size(dsn):
+    pool = make_pool(dsn, min_size=1, max_size=3, max_idle=0.3)
+    with pool.connection(), pool.connection(), pool.connection():
+        pass
+    assert pool.stats()["idle"] == 3
+    time.sleep(0.5)
+    pool.maintain()
+    s = assert_consistent(pool)
+    assert s["size"] == 1 and s["closed"]["max_idle"] == 2
+
+
+def test_idle_past_max_idle_is_never_handed_out(dsn):
+    pool = make_pool(dsn, max_idle=0.2)
+    first = connection_id(pool)
+    time.sleep(0.4)
+    assert connection_id(pool) != first
+    assert pool.stats()["closed"]["max_idle"] == 1
+    pool.close()
+
+
+def test_retire_by_max_lifetime(dsn):
+    pool = make_pool(dsn, max_lifetime=0.3)
+    first = connection_id(pool)
+    assert connection_id(pool) == first
+    time.sleep(0.4)
+    connection_id(pool)  # returned past its lifetime: closed at return
+    assert connection_id(pool) != first
+    assert pool.stats()["closed"]["max_lifetime"] >= 1
+    pool.close()
+
+
+def test_connection_killed_server_side_is_replaced_on_checkout(dsn):
+    pool = make_pool(dsn, ping_interval=0)
+    victim = connection_id(pool)
+    query(dsn, f"KILL {victim}")
+    time.sleep(0.05)
+    with pool.connection() as conn:  # pinged, found dead, replaced: never handed out
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()[0] != victim
+    s = assert_consistent(pool)
+    assert s["closed"]["broken"] == 1 and s["created"] == 2
+    pool.close()
+
+
+def test_open_transaction_rolled_back_on_return(dsn):
+    query(dsn, "CREATE TABLE IF NOT EXISTS pool_rb (x INT) ENGINE=InnoDB")
+    query(dsn, "DELETE FROM pool_rb")
+    pool = make_pool(dsn)
+    with pool.connection() as conn:
+        conn.cursor().execute("INSERT INTO pool_rb VALUES (1)")
+    assert query(dsn, "SELECT COUNT(*) FROM pool_rb") == [(0,)]
+    with pool.connection() as conn:  # the same connection, and it holds no pending row
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM pool_rb")
+        assert cur.fetchone() == (0,)
+    with pool.connection() as conn:
+        conn.cursor().execute("INSERT INTO pool_rb VALUES (2)")
+        conn.commit()
+    assert query(dsn, "SELECT x FROM pool_rb") == [(2,)]
+    assert pool.stats()["created"] == 1
+    pool.close()
+
+
+def test_no_stale_snapshot_after_a_select(dsn):
+    """A SELECT opens a read view that PyMySQL does not report: it must be rolled back too."""
+    query(dsn, "CREATE TABLE IF NOT EXISTS pool_snap (x INT) ENGINE=InnoDB")
+    query(dsn, "DELETE FROM pool_snap")
+    pool = make_pool(dsn)
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT COUNT(*) FROM pool_snap")
+    query(dsn, "INSERT INTO pool_snap VALUES (7)")
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM pool_snap")
+        assert cur.fetchone() == (1,)
+    pool.close()
+
+
+def test_disconnect_error_discards_the_connection(dsn):
+    pool = make_pool(dsn)
+    with pytest.raises(pymysql.err.OperationalError):
+        with pool.connection() as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT CONNECTION_ID()")
+            query(dsn, f"KILL {cur.fetchone()[0]}")
+            cur.execute("SELECT 1")
+    s = assert_consistent(pool)
+    assert s["size"] == 0 and s["closed"]["broken"] == 1
+    assert connection_id(pool)  # a fresh one
+    pool.close()
+
+
+def test_ordinary_sql_error_keeps_the_connection(dsn):
+    pool = make_pool(dsn)
+    first = connection_id(pool)
+    with pytest.raises(pymysql.err.ProgrammingError):
+        with pool.connection() as conn:
+            conn.cursor().execute("SELECT * FROM no_such_table")
+    assert connection_id(pool) == first
+    pool.close()
+
+
+def test_fork_guard_raises_in_child_and_leaves_parent_socket_alone(dsn):
+    pool = make_pool(dsn)
+    first = connection_id(pool)
+    pid = os.fork()
+    if pid == 0:  # child: must raise at once, and dropping the pool must not send QUIT
+        code = 1
+        try:
+            with pool.connection():
+                pass
+        except PoolForkError:
+            code = 0
+        except BaseException:
+            code = 2
+        pool.close()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert connection_id(pool) == first  # the parent's socket still works
+    pool.close()
+
+
+def test_waiter_cancelled_by_gevent_timeout_leaves_no_trace(dsn):
+    pool = make_pool(dsn, max_size=1, timeout=30)
+    with pool.connection():
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.1):
+                with pool.connection():
+                    pass
+        assert pool.stats()["waiting"] == 0
+    s = assert_consistent(pool)
+    assert (s["size"], s["idle"], s["in_use"]) == (1, 1, 0)
+    connection_id(pool)
+
+
+def test_waiter_killed_just_after_its_grant_passes_it_on(dsn):
+    pool = make_pool(dsn, max_size=1, timeout=30)
+    got = []
+    cm = pool.connection()
+    cm.__enter__()
+    first = gevent.spawn(lambda: pool.connection().__enter__())
+    second = gevent.spawn(lambda: got.append(connection_id(pool)))
+    gevent.sleep(0.05)
+    assert pool.stats()["waiting"] == 2
+    cm.__exit__(None, None, None)  # granted to `first`, which has not run yet...
+    first.kill()  # ...and is killed: the grant must go on to `second`
+    second.join(5)
+    assert got, "the grant was lost with the killed waiter"
+    s = assert_consistent(pool)
+    assert (s["size"], s["idle"], s["in_use"], s["waiting"]) == (1, 1, 0, 0)
+
+
+def test_holder_killed_mid_query_frees_its_slot(dsn):
+    pool = make_pool(dsn, max_size=1)
+
+    def hold():
+        with pool.connection() as conn:
+            conn.cursor().execute("SELECT SLEEP(5)")
+
+    g = gevent.spawn(hold)
+    gevent.sleep(0.2)
+    assert pool.stats()["in_use"] == 1
+    g.kill()
+    s = assert_consistent(pool)
+    assert s["size"] == 0 and s["closed"]["broken"] == 1  # mid-reply: never reused
+    assert connection_id(pool)
+
+
+def test_leak_warning_names_the_acquirer(dsn, caplog):
+    pool = make_pool(dsn, leak_timeout=0.1)
+
+    def forgetful_handler():
+        with pool.connection():
+            gevent.sleep(0.3)
+            pool.maintain()
+            pool.maintain()  # warned once only
+
+    with caplog.at_level(logging.WARNING, logger="prefork.pool"):
+        forgetful_handler()
+    warnings = [r for r in caplog.records if "checked out for" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "forgetful_handler" in warnings[0].getMessage()
+    pool.close()
+
+
+def test_stats_consistent_after_mixed_workload(dsn):
+    pool = make_pool(dsn, max_size=4, timeout=0.05, max_uses=5)
+    outcomes = {"ok": 0, "timeout": 0, "error": 0}
+
+    def work(i):
+        try:
+            with pool.connection() as conn:
+                if i % 7 == 0:
+                    conn.cursor().execute("SELECT * FROM no_such_table")
+                conn.cursor().execute("SELECT SLEEP(0.02)")
+            outcomes["ok"] += 1
+        except PoolTimeout:
+            outcomes["timeout"] += 1
+        except pymysql.err.ProgrammingError:
+            outcomes["error"] += 1
+
+    gevent.joinall([gevent.spawn(work, i) for i in range(60)])
+    s = assert_consistent(pool)
+    assert s["acquires"] == outcomes["ok"] + outcomes["error"]
+    assert s["timeouts"] == outcomes["timeout"] > 0
+    assert s["in_use"] == 0 and s["waiting"] == 0
+    assert s["wait_max_s"] <= s["wait_total_s"]
+    pool.close()
+
+
+def test_close_fails_waiters_and_closes_connections_at_return(dsn):
+    pool = make_pool(dsn, max_size=1, timeout=30)
+    results = []
+
+    def waiter():
+        try:
+            with pool.connection():
+                results.append("got")
+        except PoolClosed as exc:
+            results.append(str(exc))
+
+    with pool.connection():
+        g = gevent.spawn(waiter)
+        gevent.sleep(0.05)
+        pool.close()
+        g.join()
+    assert results and "closed" in results[0]
+    s = pool.stats()
+    assert s["size"] == 0 and s["closed"]["closed"] == 1
+    with pytest.raises(PoolClosed):
+        with pool.connection():
+            pass
+
+
+def test_plain_threads(dsn, monkeypatch):
+    # Blocking stdlib sockets, as in a threaded program that never heard of gevent.
+    monkeypatch.setattr(pymysql.connections, "socket", socket)
+    pool = make_pool(dsn, max_size=3, timeout=30)
+    errors = []
+    peak = [0]
+
+    def work():
+        try:
+            for _ in range(10):
+                with pool.connection() as conn:
+                    peak[0] = max(peak[0], pool.stats()["in_use"])
+                    conn.cursor().execute("SELECT 1")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    s = assert_consistent(pool)
+    assert s["acquires"] == 80 and peak[0] <= 3 and s["in_use"] == 0
+
+
+def test_warns_when_max_idle_exceeds_wait_timeout(dsn, caplog):
+    with caplog.at_level(logging.WARNING, logger="prefork.pool"):
+        pool = make_pool(dsn, max_idle=10**6)
+        connection_id(pool)
+    assert any("wait_timeout" in r.getMessage() for r in caplog.records)
+    pool.close()
+
+
+@pytest.mark.timeout(120)
+def test_database_down_fails_fast_then_recovers_by_itself(db):
+    pool = make_pool(db.dsn, timeout=3, ping_interval=0)
+    first = connection_id(pool)
+    db.kill()
+    with pytest.raises((PoolConnectError, PoolTimeout)) as info:
+        connection_id(pool)  # the idle connection is dead; opening a new one fails
+    assert pool.name in str(info.value)
+    s = assert_consistent(pool)
+    assert s["size"] == 0 and s["in_use"] == 0
+    db.restart()
+    assert connection_id(pool) != first
+    pool.close()
