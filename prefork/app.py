@@ -1,0 +1,80 @@
+"""The line-application interface, and loading an application from ``module:attribute``.
+
+An application is any object with these methods (only ``handle`` is required)::
+
+    class MyApp:
+        def setup(self, worker: WorkerInfo) -> None:
+            '''Called once in each worker after the fork, before it accepts clients. Create pools here
+            (or lazily on first use): nothing created in the master may be shared across the fork.'''
+
+        def handle(self, line: str, client: Client) -> str | Future:
+            '''Called for each valid line, in the order a client sent them. Return the reply text
+            (without the newline), or a future whose ``get()`` returns it: the protocol writes replies
+            in order as they resolve, so an app can hold many pipelined lines of one connection at once
+            (the ingest app group-commits them). May block its greenlet to apply backpressure.'''
+
+        def close(self, timeout: float) -> None:
+            '''Called once at worker stop, after every client is answered or closed.'''
+
+        def stats(self) -> dict:
+            '''Optional: extra figures for `prefork status` (the ingest app reports its pool here).'''
+
+A future is anything with ``get()`` (blocking the calling greenlet until the reply is known) and
+``ready()``; ``gevent.event.AsyncResult`` is one. The master never imports the application: each worker
+imports it after the fork, so a SIGHUP's new generation runs new code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Future(Protocol):
+    """A reply that is not known yet."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> str: ...
+
+    def ready(self) -> bool: ...
+
+
+@dataclass
+class WorkerInfo:
+    """What an application learns of the worker it runs in."""
+
+    pid: int
+    generation: int
+    config: Any  # prefork.config.Config
+
+
+@dataclass
+class Client:
+    """One connected client, as the application sees it."""
+
+    addr: str  # peer IP address, or "unix"
+    id: int
+    data: dict[str, Any] = field(default_factory=dict)  # free for the application's per-client state
+
+
+class AppLoadError(Exception):
+    """The application could not be imported or has no usable ``handle``."""
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:attribute`` and return the application object (instantiated if it is a class)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise AppLoadError(f"cannot import {module_name!r} (server.app={spec}): {exc!r}") from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise AppLoadError(f"module {module_name!r} has no attribute {attr!r} (server.app={spec})") from None
+    if isinstance(app, type):
+        app = app()
+    if not callable(getattr(app, "handle", None)):
+        raise AppLoadError(f"{spec} has no handle(line, client) method")
+    return app

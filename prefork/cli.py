@@ -1,0 +1,235 @@
+"""The ``prefork`` command line.
+
+    prefork run [APP] [options]        # foreground; APP defaults to workers.ingest:app
+    prefork run --daemon [options]     # returns 0 only once workers are serving
+    prefork reload|stop|status [--pidfile PATH | -c FILE] [--json]
+    prefork check [-c FILE]            # validate config, import the app, connect to the database
+    prefork initdb [-c FILE]           # create the ingest table if missing
+
+Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
+prefork.config names them). Errors in the command line or the config: one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from prefork import __version__
+from prefork.config import SETTINGS, Config, ConfigError, load_config, parse_override
+
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; the message is the one line printed."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_USAGE):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefork", description="Pre-fork TCP line server with a green MySQL pool.")
+    parser.add_argument("--version", action="version", version=f"prefork {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start the server (foreground, or --daemon)")
+    run.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
+    _add_config_options(run)
+    for s in SETTINGS:
+        if not s.flag:
+            continue
+        if s.name == "server.daemon":
+            run.add_argument(s.flag, dest="flag:" + s.name, action="store_const", const="on", help=s.help)
+        else:
+            run.add_argument(s.flag, dest="flag:" + s.name, metavar=s.key.upper(), help=f"{s.help} ({s.name})")
+
+    for name, text in (
+        ("reload", "reload the config and the app (SIGHUP)"),
+        ("stop", "stop gracefully (SIGTERM)"),
+        ("status", "show the master and its workers"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_config_options(p)
+        p.add_argument("--pidfile", help="the master's pidfile")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+        if name == "stop":
+            p.add_argument("--no-wait", action="store_true", help="return without waiting for the master to exit")
+
+    for name, text in (
+        ("check", "validate the config, import the app and connect to the database"),
+        ("initdb", "create the ingest table if missing"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_config_options(p)
+        p.add_argument("--dsn", dest="flag:pool.dsn", help="pool.dsn")
+    return parser
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", help="INI config file")
+    p.add_argument(
+        "-s",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="set any config key (repeatable)",
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> Config:
+    """Build the config from -c, the environment, -s and flags (flags win over -s)."""
+    overrides: dict[str, str] = {}
+    for text in args.sets:
+        key, value = parse_override(text)
+        overrides[key] = value
+    if getattr(args, "app", None):
+        overrides["server.app"] = args.app
+    for dest, value in vars(args).items():
+        if dest.startswith("flag:") and value is not None:
+            overrides[dest[5:]] = value
+    return load_config(args.config, os.environ, overrides)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prefork import logs, sockets
+    from prefork.daemon import daemonize
+    from prefork.master import Master
+
+    cfg = load_from_args(args)
+    logs.setup(cfg.server.log_level, cfg.server.log_file)
+    listeners = {}
+    try:
+        for address in cfg.server.bind:
+            listeners[str(address)] = sockets.bind(address)
+    except sockets.BindError as exc:
+        for sock in listeners.values():
+            sock.close()
+        raise CommandError(str(exc)) from None
+    master = Master(cfg, listeners)
+    if not cfg.server.daemon:
+        return master.run()
+    report = daemonize(master)  # the launching process exits inside, with the start's outcome
+    code = master.run()
+    report(code or 1)  # stopped before serving: the launcher must not report success
+    return code
+
+
+def find_master_pid(args: argparse.Namespace) -> int:
+    """The master's pid, from --pidfile, from the config's pidfile, or the only running master."""
+    from prefork.state import STATE_DIR_PREFIX, state_dir_for
+
+    pidfile = getattr(args, "pidfile", None)
+    if not pidfile and (args.config or args.sets):
+        pidfile = load_from_args(args).server.pidfile
+        if not pidfile:
+            raise CommandError("server.pidfile is not set in the config: give --pidfile")
+    if pidfile:
+        try:
+            pid = int(open(pidfile).read().strip())
+        except FileNotFoundError:
+            raise CommandError(f"no master running (no pidfile {pidfile})", 1) from None
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read pidfile {pidfile}: {exc}", 1) from None
+        if not _alive(pid):
+            raise CommandError(f"no master running (stale pidfile {pidfile}, pid {pid})", 1)
+        return pid
+    base = state_dir_for(0).parent
+    pids = []
+    for entry in base.glob(f"{STATE_DIR_PREFIX}*"):
+        suffix = entry.name[len(STATE_DIR_PREFIX) :]
+        if suffix.isdigit() and _alive(int(suffix)) and (entry / "master.json").exists():
+            pids.append(int(suffix))
+    if len(pids) == 1:
+        return pids[0]
+    if not pids:
+        raise CommandError("no master running (give --pidfile or -c FILE)", 1)
+    raise CommandError(f"several masters running ({', '.join(map(str, sorted(pids)))}): give --pidfile or -c FILE")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    os.kill(find_master_pid(args), signal.SIGHUP)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    pid = find_master_pid(args)
+    os.kill(pid, signal.SIGTERM)
+    if args.no_wait:
+        return 0
+    while _alive(pid):
+        time.sleep(0.1)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from prefork.status import collect, render_table
+
+    report = collect(find_master_pid(args))
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_table(report))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from prefork.checks import check
+
+    return check(load_from_args(args))
+
+
+def cmd_initdb(args: argparse.Namespace) -> int:
+    from prefork.checks import initdb
+
+    return initdb(load_from_args(args))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "reload": cmd_reload,
+    "stop": cmd_stop,
+    "status": cmd_status,
+    "check": cmd_check,
+    "initdb": cmd_initdb,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prefork`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"prefork: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""The master: binds the listeners, forks the workers and keeps them alive.
+
+Signal handlers only queue the signal and wake the main loop (self-pipe through ``signal.set_wakeup_fd``);
+the loop pops the queue, dispatches to a small ``handle_*`` method, then reaps, murders (heartbeat
+timeouts, overdue stops), manages (spawns or retires workers) and writes the status file.
+
+The master never imports the application, gevent or the database driver, and never opens a database
+connection: workers import the app after the fork, so a HUP's new generation runs new code.
+
+Reload (HUP) is ready-gated: the new generation is started beside the old one, and only when every new
+worker reports ready are the old ones stopped gracefully. Listeners stay open throughout, so no client is
+refused. A config that fails to load, a listener that fails to bind or a generation that fails to boot
+is logged, and the old workers keep serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefork import logs, sockets
+from prefork.config import Config, ConfigError
+from prefork.state import MASTER_FILE, iso, read_json, state_dir_for, worker_file, write_json
+from prefork.worker import WORKER_BOOT_ERROR, WorkerSpec, run_worker
+
+log = logging.getLogger("prefork.master")
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+EXIT_BOOT = 3
+
+BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
+LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no signal arrives
+QUICK_STOP_TIMEOUT = 2.0
+MAX_RESPAWN_DELAY = 10.0
+
+SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
+SIG_NAMES = {getattr(signal, f"SIG{name}"): name.lower() for name in SIGNALS}
+
+
+class HaltServer(Exception):
+    """Stop the master with this reason and exit status."""
+
+    def __init__(self, reason: str, exit_status: int = EXIT_OK):
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_status = exit_status
+
+
+@dataclass
+class WorkerProc:
+    """What the master knows of one worker process."""
+
+    pid: int
+    generation: int
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    stop_deadline: float | None = None  # set once the worker was told to stop
+
+
+@dataclass
+class PendingReload:
+    """A new generation being started by a HUP, not yet serving alone."""
+
+    generation: int
+    config: Config
+    listeners: dict[str, socket.socket]
+    opened: list[str]  # listeners this reload opened (closed again if it fails)
+    deadline: float
+
+
+class Master:
+    """Supervise the workers of one server."""
+
+    def __init__(self, config: Config, listeners: dict[str, socket.socket]):
+        self.cfg = config
+        self.listeners = listeners  # configured address -> bound socket
+        self.pid = 0  # set by start(): daemon mode forks after the master is built
+        self.generation = 1
+        self.target = config.server.workers
+        self.workers: dict[int, WorkerProc] = {}
+        self.pending: PendingReload | None = None
+        self.sig_queue: list[int] = []
+        self.state_dir = Path()
+        self.started_at = time.time()
+        self.booted = False  # some worker has reported ready
+        self.boot_failures = 0
+        self.quick_deaths = 0
+        self.spawn_after = 0.0
+        self._pipe: tuple[int, int] | None = None
+        self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
+
+    # -- setup --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare the process: title, state dir, pidfile, signal handling."""
+        self.pid = os.getpid()
+        self.state_dir = state_dir_for(self.pid)
+        _set_title(f"prefork: master [{self.cfg.server.name}]")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.server.pidfile:
+            Path(self.cfg.server.pidfile).write_text(f"{self.pid}\n")
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._pipe = (r, w)
+        signal.set_wakeup_fd(w)
+        for signum in SIG_NAMES:
+            signal.signal(signum, self._queue_signal)
+        log.info("Starting prefork master %s (%s)", self.pid, self.cfg.server.name)
+        for sock in self.listeners.values():
+            log.info("Listening at: %s", sockets.address_of(sock))
+        log.info("Using app %s with %d workers", self.cfg.server.app, self.target)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        self.sig_queue.append(signum)  # no logging, just queue: the loop acts on it
+
+    # -- main loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the exit status."""
+        try:
+            self.start()
+            self.manage_workers()
+            while True:
+                self.dispatch_signals()
+                self.reap_workers()
+                self.check_reload()
+                self.murder_workers()
+                self.manage_workers()
+                self.write_status()
+        except HaltServer as halt:
+            return self.halt(halt.reason, halt.exit_status)
+        except Exception:
+            log.exception("unhandled error in the master")
+            return self.halt("unhandled error", EXIT_RUNTIME)
+
+    def dispatch_signals(self) -> None:
+        """Wait up to LOOP_INTERVAL for a signal, then handle every queued one."""
+        if not self.sig_queue:
+            try:
+                select.select([self._pipe[0]], [], [], LOOP_INTERVAL)
+            except InterruptedError:
+                pass
+        try:
+            while os.read(self._pipe[0], 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self.sig_queue:
+            signum = self.sig_queue.pop(0)
+            getattr(self, f"handle_{SIG_NAMES[signum]}")()
+
+    # -- signal handlers ----------------------------------------------------------------------------
+
+    def handle_chld(self) -> None:
+        """Reaping happens on every pass of the loop."""
+
+    def handle_hup(self) -> None:
+        """Reload: new config, new generation, then retire the old one."""
+        log.info("Hang up: reloading")
+        self.reload()
+
+    def handle_term(self) -> None:
+        """Graceful stop."""
+        raise HaltServer("TERM: graceful stop")
+
+    def handle_int(self) -> None:
+        """Quick stop."""
+        self.stop(graceful=False)
+        raise HaltServer("INT: quick stop")
+
+    def handle_quit(self) -> None:
+        """Quick stop."""
+        self.stop(graceful=False)
+        raise HaltServer("QUIT: quick stop")
+
+    def handle_ttin(self) -> None:
+        """One worker more."""
+        self.target += 1
+        log.info("TTIN: %d workers", self.target)
+
+    def handle_ttou(self) -> None:
+        """One worker fewer (never below one)."""
+        self.target = max(1, self.target - 1)
+        log.info("TTOU: %d workers", self.target)
+
+    def handle_usr1(self) -> None:
+        """Reopen log files, here and in every worker."""
+        logs.reopen()
+        self.signal_workers(signal.SIGUSR1)
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def halt(self, reason: str, exit_status: int) -> int:
+        """Stop every worker (gracefully unless already done), clean up, return the exit status."""
+        log.info("Shutting down: %s", reason)
+        self.stop(graceful=True)
+        pidfile = self.cfg.server.pidfile
+        if pidfile and _read_pid(pidfile) == self.pid:
+            os.unlink(pidfile)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if exit_status:
+            log.error("Exiting with status %d: %s", exit_status, reason)
+        logs.flush()
+        return exit_status
+
+    def stop(self, graceful: bool = True) -> None:
+        """Close the listeners and stop every worker; kill those that outlive the timeout."""
+        for sock in self.listeners.values():
+            sockets.close(sock)
+        self.listeners = {}
+        if self.pending is not None:
+            for sock in self.pending.listeners.values():
+                sockets.close(sock)
+            self.pending = None
+        timeout = self.cfg.server.graceful_timeout if graceful else QUICK_STOP_TIMEOUT
+        deadline = time.monotonic() + timeout
+        for worker in self.workers.values():
+            worker.stop_deadline = deadline
+        self.signal_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
+        while self.workers and time.monotonic() < deadline:
+            self.reap_workers()
+            time.sleep(0.05)
+        for pid in list(self.workers):
+            log.warning("worker %s outlived the %gs stop timeout: killed", pid, timeout)
+            self.kill_worker(pid, signal.SIGKILL)
+        while self.workers:
+            self.reap_workers()
+            time.sleep(0.01)
+
+    # -- reload -------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Start a new generation with the re-read config; check_reload retires the old one when it is ready."""
+        if self.pending is not None:
+            log.warning("reload already in progress (generation %d); ignoring HUP", self.pending.generation)
+            return
+        try:
+            cfg = self.cfg.reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the old config: %s", exc)
+            return
+        listeners: dict[str, socket.socket] = {}
+        opened: list[str] = []
+        try:
+            for address in cfg.server.bind:
+                key = str(address)
+                if key in self.listeners:
+                    listeners[key] = self.listeners[key]
+                else:
+                    listeners[key] = sockets.bind(address)
+                    opened.append(key)
+                    log.info("Listening at: %s", sockets.address_of(listeners[key]))
+        except sockets.BindError as exc:
+            log.error("reload failed, keeping the old config: %s", exc)
+            for key in opened:
+                sockets.close(listeners[key])
+            return
+        generation = self.generation + 1
+        self.pending = PendingReload(
+            generation, cfg, listeners, opened, time.monotonic() + max(cfg.server.timeout, 10.0)
+        )
+        for _ in range(cfg.server.workers):
+            self.spawn_worker(generation, cfg, listeners)
+
+    def check_reload(self) -> None:
+        """Finish a pending reload once its workers are all ready, or abandon it if they fail to boot."""
+        pending = self.pending
+        if pending is None:
+            return
+        new = [w for w in self.workers.values() if w.generation == pending.generation]
+        if len(new) == pending.config.server.workers and all(w.ready for w in new):
+            old = [w for w in self.workers.values() if w.generation != pending.generation]
+            for key, sock in self.listeners.items():
+                if key not in pending.listeners:
+                    sockets.close(sock)
+            self.cfg, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
+            self.target = pending.config.server.workers
+            self.pending = None
+            logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
+            for w in old:
+                self.stop_worker(w)
+            log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
+        elif len(new) < pending.config.server.workers or time.monotonic() > pending.deadline:
+            log.error("reload failed: generation %d did not boot; the old workers keep serving", pending.generation)
+            for w in new:
+                self.kill_worker(w.pid, signal.SIGKILL)
+            for key in pending.opened:
+                sockets.close(pending.listeners[key])
+            self.pending = None
+
+    # -- worker management --------------------------------------------------------------------------
+
+    def manage_workers(self) -> None:
+        """Keep `target` workers in the current generation: spawn the missing, retire the extra."""
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
+        missing = self.target - len(current)
+        if missing > 0 and time.monotonic() >= self.spawn_after:
+            for _ in range(missing):
+                self.spawn_worker(self.generation, self.cfg, self.listeners)
+        elif missing < 0:
+            for w in sorted(current, key=lambda w: w.started)[:-missing]:
+                self.stop_worker(w)
+        if not self.booted and any(w.ready for w in self.workers.values()):
+            self.booted = True
+            log.info("Workers are serving")
+            for callback in self.on_ready:
+                callback()
+
+    def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
+        """Fork one worker; the child never returns from here."""
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = WorkerProc(pid, generation)
+            log.info("Booting worker %s (generation %d)", pid, generation)
+            return
+        run_worker(
+            WorkerSpec(
+                config=cfg,
+                listeners=list(listeners.values()),
+                generation=generation,
+                state_dir=self.state_dir,
+                master_pid=self.pid,
+                close_fds=list(self._pipe or ()),
+            )
+        )
+
+    def reap_workers(self) -> None:
+        """Collect dead workers; count boot failures; plan respawns with capped backoff."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            worker = self.workers.pop(pid, None)
+            _remove(worker_file(self.state_dir, pid))
+            if worker is None:
+                continue
+            self.worker_exited(worker, status)
+
+    def worker_exited(self, worker: WorkerProc, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        if worker.stop_deadline is not None and code in (0, -signal.SIGKILL):
+            log.info("Worker %s exited", worker.pid)
+            return
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if self.pending is not None and worker.generation == self.pending.generation:
+            log.error("new worker %s died during reload (%s)", worker.pid, how)
+            return  # check_reload abandons the reload
+        if code == WORKER_BOOT_ERROR and not self.booted:
+            self.boot_failures += 1
+            log.error("worker %s failed to boot (%d of %d tries)", worker.pid, self.boot_failures, BOOT_ATTEMPTS)
+            if self.boot_failures >= BOOT_ATTEMPTS:
+                raise HaltServer("workers failed to boot", EXIT_BOOT)
+        elif code == 0:
+            log.info("Worker %s exited (restart)", worker.pid)
+        else:
+            log.error("Worker %s died (%s)", worker.pid, how)
+        # A worker that dies soon after its start is crash-looping: back off, capped.
+        if time.monotonic() - worker.started < 5.0 and code != 0:
+            self.quick_deaths += 1
+            delay = min(MAX_RESPAWN_DELAY, 0.1 * 2 ** (self.quick_deaths - 1))
+            self.spawn_after = time.monotonic() + delay
+        else:
+            self.quick_deaths = 0
+
+    def murder_workers(self) -> None:
+        """Read each worker's state; kill workers silent past `timeout` and those overdue in stopping."""
+        now_mono = time.monotonic()
+        now = time.time()
+        for w in list(self.workers.values()):
+            if w.stop_deadline is not None:
+                if now_mono > w.stop_deadline:
+                    log.warning("worker %s did not stop within graceful_timeout: killed", w.pid)
+                    self.kill_worker(w.pid, signal.SIGKILL)
+                continue
+            timeout = (
+                self.cfg.server.timeout
+                if w.generation != getattr(self.pending, "generation", None)
+                else (self.pending.config.server.timeout)
+            )
+            path = worker_file(self.state_dir, w.pid)
+            try:
+                silent = now - path.stat().st_mtime
+            except FileNotFoundError:
+                silent = now_mono - w.started
+            else:
+                if not w.ready:
+                    w.ready = bool((read_json(path) or {}).get("ready"))
+            if silent > timeout:
+                log.error("worker %s timed out (no heartbeat for %.1fs): killed", w.pid, silent)
+                self.kill_worker(w.pid, signal.SIGKILL)
+
+    def stop_worker(self, worker: WorkerProc) -> None:
+        """Ask one worker to stop gracefully; it is killed after graceful_timeout."""
+        worker.stop_deadline = time.monotonic() + self.cfg.server.graceful_timeout
+        self.kill_worker(worker.pid, signal.SIGTERM)
+
+    def signal_workers(self, signum: int) -> None:
+        for pid in list(self.workers):
+            self.kill_worker(pid, signum)
+
+    def kill_worker(self, pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return  # already gone: reaped on the next pass
+            raise
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def write_status(self) -> None:
+        """Write master.json for `prefork status`."""
+        now = time.time()
+        state = {
+            "pid": self.pid,
+            "name": self.cfg.server.name,
+            "generation": self.generation,
+            "started_at": iso(self.started_at),
+            "uptime_s": round(now - self.started_at, 3),
+            "workers_target": self.target,
+            "listeners": [sockets.address_of(s) for s in self.listeners.values()],
+            "worker_pids": sorted(self.workers),
+            "written_ts": now,
+        }
+        try:
+            write_json(self.state_dir / MASTER_FILE, state)
+        except OSError as exc:
+            log.warning("cannot write the status file: %s", exc)
+
+
+def _set_title(title: str) -> None:
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(title)
+    except ImportError:  # pragma: no cover - a runtime dependency
+        pass
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

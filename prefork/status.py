@@ -1,0 +1,99 @@
+"""`prefork status`: the master's and the workers' state files, merged into one report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefork.state import MASTER_FILE, read_json, state_dir_for, worker_file
+
+POOL_KEYS = (
+    "size",
+    "idle",
+    "in_use",
+    "waiting",
+    "max_size",
+    "created",
+    "closed",
+    "acquires",
+    "timeouts",
+    "wait_total_s",
+    "wait_max_s",
+)
+WORKER_KEYS = (
+    "pid",
+    "generation",
+    "started_at",
+    "age_s",
+    "clients",
+    "lines_in",
+    "ok",
+    "err",
+    "rss_bytes",
+    "loop_lag_ms",
+)
+
+
+def collect(master_pid: int) -> dict[str, Any]:
+    """Build the status report of the master with this pid (SPEC section 9)."""
+    state_dir = state_dir_for(master_pid)
+    master = read_json(state_dir / MASTER_FILE) or {"pid": master_pid}
+    now = time.time()
+    workers = []
+    for pid in master.get("worker_pids", []):
+        state = read_json(worker_file(state_dir, pid))
+        if state is None:
+            continue  # booting: no state file yet
+        entry = {key: state.get(key) for key in WORKER_KEYS}
+        entry["age_s"] = round(now - state.get("started_ts", now), 3)
+        pool = state.get("pool") or {}
+        entry["pool"] = {key: pool.get(key, {} if key == "closed" else 0) for key in POOL_KEYS}
+        workers.append(entry)
+    if "started_at" in master:
+        master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
+    master = {
+        k: master.get(k) for k in ("pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners")
+    }
+    totals = {
+        "workers": len(workers),
+        "clients": sum(w["clients"] or 0 for w in workers),
+        "lines_in": sum(w["lines_in"] or 0 for w in workers),
+        "ok": sum(w["ok"] or 0 for w in workers),
+        "err": sum(w["err"] or 0 for w in workers),
+        "pool_size": sum(w["pool"]["size"] for w in workers),
+        "pool_in_use": sum(w["pool"]["in_use"] for w in workers),
+        "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
+    }
+    return {"master": master, "workers": workers, "totals": totals}
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The report as a human-readable table."""
+    m = report["master"]
+    lines = [
+        f"master {m['pid']} [{m['name']}] generation {m['generation']}, up {_duration(m['uptime_s'])}, "
+        f"{m['workers_target']} workers wanted, listening at {', '.join(m['listeners'] or [])}",
+        "",
+        f"{'PID':>8} {'GEN':>4} {'AGE':>8} {'CLIENTS':>8} {'LINES':>10} {'OK':>10} {'ERR':>8} "
+        f"{'POOL size/idle/use/wait':>24}",
+    ]
+    for w in report["workers"]:
+        p = w["pool"]
+        pool = f"{p['size']}/{p['idle']}/{p['in_use']}/{p['waiting']}"
+        lines.append(
+            f"{w['pid']:>8} {w['generation']:>4} {_duration(w['age_s']):>8} {w['clients']:>8} "
+            f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {pool:>24}"
+        )
+    t = report["totals"]
+    lines.append(
+        f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
+        f"{t['err']:>8} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
+    )
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    s = int(seconds or 0)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

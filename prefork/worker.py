@@ -1,0 +1,270 @@
+"""The worker process: everything that happens after the fork.
+
+``run_worker`` never returns: it monkey-patches with gevent (the master never imports gevent, so nothing
+was created unpatched that matters), imports and sets up the application (the master never imports it,
+so each generation runs the code on disk), serves every listener with a gevent StreamServer limited to
+``worker_connections`` clients, and reports to the master through its state file every second (the
+heartbeat). Signals from the master: TERM = graceful stop, INT/QUIT = quick stop, USR1 = reopen logs.
+
+Exit codes: 0 after a stop, ``WORKER_BOOT_ERROR`` when the app cannot be imported or set up (the master
+counts these to stop a fork loop), 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from prefork import logs
+from prefork.state import iso, worker_file, write_json
+
+WORKER_BOOT_ERROR = 3
+HEARTBEAT_INTERVAL = 1.0
+
+log = logging.getLogger("prefork.worker")
+
+
+@dataclass
+class WorkerSpec:
+    """What the master hands a worker at fork time."""
+
+    config: Any  # prefork.config.Config
+    listeners: list[socket.socket]
+    generation: int
+    state_dir: Path
+    master_pid: int
+    close_fds: list[int] = field(default_factory=list)
+
+
+def run_worker(spec: WorkerSpec) -> NoReturn:
+    """Run a worker in the freshly forked child and exit the process with its exit code."""
+    code = 1
+    try:
+        code = Worker(spec).run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.exception("worker crashed")
+    finally:
+        logs.flush()
+        os._exit(code)
+
+
+class Worker:
+    """One gevent worker: app, servers, heartbeat, stop."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.cfg = spec.config
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.app: Any = None
+        self.servers: list[Any] = []
+        self.connections: set[Any] = set()
+        self.ready = False
+        self.loop_lag_ms = 0.0
+        self.max_requests = 0
+        if self.cfg.server.max_requests:
+            self.max_requests = self.cfg.server.max_requests + random.randint(0, self.cfg.server.max_requests_jitter)
+
+    def run(self) -> int:
+        """Boot, serve until told to stop, stop; return the exit code."""
+        self._prepare_process()
+        from gevent import monkey
+
+        monkey.patch_all()
+        import gevent
+        from gevent.event import Event
+
+        from prefork.protocol import Counters, ProtocolSettings
+
+        self._gevent = gevent
+        self._stop_event = Event()
+        self._quick = False
+        self.counters = Counters()
+        self.settings = ProtocolSettings(
+            max_line=self.cfg.server.max_line, client_timeout=self.cfg.server.client_timeout, ack=self.cfg.server.ack
+        )
+        if not self._boot_app():
+            return WORKER_BOOT_ERROR
+        self._start_servers()
+        for signum, handler in (
+            (signal.SIGTERM, self._on_term),
+            (signal.SIGINT, self._on_quick),
+            (signal.SIGQUIT, self._on_quick),
+            (signal.SIGUSR1, logs.reopen),
+        ):
+            gevent.signal_handler(signum, handler)
+        self.ready = True
+        self._write_state()
+        heartbeat = gevent.spawn(self._heartbeat)
+        self._stop_event.wait()
+        heartbeat.kill()
+        if self._quick:
+            return 0
+        self._graceful_stop()
+        return 0
+
+    # -- boot ---------------------------------------------------------------------------------------
+
+    def _prepare_process(self) -> None:
+        # The master's handlers and its self-pipe are not ours.
+        for fd in self.spec.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for signum in (
+            signal.SIGHUP,
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGQUIT,
+            signal.SIGCHLD,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        ):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        try:
+            from setproctitle import setproctitle
+
+            setproctitle(f"prefork: worker [{self.cfg.server.name}] gen {self.spec.generation}")
+        except ImportError:  # pragma: no cover - a runtime dependency
+            pass
+
+    def _boot_app(self) -> bool:
+        from prefork.app import AppLoadError, WorkerInfo, load_app
+
+        # The app is imported relative to where prefork was started, as gunicorn does.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            self.app = load_app(self.cfg.server.app)
+            setup = getattr(self.app, "setup", None)
+            if setup is not None:
+                setup(WorkerInfo(pid=self.pid, generation=self.spec.generation, config=self.cfg))
+        except AppLoadError as exc:
+            log.error("worker failed to boot: %s", exc)
+            return False
+        except Exception:
+            log.exception("worker failed to boot: %s setup failed", self.cfg.server.app)
+            return False
+        return True
+
+    def _start_servers(self) -> None:
+        from gevent.pool import Pool
+        from gevent.server import StreamServer
+        from gevent.socket import socket as green_socket
+
+        # One connection pool across all listeners: worker_connections is per worker. When it is full
+        # the servers stop accepting and further clients wait in the listen backlog.
+        pool = Pool(self.cfg.server.worker_connections)
+        for sock in self.spec.listeners:
+            listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            server = StreamServer(listener, self._handle, spawn=pool)
+            server.start()
+            self.servers.append(server)
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def _handle(self, sock: Any, addr: Any) -> None:
+        from prefork.protocol import LineConnection
+
+        conn = LineConnection(sock, addr, self.app, self.settings, self.counters)
+        self.connections.add(conn)
+        try:
+            conn.serve()
+        finally:
+            self.connections.discard(conn)
+
+    def _heartbeat(self) -> None:
+        gevent = self._gevent
+        while True:
+            before = time.monotonic()
+            gevent.sleep(HEARTBEAT_INTERVAL)
+            self.loop_lag_ms = max(0.0, (time.monotonic() - before - HEARTBEAT_INTERVAL) * 1000)
+            self._write_state()
+            if os.getppid() != self.spec.master_pid:
+                log.warning("master %s is gone; stopping", self.spec.master_pid)
+                self._on_term()
+            elif self.max_requests and self.counters.lines_in >= self.max_requests:
+                log.info("worker reached max_requests (%d lines); restarting", self.max_requests)
+                self._on_term()
+
+    def _write_state(self) -> None:
+        c = self.counters
+        app_stats = {}
+        stats = getattr(self.app, "stats", None)
+        if stats is not None:
+            try:
+                app_stats = stats() or {}
+            except Exception:
+                log.exception("app stats failed")
+        now = time.time()
+        state = {
+            "pid": self.pid,
+            "generation": self.spec.generation,
+            "started_at": iso(self.started_at),
+            "started_ts": self.started_at,
+            "age_s": round(now - self.started_at, 3),
+            "ready": self.ready,
+            "stopping": self._stop_event.is_set(),
+            "clients": c.clients,
+            "lines_in": c.lines_in,
+            "ok": c.ok,
+            "err": c.err,
+            "rss_bytes": _rss_bytes(),
+            "loop_lag_ms": round(self.loop_lag_ms, 3),
+            "pool": app_stats.get("pool"),
+        }
+        try:
+            write_json(worker_file(self.spec.state_dir, self.pid), state)
+        except OSError as exc:
+            log.warning("cannot write the worker state file: %s", exc)
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def _on_term(self) -> None:
+        self._stop_event.set()
+
+    def _on_quick(self) -> None:
+        self._quick = True
+        self._stop_event.set()
+
+    def _graceful_stop(self) -> None:
+        """Stop accepting, stop reading, answer every line already read, close clients, close the app."""
+        gevent = self._gevent
+        deadline = time.monotonic() + self.cfg.server.graceful_timeout
+        for server in self.servers:
+            server.close()  # stops accepting; the listening socket closes in this process only
+        for conn in list(self.connections):
+            conn.stop()
+        pools = {server.pool for server in self.servers}
+        for pool in pools:
+            pool.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._write_state()
+        close = getattr(self.app, "close", None)
+        if close is not None:
+            try:
+                close(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                log.exception("app close failed")
+        gevent.sleep(0)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

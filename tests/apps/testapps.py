@@ -1,0 +1,42 @@
+"""Line applications for tests, imported by the workers from tests/apps on PYTHONPATH."""
+
+from __future__ import annotations
+
+import os
+
+from gevent.monkey import get_original
+
+_real_sleep = get_original("time", "sleep")
+
+
+class Blocking:
+    """Echo, except that the line `block` blocks the whole event loop (an unpatched sleep)."""
+
+    def handle(self, line: str, client) -> str:
+        if line == "block":
+            _real_sleep(3600)
+        return line
+
+
+class Pid:
+    """Reply with the worker's pid and the generation's marker (from the environment at import)."""
+
+    marker = os.environ.get("TESTAPP_MARKER", "")
+
+    def handle(self, line: str, client) -> str:
+        return f"{os.getpid()} {self.marker} {line}"
+
+
+class FailingSetup:
+    """An app whose setup always fails: the worker cannot boot."""
+
+    def setup(self, worker) -> None:
+        raise RuntimeError("setup failed on purpose")
+
+    def handle(self, line: str, client) -> str:
+        return line
+
+
+blocking = Blocking()
+pid = Pid()
+failing_setup = FailingSetup()

@@ -1,0 +1,19 @@
+"""``workers.echo:app``: answers each line with the line itself; touches no database.
+
+For measuring the framework alone, and as the smallest example of a line application.
+"""
+
+from __future__ import annotations
+
+from prefork.app import Client
+
+
+class EchoApp:
+    """Reply to every line with the same line."""
+
+    def handle(self, line: str, client: Client) -> str:
+        """Return the line as its own reply."""
+        return line
+
+
+app = EchoApp()
