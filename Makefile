@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: test lint db clean server-binary
+.PHONY: run test lint bench db start reload stop status clean server-binary
 
 $(PY):
 	sh scripts/ensure-venv.sh $(PYTHON) $(VENV)
@@ -18,6 +18,22 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 
 server-binary:
 	sh scripts/ensure-mariadb-binary.sh
+
+PIDFILE := var/prefork.pid
+DSN_CMD := $(PY) scripts/devdb.py ensure
+
+# Foreground server against a database that answers (the configured DSN, else a private MariaDB).
+run: $(STAMP)
+	@DSN=$$($(DSN_CMD)) && exec $(VENV)/bin/prefork run --dsn "$$DSN" $(ARGS)
+
+# Daemon mode through a pidfile; `make start` returns once the workers are serving.
+start: $(STAMP)
+	@mkdir -p var
+	@DSN=$$($(DSN_CMD)) && $(VENV)/bin/prefork run --daemon --pidfile $(PIDFILE) --log-file var/prefork.log \
+		--dsn "$$DSN" $(ARGS) && echo "prefork: started (pidfile $(PIDFILE), log var/prefork.log)"
+
+reload stop status: $(STAMP)
+	$(VENV)/bin/prefork $@ --pidfile $(PIDFILE)
 
 test: $(STAMP) server-binary
 	$(PY) -m pytest $(PYTEST_ARGS)

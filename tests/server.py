@@ -39,6 +39,9 @@ def test_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+test_env.__test__ = False  # a helper, not a test, when imported into a test module
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy and return its value; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout
