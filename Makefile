@@ -38,6 +38,10 @@ reload stop status: $(STAMP)
 test: $(STAMP) server-binary
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Throughput against baselines measured in the same run (bench/run.py says what each contender is).
+bench: $(STAMP) server-binary
+	$(PY) bench/run.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check prefork workers tests bench scripts
 	$(PY) -m ruff format --check prefork workers tests bench scripts

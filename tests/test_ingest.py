@@ -93,6 +93,14 @@ def test_payloads_stored_byte_exact(dsn):
     assert all(abs((utc_now - r[3]).total_seconds()) < 300 for r in got)  # stored in UTC, with microseconds
 
 
+def test_batch_larger_than_one_statement(dsn):
+    """40 lines of 60 KB arrive together: the batch is split into several INSERTs of one transaction."""
+    payloads = [f"{i:03d}" + "é" * 30_000 for i in range(40)]  # 60 KB each, 1.2 M characters in all
+    with ingest_server(dsn, "t_big", workers=1) as srv:
+        assert roundtrip(srv.port, [p.encode() for p in payloads]) == [b"OK"] * 40
+    assert rows(dsn, "t_big") == payloads
+
+
 def test_crlf_and_final_line_without_newline(dsn):
     with ingest_server(dsn, "t_crlf") as srv:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:

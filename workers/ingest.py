@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import deque
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -39,7 +39,9 @@ log = logging.getLogger("workers.ingest")
 
 OK = "OK"
 ERR_UNAVAILABLE = "ERR unavailable"
-STATEMENT_BYTES = 4 * 1024 * 1024  # split a batch's INSERT well below max_allowed_packet
+# Split a batch's INSERT well below max_allowed_packet (16 MiB by default): a character is at most 4 bytes
+# of UTF-8, and escaping can double it.
+STATEMENT_CHARS = 1_000_000
 RETRY_DELAY_MIN = 0.05
 RETRY_DELAY_MAX = 2.0
 MARKER_RETENTION_S = 3600.0
@@ -52,11 +54,10 @@ UNKNOWN_THREAD = 1094
 class Batch:
     """Rows committed together; also the future of each of its lines' reply."""
 
-    __slots__ = ("rows", "size", "taken", "first_at", "reply", "_done")
+    __slots__ = ("rows", "taken", "first_at", "reply", "_done")
 
     def __init__(self) -> None:
-        self.rows: list[tuple] = []
-        self.size = 0  # payload bytes, to split statements
+        self.rows: list[tuple[float, str, str]] = []  # (received_at epoch, client address, line)
         self.taken = False  # a flusher owns it: no more rows join
         self.first_at = time.monotonic()
         self.reply: str | None = None
@@ -64,6 +65,8 @@ class Batch:
 
     def get(self, block: bool = True, timeout: float | None = None) -> str:
         """The reply of every line of this batch, once known."""
+        if self.reply is not None:
+            return self.reply
         self._done.wait(timeout)
         return self.reply or ERR_UNAVAILABLE
 
@@ -115,6 +118,8 @@ class IngestApp:
         self.pending = 0  # lines accepted and not yet answered
         self._stopping = False
         self._last_prune = time.monotonic()
+        self._stamp_secs = -1
+        self._stamp_text = ""
         self._tables_ready = False
         self.batches_committed = 0
         self.rows_committed = 0
@@ -134,8 +139,7 @@ class IngestApp:
         if batch is None or batch.taken or len(batch.rows) >= self.batch_size:
             batch = Batch()
             batches.append(batch)
-        batch.rows.append((datetime.now(timezone.utc).replace(tzinfo=None), client.addr, self.pid, line))
-        batch.size += len(line)
+        batch.rows.append((time.time(), client.addr, line))
         self.pending += 1
         if not self._work.is_set():
             self._work.set()
@@ -201,8 +205,8 @@ class IngestApp:
         timeout = max(0.05, min(self.pool.timeout, deadline - time.monotonic()))
         with self.pool.connection(timeout=timeout) as conn:
             cur = conn.cursor()
-            for sql, args in self._statements(batch):
-                cur.execute(sql, args)
+            for sql in self._statements(conn, batch):
+                cur.execute(sql)
             cur.execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
             thread_id = conn.thread_id()
             try:
@@ -214,23 +218,39 @@ class IngestApp:
             except BaseException as exc:  # timeout or kill mid-COMMIT: also unknown
                 raise UnknownOutcome(thread_id) from exc
 
-    def _statements(self, batch: Batch):
-        """Multi-row INSERTs of the batch, each under STATEMENT_BYTES of payload; values as parameters."""
-        head = self._insert_head
-        rows = batch.rows
-        if batch.size < STATEMENT_BYTES:
-            yield head + ",".join(["(%s,%s,%s,%s)"] * len(rows)), [v for row in rows for v in row]
-            return
-        chunk: list[tuple] = []
+    def _statements(self, conn: Any, batch: Batch) -> Iterator[str]:
+        """Multi-row INSERTs of the batch, each under STATEMENT_CHARS of payload.
+
+        Values go through the driver's own parameter escaping (``conn.escape``, which is what
+        ``cursor.execute(sql, params)`` applies, and which honours NO_BACKSLASH_ESCAPES); building the
+        statement here skips the driver's per-value type dispatch and %-formatting of 4 parameters per
+        row, the largest cost of the ingest path. No value is ever formatted into SQL unescaped.
+        """
+        escape = conn.escape
+        stamp = self._stamp
+        addrs: dict[str, str] = {}
+        pid = self.pid
+        values: list[str] = []
         size = 0
-        for row in rows:
-            if chunk and size + len(row[3]) > STATEMENT_BYTES:
-                yield head + ",".join(["(%s,%s,%s,%s)"] * len(chunk)), [v for r in chunk for v in r]
-                chunk, size = [], 0
-            chunk.append(row)
-            size += len(row[3])
-        if chunk:
-            yield head + ",".join(["(%s,%s,%s,%s)"] * len(chunk)), [v for r in chunk for v in r]
+        for received, addr, line in batch.rows:
+            quoted_addr = addrs.get(addr)
+            if quoted_addr is None:
+                quoted_addr = addrs[addr] = escape(addr)
+            if size + len(line) > STATEMENT_CHARS and values:
+                yield self._insert_head + ",".join(values)
+                values, size = [], 0
+            values.append(f"({stamp(received)},{quoted_addr},{pid},{escape(line)})")
+            size += len(line)
+        if values:
+            yield self._insert_head + ",".join(values)
+
+    def _stamp(self, ts: float) -> str:
+        """A DATETIME(6) literal in UTC for an epoch timestamp (the second's text is cached)."""
+        secs = int(ts)
+        if secs != self._stamp_secs:
+            self._stamp_secs = secs
+            self._stamp_text = "'" + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))
+        return f"{self._stamp_text}.{int((ts - secs) * 1e6):06d}'"
 
     def _retryable(self, exc: Exception) -> bool:
         if isinstance(exc, PoolError) or is_disconnect(exc):
