@@ -17,8 +17,9 @@ def daemonize(master: Any) -> Callable[[int], None]:
     r, w = os.pipe()
     if os.fork():
         os.close(w)
-        with os.fdopen(r, "rb") as pipe:
-            outcome = pipe.read(8).strip()
+        # One read, not read-to-EOF: the workers inherit the write end, so EOF would wait for them to exit.
+        # The outcome is one short write; EOF without it (b"") means the daemon died before reporting.
+        outcome = os.read(r, 16).strip()
         os._exit(int(outcome) if outcome.isdigit() else 1)
     os.close(r)
     os.setsid()

@@ -288,6 +288,7 @@ class Master:
             self.target = pending.config.server.workers
             self.pending = None
             logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
+            _set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
             for w in old:
                 self.stop_worker(w)
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
@@ -352,10 +353,13 @@ class Master:
 
     def worker_exited(self, worker: WorkerProc, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        if worker.stop_deadline is not None and code in (0, -signal.SIGKILL):
-            log.info("Worker %s exited", worker.pid)
-            return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if worker.stop_deadline is not None:  # told to stop: never a boot failure nor a crash to respawn for
+            if code in (0, -signal.SIGKILL):
+                log.info("Worker %s exited", worker.pid)
+            else:
+                log.warning("Worker %s exited while stopping (%s)", worker.pid, how)
+            return
         if self.pending is not None and worker.generation == self.pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
             return  # check_reload abandons the reload

@@ -105,6 +105,8 @@ class Worker:
             gevent.signal_handler(signum, handler)
         self.ready = True
         self._write_state()
+        if self.cfg.server.daemon:
+            _release_stderr()
         heartbeat = gevent.spawn(self._heartbeat)
         self._stop_event.wait()
         heartbeat.kill()
@@ -260,6 +262,18 @@ class Worker:
             except Exception:
                 log.exception("app close failed")
         gevent.sleep(0)
+
+
+def _release_stderr() -> None:
+    """Daemon mode: once booted, stop holding the launching command's stderr, as the master does once
+    serving. A caller reading it to EOF (``out=$(prefork run --daemon 2>&1)``, a supervisor's pipe) would
+    otherwise wait for this worker to exit. Boot errors, logged before this, still reach the launcher."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def _rss_bytes() -> int:

@@ -40,3 +40,30 @@ class FailingSetup:
 blocking = Blocking()
 pid = Pid()
 failing_setup = FailingSetup()
+
+
+class Hold:
+    """Echo, except that the reply to a line `hold PATH` is held until the file PATH exists.
+
+    The line is read (and counted) at once, but stays in flight: for tests of graceful stops.
+    """
+
+    def handle(self, line: str, client):
+        if not line.startswith("hold "):
+            return line
+        import gevent
+        from gevent.event import AsyncResult
+
+        path = line[len("hold ") :]
+        result = AsyncResult()
+
+        def release() -> None:
+            while not os.path.exists(path):
+                gevent.sleep(0.02)
+            result.set(line)
+
+        gevent.spawn(release)
+        return result
+
+
+hold = Hold()
