@@ -117,13 +117,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sock in listeners.values():
             sock.close()
         raise CommandError(str(exc)) from None
-    master = Master(cfg, listeners)
+    metrics = None
+    if cfg.server.metrics_bind is not None:
+        from prefork.metrics import MetricsServer
+        from prefork.status import collect
+
+        try:
+            metrics = MetricsServer(cfg.server.metrics_bind, lambda: collect(os.getpid()))
+        except OSError as exc:
+            for sock in listeners.values():
+                sock.close()
+            raise CommandError(
+                f"cannot bind server.metrics_bind={cfg.server.metrics_bind}: {exc.strerror or exc}"
+            ) from None
+    master = Master(cfg, listeners, metrics=metrics, identity=resolve_identity(cfg))
     if not cfg.server.daemon:
         return master.run()
     report = daemonize(master)  # the launching process exits inside, with the start's outcome
     code = master.run()
     report(code or 1)  # stopped before serving: the launcher must not report success
     return code
+
+
+def resolve_identity(cfg: Config) -> tuple[int, int] | None:
+    """The (uid, gid) of server.user / server.group, or None when neither is set."""
+    import grp
+    import pwd
+
+    user, group = cfg.server.user, cfg.server.group
+    if not user and not group:
+        return None
+    uid, gid = os.getuid(), os.getgid()
+    if user:
+        try:
+            entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            raise CommandError(f"server.user: no such user {user!r}") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group:
+        try:
+            gid = (grp.getgrnam(group) if not group.isdigit() else grp.getgrgid(int(group))).gr_gid
+        except KeyError:
+            raise CommandError(f"server.group: no such group {group!r}") from None
+    if (uid, gid) != (os.getuid(), os.getgid()) and os.geteuid() != 0:
+        raise CommandError(f"server.user/server.group: only root can switch to user {user!r} group {group!r}")
+    return uid, gid
 
 
 def find_master_pid(args: argparse.Namespace) -> int:

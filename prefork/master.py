@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import select
 import shutil
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from prefork import logs, sockets
 from prefork.config import Config, ConfigError
+from prefork.metrics import MetricsServer
 from prefork.state import MASTER_FILE, iso, read_json, state_dir_for, worker_file, write_json
 from prefork.worker import WORKER_BOOT_ERROR, WorkerSpec, run_worker
 
@@ -38,6 +40,7 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 EXIT_BOOT = 3
 
+FD_MARGIN = 128  # descriptors a worker needs beside its clients: pool, listeners, logs, state files
 BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
 LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no signal arrives
 QUICK_STOP_TIMEOUT = 2.0
@@ -81,11 +84,20 @@ class PendingReload:
 class Master:
     """Supervise the workers of one server."""
 
-    def __init__(self, config: Config, listeners: dict[str, socket.socket]):
+    def __init__(
+        self,
+        config: Config,
+        listeners: dict[str, socket.socket],
+        metrics: MetricsServer | None = None,
+        identity: tuple[int, int] | None = None,
+    ):
         self.cfg = config
         self.listeners = listeners  # configured address -> bound socket
+        self.metrics = metrics
+        self.identity = identity  # (uid, gid) the workers run as, or None
         self.pid = 0  # set by start(): daemon mode forks after the master is built
         self.generation = 1
+        self.last_generation = 1  # never reused, even when a reload is abandoned
         self.target = config.server.workers
         self.workers: dict[int, WorkerProc] = {}
         self.pending: PendingReload | None = None
@@ -107,6 +119,9 @@ class Master:
         self.state_dir = state_dir_for(self.pid)
         _set_title(f"prefork: master [{self.cfg.server.name}]")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.identity is not None:  # workers write their heartbeat here after dropping privileges
+            os.chown(self.state_dir, *self.identity)
+        _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
         if self.cfg.server.pidfile:
             Path(self.cfg.server.pidfile).write_text(f"{self.pid}\n")
         r, w = os.pipe()
@@ -119,6 +134,8 @@ class Master:
         log.info("Starting prefork master %s (%s)", self.pid, self.cfg.server.name)
         for sock in self.listeners.values():
             log.info("Listening at: %s", sockets.address_of(sock))
+        if self.metrics is not None:
+            log.info("Metrics at: http://%s/metrics", self.metrics.address)
         log.info("Using app %s with %d workers", self.cfg.server.app, self.target)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
@@ -147,10 +164,13 @@ class Master:
     def dispatch_signals(self) -> None:
         """Wait up to LOOP_INTERVAL for a signal, then handle every queued one."""
         if not self.sig_queue:
+            waiting = [self._pipe[0]] if self.metrics is None else [self._pipe[0], self.metrics]
             try:
-                select.select([self._pipe[0]], [], [], LOOP_INTERVAL)
+                readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
             except InterruptedError:
-                pass
+                readable = []
+            if self.metrics is not None and self.metrics in readable:
+                self.metrics.serve_one()
         try:
             while os.read(self._pipe[0], 4096):
                 pass
@@ -209,6 +229,8 @@ class Master:
         if pidfile and _read_pid(pidfile) == self.pid:
             os.unlink(pidfile)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.metrics is not None:
+            self.metrics.close()
         if exit_status:
             log.error("Exiting with status %d: %s", exit_status, reason)
         logs.flush()
@@ -266,7 +288,8 @@ class Master:
             for key in opened:
                 sockets.close(listeners[key])
             return
-        generation = self.generation + 1
+        self.last_generation += 1
+        generation = self.last_generation
         self.pending = PendingReload(
             generation, cfg, listeners, opened, time.monotonic() + max(cfg.server.timeout, 10.0)
         )
@@ -332,7 +355,8 @@ class Master:
                 generation=generation,
                 state_dir=self.state_dir,
                 master_pid=self.pid,
-                close_fds=list(self._pipe or ()),
+                close_fds=[*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])],
+                identity=self.identity,
             )
         )
 
@@ -444,6 +468,22 @@ class Master:
             write_json(self.state_dir / MASTER_FILE, state)
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
+
+
+def _raise_fd_limit(needed: int) -> None:
+    """Raise the soft limit of open files toward the hard one: each client is a descriptor, and a worker
+    at the default 1024 runs out before worker_connections (1000) plus its pool and listeners."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open files limit to %d: %s", needed, exc)
+        return
+    if target < needed:
+        log.warning("open files limit is %d (hard), below the %d that worker_connections needs", target, needed)
 
 
 def _set_title(title: str) -> None:

@@ -42,6 +42,7 @@ class WorkerSpec:
     state_dir: Path
     master_pid: int
     close_fds: list[int] = field(default_factory=list)
+    identity: tuple[int, int] | None = None  # (uid, gid) to run as
 
 
 def run_worker(spec: WorkerSpec) -> NoReturn:
@@ -77,6 +78,30 @@ class Worker:
 
     def run(self) -> int:
         """Boot, serve until told to stop, stop; return the exit code."""
+        try:
+            booted = self._boot()
+        except Exception:
+            # Anything failing before the worker serves is a boot failure: the master counts these to
+            # stop instead of forking in a loop.
+            log.exception("worker failed to boot")
+            booted = False
+        if not booted:
+            return WORKER_BOOT_ERROR
+        gevent = self._gevent
+        self.ready = True
+        self._write_state()
+        if self.cfg.server.daemon:
+            _release_stderr()
+        heartbeat = gevent.spawn(self._heartbeat)
+        self._stop_event.wait()
+        heartbeat.kill()
+        if self._quick:
+            return 0
+        self._graceful_stop()
+        return 0
+
+    def _boot(self) -> bool:
+        """Patch, set up the app, start serving; False if the app cannot be imported or set up."""
         self._prepare_process()
         from gevent import monkey
 
@@ -94,7 +119,7 @@ class Worker:
             max_line=self.cfg.server.max_line, client_timeout=self.cfg.server.client_timeout, ack=self.cfg.server.ack
         )
         if not self._boot_app():
-            return WORKER_BOOT_ERROR
+            return False
         self._start_servers()
         for signum, handler in (
             (signal.SIGTERM, self._on_term),
@@ -103,17 +128,7 @@ class Worker:
             (signal.SIGUSR1, logs.reopen),
         ):
             gevent.signal_handler(signum, handler)
-        self.ready = True
-        self._write_state()
-        if self.cfg.server.daemon:
-            _release_stderr()
-        heartbeat = gevent.spawn(self._heartbeat)
-        self._stop_event.wait()
-        heartbeat.kill()
-        if self._quick:
-            return 0
-        self._graceful_stop()
-        return 0
+        return True
 
     # -- boot ---------------------------------------------------------------------------------------
 
@@ -137,6 +152,14 @@ class Worker:
         ):
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        if self.spec.identity is not None:
+            uid, gid = self.spec.identity
+            # Group first: once the user is dropped, the group can no longer be changed.
+            if os.getgid() != gid:
+                os.setgroups([gid])
+                os.setgid(gid)
+            if os.getuid() != uid:
+                os.setuid(uid)
         try:
             from setproctitle import setproctitle
 

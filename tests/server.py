@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from prefork.state import state_dir_for
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"  # test applications, importable by the workers
@@ -72,6 +75,7 @@ class ServerProcess:
         self.tmp = tempfile.mkdtemp(prefix="prefork-test-")
         self.log_path = Path(self.tmp) / "master.log"
         self.proc: subprocess.Popen | None = None
+        self._final_logs: str | None = None
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
         """Start the master; with wait, return once it listens and its workers are serving."""
@@ -101,6 +105,8 @@ class ServerProcess:
 
     def logs(self) -> str:
         """Everything the master and its workers logged so far."""
+        if self._final_logs is not None:
+            return self._final_logs
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -172,6 +178,10 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             pass
         self._log.close()
+        # Keep the log readable after the files are gone; remove what a killed master cannot.
+        self._final_logs = self.logs()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(state_dir_for(self.proc.pid), ignore_errors=True)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -548,3 +548,98 @@ def test_usr1_reopens_the_log_file(tmp_path):
         assert srv.logs() == ""  # nothing on stderr
     finally:
         srv.stop()
+
+
+# -- operations: metrics, open files, user ------------------------------------------------------------
+
+
+def http_get(port: int, path: str) -> tuple[str, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = read_all(sock).decode()
+    head, _, body = data.partition("\r\n\r\n")
+    return head.split("\r\n", 1)[0], body
+
+
+def test_metrics_endpoint_serves_prometheus_text():
+    with ServerProcess([ECHO, "--workers", "2", "--name", "metered", "--metrics-bind", "127.0.0.1:0"]) as srv:
+        match = wait_for(lambda: re.search(r"Metrics at: http://127\.0\.0\.1:(\d+)/metrics", srv.logs()))
+        port = int(match.group(1))
+        assert echo_ok(srv.port)
+
+        def scraped():
+            status, body = http_get(port, "/metrics")
+            return body if "prefork_lines_total" in body and " 3" in body else None
+
+        body = wait_for(scraped, what="metrics with the lines")
+        assert http_get(port, "/metrics")[0] == "HTTP/1.1 200 OK"
+        assert 'prefork_up{name="metered"} 1' in body
+        assert "# TYPE prefork_lines_total counter" in body
+        assert body.count("prefork_clients{") == 2
+        assert http_get(port, "/nope")[0].startswith("HTTP/1.1 404")
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # a scraper that says nothing must not hang the master
+        assert echo_ok(srv.port)
+
+
+def test_master_raises_the_open_files_limit_for_workers():
+    def low_limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    srv = ServerProcess([ECHO, "--workers", "1", "--worker-connections", "1000"])
+    srv._log = open(srv.log_path, "wb")
+    srv.proc = subprocess.Popen(
+        prefork_cmd("run", *srv.args),
+        stdout=srv._log,
+        stderr=subprocess.STDOUT,
+        env=srv.env,
+        cwd=srv.cwd,
+        start_new_session=True,
+        preexec_fn=low_limit,
+    )
+    try:
+        wait_for(lambda: "Workers are serving" in srv.logs(), 30, what="workers")
+        limits = Path(f"/proc/{srv.worker_pids()[0]}/limits").read_text()
+        soft = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+        assert soft >= 1000 + 128
+    finally:
+        srv.stop()
+
+
+def test_workers_switch_to_server_group(tmp_path):
+    """Workers drop to server.user/server.group after the fork (the group here: the interpreter of this
+    machine may live where an unprivileged user cannot read it)."""
+    import grp
+
+    group = grp.getgrgid(65534).gr_name  # nogroup on Debian
+    args = [ECHO, "--workers", "1", "--user", "root", "--group", group]
+    if os.geteuid() != 0:  # only root may switch: a clear error, exit 2
+        out = subprocess.run(
+            prefork_cmd("run", *args, "--bind", "127.0.0.1:0"),
+            env=test_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 2 and "only root" in out.stderr
+        return
+    with ServerProcess(args) as srv:
+        worker = srv.worker_pids()[0]
+        status = Path(f"/proc/{worker}/status").read_text().splitlines()
+        gid_line = next(line for line in status if line.startswith("Gid:"))
+        assert int(gid_line.split()[1]) == 65534
+        assert echo_ok(srv.port)
+        assert srv.status()["workers"][0]["pid"] == worker  # its heartbeat file is written
+
+
+def test_unknown_user_is_a_config_error():
+    out = subprocess.run(
+        prefork_cmd("run", ECHO, "--user", "no-such-user-x", "--bind", "127.0.0.1:0"),
+        env=test_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "server.user" in out.stderr and "no-such-user-x" in out.stderr
