@@ -355,10 +355,19 @@ class Master:
                 generation=generation,
                 state_dir=self.state_dir,
                 master_pid=self.pid,
-                close_fds=[*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])],
+                close_fds=self._fds_not_for(listeners),
                 identity=self.identity,
             )
         )
+
+    def _fds_not_for(self, listeners: dict[str, socket.socket]) -> list[int]:
+        """Descriptors a new worker must close: the master's own, and listeners of the other generation
+        (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)."""
+        fds = [*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])]
+        others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
+        mine = {id(sock) for sock in listeners.values()}
+        fds += {sock.fileno() for sock in others if id(sock) not in mine}
+        return fds
 
     def reap_workers(self) -> None:
         """Collect dead workers; count boot failures; plan respawns with capped backoff."""

@@ -77,7 +77,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self._final_logs: str | None = None
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
+    def start(self, wait: bool = True, timeout: float = 30.0, preexec_fn=None) -> ServerProcess:
         """Start the master; with wait, return once it listens and its workers are serving."""
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -88,6 +88,7 @@ class ServerProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
         if wait:
             wait_for(
@@ -129,11 +130,11 @@ class ServerProcess:
             text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
         except FileNotFoundError:
             return []
-        return sorted(int(p) for p in text.split() if _is_alive(int(p)))
+        return sorted(int(p) for p in text.split() if is_alive(int(p)))
 
     def titles(self) -> dict[int, str]:
         """Process titles of the master and its workers."""
-        return {pid: _cmdline(pid) for pid in [self.pid, *self.worker_pids()]}
+        return {pid: cmdline(pid) for pid in [self.pid, *self.worker_pids()]}
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
@@ -190,7 +191,8 @@ class ServerProcess:
         self.stop()
 
 
-def _is_alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Tell whether a process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -198,7 +200,8 @@ def _is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """A process's command line (its title, once it set one)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except FileNotFoundError:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import ServerProcess, prefork_cmd, roundtrip, test_env, wait_for
+from prefork.devdb import free_port
+from tests.server import ServerProcess, cmdline, is_alive, prefork_cmd, roundtrip, test_env, wait_for
 
 ECHO = "workers.echo:app"
 
@@ -50,27 +51,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0
             out = err = "(output still held open by another process)"
         raise AssertionError(f"prefork {' '.join(args)} did not return within {timeout}s:\n{out}\n{err}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except FileNotFoundError:
-        return ""
 
 
 def _children(pid: int) -> list[int]:
@@ -123,7 +103,7 @@ class Daemons:
             except (OSError, ValueError):
                 pass
         for pid in set(pids):
-            if _cmdline(pid).startswith("prefork: "):  # never a recycled pid of something else
+            if cmdline(pid).startswith("prefork: "):  # never a recycled pid of something else
                 _kill_tree(pid)
 
 
@@ -343,7 +323,7 @@ def test_daemon_start_status_reload_stop(tmp_path, daemons):
     pid = daemons.pid_of(pidfile)
     # Serving as soon as the command returned: no wait, no retry.
     assert roundtrip(port, [b"first", b"second"]) == [b"first", b"second"]
-    assert _cmdline(pid) == "prefork: master [demon]"
+    assert cmdline(pid) == "prefork: master [demon]"
     assert os.getsid(pid) != os.getsid(0)  # detached into its own session
 
     status = status_json("--pidfile", str(pidfile))
@@ -370,9 +350,9 @@ def test_daemon_start_status_reload_stop(tmp_path, daemons):
     workers = _children(pid)
     result = run_cli("stop", "--pidfile", str(pidfile))
     assert result.returncode == 0, result.stderr
-    assert not _alive(pid)
+    assert not is_alive(pid)
     assert not pidfile.exists()
-    wait_for(lambda: not any(_alive(w) for w in workers), what="the workers to exit")
+    wait_for(lambda: not any(is_alive(w) for w in workers), what="the workers to exit")
 
 
 def test_daemon_found_through_the_config_file(tmp_path, daemons):
@@ -392,7 +372,7 @@ def test_daemon_found_through_the_config_file(tmp_path, daemons):
     assert run_cli("reload", "-c", str(conf)).returncode == 0
     wait_for(lambda: status_json("-c", str(conf))["master"]["generation"] == 2, timeout=30, what="the reload")
     assert run_cli("stop", "-c", str(conf)).returncode == 0
-    assert not _alive(pid) and not pidfile.exists()
+    assert not is_alive(pid) and not pidfile.exists()
 
 
 @pytest.mark.parametrize("app", ["testapps:failing_setup", "nonexistent_module:app"])

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import query
 from tests.mysql_proxy import CommitBreakingProxy
-from tests.server import ServerProcess, prefork_cmd, read_lines, roundtrip, test_env, wait_for
+from tests.server import ROOT, ServerProcess, prefork_cmd, read_lines, roundtrip, test_env, wait_for
 
 
 def ingest_server(dsn: str, table: str, *extra: str, workers: int = 2) -> ServerProcess:
@@ -265,3 +265,11 @@ def test_worker_creates_table_at_start(dsn):
     with ingest_server(dsn, "t_autocreate", workers=1):
         wait_for(lambda: query(dsn, "SHOW TABLES LIKE 't_autocreate'"), 20, what="the table")
     time.sleep(0)
+
+
+def test_etc_schema_matches_the_code():
+    from workers.schema import create_marker_table_sql, create_table_sql
+
+    text = (ROOT / "etc" / "schema.sql").read_text()
+    assert create_table_sql("received_lines") + ";" in text
+    assert create_marker_table_sql() + ";" in text

@@ -18,6 +18,7 @@ import pytest
 from tests.server import (
     ServerProcess,
     connect,
+    is_alive,
     prefork_cmd,
     read_all,
     read_lines,
@@ -30,14 +31,6 @@ ECHO = "workers.echo:app"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def echo_ok(port: int, tag: str = "x") -> bool:
@@ -114,7 +107,7 @@ def test_blocked_worker_is_killed_after_timeout_and_replaced():
                 assert read_all(sock) == b""
             except ConnectionResetError:
                 pass
-        wait_for(lambda: not _alive(pid), timeout=15, what="the blocked worker to be killed")
+        wait_for(lambda: not is_alive(pid), timeout=15, what="the blocked worker to be killed")
         new = wait_for(lambda: (p := srv.worker_pids()) and pid not in p and p, timeout=15, what="a replacement")
         assert len(new) == 1
         assert re.search(rf"worker {pid} timed out", srv.logs()), srv.logs()
@@ -198,7 +191,7 @@ def test_hup_under_load_replaces_the_generation_without_losing_a_client(tmp_path
                 what="three generation-2 workers and no other",
             )
             assert not set(new) & set(old)
-            wait_for(lambda: not any(_alive(p) for p in old), what="the old workers to exit")
+            wait_for(lambda: not any(is_alive(p) for p in old), what="the old workers to exit")
             at_reload = list(counts)
             wait_for(
                 lambda: all(c >= a + 20 for c, a in zip(counts, at_reload, strict=True)),
@@ -236,7 +229,7 @@ def test_hup_picks_up_new_application_code(tmp_path):
         )
         srv.signal(signal.SIGHUP)
         wait_for(
-            lambda: not any(_alive(p) for p in old) and len(srv.worker_pids()) == 2,
+            lambda: not any(is_alive(p) for p in old) and len(srv.worker_pids()) == 2,
             timeout=30,
             what="the new generation alone",
         )
@@ -260,6 +253,27 @@ def test_hup_with_a_broken_config_keeps_the_old_workers(tmp_path):
         assert srv.worker_pids() == old
         assert srv.status()["master"]["generation"] == 1
         assert srv.proc.poll() is None
+
+
+def test_hup_opens_added_listeners_and_closes_removed_ones(tmp_path):
+    from prefork.devdb import free_port
+
+    first, second = free_port(), free_port()
+    conf = tmp_path / "prefork.ini"
+    conf.write_text(f"[server]\napp = {ECHO}\nworkers = 1\nbind = 127.0.0.1:{first}\n")
+    with ServerProcess(["-c", str(conf)], bind=None) as srv:
+        assert echo_ok(first)
+        conf.write_text(f"[server]\napp = {ECHO}\nworkers = 1\nbind = 127.0.0.1:{first},127.0.0.1:{second}\n")
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: srv.status()["master"]["generation"] == 2, what="generation 2")
+        assert echo_ok(first) and echo_ok(second)
+        conf.write_text(f"[server]\napp = {ECHO}\nworkers = 1\nbind = 127.0.0.1:{second}\n")
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: srv.status()["master"]["generation"] == 3, what="generation 3")
+        wait_for(lambda: len(srv.worker_pids()) == 1, what="the old worker to exit")
+        assert echo_ok(second)
+        wait_for(lambda: refused(first), what="the removed listener to close")
+        assert srv.status()["master"]["listeners"] == [f"127.0.0.1:{second}"]
 
 
 def test_hup_with_an_app_that_fails_to_boot_keeps_the_old_workers(tmp_path):
@@ -328,13 +342,13 @@ def test_term_stops_gracefully_and_answers_lines_in_flight(tmp_path):
             srv.signal(signal.SIGTERM)
             # The worker stopped accepting (listeners closed everywhere) while its lines are still held.
             wait_for(lambda: refused(port), what="the listeners to close")
-            assert srv.proc.poll() is None and _alive(worker)
+            assert srv.proc.poll() is None and is_alive(worker)
             release.touch()
             sock.settimeout(30)
             assert read_lines(sock, len(lines)) == lines
             assert read_all(sock) == b""
         assert srv.wait(60) == 0
-        wait_for(lambda: not _alive(worker), what="the worker to be gone")
+        wait_for(lambda: not is_alive(worker), what="the worker to be gone")
         assert not srv.worker_pids()
         assert "outlived" not in srv.logs() and "killed" not in srv.logs()
 
@@ -353,7 +367,7 @@ def test_term_kills_workers_that_outlive_graceful_timeout(tmp_path):
                 assert read_all(sock) == b""
             except ConnectionResetError:
                 pass
-        assert not _alive(worker)
+        assert not is_alive(worker)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
@@ -367,7 +381,7 @@ def test_int_and_quit_stop_quickly_with_status_0(tmp_path, signum):
             srv.signal(signum)
             # Far below graceful_timeout (600 s): the quick stop does not wait for clients.
             assert srv.wait(60) == 0
-        assert not any(_alive(p) for p in workers)
+        assert not any(is_alive(p) for p in workers)
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -388,7 +402,7 @@ def test_master_never_loads_gevent_workers_do():
         assert echo_ok(srv.port)
         srv.signal(signal.SIGHUP)  # a reload must not make the master import anything either
         wait_for(lambda: "Reloaded: generation 2" in srv.logs(), what="the reload")
-        wait_for(lambda: not _alive(worker), what="the old worker to exit")
+        wait_for(lambda: not is_alive(worker), what="the old worker to exit")
         master_maps = Path(f"/proc/{srv.pid}/maps").read_text()
         assert "gevent" not in master_maps
         assert "greenlet" not in master_maps
@@ -434,7 +448,7 @@ def test_max_requests_restarts_the_worker():
         replies = roundtrip(srv.port, lines)
         assert len(replies) == 60
         assert all(r.startswith(f"{first} ".encode()) for r in replies)
-        wait_for(lambda: not _alive(first), timeout=20, what="the worker to restart")
+        wait_for(lambda: not is_alive(first), timeout=20, what="the worker to restart")
         (second,) = wait_for(n_workers(srv, 1), what="a new worker")
         assert second != first
         assert "max_requests" in srv.logs()
@@ -589,18 +603,8 @@ def test_master_raises_the_open_files_limit_for_workers():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     srv = ServerProcess([ECHO, "--workers", "1", "--worker-connections", "1000"])
-    srv._log = open(srv.log_path, "wb")
-    srv.proc = subprocess.Popen(
-        prefork_cmd("run", *srv.args),
-        stdout=srv._log,
-        stderr=subprocess.STDOUT,
-        env=srv.env,
-        cwd=srv.cwd,
-        start_new_session=True,
-        preexec_fn=low_limit,
-    )
     try:
-        wait_for(lambda: "Workers are serving" in srv.logs(), 30, what="workers")
+        srv.start(preexec_fn=low_limit)
         limits = Path(f"/proc/{srv.worker_pids()[0]}/limits").read_text()
         soft = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
         assert soft >= 1000 + 128

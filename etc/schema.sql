@@ -1,0 +1,16 @@
+-- The ingest table (SPEC section 6) and the batch marker table; `prefork initdb` and every worker
+-- create them when missing. A configured ingest.table replaces `received_lines`.
+
+CREATE TABLE IF NOT EXISTS `received_lines` (
+  id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  received_at DATETIME(6)     NOT NULL,
+  client_addr VARCHAR(64)     NOT NULL,
+  worker_pid  INT UNSIGNED    NOT NULL,
+  payload     MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS `prefork_batches` (
+  batch_id   BINARY(16) NOT NULL PRIMARY KEY,
+  created_at DATETIME   NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  KEY (created_at)
+) ENGINE=InnoDB;
