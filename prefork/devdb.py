@@ -120,6 +120,7 @@ class MariaDBServer:
         """Start the server (installing the datadir first if needed) and wait until it answers."""
         self.install()
         self.basedir.mkdir(parents=True, exist_ok=True)
+        self._kill_leftover()
         self.portfile.write_text(str(self.port))
         log = open(self.basedir / "stdout.log", "ab")
         self.proc = subprocess.Popen(
@@ -128,6 +129,21 @@ class MariaDBServer:
         log.close()
         self._wait_ready(timeout)
         self._create_database()
+
+    def _kill_leftover(self) -> None:
+        """Stop a server an earlier run left on this datadir: the new one could not lock it, and the old
+        one would answer in its place."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if f"--datadir={self.datadir}".encode() not in cmdline:
+            return  # the pid was recycled by another process
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _wait_ready(self, timeout: float) -> None:
         import pymysql

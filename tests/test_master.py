@@ -96,6 +96,19 @@ def test_killed_worker_is_replaced_and_served_again():
         assert srv.proc.poll() is None
 
 
+def test_a_worker_that_keeps_crashing_is_replaced_with_backoff_not_given_up():
+    with ServerProcess(["testapps:crashing", "--workers", "1"]) as srv:
+        for i in range(5):
+            worker = wait_for(n_workers(srv, 1), what="a worker")[0]
+            with connect(srv.port) as sock:
+                sock.sendall(b"crash\n")
+                assert read_all(sock) == b""  # the worker died without a reply
+            wait_for(lambda w=worker: not is_alive(w), what="the crashed worker to be gone")
+        wait_for(lambda: echo_ok(srv.port), timeout=30, what="a replacement to serve")
+        assert srv.proc.poll() is None  # crashes after boot never stop the master
+        assert srv.logs().count("died (exit code 1)") == 5
+
+
 def test_blocked_worker_is_killed_after_timeout_and_replaced():
     with ServerProcess(["testapps:blocking", "--workers", "1", "--timeout", "2"]) as srv:
         (pid,) = wait_for(n_workers(srv, 1), what="one worker")

@@ -67,3 +67,15 @@ class Hold:
 
 
 hold = Hold()
+
+
+class Crashing:
+    """Echo, except that the line `crash` kills the worker process at once."""
+
+    def handle(self, line: str, client):
+        if line == "crash":
+            os._exit(1)
+        return line
+
+
+crashing = Crashing()
