@@ -203,20 +203,21 @@ class IngestApp:
 
     def _write(self, batch: Batch, marker: bytes, deadline: float) -> None:
         timeout = max(0.05, min(self.pool.timeout, deadline - time.monotonic()))
-        with self.pool.connection(timeout=timeout) as conn:
-            cur = conn.cursor()
-            for sql in self._statements(conn, batch):
-                cur.execute(sql)
-            cur.execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
-            thread_id = conn.thread_id()
-            try:
+        thread_id: int | None = None
+        try:
+            with self.pool.connection(timeout=timeout) as conn:
+                cur = conn.cursor()
+                for sql in self._statements(conn, batch):
+                    cur.execute(sql)
+                cur.execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
+                thread_id = conn.thread_id()
                 conn.commit()
-            except Exception as exc:
-                if is_disconnect(exc):
-                    raise UnknownOutcome(thread_id) from exc
-                raise
-            except BaseException as exc:  # timeout or kill mid-COMMIT: also unknown
+        except Exception as exc:
+            # Only here, outside the block, does the error become UnknownOutcome: the pool must see the
+            # disconnect itself to discard the connection rather than roll it back and reuse it.
+            if thread_id is not None and is_disconnect(exc):
                 raise UnknownOutcome(thread_id) from exc
+            raise
 
     def _statements(self, conn: Any, batch: Batch) -> Iterator[str]:
         """Multi-row INSERTs of the batch, each under STATEMENT_CHARS of payload.
