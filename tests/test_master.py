@@ -98,7 +98,7 @@ def test_killed_worker_is_replaced_and_served_again():
 
 def test_a_worker_that_keeps_crashing_is_replaced_with_backoff_not_given_up():
     with ServerProcess(["testapps:crashing", "--workers", "1"]) as srv:
-        for i in range(5):
+        for _ in range(5):
             worker = wait_for(n_workers(srv, 1), what="a worker")[0]
             with connect(srv.port) as sock:
                 sock.sendall(b"crash\n")
