@@ -423,11 +423,8 @@ class Master:
                     log.warning("worker %s did not stop within graceful_timeout: killed", w.pid)
                     self.kill_worker(w.pid, signal.SIGKILL)
                 continue
-            timeout = (
-                self.cfg.server.timeout
-                if w.generation != getattr(self.pending, "generation", None)
-                else (self.pending.config.server.timeout)
-            )
+            pending = self.pending is not None and w.generation == self.pending.generation
+            timeout = (self.pending.config if pending else self.cfg).server.timeout
             path = worker_file(self.state_dir, w.pid)
             try:
                 silent = now - path.stat().st_mtime

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 
 import gevent
 import gevent.socket
@@ -264,7 +263,6 @@ def test_check_and_initdb(dsn, tmp_path):
 def test_worker_creates_table_at_start(dsn):
     with ingest_server(dsn, "t_autocreate", workers=1):
         wait_for(lambda: query(dsn, "SHOW TABLES LIKE 't_autocreate'"), 20, what="the table")
-    time.sleep(0)
 
 
 def test_etc_schema_matches_the_code():

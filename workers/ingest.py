@@ -33,7 +33,7 @@ from gevent.event import Event
 
 from prefork.app import Client, WorkerInfo
 from prefork.pool import Pool, PoolError, is_disconnect
-from workers.schema import MARKER_TABLE, create_marker_table_sql, create_table_sql, quote_identifier
+from workers.schema import MARKER_TABLE, ensure_table, quote_identifier
 
 log = logging.getLogger("workers.ingest")
 
@@ -120,7 +120,6 @@ class IngestApp:
         self._last_prune = time.monotonic()
         self._stamp_secs = -1
         self._stamp_text = ""
-        self._tables_ready = False
         self.batches_committed = 0
         self.rows_committed = 0
         self._flushers = [gevent.spawn(self._flush_loop) for _ in range(cfg.ingest.flushers)]
@@ -258,7 +257,6 @@ class IngestApp:
             return True
         if isinstance(exc, pymysql.err.MySQLError) and exc.args:
             if exc.args[0] == NO_SUCH_TABLE:
-                self._tables_ready = False
                 self._ensure_tables_quietly()
                 return True
             return exc.args[0] in RETRYABLE_CODES
@@ -310,11 +308,7 @@ class IngestApp:
     def ensure_tables(self) -> None:
         """Create the ingest table and the marker table if they are missing."""
         with self.pool.connection() as conn:
-            cur = conn.cursor()
-            cur.execute(create_table_sql(self.table))
-            cur.execute(create_marker_table_sql())
-            conn.commit()
-        self._tables_ready = True
+            ensure_table(conn, self.table)
 
     def _ensure_tables_quietly(self) -> None:
         try:
