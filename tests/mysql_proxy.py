@@ -1,10 +1,20 @@
-"""A TCP proxy in front of MariaDB that breaks connections around COMMIT, for testing unknown outcomes.
+"""A TCP proxy in front of MariaDB that injects faults around COMMIT, for testing unknown outcomes.
 
-Every `every`-th COMMIT that passes through is cut, alternately:
+A plan decides, for the n-th COMMIT that passes through (n = 1, 2, ...), what happens to it:
 
-- after the server committed: the COMMIT is forwarded, the server's OK is read and thrown away, then both
-  sides are closed (the batch is stored, but the client never learns it);
-- before the server saw it: the COMMIT is dropped and both sides are closed (the server rolls back).
+- ``None``: nothing, the COMMIT and its reply pass.
+- ``"reply-lost"``: the server gets the COMMIT (it commits); its OK is thrown away and both sides are
+  closed: the batch is stored, but the client never learns it.
+- ``"cut-before"``: the COMMIT is dropped and both sides are closed (the server rolls back).
+- ``"error-after"``: the server commits; its OK is replaced by an error packet (``error_code``, by
+  default 1927 "Connection was killed"), and both sides are closed as MariaDB does after that error.
+- ``"error-open"``: as error-after, but the connection stays open (an error the driver does not take for
+  a disconnect, after a COMMIT that landed).
+- ``"bad-sequence"``: the server commits; its OK reaches the client with a wrong sequence number (the
+  driver raises a packet-sequence InternalError and closes its socket).
+
+``refuse = True`` makes the proxy close every new connection at once (the database is unreachable);
+connections already open are untouched. ``counts`` tells how often each fault was injected.
 
 It runs on real sockets in plain threads, so it works whatever the test's own greenlets are doing.
 """
@@ -12,18 +22,44 @@ It runs on real sockets in plain threads, so it works whatever the test's own gr
 from __future__ import annotations
 
 import socket
+import struct
 import threading
+from collections import Counter
+from collections.abc import Callable
 
 COMMIT_PACKET = b"\x03COMMIT"
+FAULTS = ("reply-lost", "cut-before", "error-after", "error-open", "bad-sequence")
+ERROR_TEXT = {1927: (b"70100", b"Connection was killed"), 1053: (b"08S01", b"Server shutdown in progress")}
 
 
-class CommitBreakingProxy:
-    def __init__(self, upstream: tuple[str, int], every: int = 3):
+def every(n: int, *faults: str) -> Callable[[int], str | None]:
+    """A plan: every n-th COMMIT gets the next fault of `faults`, in turn."""
+
+    def plan(count: int) -> str | None:
+        if count % n:
+            return None
+        return faults[(count // n - 1) % len(faults)]
+
+    return plan
+
+
+class _Link:
+    """One proxied connection: what the server-to-client relay must do with the next reply."""
+
+    def __init__(self, client: socket.socket, server: socket.socket):
+        self.client = client
+        self.server = server
+        self.on_reply: str | None = None
+
+
+class FaultProxy:
+    def __init__(self, upstream: tuple[str, int], plan: Callable[[int], str | None], error_code: int = 1927):
         self.upstream = upstream
-        self.every = every
+        self.plan = plan
+        self.error_code = error_code
+        self.refuse = False
         self.commits = 0
-        self.cut_after_commit = 0
-        self.cut_before_commit = 0
+        self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,7 +69,11 @@ class CommitBreakingProxy:
         self._sockets: list[socket.socket] = []
         self._closed = False
 
-    def __enter__(self) -> CommitBreakingProxy:
+    @property
+    def dsn(self) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/test"
+
+    def __enter__(self) -> FaultProxy:
         threading.Thread(target=self._accept_loop, daemon=True).start()
         return self
 
@@ -49,27 +89,30 @@ class CommitBreakingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.refuse:
+                _close(client)
+                continue
             try:
                 server = socket.create_connection(self.upstream)
             except OSError:
                 _close(client)
                 continue
             self._sockets += [client, server]
-            threading.Thread(target=self._client_to_server, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._relay, args=(server, client), daemon=True).start()
+            link = _Link(client, server)
+            threading.Thread(target=self._client_to_server, args=(link,), daemon=True).start()
+            threading.Thread(target=self._server_to_client, args=(link,), daemon=True).start()
 
     def _decide(self) -> str | None:
         with self._lock:
             self.commits += 1
-            if self.commits % self.every:
-                return None
-            if (self.commits // self.every) % 2:
-                self.cut_after_commit += 1
-                return "after"
-            self.cut_before_commit += 1
-            return "before"
+            fault = self.plan(self.commits)
+            if fault is not None:
+                assert fault in FAULTS, fault
+                self.counts[fault] += 1
+            return fault
 
-    def _client_to_server(self, client: socket.socket, server: socket.socket) -> None:
+    def _client_to_server(self, link: _Link) -> None:
+        client, server = link.client, link.server
         buf = b""
         keep_server = False
         try:
@@ -80,44 +123,95 @@ class CommitBreakingProxy:
                 buf += data
                 out = b""
                 # Forward whole packets; look at each one for a COMMIT.
-                while len(buf) >= 4:
-                    length = int.from_bytes(buf[:3], "little")
-                    if len(buf) < 4 + length:
-                        break
-                    packet, buf = buf[: 4 + length], buf[4 + length :]
+                for packet, buf in _packets(buf):
                     if packet[4:] == COMMIT_PACKET:
-                        decision = self._decide()
-                        if decision == "before":
+                        fault = self._decide()
+                        if fault == "cut-before":
                             server.sendall(out)
                             return
-                        if decision == "after":
-                            # The server gets the COMMIT and keeps its socket until it has answered (the
-                            # relay then fails to pass the OK on and closes it): committed, reply lost.
+                        if fault is not None:
+                            # The server gets the COMMIT; the relay deals with its reply.
+                            link.on_reply = fault
                             server.sendall(out + packet)
-                            keep_server = True
-                            return
+                            out = b""
+                            if fault != "error-open":
+                                keep_server = True  # the relay closes it once the reply has come
+                                return
+                            continue
                     out += packet
                 if out:
                     server.sendall(out)
         except OSError:
             pass
         finally:
-            _close(client)
             if not keep_server:
+                _close(client)
                 _close(server)
 
-    def _relay(self, src: socket.socket, dst: socket.socket) -> None:
+    def _server_to_client(self, link: _Link) -> None:
+        client, server = link.client, link.server
+        buf = b""
         try:
             while True:
-                data = src.recv(65536)
+                data = server.recv(65536)
                 if not data:
                     return
-                dst.sendall(data)
+                if link.on_reply is None and not buf:
+                    client.sendall(data)  # the common case: pass bytes through unparsed
+                    continue
+                buf += data
+                out = b""
+                for packet, buf in _packets(buf):
+                    fault, link.on_reply = link.on_reply, None
+                    if fault is None:
+                        out += packet
+                    elif fault == "reply-lost":
+                        return
+                    elif fault in ("error-after", "error-open"):
+                        client.sendall(out + self._error_packet(packet[3]))
+                        out = b""
+                        if fault == "error-after":
+                            return
+                    elif fault == "bad-sequence":
+                        client.sendall(out + packet[:3] + bytes([(packet[3] + 7) % 256]) + packet[4:])
+                        return
+                if out:
+                    client.sendall(out)
         except OSError:
             pass
         finally:
-            _close(dst)
-            _close(src)
+            _close(client)
+            _close(server)
+
+    def _error_packet(self, seq: int) -> bytes:
+        state, text = ERROR_TEXT.get(self.error_code, (b"HY000", b"Got error during COMMIT"))
+        body = b"\xff" + struct.pack("<H", self.error_code) + b"#" + state + text
+        return len(body).to_bytes(3, "little") + bytes([seq]) + body
+
+
+def _packets(buf: bytes):
+    """Yield (packet, rest) for each whole MySQL packet at the start of buf."""
+    while len(buf) >= 4:
+        length = int.from_bytes(buf[:3], "little")
+        if len(buf) < 4 + length:
+            return
+        packet, buf = buf[: 4 + length], buf[4 + length :]
+        yield packet, buf
+
+
+class CommitBreakingProxy(FaultProxy):
+    """Every `every`-th COMMIT is cut, alternately after the server committed and before it saw it."""
+
+    def __init__(self, upstream: tuple[str, int], every: int = 3):
+        super().__init__(upstream, globals()["every"](every, "reply-lost", "cut-before"))
+
+    @property
+    def cut_after_commit(self) -> int:
+        return self.counts["reply-lost"]
+
+    @property
+    def cut_before_commit(self) -> int:
+        return self.counts["cut-before"]
 
 
 def _close(sock: socket.socket) -> None:
