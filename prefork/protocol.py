@@ -14,12 +14,17 @@ reply to be written (pipelining). Rules (SPEC section 5):
   and at most ``MAX_IN_FLIGHT`` lines (and about ``MAX_IN_FLIGHT_BYTES`` of reply text) await their reply;
   past that the reader stops reading, so a client that never reads its replies stalls only itself.
 - ``ack = off``: nothing is sent, and a client that does not read can block nothing.
+- Graceful stop (``stop()``): the reader stops at the next read, not in the middle of a buffer or of a
+  backpressure wait, so every complete line already read still gets its reply. The server then half-closes
+  and drains what the client still sends (closing a socket with unread input sends RST, and an RST can
+  destroy replies still on their way) before it closes.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,7 @@ from prefork.app import Client
 READ_SIZE = 65536
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
 MAX_IN_FLIGHT_BYTES = 1 << 20  # bytes of replies of one connection waiting to be written
+LINGER_S = 2.0  # after the last reply, how long a client that keeps sending is drained before the close
 
 ERR_TOO_LONG = "ERR too-long"
 ERR_BAD_UTF8 = "ERR bad-utf8"
@@ -63,8 +69,10 @@ class Counters:
         self.next_client_id = 0
 
 
-class StopReading(Exception):
-    """Raised into a reader blocked on its socket when the worker stops gracefully."""
+class StopReading(BaseException):
+    """Thrown into a reader to end it: at a graceful stop (only while it waits in recv), or when its writer
+    died (anywhere: the client is gone). A BaseException, so that no ``except Exception`` around an
+    application's ``handle`` can swallow it and leave the reader waiting for room that never comes."""
 
 
 class LineConnection:
@@ -84,8 +92,11 @@ class LineConnection:
         self._has_room = Event()
         self._has_room.set()
         self._reading_done = False
+        self._saw_eof = False  # the client half-closed: nothing is left to drain at close
+        self._writer_failed = False
         self._stopping = False
-        self._interruptible = False  # the reader is blocked in recv or waiting for room
+        self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
+        self._wake: Any = None  # a pending throw of StopReading into the reader, cancelled if recv returns first
         self._reader: gevent.Greenlet | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -96,23 +107,31 @@ class LineConnection:
         self.counters.clients += 1
         writer = gevent.spawn(self._write_loop)
         try:
-            self._read_loop()
-        except (StopReading, OSError):
-            pass
-        finally:
-            self._reading_done = True
-            self._has_items.set()
             try:
-                writer.join()
+                self._read_loop()
+            except (StopReading, OSError):
+                pass
             finally:
-                self.counters.clients -= 1
-                _close(self.sock)
+                self._reading_done = True
+                self._has_items.set()
+            # A StopReading thrown by a dying writer may still be on its way: it must not cut the join
+            # short (replies pending) or escape this greenlet.
+            while not writer.dead:
+                try:
+                    writer.join()
+                except StopReading:
+                    pass
+        finally:
+            self.counters.clients -= 1
+            self._close()
 
     def stop(self) -> None:
         """Stop reading (graceful stop): lines already read are still answered, then the socket closes."""
         self._stopping = True
-        if self._interruptible and self._reader is not None:
-            self._reader.kill(StopReading, block=False)
+        if self._in_recv and self._wake is None and self._reader is not None:
+            # Not Greenlet.kill: a kill cannot be taken back, and if data wakes the reader first it would
+            # land wherever the reader blocks next (the app, a backpressure wait) and lose lines read.
+            self._wake = gevent.get_hub().loop.run_callback(self._reader.throw, StopReading)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -122,28 +141,30 @@ class LineConnection:
         timeout = self.settings.client_timeout
         buf = bytearray()
         skipping = False  # inside a too-long line: discard up to the next LF
-        remaining = timeout
         clock = gevent.get_hub().loop
-        deadline = clock.now() + timeout
+        deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
         while not self._stopping:
+            remaining = deadline - clock.now()
+            if remaining <= 0:
+                return  # no complete line for client_timeout: any partial line is dropped
             sock.settimeout(remaining)
-            self._interruptible = True
+            self._in_recv = True
             try:
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
-                return  # no complete line for client_timeout: any partial line is dropped
+                return
             finally:
-                self._interruptible = False
+                self._in_recv = False
+                if self._wake is not None:
+                    self._wake.stop()  # recv returned first: the stop takes effect at the loop test
+                    self._wake = None
             if not data:
+                self._saw_eof = True
                 if buf and not skipping:
                     self._dispatch(bytes(buf))  # the final unterminated line
                 elif skipping:
                     self.counters.lines_in += 1
                     self._push(ERR_TOO_LONG)
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
                 return
             if skipping:
                 nl = data.find(b"\n")
@@ -169,9 +190,6 @@ class LineConnection:
             if len(buf) > max_line + 1:
                 buf.clear()
                 skipping = True
-            remaining = deadline - clock.now()
-            if remaining <= 0:
-                return
 
     def _dispatch(self, line: bytes) -> None:
         if line[-1:] == b"\r":
@@ -204,13 +222,10 @@ class LineConnection:
         if not self._has_items.is_set():
             self._has_items.set()
         if len(pending) >= MAX_IN_FLIGHT or self._pending_bytes >= MAX_IN_FLIGHT_BYTES:
-            # Backpressure: stop reading until the writer catches up.
+            # Backpressure: stop reading until the writer catches up. A graceful stop does not interrupt
+            # this wait (the rest of the buffer still gets its replies); a writer that dies does.
             self._has_room.clear()
-            self._interruptible = True
-            try:
-                self._has_room.wait()
-            finally:
-                self._interruptible = False
+            self._has_room.wait()
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -261,10 +276,39 @@ class LineConnection:
                     sock.settimeout(self.settings.client_timeout)
                     sock.sendall("\n".join(out).encode("utf-8"))
         except OSError:
-            # The client is gone (or never read for client_timeout): stop reading too.
-            self._stopping = True
-            if self._reader is not None and not self._reading_done:
-                self._reader.kill(StopReading, block=False)
+            pass  # the client is gone (or never read for client_timeout)
+        finally:
+            if pending or not self._reading_done:
+                # The writer died: no reply can be sent any more, so the reader must end too, wherever it
+                # waits (in recv, for room, inside the app).
+                self._writer_failed = True
+                self._stopping = True
+                if self._reader is not None and not self._reading_done:
+                    self._reader.kill(StopReading, block=False)
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Half-close, drain what the client still sends (bounded), then close.
+
+        Closing a socket whose input was not all read sends RST instead of FIN, and an RST can make the
+        client's kernel throw away replies it has not delivered yet. So unless the client already
+        half-closed (nothing left to read) or is gone, the server sends FIN after the last reply and
+        reads until the client closes too, for at most LINGER_S.
+        """
+        sock = self.sock
+        try:
+            if not self._saw_eof and not self._writer_failed:
+                sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + LINGER_S
+                while (remaining := deadline - time.monotonic()) > 0:
+                    sock.settimeout(remaining)
+                    if not sock.recv(READ_SIZE):
+                        break
+        except (OSError, StopReading):
+            pass
+        finally:
+            sock.close()
 
 
 def _resolve(future: Any) -> str:
@@ -281,11 +325,3 @@ def _peer_name(sock: socket.socket, addr: Any) -> str:
     if isinstance(addr, tuple) and addr:
         return str(addr[0])
     return str(addr)
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()

@@ -123,7 +123,8 @@ class FaultProxy:
                 buf += data
                 out = b""
                 # Forward whole packets; look at each one for a COMMIT.
-                for packet, buf in _packets(buf):
+                packets, buf = _split_packets(buf)
+                for packet in packets:
                     if packet[4:] == COMMIT_PACKET:
                         fault = self._decide()
                         if fault == "cut-before":
@@ -161,7 +162,8 @@ class FaultProxy:
                     continue
                 buf += data
                 out = b""
-                for packet, buf in _packets(buf):
+                packets, buf = _split_packets(buf)
+                for packet in packets:
                     fault, link.on_reply = link.on_reply, None
                     if fault is None:
                         out += packet
@@ -189,14 +191,16 @@ class FaultProxy:
         return len(body).to_bytes(3, "little") + bytes([seq]) + body
 
 
-def _packets(buf: bytes):
-    """Yield (packet, rest) for each whole MySQL packet at the start of buf."""
+def _split_packets(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The whole MySQL packets at the start of buf, and the rest."""
+    packets = []
     while len(buf) >= 4:
         length = int.from_bytes(buf[:3], "little")
         if len(buf) < 4 + length:
-            return
-        packet, buf = buf[: 4 + length], buf[4 + length :]
-        yield packet, buf
+            break
+        packets.append(buf[: 4 + length])
+        buf = buf[4 + length :]
+    return packets, buf
 
 
 class CommitBreakingProxy(FaultProxy):

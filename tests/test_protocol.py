@@ -12,7 +12,11 @@ from __future__ import annotations
 import random
 import resource
 import select
+import signal
 import socket
+import struct
+import time
+from pathlib import Path
 
 import gevent
 import gevent.event
@@ -510,3 +514,106 @@ def test_1000_concurrent_clients_are_all_answered():
             assert "Too many open files" not in srv.logs()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- promises under combined faults (each of these failed before its fix) --------------------------------
+
+GATED = "testapps:gated"
+
+
+@pytest.fixture(scope="module")
+def strict() -> ServerProcess:
+    """The echo app with --max-line 10 and --client-timeout 0.5."""
+    with ServerProcess([ECHO, "--workers", "2", "--max-line", "10", "--client-timeout", "0.5"]) as srv:
+        yield srv
+
+
+def closed_within(sock: socket.socket, send: bytes, seconds: float, interval: float) -> bytes | None:
+    """Keep sending `send` every `interval` s; return what the server sent once it closes, None if it did not
+    close within `seconds`."""
+    received = b""
+    sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock.send(send)
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            return received
+        readable, _, _ = select.select([sock], [], [], interval)
+        if readable:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                return received
+            if not data:
+                return received
+            received += data
+    return None
+
+
+@pytest.mark.timeout(30)
+def test_client_timeout_closes_a_client_trickling_after_an_over_long_line(strict):
+    """The deadline applies while an over-long line is being skipped: a byte every 0.1 s does not keep the
+    connection open (the skipping branch used to loop without looking at the deadline)."""
+    with connect(strict.port) as sock:
+        sock.sendall(b"z" * 100)
+        assert closed_within(sock, b"z", 10, 0.1) == b"", "the server never closed the trickling client"
+
+
+@pytest.mark.timeout(30)
+def test_client_timeout_closes_a_client_streaming_bytes_without_any_lf(strict):
+    """Streaming bytes with no LF at all is not a way to hold a connection: closed after client_timeout."""
+    with connect(strict.port) as sock:
+        assert closed_within(sock, b"w" * 65536, 10, 0.001) == b"", "the server read and discarded forever"
+
+
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
+    """(send queue, receive queue) in bytes of the TCP socket 127.0.0.1:local_port <-> :remote_port."""
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == want:
+            tx, rx = fields[4].split(":")
+            return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no socket {want} in /proc/net/tcp")
+
+
+@pytest.mark.timeout(60)
+def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_reader(tmp_path):
+    """A reader waiting for room (4096 lines in flight) with complete lines left in its buffer is not killed
+    by TERM: those lines are answered too, then the server half-closes and drains, so the client reads every
+    reply and a clean EOF even though it kept sending (a close with unread input would send RST)."""
+    gate = tmp_path / "gate"
+    with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
+        sock = connect(srv.port)
+        lines = [b"l%d" % i for i in range(5000)]
+        sock.sendall(b"".join(line + b"\n" for line in lines))  # one write: the server reads it at once
+        port = sock.getsockname()[1]
+        wait_for(lambda: totals(srv)["lines_in"] == 4096, 20, what="4096 lines in flight")
+        wait_for(lambda: tcp_queues(srv.port, port)[1] == 0, 20, what="the server to read everything")
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        sock.sendall(b"sent after the stop\n" * 100)  # never read by the server: it must drain it
+        gate.touch()
+        data = read_all(sock)  # a reset here (RST instead of FIN) fails the test too
+        sock.close()
+        assert data.split(b"\n")[:-1] == lines
+        assert srv.wait(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_reader_blocked_in_the_app_ends_when_its_writer_dies(tmp_path):
+    """The writer dies (the client reset the connection) while the reader is blocked inside the app's
+    handle(): the reader must end, not swallow the stop and wait forever for room only the writer made."""
+    gate = tmp_path / "gate"
+    with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
+        sock = connect(srv.port)
+        sock.sendall(b"a\n" * 4000 + b"stall\n" + b"b\n" * 5000)
+        wait_for(lambda: totals(srv)["lines_in"] == 4001, 20, what="the reader to block in the app")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST, with 4000 replies pending
+        gate.touch()  # the writer now sends into the reset connection and dies
+        wait_for(lambda: totals(srv)["clients"] == 0, 10, what="the connection to be gone")
+        assert roundtrip(srv.port, [b"still", b"serving"]) == [b"still", b"serving"]

@@ -79,3 +79,39 @@ class Crashing:
 
 
 crashing = Crashing()
+
+
+class Gated:
+    """Echo, but no reply is released before the file named by $TESTAPP_GATE exists; the line `stall`
+    blocks inside handle() for good (an app applying backpressure, as the ingest app does when full).
+
+    Lines are read (and counted) at once and stay in flight: for tests of backpressure and stops.
+    """
+
+    def __init__(self) -> None:
+        self._open = None
+
+    def handle(self, line: str, client):
+        import gevent
+        from gevent.event import AsyncResult, Event
+
+        if self._open is None:
+            self._open = Event()
+            gevent.spawn(self._watch, os.environ["TESTAPP_GATE"])
+        if line == "stall":
+            gevent.sleep(3600)
+        if self._open.is_set():
+            return line
+        result = AsyncResult()
+        self._open.rawlink(lambda _event: result.set(line))
+        return result
+
+    def _watch(self, path: str) -> None:
+        import gevent
+
+        while not os.path.exists(path):
+            gevent.sleep(0.02)
+        self._open.set()
+
+
+gated = Gated()
