@@ -38,6 +38,11 @@ Rules the pool keeps whatever fails:
   exactly there under gevent.)
 - A block that raised a disconnect error, or was interrupted by something that is not an ordinary
   exception (timeout, kill), may have left the protocol mid-reply: its connection is closed, not reused.
+  So is a connection whose socket the driver closed itself (``conn.open`` is false).
+- A connection goes back to the pool with no transaction open: it is rolled back on return unless the
+  driver's last reply was an OK packet saying no transaction is open. A block that raised is always
+  rolled back: after an error reply PyMySQL's ``server_status`` still says what an earlier reply said,
+  and a failed INSERT leaves its transaction (locks, read view) open.
 - The pool never re-runs a statement: retrying is the caller's decision (a retried INSERT whose reply was
   lost stores the row twice).
 - Used from a process other than the one that created it, the pool raises ``PoolForkError`` at once;
@@ -68,9 +73,10 @@ log = logging.getLogger("prefork.pool")
 # yield or do I/O, so greenlets never contend for it and plain threads stay correct.
 _Lock = get_original("threading", "Lock")
 
-# MySQL client errors that mean the connection is gone (server gone away, lost connection, commands out
-# of sync, network read error, lost connection during handshake) and PyMySQL's own "(0, '')".
-DISCONNECT_CODES = frozenset({0, 2006, 2013, 2014, 2045, 2055})
+# Errors that mean the connection is gone: server shutdown in progress (1053), connection killed (1927),
+# server gone away, lost connection, commands out of sync, network read error, lost connection during
+# handshake, and PyMySQL's own "(0, '')".
+DISCONNECT_CODES = frozenset({0, 1053, 1927, 2006, 2013, 2014, 2045, 2055})
 CLOSE_REASONS = ("max_uses", "max_idle", "max_lifetime", "broken", "closed")
 _IN_TRANS = 1  # SERVER_STATUS_IN_TRANS
 _LIFETIME_JITTER = 0.05  # up to 5% shorter, so connections opened together do not retire together
@@ -205,9 +211,7 @@ class Pool:
         connect_kwargs = parsed.connect_kwargs()
 
         def connect() -> Any:
-            import pymysql
-
-            return pymysql.connect(**connect_kwargs)
+            return _status_tracking_class()(**connect_kwargs)
 
         kwargs.setdefault("name", parsed.redacted)
         return cls(connect, **kwargs)
@@ -221,7 +225,7 @@ class Pool:
         try:
             yield record.conn
         except Exception as exc:
-            self._release(record, "broken" if is_disconnect(exc) else None)
+            self._release(record, "broken" if is_disconnect(exc) else None, dirty=True)
             raise
         except BaseException:
             # gevent.Timeout, GreenletExit, KeyboardInterrupt: possibly mid-reply, so never reuse.
@@ -446,7 +450,7 @@ class Pool:
             return "max_idle"
         return None
 
-    def _release(self, record: _Record, discard_reason: str | None) -> None:
+    def _release(self, record: _Record, discard_reason: str | None, dirty: bool = False) -> None:
         with self._lock:
             self._in_use.pop(id(record), None)
         if os.getpid() != self._pid:
@@ -454,9 +458,11 @@ class Pool:
         reason = discard_reason
         if reason is None and self._closed:
             reason = "closed"
+        if reason is None and getattr(record.conn, "open", True) is False:
+            reason = "broken"  # the driver closed its socket itself (lost connection, bad packet sequence)
         if reason is None:
             try:
-                reason = self._reset(record)
+                reason = self._reset(record, dirty)
             except BaseException:
                 self._discard(record, "broken")  # interrupted mid-rollback
                 raise
@@ -476,15 +482,12 @@ class Pool:
             else:
                 self._idle.append(record)
 
-    def _reset(self, record: _Record) -> str | None:
+    def _reset(self, record: _Record, dirty: bool) -> str | None:
         """Roll back an open transaction; return "broken" when the connection could not be reset."""
         conn = record.conn
-        result = getattr(conn, "_result", None)
-        status = getattr(conn, "server_status", None)
-        # PyMySQL's server_status is fresh only after an OK packet (not after a result set), so the
-        # ROLLBACK is skipped only when the last reply was an OK that said no transaction is open.
-        fresh = status is not None and (result is None or not getattr(result, "field_count", 1))
-        if fresh and not status & _IN_TRANS:
+        # Skip the ROLLBACK only when the block did not raise and the driver vouches that its status is
+        # from the last reply (see _status_tracking_class) and says no transaction is open.
+        if not dirty and getattr(conn, "status_current", False) and not conn.server_status & _IN_TRANS:
             return None
         try:
             conn.rollback()
@@ -580,6 +583,42 @@ class Pool:
                 log.info("pool %s: could not refill to min_size: %s", self.name, exc)
                 return
             self._release(record, None)
+
+
+_TRACKING_CLASS: Any = None
+
+
+def _status_tracking_class() -> Any:
+    """PyMySQL's Connection, made to tell whether its ``server_status`` is current.
+
+    PyMySQL updates ``server_status`` from OK packets only: after an error reply (a duplicate key, a
+    deadlock) or a result set it still holds what an earlier reply said, which may be "no transaction"
+    while one is open. ``status_current`` is true only right after an OK packet was read.
+    """
+    global _TRACKING_CLASS
+    if _TRACKING_CLASS is None:
+        import pymysql.connections
+
+        class StatusTrackingConnection(pymysql.connections.Connection):
+            status_current = False
+
+            def _execute_command(self, command: int, sql: Any) -> None:
+                self.status_current = False
+                super()._execute_command(command, sql)
+
+            def _read_ok_packet(self) -> Any:
+                ok = super()._read_ok_packet()
+                self.status_current = True
+                return ok
+
+            def _read_query_result(self, unbuffered: bool = False) -> int:
+                rows = super()._read_query_result(unbuffered)
+                result = self._result
+                self.status_current = result is not None and result.server_status is not None
+                return rows
+
+        _TRACKING_CLASS = StatusTrackingConnection
+    return _TRACKING_CLASS
 
 
 def _close_quietly(conn: Any) -> None:

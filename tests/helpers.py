@@ -10,7 +10,7 @@ from prefork.dsn import parse_dsn
 def connect(dsn: str, **overrides) -> pymysql.connections.Connection:
     """Open a plain (autocommit) PyMySQL connection for checks from the test's side."""
     kwargs = parse_dsn(dsn).connect_kwargs()
-    kwargs.update(autocommit=True, **overrides)
+    kwargs.update({"autocommit": True, **overrides})
     return pymysql.connect(**kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -431,4 +432,77 @@ def test_database_down_fails_fast_then_recovers_by_itself(db):
     assert s["size"] == 0 and s["in_use"] == 0
     db.restart()
     assert connection_id(pool) != first
+    pool.close()
+
+
+# -- return under faults (each of these failed before its fix) -------------------------------------------
+
+
+def open_transactions(dsn: str, thread_id: int) -> int:
+    rows = query(dsn, "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = %s", (thread_id,))
+    return rows[0][0]
+
+
+@pytest.mark.parametrize("raised", [False, True], ids=["caught-in-the-block", "raised-from-the-block"])
+def test_failed_insert_leaves_no_transaction_on_a_pooled_connection(dsn, raised):
+    """A duplicate-key INSERT as the first statement: PyMySQL's server_status is stale after the error
+    packet, and the transaction it opened (its locks, its read view) must not stay on the pooled connection."""
+    query(dsn, "CREATE TABLE IF NOT EXISTS pool_dup (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+    query(dsn, "REPLACE INTO pool_dup VALUES (1, 0)")
+    pool = make_pool(dsn)
+    thread_id = connection_id(pool)
+    with pytest.raises(pymysql.err.IntegrityError) if raised else contextlib.nullcontext():
+        with pool.connection() as conn:
+            try:
+                conn.cursor().execute("INSERT INTO pool_dup VALUES (1, 1)")
+            except pymysql.err.IntegrityError:
+                if raised:
+                    raise
+    assert open_transactions(dsn, thread_id) == 0, "the pooled connection kept its transaction open"
+    other = connect(dsn, autocommit=False)
+    try:
+        other.cursor().execute("SET SESSION innodb_lock_wait_timeout = 1")
+        other.cursor().execute("UPDATE pool_dup SET v = 2 WHERE id = 1")  # no lock left behind
+        other.commit()
+    finally:
+        other.close()
+    assert connection_id(pool) == thread_id  # the connection itself is fine and reused
+    pool.close()
+
+
+def test_connection_whose_socket_the_driver_closed_is_discarded(dsn):
+    """The block catches the errors of a connection killed under it: PyMySQL closed its socket, so the
+    connection must not go back to idle (the next checkout, without a ping, would get a dead one)."""
+    pool = make_pool(dsn, ping_interval=3600)
+    victim = connection_id(pool)
+    with pool.connection() as conn:
+        query(dsn, f"KILL {victim}")
+        try:
+            conn.cursor().execute("SELECT 1")
+        except pymysql.err.OperationalError:
+            pass  # lost connection: PyMySQL closed its socket
+        assert not conn.open
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()[0] != victim
+    assert pool.stats()["closed"]["broken"] == 1
+    pool.close()
+
+
+@pytest.mark.parametrize("code", [1053, 1927])
+def test_server_shutdown_and_connection_killed_errors_are_disconnects(dsn, code):
+    """1053 (server shutdown) and 1927 (connection killed) come as error packets on a connection the server
+    then closes: a block that raised one discards its connection."""
+    from prefork.pool import is_disconnect
+
+    assert is_disconnect(pymysql.err.OperationalError(code, "x"))
+    pool = make_pool(dsn)
+    victim = connection_id(pool)
+    with pytest.raises(pymysql.err.OperationalError) as raised:
+        with pool.connection() as conn:
+            query(dsn, f"KILL {victim}")
+            conn.cursor().execute("SELECT 1")
+    s = assert_consistent(pool)
+    assert s["closed"]["broken"] == 1 and s["size"] == 0, (raised.value, s)
     pool.close()
