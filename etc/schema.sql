@@ -1,4 +1,4 @@
--- The ingest table (SPEC section 6) and the batch marker table; `prefork initdb` and every worker
+-- The ingest table, the batch marker table and the server run table; `prefork initdb` and every worker
 -- create them when missing. A configured ingest.table replaces `received_lines`.
 
 CREATE TABLE IF NOT EXISTS `received_lines` (
@@ -14,3 +14,8 @@ CREATE TABLE IF NOT EXISTS `prefork_batches` (
   created_at DATETIME   NOT NULL DEFAULT CURRENT_TIMESTAMP,
   KEY (created_at)
 ) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS `prefork_server_run` (
+  id    TINYINT    NOT NULL PRIMARY KEY,
+  token BINARY(16) NOT NULL
+) ENGINE=MEMORY;

@@ -177,6 +177,19 @@ def _duration(positive: bool) -> Callable[[str], float]:
     return parse
 
 
+_SIZE = re.compile(r"([0-9]+)\s*(k|kb|kib|m|mb|mib|g|gb|gib)?")
+_SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _parse_size(text: str) -> int:
+    """Bytes, with an optional binary unit: 1048576, 512K, 64MiB, 1G."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    value = int(match[1]) * _SIZE_UNITS[match[2] and match[2][0]] if match else 0
+    if value < 1:
+        raise ValueError("expected a positive size in bytes, e.g. 1048576, 512K, 64MiB, 1G")
+    return value
+
+
 def _is_app(text: str) -> bool:
     module, sep, attribute = text.partition(":")
     return bool(sep) and all(w.isidentifier() and not keyword.iskeyword(w) for w in [*module.split("."), attribute])
@@ -278,6 +291,9 @@ SETTINGS: tuple[Setting, ...] = (
             "give up on a line (reply ERR unavailable) after this many seconds", "--commit-timeout"),
     Setting("ingest", "max_pending", "100000", _POSITIVE_INT,
             "lines buffered per worker before it stops reading from clients", "--max-pending"),
+    Setting("ingest", "max_pending_bytes", "64MiB", _parse_size,
+            "memory of buffered lines per worker before it stops reading from clients (512K, 64MiB, 1G)",
+            "--max-pending-bytes"),
 )
 # fmt: on
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -13,8 +13,10 @@ A plan decides, for the n-th COMMIT that passes through (n = 1, 2, ...), what ha
 - ``"bad-sequence"``: the server commits; its OK reaches the client with a wrong sequence number (the
   driver raises a packet-sequence InternalError and closes its socket).
 
-``refuse = True`` makes the proxy close every new connection at once (the database is unreachable);
-connections already open are untouched. ``counts`` tells how often each fault was injected.
+``refuse = True`` makes the proxy close every new connection at once; connections already open are
+untouched. ``down()`` also cuts every open connection (the database is unreachable), ``up()`` ends that;
+with ``down_after_fault`` the proxy goes down right after each fault it injects. ``counts`` tells how often
+each fault was injected, ``fault_threads`` the server thread id of each connection that got one.
 
 It runs on real sockets in plain threads, so it works whatever the test's own greenlets are doing.
 """
@@ -50,6 +52,7 @@ class _Link:
         self.client = client
         self.server = server
         self.on_reply: str | None = None
+        self.thread_id: int | None = None  # from the server's handshake
 
 
 class FaultProxy:
@@ -58,8 +61,11 @@ class FaultProxy:
         self.plan = plan
         self.error_code = error_code
         self.refuse = False
+        self.down_after_fault = False
         self.commits = 0
         self.counts: Counter[str] = Counter()
+        self.fault_threads: list[int | None] = []
+        self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,6 +89,17 @@ class FaultProxy:
         for sock in list(self._sockets):
             _close(sock)
 
+    def down(self) -> None:
+        """Refuse new connections and cut every open one."""
+        self.refuse = True
+        for link in list(self._links):
+            _close(link.client)
+            _close(link.server)
+
+    def up(self) -> None:
+        """Accept connections again."""
+        self.refuse = False
+
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
@@ -99,17 +116,23 @@ class FaultProxy:
                 continue
             self._sockets += [client, server]
             link = _Link(client, server)
+            self._links.append(link)
             threading.Thread(target=self._client_to_server, args=(link,), daemon=True).start()
             threading.Thread(target=self._server_to_client, args=(link,), daemon=True).start()
 
-    def _decide(self) -> str | None:
+    def _decide(self, link: _Link) -> str | None:
         with self._lock:
             self.commits += 1
             fault = self.plan(self.commits)
             if fault is not None:
                 assert fault in FAULTS, fault
                 self.counts[fault] += 1
+                self.fault_threads.append(link.thread_id)
             return fault
+
+    def _after_fault(self) -> None:
+        if self.down_after_fault:
+            self.down()
 
     def _client_to_server(self, link: _Link) -> None:
         client, server = link.client, link.server
@@ -126,9 +149,10 @@ class FaultProxy:
                 packets, buf = _split_packets(buf)
                 for packet in packets:
                     if packet[4:] == COMMIT_PACKET:
-                        fault = self._decide()
+                        fault = self._decide(link)
                         if fault == "cut-before":
                             server.sendall(out)
+                            self._after_fault()
                             return
                         if fault is not None:
                             # The server gets the COMMIT; the relay deals with its reply.
@@ -153,6 +177,18 @@ class FaultProxy:
         client, server = link.client, link.server
         buf = b""
         try:
+            handshake = b""
+            while link.thread_id is None:
+                data = server.recv(65536)
+                if not data:
+                    return
+                client.sendall(data)
+                handshake += data
+                if len(handshake) > 5 and b"\0" in handshake[5:]:
+                    # protocol version (1 byte), server version (NUL-terminated), connection id (4 bytes LE)
+                    end = handshake.index(b"\0", 5)
+                    if len(handshake) >= end + 5:
+                        link.thread_id = int.from_bytes(handshake[end + 1 : end + 5], "little")
             while True:
                 data = server.recv(65536)
                 if not data:
@@ -167,15 +203,14 @@ class FaultProxy:
                     fault, link.on_reply = link.on_reply, None
                     if fault is None:
                         out += packet
-                    elif fault == "reply-lost":
-                        return
-                    elif fault in ("error-after", "error-open"):
+                        continue
+                    if fault in ("error-after", "error-open"):
                         client.sendall(out + self._error_packet(packet[3]))
                         out = b""
-                        if fault == "error-after":
-                            return
                     elif fault == "bad-sequence":
                         client.sendall(out + packet[:3] + bytes([(packet[3] + 7) % 256]) + packet[4:])
+                    self._after_fault()
+                    if fault != "error-open":
                         return
                 if out:
                     client.sendall(out)

@@ -81,7 +81,7 @@ def test_defaults():
 def test_settings_table_matches_spec_order_and_names():
     names = [s.name for s in SETTINGS]
     assert names[:3] == ["server.bind", "server.workers", "server.worker_connections"]
-    assert names[-1] == "ingest.max_pending" and len(names) == len(set(names)) == 33
+    assert names[-1] == "ingest.max_pending_bytes" and len(names) == len(set(names)) == 34
     assert [s.section for s in SETTINGS] == sorted(
         (s.section for s in SETTINGS), key=["server", "pool", "ingest"].index
     )
@@ -287,6 +287,9 @@ BAD_VALUES = [
     ("ingest.flushers", "0"),
     ("ingest.commit_timeout", "0"),
     ("ingest.max_pending", "0"),
+    ("ingest.max_pending_bytes", "0"),
+    ("ingest.max_pending_bytes", "64 apples"),
+    ("ingest.max_pending_bytes", "-1M"),
 ]
 
 
@@ -513,3 +516,10 @@ def test_example_file_comments_each_key_with_its_help():
             key, _, value = line.partition("=")
             found.append((section, key.strip(), value.strip(), lines[number - 1]))
     assert found == [(s.section, s.key, s.default, f"# {s.help}") for s in SETTINGS]
+
+
+@pytest.mark.parametrize(
+    "raw, value", [("1048576", 1 << 20), ("512K", 512 << 10), ("64MiB", 64 << 20), ("1g", 1 << 30), ("2 MB", 2 << 20)]
+)
+def test_sizes_take_binary_units(raw, value):
+    assert load_config(env={}, overrides={"ingest.max_pending_bytes": raw}).ingest.max_pending_bytes == value

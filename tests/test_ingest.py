@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import time
 
 import gevent
 import gevent.socket
 import pytest
 
+from tests.helpers import connect as helper_connect
 from tests.helpers import query
-from tests.mysql_proxy import CommitBreakingProxy
-from tests.server import ROOT, ServerProcess, prefork_cmd, read_lines, roundtrip, test_env, wait_for
+from tests.mysql_proxy import CommitBreakingProxy, FaultProxy, every
+from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
 
 
 def ingest_server(dsn: str, table: str, *extra: str, workers: int = 2) -> ServerProcess:
@@ -266,8 +269,201 @@ def test_worker_creates_table_at_start(dsn):
 
 
 def test_etc_schema_matches_the_code():
-    from workers.schema import create_marker_table_sql, create_table_sql
+    from workers.schema import create_marker_table_sql, create_server_run_table_sql, create_table_sql
 
     text = (ROOT / "etc" / "schema.sql").read_text()
     assert create_table_sql("received_lines") + ";" in text
     assert create_marker_table_sql() + ";" in text
+    assert create_server_run_table_sql() + ";" in text
+
+
+# -- promises under combined faults (each of these failed before its fix) --------------------------------
+
+
+def dead_port() -> int:
+    """A port on 127.0.0.1 where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "fault, code",
+    [("error-open", 1927), ("error-open", 1053), ("error-open", 1180), ("error-after", 1927), ("bad-sequence", 0)],
+    ids=["killed-1927", "shutdown-1053", "commit-error-1180", "killed-then-closed", "packet-sequence"],
+)
+def test_commit_that_fails_after_the_server_committed_is_looked_up_not_answered_err(db, fault, code):
+    """The server commits, then the client gets an error packet or a broken packet sequence instead of the
+    OK: the outcome is unknown, not a failure. Answering ERR would break 'ERR means not stored'."""
+    table = f"t_commit_{fault.replace('-', '_')}_{code}"
+    with FaultProxy(("127.0.0.1", db.port), lambda n: None, error_code=code) as proxy:
+        with ingest_server(proxy.dsn, table, "--commit-timeout", "60") as srv:
+            wait_for(lambda: query(db.dsn, f"SHOW TABLES LIKE '{table}'"), 20, what="the table")
+            gevent.sleep(0.5)  # both workers are done creating tables: from now on every COMMIT is a batch's
+            proxy.plan = every(3, fault)
+            replies = blast(srv.port, 20, 200, "unknown")
+            logs = srv.logs()
+    assert proxy.counts[fault] > 0
+    stored = assert_stored_exactly_once(db.dsn, table, replies)
+    assert set(replies.values()) == {b"OK"} and len(stored) == 4000, logs[-3000:]
+    assert "the marker says committed" in logs
+
+
+@pytest.mark.timeout(120)
+def test_lookup_after_a_server_restart_kills_no_unrelated_session(db):
+    """The connection breaks after COMMIT, then the server restarts: thread ids start again, and the old
+    session's id may now be an unrelated session. The lookup must see that the server changed and not KILL."""
+    table = "t_restart_lookup"
+    with FaultProxy(("127.0.0.1", db.port), lambda n: None) as proxy:
+        with ingest_server(proxy.dsn, table, "--commit-timeout", "60", workers=1) as srv:
+            wait_for(lambda: query(db.dsn, f"SHOW TABLES LIKE '{table}'"), 20, what="the table")
+            proxy.plan = every(1, "reply-lost")  # the next COMMIT is the line's
+            with connect(srv.port) as sock:
+                sock.sendall(b"the-line\n")
+                wait_for(lambda: proxy.fault_threads, 20, what="the COMMIT to be cut")
+                proxy.down()  # the lookup waits until the trap is set
+                old_thread = proxy.fault_threads[0]
+                proxy.plan = lambda n: None
+                db.kill()
+                db.restart()
+                victim = thread_with_id(db.dsn, old_thread)
+                try:
+                    proxy.up()
+                    assert read_lines(sock, 1) == [b"OK"]
+                    cur = victim.cursor()
+                    cur.execute("SELECT 1")  # still alive: nobody killed it
+                    assert cur.fetchone() == (1,)
+                finally:
+                    victim.close()
+            logs = srv.logs()
+    assert rows(db.dsn, table) == ["the-line"]
+    assert "COMMIT outcome was unknown" in logs
+
+
+def thread_with_id(dsn: str, thread_id: int):
+    """Open connections until one gets this server thread id; return it (the others are closed)."""
+    for _ in range(thread_id + 100):
+        conn = helper_connect(dsn)
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        got = cur.fetchone()[0]
+        if got == thread_id:
+            return conn
+        conn.close()
+        if got > thread_id:
+            break
+    raise AssertionError(f"could not get thread id {thread_id} after the restart")
+
+
+def test_lookup_skips_a_session_it_may_not_kill(db):
+    """KILL of another user's session fails with 1095: the lookup must go on, not retry that forever."""
+    from prefork.pool import Pool
+    from workers.outcome import Session, marker_committed, server_of
+    from workers.schema import ensure_table
+
+    query(db.dsn, "CREATE USER IF NOT EXISTS 'ingest_lowpriv'@'%'")
+    query(db.dsn, "GRANT SELECT, INSERT, CREATE ON test.* TO 'ingest_lowpriv'@'%'")
+    pool = Pool.from_dsn(f"mysql://ingest_lowpriv@127.0.0.1:{db.port}/test", min_size=0)
+    other = helper_connect(db.dsn)
+    try:
+        with pool.connection() as conn:
+            ensure_table(conn, "t_lowpriv")
+            session = Session(server_of(conn), other.thread_id())
+            with gevent.Timeout(5):
+                assert marker_committed(conn, os.urandom(16), session) is False
+        other.ping(reconnect=False)  # untouched
+    finally:
+        other.close()
+        pool.close()
+
+
+@pytest.mark.timeout(60)
+def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
+    """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
+    from prefork.app import Client, WorkerInfo
+    from prefork.config import load_config
+    from workers.ingest import IngestApp
+
+    cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})
+    app = IngestApp()
+    app.setup(WorkerInfo(pid=os.getpid(), generation=1, config=cfg))
+    try:
+        assert app.handle("warm", Client("127.0.0.1", 1)).get(timeout=20) == "OK"
+        line = app.handle("once", Client("127.0.0.1", 1))
+        line.batch.taken = True
+        app._batches.clear()
+        marker = os.urandom(16)
+        deadline = time.monotonic() + 20
+        app._write([line], marker, deadline)
+        app._write([line], marker, deadline)  # the same batch again, as after an unknown outcome
+    finally:
+        app.close(5)
+    assert rows(dsn, "t_dup_marker") == ["warm", "once"]
+
+
+@pytest.mark.timeout(120)
+def test_queued_lines_get_err_at_commit_timeout_while_every_flusher_is_stuck(db):
+    """The only flusher is stuck resolving an unknown COMMIT outcome while the database is unreachable: the
+    lines queued behind it were never sent, and get ERR unavailable at their commit_timeout."""
+    table = "t_stuck"
+    with FaultProxy(("127.0.0.1", db.port), lambda n: None) as proxy:
+        proxy.down_after_fault = True
+        args = ("--commit-timeout", "2", "--flushers", "1", "--pool-timeout", "1")
+        with ingest_server(proxy.dsn, table, *args, workers=1) as srv:
+            wait_for(lambda: query(db.dsn, f"SHOW TABLES LIKE '{table}'"), 20, what="the table")
+            proxy.plan = every(1, "reply-lost")  # the next COMMIT is the line's
+            with connect(srv.port) as first:
+                first.sendall(b"first\n")
+                wait_for(lambda: proxy.fault_threads, 20, what="the COMMIT to be cut")
+                proxy.plan = lambda n: None
+                assert roundtrip(srv.port, [b"second", b"third"]) == [b"ERR unavailable"] * 2
+                proxy.up()
+                assert read_lines(first, 1) == [b"OK"]  # it was committed: the lookup says so
+            assert roundtrip(srv.port, [b"fourth"]) == [b"OK"]
+    assert rows(db.dsn, table) == ["first", "fourth"]
+
+
+@pytest.mark.timeout(120)
+def test_pending_bytes_bound_memory_while_database_is_down():
+    """max_pending (lines) alone lets 100,000 lines of 60 KB pile up: 6 GB. The bytes bound holds too."""
+    line = b"z" * 60_000 + b"\n"
+    args = ("--max-pending-bytes", "4M", "--commit-timeout", "300")
+    with ingest_server(f"mysql://root@127.0.0.1:{dead_port()}/test", "t_bytes", *args, workers=1) as srv:
+        rss_before = srv.status()["workers"][0]["rss_bytes"]
+        sent = {"bytes": 0}
+
+        def sender() -> None:
+            sock = gevent.socket.create_connection(("127.0.0.1", srv.port))
+            try:
+                for _ in range(50 * 17):  # up to 50 MB each
+                    sock.sendall(line)
+                    sent["bytes"] += len(line)
+            except OSError:
+                pass
+
+        senders = [gevent.spawn(sender) for _ in range(4)]
+        try:
+            gevent.sleep(4)
+            state = srv.status()["workers"][0]
+        finally:
+            gevent.killall(senders)
+        # 4 MB of queued lines (about 70), one line held by each blocked reader, and the reads in flight.
+        assert state["lines_in"] <= 70 + 4, state
+        growth = state["rss_bytes"] - rss_before
+        assert growth < 48 * 1024 * 1024, f"worker grew by {growth} bytes with {sent['bytes']} bytes sent"
+
+
+@pytest.mark.timeout(120)
+def test_a_line_the_database_rejects_fails_alone(dsn):
+    """An operator changed the column to latin1: lines with emoji cannot be stored. They get ERR rejected;
+    the other lines of their batches are stored (the batch is bisected), and nothing is stored twice."""
+    table = "t_poison"
+    with ingest_server(dsn, table, workers=1) as srv:
+        wait_for(lambda: query(dsn, f"SHOW TABLES LIKE '{table}'"), 20, what="the table")
+        query(dsn, f"ALTER TABLE `{table}` MODIFY payload MEDIUMTEXT CHARACTER SET latin1 COLLATE latin1_bin NOT NULL")
+        lines = [f"line-{i}" + (" \U0001f389" if i in (7, 150, 151, 299) else "") for i in range(300)]
+        replies = roundtrip(srv.port, [line.encode() for line in lines])
+        assert replies == [b"ERR rejected" if "\U0001f389" in line else b"OK" for line in lines]
+        wait_for(lambda: srv.status()["totals"]["err"] == 4, 10, what="4 errors in the status")
+    assert rows(dsn, table) == [line for line in lines if "\U0001f389" not in line]

@@ -14,14 +14,25 @@ Failures (SPEC section 6):
   old session is gone (so its COMMIT cannot still land), and looks up the batch's marker: found means
   committed (``OK``), missing means not (retry, or ``ERR`` past the deadline). So a retry never stores a
   line twice and ``ERR`` always means not stored.
-- With ``ingest.max_pending`` lines waiting, ``handle`` blocks its reader: the worker stops reading from
-  clients until batches drain, and memory stays bounded however long the outage.
+- Any failure of the COMMIT itself (a disconnect, an error packet, a lost packet sequence) leaves the
+  outcome unknown and goes through that lookup (``workers.outcome``); a duplicate key on the marker when
+  a batch is retried means it is already stored.
+- Batches still queued when their lines reach ``commit_timeout`` were never sent to the database: they
+  get ``ERR unavailable`` even while every flusher is stuck (say, resolving an unknown outcome during an
+  outage).
+- A line the database rejects for its value (a charset the column cannot hold, a constraint) does not
+  fail its batch: the batch is split in halves until the offending lines are alone; they get
+  ``ERR rejected`` and the others are stored.
+- With ``ingest.max_pending`` lines or ``ingest.max_pending_bytes`` of them waiting, ``handle`` blocks its
+  reader: the worker stops reading from clients until batches drain, and memory stays bounded however
+  long the outage.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -33,12 +44,14 @@ from gevent.event import Event
 
 from prefork.app import Client, WorkerInfo
 from prefork.pool import Pool, PoolError, is_disconnect
+from workers.outcome import Session, marker_committed, server_of
 from workers.schema import MARKER_TABLE, ensure_table, quote_identifier
 
 log = logging.getLogger("workers.ingest")
 
 OK = "OK"
 ERR_UNAVAILABLE = "ERR unavailable"
+ERR_REJECTED = "ERR rejected"
 # Split a batch's INSERT well below max_allowed_packet (16 MiB by default): a character is at most 4 bytes
 # of UTF-8, and escaping can double it.
 STATEMENT_CHARS = 1_000_000
@@ -46,19 +59,45 @@ RETRY_DELAY_MIN = 0.05
 RETRY_DELAY_MAX = 2.0
 MARKER_RETENTION_S = 3600.0
 PRUNE_INTERVAL_S = 60.0
+EXPIRE_INTERVAL_S = 0.25
 RETRYABLE_CODES = frozenset({1205, 1213})  # lock wait timeout, deadlock
 NO_SUCH_TABLE = 1146
-UNKNOWN_THREAD = 1094
+DUPLICATE_KEY = 1062
+# Errors about a value, which the same rows get every time: bad column value, cannot be NULL, duplicate
+# key (a unique index an operator added), out of range, data too long, incorrect string value (charset),
+# invalid characters, foreign key, CHECK constraint.
+DATA_ERROR_CODES = frozenset({1048, 1062, 1264, 1292, 1300, 1366, 1367, 1406, 1452, 3819, 4025})
+
+
+class Line:
+    """One queued line; also the future of its reply (the batch's, unless the line has its own)."""
+
+    __slots__ = ("received", "addr", "text", "batch", "reply")
+
+    def __init__(self, received: float, addr: str, text: str, batch: Batch):
+        self.received = received  # epoch seconds
+        self.addr = addr
+        self.text = text
+        self.batch = batch
+        self.reply: str | None = None  # set only when it differs from the batch's (a bisected batch)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> str:
+        """The reply of this line, once known."""
+        return self.reply or self.batch.get(block, timeout)
+
+    def ready(self) -> bool:
+        return self.reply is not None or self.batch.reply is not None
 
 
 class Batch:
-    """Rows committed together; also the future of each of its lines' reply."""
+    """Lines committed together, and their common reply."""
 
-    __slots__ = ("rows", "taken", "first_at", "reply", "_done")
+    __slots__ = ("lines", "nbytes", "taken", "first_at", "reply", "_done")
 
     def __init__(self) -> None:
-        self.rows: list[tuple[float, str, str]] = []  # (received_at epoch, client address, line)
-        self.taken = False  # a flusher owns it: no more rows join
+        self.lines: list[Line] = []
+        self.nbytes = 0  # memory held by the lines' text
+        self.taken = False  # a flusher owns it (or it expired): no more lines join
         self.first_at = time.monotonic()
         self.reply: str | None = None
         self._done = Event()
@@ -79,11 +118,15 @@ class Batch:
 
 
 class UnknownOutcome(Exception):
-    """The connection broke during COMMIT: the batch may or may not be stored."""
+    """The COMMIT itself failed: the lines may or may not be stored."""
 
-    def __init__(self, thread_id: int | None):
-        super().__init__(thread_id)
-        self.thread_id = thread_id
+    def __init__(self, session: Session):
+        super().__init__(session)
+        self.session = session
+
+
+class Rejected(Exception):
+    """The database refused a value of these lines (DATA_ERROR_CODES): retrying them as they are is futile."""
 
 
 class IngestApp:
@@ -97,6 +140,7 @@ class IngestApp:
         self.batch_size = cfg.ingest.batch_size
         self.commit_timeout = cfg.ingest.commit_timeout
         self.max_pending = cfg.ingest.max_pending
+        self.max_pending_bytes = cfg.ingest.max_pending_bytes
         p = cfg.pool
         self.pool = Pool.from_dsn(
             p.dsn,
@@ -116,33 +160,40 @@ class IngestApp:
         self._room = Event()
         self._room.set()
         self.pending = 0  # lines accepted and not yet answered
+        self.pending_bytes = 0  # the memory their text holds
         self._stopping = False
         self._last_prune = time.monotonic()
         self._stamp_secs = -1
         self._stamp_text = ""
         self.batches_committed = 0
         self.rows_committed = 0
+        self.rejected = 0
         self._flushers = [gevent.spawn(self._flush_loop) for _ in range(cfg.ingest.flushers)]
+        self._expirer = gevent.spawn(self._expire_loop)
         gevent.spawn(self._ensure_tables_quietly)
 
     # -- the hot path -------------------------------------------------------------------------------
 
-    def handle(self, line: str, client: Client) -> Batch:
-        """Queue one line; return its batch, whose get() is the reply once the batch is committed."""
-        while self.pending >= self.max_pending:
+    def handle(self, line: str, client: Client) -> Line:
+        """Queue one line; return it as the future of its reply, known once its batch is committed."""
+        while self.pending >= self.max_pending or self.pending_bytes >= self.max_pending_bytes:
             # Backpressure: this reader waits, so the worker stops reading from clients.
             self._room.clear()
             self._room.wait()
         batches = self._batches
         batch = batches[-1] if batches else None
-        if batch is None or batch.taken or len(batch.rows) >= self.batch_size:
+        if batch is None or batch.taken or len(batch.lines) >= self.batch_size:
             batch = Batch()
             batches.append(batch)
-        batch.rows.append((time.time(), client.addr, line))
+        queued = Line(time.time(), client.addr, line, batch)
+        batch.lines.append(queued)
+        size = sys.getsizeof(line)
+        batch.nbytes += size
         self.pending += 1
+        self.pending_bytes += size
         if not self._work.is_set():
             self._work.set()
-        return batch
+        return queued
 
     def _flush_loop(self) -> None:
         while True:
@@ -154,71 +205,143 @@ class IngestApp:
                 continue
             batch = self._batches.popleft()
             batch.taken = True
+            deadline = batch.first_at + self.commit_timeout
             try:
-                reply = self._commit(batch)
+                # A batch already past its deadline is answered without being sent.
+                reply = self._commit(batch.lines, deadline) if time.monotonic() < deadline else ERR_UNAVAILABLE
+            except Rejected as exc:
+                reply = self._bisect(batch.lines, deadline, exc)
             except Exception:
-                log.exception("ingest: batch of %d lines failed", len(batch.rows))
+                log.exception("ingest: batch of %d lines failed", len(batch.lines))
                 reply = ERR_UNAVAILABLE
-            batch.resolve(reply)
-            self.pending -= len(batch.rows)
-            if not self._room.is_set() and self.pending < self.max_pending:
-                self._room.set()
+            self._settled(batch, reply)
             self._maybe_prune()
+
+    def _settled(self, batch: Batch, reply: str) -> None:
+        """Release a batch's replies and its room in the queue."""
+        batch.resolve(reply)
+        self.pending -= len(batch.lines)
+        self.pending_bytes -= batch.nbytes
+        if not self._room.is_set() and self.pending < self.max_pending and self.pending_bytes < self.max_pending_bytes:
+            self._room.set()
+
+    def _expire_loop(self) -> None:
+        """Answer ERR unavailable for queued batches past commit_timeout: they were never sent to the
+        database, so this is safe even while every flusher is stuck."""
+        batches = self._batches
+        while True:
+            gevent.sleep(EXPIRE_INTERVAL_S)
+            now = time.monotonic()
+            expired = 0
+            while batches and batches[0].first_at + self.commit_timeout <= now:
+                batch = batches.popleft()
+                batch.taken = True
+                expired += len(batch.lines)
+                self._settled(batch, ERR_UNAVAILABLE)
+            if expired:
+                log.error(
+                    "ingest: %d queued lines were not sent within commit_timeout (%gs), every flusher being "
+                    "busy: ERR unavailable",
+                    expired,
+                    self.commit_timeout,
+                )
 
     # -- committing a batch -------------------------------------------------------------------------
 
-    def _commit(self, batch: Batch) -> str:
-        """Store the batch exactly once if at all possible before its deadline; return the reply."""
-        deadline = batch.first_at + self.commit_timeout
+    def _commit(self, lines: list[Line], deadline: float) -> str:
+        """Store these lines exactly once if at all possible before the deadline; return their reply.
+
+        Raises Rejected when the database refuses one of their values.
+        """
         marker = os.urandom(16)
         delay = RETRY_DELAY_MIN
         failures = 0
         while True:
             try:
-                self._write(batch, marker, deadline)
+                self._write(lines, marker, deadline)
                 self.batches_committed += 1
-                self.rows_committed += len(batch.rows)
+                self.rows_committed += len(lines)
                 if failures:
-                    log.info("ingest: batch of %d lines committed after %d failed tries", len(batch.rows), failures)
+                    log.info("ingest: batch of %d lines committed after %d failed tries", len(lines), failures)
                 return OK
             except UnknownOutcome as unknown:
-                if self._resolve_unknown(marker, unknown.thread_id):
+                if self._resolve_unknown(marker, unknown.session):
+                    self.batches_committed += 1
+                    self.rows_committed += len(lines)
                     return OK
+            except Rejected:
+                raise
             except Exception as exc:
                 if not self._retryable(exc):
                     raise
                 if failures == 0:
-                    log.warning("ingest: batch of %d lines failed, retrying: %s", len(batch.rows), exc)
+                    log.warning("ingest: batch of %d lines failed, retrying: %s", len(lines), exc)
             failures += 1
             if time.monotonic() + delay >= deadline:
                 log.error(
                     "ingest: %d lines not committed within commit_timeout (%gs): ERR unavailable",
-                    len(batch.rows),
+                    len(lines),
                     self.commit_timeout,
                 )
                 return ERR_UNAVAILABLE
             gevent.sleep(delay)
             delay = min(RETRY_DELAY_MAX, delay * 2)
 
-    def _write(self, batch: Batch, marker: bytes, deadline: float) -> None:
+    def _bisect(self, lines: list[Line], deadline: float, exc: Rejected) -> str:
+        """Store the lines of a rejected batch in halves until the offending lines are alone; give those
+        ERR rejected. Sets each line's own reply and returns the one the batch resolves with."""
+        if len(lines) == 1:
+            lines[0].reply = ERR_REJECTED
+            self.rejected += 1
+            log.warning("ingest: a line from %s was rejected by the database: %s", lines[0].addr, exc.__cause__)
+            return ERR_REJECTED
+        half = len(lines) // 2
+        for part in (lines[:half], lines[half:]):
+            try:
+                reply = self._commit(part, deadline)
+            except Rejected as part_exc:
+                reply = self._bisect(part, deadline, part_exc)
+            except Exception:
+                log.exception("ingest: part of a rejected batch failed")
+                reply = ERR_UNAVAILABLE
+            for line in part:
+                if line.reply is None:
+                    line.reply = reply
+        return OK
+
+    def _write(self, lines: list[Line], marker: bytes, deadline: float) -> None:
         timeout = max(0.05, min(self.pool.timeout, deadline - time.monotonic()))
-        thread_id: int | None = None
+        session: Session | None = None  # known once the COMMIT is about to be sent
         try:
             with self.pool.connection(timeout=timeout) as conn:
+                server = server_of(conn)
                 cur = conn.cursor()
-                for sql in self._statements(conn, batch):
+                try:
+                    cur.execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
+                except pymysql.err.IntegrityError as exc:
+                    if exc.args and exc.args[0] == DUPLICATE_KEY:
+                        return  # an earlier try of this batch did commit: stored once, done
+                    raise
+                for sql in self._statements(conn, lines):
                     cur.execute(sql)
-                cur.execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
-                thread_id = conn.thread_id()
-                conn.commit()
+                session = Session(server, conn.thread_id())
+                try:
+                    conn.commit()
+                except BaseException:
+                    # Whatever failed, the server may have committed, and this connection's protocol state
+                    # is unknown: it must not serve another batch (nor be the session we KILL later).
+                    _force_close(conn)
+                    raise
         except Exception as exc:
             # Only here, outside the block, does the error become UnknownOutcome: the pool must see the
-            # disconnect itself to discard the connection rather than roll it back and reuse it.
-            if thread_id is not None and is_disconnect(exc):
-                raise UnknownOutcome(thread_id) from exc
+            # failure itself to discard the connection rather than roll it back and reuse it.
+            if session is not None:
+                raise UnknownOutcome(session) from exc
+            if isinstance(exc, pymysql.err.MySQLError) and exc.args and exc.args[0] in DATA_ERROR_CODES:
+                raise Rejected(len(lines)) from exc
             raise
 
-    def _statements(self, conn: Any, batch: Batch) -> Iterator[str]:
+    def _statements(self, conn: Any, lines: list[Line]) -> Iterator[str]:
         """Multi-row INSERTs of the batch, each under STATEMENT_CHARS of payload.
 
         Values go through the driver's own parameter escaping (``conn.escape``, which is what
@@ -232,15 +355,16 @@ class IngestApp:
         pid = self.pid
         values: list[str] = []
         size = 0
-        for received, addr, line in batch.rows:
-            quoted_addr = addrs.get(addr)
+        for line in lines:
+            text = line.text
+            quoted_addr = addrs.get(line.addr)
             if quoted_addr is None:
-                quoted_addr = addrs[addr] = escape(addr)
-            if size + len(line) > STATEMENT_CHARS and values:
+                quoted_addr = addrs[line.addr] = escape(line.addr)
+            if size + len(text) > STATEMENT_CHARS and values:
                 yield self._insert_head + ",".join(values)
                 values, size = [], 0
-            values.append(f"({stamp(received)},{quoted_addr},{pid},{escape(line)})")
-            size += len(line)
+            values.append(f"({stamp(line.received)},{quoted_addr},{pid},{escape(text)})")
+            size += len(text)
         if values:
             yield self._insert_head + ",".join(values)
 
@@ -262,8 +386,8 @@ class IngestApp:
             return exc.args[0] in RETRYABLE_CODES
         return False
 
-    def _resolve_unknown(self, marker: bytes, thread_id: int | None) -> bool:
-        """After a COMMIT whose reply was lost: True if the batch is stored, False if it is not.
+    def _resolve_unknown(self, marker: bytes, session: Session) -> bool:
+        """After a failed COMMIT: True if the batch is stored, False if it is not.
 
         Keeps asking until the database answers, however long that takes: replying ERR for a batch
         that may be stored would break the promise that ERR means not stored.
@@ -272,12 +396,7 @@ class IngestApp:
         while True:
             try:
                 with self.pool.connection() as conn:
-                    cur = conn.cursor()
-                    if thread_id:
-                        self._wait_session_gone(cur, thread_id)
-                    cur.execute(f"SELECT 1 FROM `{MARKER_TABLE}` WHERE batch_id = %s", (marker,))
-                    found = cur.fetchone() is not None
-                    conn.rollback()
+                    found = marker_committed(conn, marker, session)
                 log.warning(
                     "ingest: COMMIT outcome was unknown; the marker says %s", "committed" if found else "not committed"
                 )
@@ -287,21 +406,6 @@ class IngestApp:
                     log.warning("ingest: resolving a COMMIT outcome failed, retrying: %s", exc)
             gevent.sleep(delay)
             delay = min(RETRY_DELAY_MAX, delay * 2)
-
-    @staticmethod
-    def _wait_session_gone(cur: Any, thread_id: int) -> None:
-        """Kill the broken session if the server still has it, and wait until it is gone."""
-        try:
-            cur.execute(f"KILL {int(thread_id)}")
-        except pymysql.err.MySQLError as exc:
-            if not exc.args or exc.args[0] != UNKNOWN_THREAD:
-                raise
-        for _ in range(200):
-            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (thread_id,))
-            if cur.fetchone()[0] == 0:
-                return
-            gevent.sleep(0.05)
-        raise pymysql.err.OperationalError(2013, f"session {thread_id} is still alive after KILL")
 
     # -- tables and housekeeping --------------------------------------------------------------------
 
@@ -338,8 +442,10 @@ class IngestApp:
         return {
             "pool": self.pool.stats(),
             "pending": self.pending,
+            "pending_bytes": self.pending_bytes,
             "batches": self.batches_committed,
             "rows": self.rows_committed,
+            "rejected": self.rejected,
         }
 
     def close(self, timeout: float) -> None:
@@ -347,7 +453,17 @@ class IngestApp:
         self._stopping = True
         self._work.set()
         gevent.joinall(self._flushers, timeout=timeout)
+        self._expirer.kill(block=False)
         self.pool.close()
+
+
+def _force_close(conn: Any) -> None:
+    """Close a connection's socket without a word to the server (QUIT could be misread mid-protocol)."""
+    force = getattr(conn, "_force_close", None)
+    try:
+        force() if force is not None else conn.close()
+    except Exception:
+        pass
 
 
 app = IngestApp()

@@ -22,10 +22,11 @@ def create_table_sql(table: str) -> str:
 
 
 def ensure_table(conn: Any, table: str) -> None:
-    """Create the ingest table and the marker table if they are missing."""
+    """Create the ingest table, the marker table and the server run table if they are missing."""
     cur = conn.cursor()
     cur.execute(create_table_sql(table))
     cur.execute(create_marker_table_sql())
+    cur.execute(create_server_run_table_sql())
     cur.close()
     conn.commit()
 
@@ -42,3 +43,16 @@ def create_marker_table_sql() -> str:
   created_at DATETIME   NOT NULL DEFAULT CURRENT_TIMESTAMP,
   KEY (created_at)
 ) ENGINE=InnoDB"""
+
+
+# One row naming the current run of the server: a MEMORY table is empty after every restart, so the token
+# found there changes with each run (thread ids start again too). See workers.outcome.
+SERVER_RUN_TABLE = "prefork_server_run"
+
+
+def create_server_run_table_sql() -> str:
+    """The CREATE TABLE statement of the server run table."""
+    return f"""CREATE TABLE IF NOT EXISTS {quote_identifier(SERVER_RUN_TABLE)} (
+  id    TINYINT    NOT NULL PRIMARY KEY,
+  token BINARY(16) NOT NULL
+) ENGINE=MEMORY"""

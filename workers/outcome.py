@@ -1,0 +1,97 @@
+"""Learning whether a COMMIT whose reply never came was stored (SPEC section 6).
+
+When the COMMIT itself fails (the connection broke, an error packet came back, the driver lost the packet
+sequence), the transaction may or may not have been committed. Each batch writes a marker row in its own
+transaction, so the answer is in the marker table, provided that:
+
+- the old session can no longer commit: on the same run of the same server it is killed and waited for
+  (a COMMIT still in flight there could land after the lookup); when the server restarted in between, the
+  old session died with it, and its thread id may now belong to an unrelated session that must not be
+  killed (a token in a MEMORY table, empty after each restart, tells the runs apart);
+- the lookup reads the newest committed data: it runs in a fresh transaction, since a read view opened
+  before the old COMMIT landed would not see the marker, and the batch would be stored twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import pymysql
+
+from workers.schema import MARKER_TABLE, SERVER_RUN_TABLE
+
+UNKNOWN_THREAD = 1094
+NOT_OWNER = 1095  # "you are not owner of thread": not a session of ours
+SESSION_GONE_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Server:
+    """Which run of which server a connection talks to: host and port as the server reports them, and the
+    token of its current run (a restart gives a new token, and restarts thread ids)."""
+
+    hostname: str
+    port: int
+    run: bytes
+
+
+def server_of(conn: Any) -> Server:
+    """The server a connection talks to, asked once per connection (a connection never changes server)."""
+    server = getattr(conn, "prefork_server", None)
+    if server is None:
+        cur = conn.cursor()
+        # The first connection after a start writes the run's token; MEMORY tables are not transactional,
+        # so it is visible at once, and INSERT IGNORE keeps the first one.
+        cur.execute(f"INSERT IGNORE INTO `{SERVER_RUN_TABLE}` (id, token) VALUES (1, %s)", (os.urandom(16),))
+        cur.execute(f"SELECT @@hostname, @@port, token FROM `{SERVER_RUN_TABLE}` WHERE id = 1")
+        hostname, port, run = cur.fetchone()
+        cur.close()
+        server = Server(str(hostname), int(port), bytes(run))
+        conn.prefork_server = server
+    return server
+
+
+@dataclass(frozen=True)
+class Session:
+    """The session that sent a COMMIT: its server and thread id."""
+
+    server: Server
+    thread_id: int
+
+
+def marker_committed(conn: Any, marker: bytes, session: Session | None) -> bool:
+    """True if the batch with this marker is stored, False if it is not and never will be.
+
+    Raises the driver's errors (the caller retries until the database answers).
+    """
+    cur = conn.cursor()
+    if session is not None and server_of(conn) == session.server:
+        _end_session(cur, session.thread_id)
+    conn.rollback()  # a fresh read view for the lookup
+    cur.execute(f"SELECT 1 FROM `{MARKER_TABLE}` WHERE batch_id = %s", (marker,))
+    found = cur.fetchone() is not None
+    conn.rollback()
+    return found
+
+
+def _end_session(cur: Any, thread_id: int) -> None:
+    """Kill the old session if the server still has it, and wait until it is gone."""
+    try:
+        cur.execute(f"KILL {int(thread_id)}")
+    except pymysql.err.MySQLError as exc:
+        code = exc.args[0] if exc.args else None
+        if code == NOT_OWNER:
+            return  # the id belongs to another user's session: ours is gone
+        if code != UNKNOWN_THREAD:
+            raise
+    deadline = SESSION_GONE_WAIT_S
+    while deadline > 0:
+        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (thread_id,))
+        if cur.fetchone()[0] == 0:
+            return
+        gevent.sleep(0.05)
+        deadline -= 0.05
+    raise pymysql.err.OperationalError(2013, f"session {thread_id} is still alive after KILL")
