@@ -14,8 +14,9 @@ reply to be written (pipelining). Rules (SPEC section 5):
   and at most ``MAX_IN_FLIGHT`` lines (and about ``MAX_IN_FLIGHT_BYTES`` of reply text) await their reply;
   past that the reader stops reading, so a client that never reads its replies stalls only itself.
 - ``ack = off``: nothing is sent, and a client that does not read can block nothing.
-- Graceful stop (``stop()``): the reader stops at the next read, not in the middle of a buffer or of a
-  backpressure wait, so every complete line already read still gets its reply. The server then half-closes
+- Graceful stop (``stop()``): the reader stops at its next read (data already on its way is still read
+  for up to STOP_GRACE_S), not in the middle of a buffer or of a backpressure wait, so every complete line
+  already read still gets its reply. The server then half-closes
   and drains what the client still sends (closing a socket with unread input sends RST, and an RST can
   destroy replies still on their way) before it closes.
 """
@@ -38,6 +39,7 @@ READ_SIZE = 65536
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
 MAX_IN_FLIGHT_BYTES = 1 << 20  # bytes of replies of one connection waiting to be written
 LINGER_S = 2.0  # after the last reply, how long a client that keeps sending is drained before the close
+STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may still get the data in transit
 
 ERR_TOO_LONG = "ERR too-long"
 ERR_BAD_UTF8 = "ERR bad-utf8"
@@ -96,7 +98,7 @@ class LineConnection:
         self._writer_failed = False
         self._stopping = False
         self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
-        self._wake: Any = None  # a pending throw of StopReading into the reader, cancelled if recv returns first
+        self._wake: Any = None  # a timer that throws StopReading into the reader, cancelled if recv returns first
         self._reader: gevent.Greenlet | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -129,9 +131,16 @@ class LineConnection:
         """Stop reading (graceful stop): lines already read are still answered, then the socket closes."""
         self._stopping = True
         if self._in_recv and self._wake is None and self._reader is not None:
-            # Not Greenlet.kill: a kill cannot be taken back, and if data wakes the reader first it would
-            # land wherever the reader blocks next (the app, a backpressure wait) and lose lines read.
-            self._wake = gevent.get_hub().loop.run_callback(self._reader.throw, StopReading)
+            # Lines already on their way (a client that connected just before the stop and is sending) are
+            # still read if they come within STOP_GRACE_S; an idle client is interrupted after it. Not
+            # Greenlet.kill: a kill cannot be taken back, and if data woke the reader first it would land
+            # wherever the reader blocks next (the app, a backpressure wait) and lose lines already read.
+            self._wake = gevent.get_hub().loop.timer(STOP_GRACE_S)
+            self._wake.start(self._interrupt_recv)
+
+    def _interrupt_recv(self) -> None:
+        if self._in_recv and self._reader is not None:
+            self._reader.throw(StopReading)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -156,7 +165,7 @@ class LineConnection:
             finally:
                 self._in_recv = False
                 if self._wake is not None:
-                    self._wake.stop()  # recv returned first: the stop takes effect at the loop test
+                    self._wake.close()  # recv returned first: the stop takes effect at the loop test
                     self._wake = None
             if not data:
                 self._saw_eof = True

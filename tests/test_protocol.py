@@ -617,3 +617,19 @@ def test_reader_blocked_in_the_app_ends_when_its_writer_dies(tmp_path):
         gate.touch()  # the writer now sends into the reset connection and dies
         wait_for(lambda: totals(srv)["clients"] == 0, 10, what="the connection to be gone")
         assert roundtrip(srv.port, [b"still", b"serving"]) == [b"still", b"serving"]
+
+
+@pytest.mark.timeout(60)
+def test_lines_in_transit_at_a_graceful_stop_are_still_answered():
+    """A client connected just before a stop (a reload's old worker accepted it) sends right after: its lines
+    were on their way, and are read and answered within the stop's grace instead of meeting a bare close."""
+    with ServerProcess([ECHO, "--workers", "1"]) as srv:
+        sock = connect(srv.port)
+        wait_for(lambda: totals(srv)["clients"] == 1, 10, what="the connection to be served")
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.1)
+        sock.sendall(b"in\ntransit\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b"in\ntransit\n"
+        sock.close()
+        assert srv.wait(30) == 0
