@@ -39,6 +39,8 @@ READ_SIZE = 65536
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
 MAX_IN_FLIGHT_BYTES = 1 << 20  # bytes of replies of one connection waiting to be written
 LINGER_S = 2.0  # after the last reply, how long a client that keeps sending is drained before the close
+FAIR_READS = 8  # after this many full reads in a row, a reader lets the event loop poll the other clients
+FAIR_PAUSE_S = 0.0005  # a timer, not sleep(0): sleep(0) may resume the reader before the loop polls sockets
 STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may still get the data in transit
 
 ERR_TOO_LONG = "ERR too-long"
@@ -152,6 +154,7 @@ class LineConnection:
         skipping = False  # inside a too-long line: discard up to the next LF
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
+        full_reads = 0
         while not self._stopping:
             remaining = deadline - clock.now()
             if remaining <= 0:
@@ -167,6 +170,12 @@ class LineConnection:
                 if self._wake is not None:
                     self._wake.close()  # recv returned first: the stop takes effect at the loop test
                     self._wake = None
+            if len(data) == READ_SIZE:
+                full_reads += 1
+                if full_reads % FAIR_READS == 0:
+                    # recv never blocks while the socket has data: without this, a client sending faster
+                    # than the worker reads would keep the other clients of this worker waiting.
+                    gevent.sleep(FAIR_PAUSE_S)
             if not data:
                 self._saw_eof = True
                 if buf and not skipping:
