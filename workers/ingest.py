@@ -222,6 +222,7 @@ class IngestApp:
         batch.resolve(reply)
         self.pending -= len(batch.lines)
         self.pending_bytes -= batch.nbytes
+        batch.lines = []  # lines point to their batch: without this cycle they are freed as soon as answered
         if not self._room.is_set() and self.pending < self.max_pending and self.pending_bytes < self.max_pending_bytes:
             self._room.set()
 
