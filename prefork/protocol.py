@@ -16,9 +16,10 @@ reply to be written (pipelining). Rules (SPEC section 5):
 - ``ack = off``: nothing is sent, and a client that does not read can block nothing.
 - Graceful stop (``stop()``): the reader stops at its next read (data already on its way is still read
   for up to STOP_GRACE_S), not in the middle of a buffer or of a backpressure wait, so every complete line
-  already read still gets its reply. The server then half-closes
-  and drains what the client still sends (closing a socket with unread input sends RST, and an RST can
-  destroy replies still on their way) before it closes.
+  already read still gets its reply. The server then half-closes and drains what the client still sends
+  (closing a socket with unread input sends RST, and an RST can destroy replies still on their way).
+- Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
+  lets the event loop serve the worker's other clients.
 """
 
 from __future__ import annotations
@@ -170,11 +171,14 @@ class LineConnection:
                 if self._wake is not None:
                     self._wake.close()  # recv returned first: the stop takes effect at the loop test
                     self._wake = None
-            if len(data) == READ_SIZE:
+            if len(data) < READ_SIZE:
+                full_reads = 0
+            else:
                 full_reads += 1
-                if full_reads % FAIR_READS == 0:
-                    # recv never blocks while the socket has data: without this, a client sending faster
-                    # than the worker reads would keep the other clients of this worker waiting.
+                if full_reads == FAIR_READS:
+                    # Without this, a client sending faster than the worker reads would keep the other
+                    # clients of this worker waiting.
+                    full_reads = 0
                     gevent.sleep(FAIR_PAUSE_S)
             if not data:
                 self._saw_eof = True
