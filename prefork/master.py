@@ -1,8 +1,9 @@
 """The master: binds the listeners, forks the workers and keeps them alive.
 
 Signal handlers only queue the signal and wake the main loop (self-pipe through ``signal.set_wakeup_fd``);
-the loop pops the queue, dispatches to a small ``handle_*`` method, then reaps, murders (heartbeat
-timeouts, overdue stops), manages (spawns or retires workers) and writes the status file.
+the loop pops the queue, dispatches to a small ``handle_*`` method, then reaps, polls (heartbeats,
+readiness, workers stopping by themselves), finishes or abandons a reload, murders (heartbeat timeouts,
+overdue stops), manages (spawns or retires workers) and writes the status file.
 
 The master never imports the application, gevent or the database driver, and never opens a database
 connection: workers import the app after the fork, so a HUP's new generation runs new code.
@@ -65,9 +66,12 @@ class WorkerProc:
 
     pid: int
     generation: int
+    graceful_timeout: float  # of the config it was started with: a reload does not change it
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
-    stop_deadline: float | None = None  # set once the worker was told to stop
+    silent_s: float = 0.0  # since its last heartbeat
+    seen_mtime: float = 0.0  # of the state file last read
+    stop_deadline: float | None = None  # set once the worker was told to stop, or stops by itself
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Master:
         self.target = config.server.workers
         self.workers: dict[int, WorkerProc] = {}
         self.pending: PendingReload | None = None
+        self.reload_queued = False  # a HUP came during a reload: reload again once it is over
         self.sig_queue: list[int] = []
         self.state_dir = Path()
         self.started_at = time.time()
@@ -151,6 +156,7 @@ class Master:
             while True:
                 self.dispatch_signals()
                 self.reap_workers()
+                self.poll_workers()
                 self.check_reload()
                 self.murder_workers()
                 self.manage_workers()
@@ -237,21 +243,33 @@ class Master:
         return exit_status
 
     def stop(self, graceful: bool = True) -> None:
-        """Close the listeners and stop every worker; kill those that outlive the timeout."""
-        for sock in self.listeners.values():
+        """Close the listeners and stop every worker; kill those that outlive the timeout.
+
+        An INT or QUIT that comes during a graceful stop turns it into a quick one.
+        """
+        # A reload shares the unchanged listeners with the running generation: close each socket once.
+        distinct = {id(sock): sock for sock in self.listeners.values()}
+        if self.pending is not None:
+            distinct.update((id(sock), sock) for sock in self.pending.listeners.values())
+            self.pending = None
+        for sock in distinct.values():
             sockets.close(sock)
         self.listeners = {}
-        if self.pending is not None:
-            for sock in self.pending.listeners.values():
-                sockets.close(sock)
-            self.pending = None
-        timeout = self.cfg.server.graceful_timeout if graceful else QUICK_STOP_TIMEOUT
+        timeout = max((w.graceful_timeout for w in self.workers.values()), default=0.0)
+        if not graceful:
+            timeout = QUICK_STOP_TIMEOUT
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():
             worker.stop_deadline = deadline
         self.signal_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
         while self.workers and time.monotonic() < deadline:
             self.reap_workers()
+            if graceful and any(sig in (signal.SIGINT, signal.SIGQUIT) for sig in self.sig_queue):
+                log.info("quick stop requested during the graceful stop")
+                self.sig_queue.clear()
+                graceful, timeout = False, QUICK_STOP_TIMEOUT
+                deadline = min(deadline, time.monotonic() + QUICK_STOP_TIMEOUT)
+                self.signal_workers(signal.SIGQUIT)
             time.sleep(0.05)
         for pid in list(self.workers):
             log.warning("worker %s outlived the %gs stop timeout: killed", pid, timeout)
@@ -265,7 +283,8 @@ class Master:
     def reload(self) -> None:
         """Start a new generation with the re-read config; check_reload retires the old one when it is ready."""
         if self.pending is not None:
-            log.warning("reload already in progress (generation %d); ignoring HUP", self.pending.generation)
+            log.info("reload already in progress (generation %d): reloading again after it", self.pending.generation)
+            self.reload_queued = True
             return
         try:
             cfg = self.cfg.reload()
@@ -317,11 +336,18 @@ class Master:
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
         elif len(new) < pending.config.server.workers or time.monotonic() > pending.deadline:
             log.error("reload failed: generation %d did not boot; the old workers keep serving", pending.generation)
+            # New workers that already serve have clients: drain them like any stopping worker.
             for w in new:
-                self.kill_worker(w.pid, signal.SIGKILL)
+                self.stop_worker(w)
             for key in pending.opened:
                 sockets.close(pending.listeners[key])
             self.pending = None
+        else:
+            return
+        if self.reload_queued:
+            self.reload_queued = False
+            log.info("Hang up (queued during the reload): reloading")
+            self.reload()
 
     # -- worker management --------------------------------------------------------------------------
 
@@ -345,7 +371,7 @@ class Master:
         """Fork one worker; the child never returns from here."""
         pid = os.fork()
         if pid:
-            self.workers[pid] = WorkerProc(pid, generation)
+            self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout)
             log.info("Booting worker %s (generation %d)", pid, generation)
             return
         run_worker(
@@ -396,9 +422,13 @@ class Master:
         if self.pending is not None and worker.generation == self.pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
             return  # check_reload abandons the reload
-        if code == WORKER_BOOT_ERROR and not self.booted:
+        if not self.booted and (code == WORKER_BOOT_ERROR or not worker.ready):
+            # Any exit before serving at start is a boot failure: sys.exit() in the app's import, a
+            # segfault, an import that hung past `timeout`. Counted, so a broken app never fork-loops.
             self.boot_failures += 1
-            log.error("worker %s failed to boot (%d of %d tries)", worker.pid, self.boot_failures, BOOT_ATTEMPTS)
+            log.error(
+                "worker %s failed to boot (%s; %d of %d tries)", worker.pid, how, self.boot_failures, BOOT_ATTEMPTS
+            )
             if self.boot_failures >= BOOT_ATTEMPTS:
                 raise HaltServer("workers failed to boot", EXIT_BOOT)
         elif code == 0:
@@ -413,33 +443,49 @@ class Master:
         else:
             self.quick_deaths = 0
 
-    def murder_workers(self) -> None:
-        """Read each worker's state; kill workers silent past `timeout` and those overdue in stopping."""
+    def poll_workers(self) -> None:
+        """Read each worker's state: how long since its heartbeat, whether it is ready, whether it is
+        stopping by itself (max_requests, master gone: it then gets its graceful_timeout)."""
         now_mono = time.monotonic()
         now = time.time()
+        for w in self.workers.values():
+            path = worker_file(self.state_dir, w.pid)
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                w.silent_s = now_mono - w.started
+                continue
+            w.silent_s = now - mtime
+            if mtime == w.seen_mtime or (w.ready and w.stop_deadline is not None):
+                continue  # nothing new to read
+            w.seen_mtime = mtime
+            state = read_json(path) or {}
+            if not w.ready:
+                w.ready = bool(state.get("ready"))
+            if state.get("stopping") and w.stop_deadline is None:
+                log.info("Worker %s is stopping by itself", w.pid)
+                w.stop_deadline = now_mono + w.graceful_timeout
+
+    def murder_workers(self) -> None:
+        """Kill workers silent past `timeout` and those overdue in stopping."""
+        now_mono = time.monotonic()
         for w in list(self.workers.values()):
             if w.stop_deadline is not None:
                 if now_mono > w.stop_deadline:
                     log.warning("worker %s did not stop within graceful_timeout: killed", w.pid)
                     self.kill_worker(w.pid, signal.SIGKILL)
+                    w.stop_deadline = float("inf")  # killed once; reaped on the next pass
                 continue
             pending = self.pending is not None and w.generation == self.pending.generation
             timeout = (self.pending.config if pending else self.cfg).server.timeout
-            path = worker_file(self.state_dir, w.pid)
-            try:
-                silent = now - path.stat().st_mtime
-            except FileNotFoundError:
-                silent = now_mono - w.started
-            else:
-                if not w.ready:
-                    w.ready = bool((read_json(path) or {}).get("ready"))
-            if silent > timeout:
-                log.error("worker %s timed out (no heartbeat for %.1fs): killed", w.pid, silent)
+            if w.silent_s > timeout:
+                log.error("worker %s timed out (no heartbeat for %.1fs): killed", w.pid, w.silent_s)
                 self.kill_worker(w.pid, signal.SIGKILL)
+                w.silent_s = 0.0
 
     def stop_worker(self, worker: WorkerProc) -> None:
-        """Ask one worker to stop gracefully; it is killed after graceful_timeout."""
-        worker.stop_deadline = time.monotonic() + self.cfg.server.graceful_timeout
+        """Ask one worker to stop gracefully; it is killed after its graceful_timeout."""
+        worker.stop_deadline = time.monotonic() + worker.graceful_timeout
         self.kill_worker(worker.pid, signal.SIGTERM)
 
     def signal_workers(self, signum: int) -> None:

@@ -73,6 +73,7 @@ class Worker:
         self.ready = False
         self.loop_lag_ms = 0.0
         self.max_requests = 0
+        self._early_stop: str | None = None  # "graceful" or "quick": a stop signal that came during boot
         if self.cfg.server.max_requests:
             self.max_requests = self.cfg.server.max_requests + random.randint(0, self.cfg.server.max_requests_jitter)
 
@@ -93,11 +94,16 @@ class Worker:
         if self.cfg.server.daemon:
             _release_stderr()
         heartbeat = gevent.spawn(self._heartbeat)
+        if self._early_stop is not None:  # told to stop while booting
+            self._quick = self._early_stop == "quick"
+            self._stop_event.set()
         self._stop_event.wait()
-        heartbeat.kill()
         if self._quick:
             return 0
+        # The heartbeat goes on while stopping: the state says "stopping", so the master gives this worker
+        # its graceful_timeout instead of taking it for hung after `timeout`.
         self._graceful_stop()
+        heartbeat.kill()
         return 0
 
     def _boot(self) -> bool:
@@ -152,6 +158,16 @@ class Worker:
         ):
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        # Until gevent's handlers take over at the end of the boot: a stop is remembered for then, USR1
+        # reopens the logs, and no signal the master sends kills a booting worker by its default action
+        # (a logrotate's USR1 during a reload would otherwise kill the new generation).
+        signal.signal(signal.SIGTERM, lambda *_: self._remember_stop("graceful"))
+        signal.signal(signal.SIGINT, lambda *_: self._remember_stop("quick"))
+        signal.signal(signal.SIGQUIT, lambda *_: self._remember_stop("quick"))
+        signal.signal(signal.SIGUSR1, logs.reopen)
+        # This generation's logging settings (a reload may have changed them; the master switches its own
+        # only once the new generation serves). Opened before dropping privileges, as the master's were.
+        logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
         if self.spec.identity is not None:
             uid, gid = self.spec.identity
             # Group first: once the user is dropped, the group can no longer be changed.
@@ -167,6 +183,10 @@ class Worker:
         except ImportError:  # pragma: no cover - a runtime dependency
             pass
 
+    def _remember_stop(self, how: str) -> None:
+        if self._early_stop != "quick":
+            self._early_stop = how
+
     def _boot_app(self) -> bool:
         from prefork.app import AppLoadError, WorkerInfo, load_app
 
@@ -180,6 +200,10 @@ class Worker:
                 setup(WorkerInfo(pid=self.pid, generation=self.spec.generation, config=self.cfg))
         except AppLoadError as exc:
             log.error("worker failed to boot: %s", exc)
+            return False
+        except SystemExit as exc:
+            # sys.exit("message") in the app's import or setup: say what it said.
+            log.error("worker failed to boot: %s exited: %s", self.cfg.server.app, exc.code)
             return False
         except Exception:
             log.exception("worker failed to boot: %s setup failed", self.cfg.server.app)
@@ -219,6 +243,8 @@ class Worker:
             gevent.sleep(HEARTBEAT_INTERVAL)
             self.loop_lag_ms = max(0.0, (time.monotonic() - before - HEARTBEAT_INTERVAL) * 1000)
             self._write_state()
+            if self._stop_event.is_set():
+                continue
             if os.getppid() != self.spec.master_pid:
                 log.warning("master %s is gone; stopping", self.spec.master_pid)
                 self._on_term()

@@ -115,3 +115,26 @@ class Gated:
 
 
 gated = Gated()
+
+
+class Staged(Hold):
+    """Hold, whose new generations (2 and later, with $TESTAPP_STAGE_DIR set) boot only their first worker:
+    the others wait for the file `fail` in that directory, then fail their setup. For abandoned reloads."""
+
+    def setup(self, worker) -> None:
+        import time
+
+        stage = os.environ.get("TESTAPP_STAGE_DIR")
+        if not stage or worker.generation < 2:
+            return
+        try:
+            os.close(os.open(os.path.join(stage, f"first-{worker.generation}"), os.O_CREAT | os.O_EXCL))
+            return
+        except FileExistsError:
+            pass
+        while not os.path.exists(os.path.join(stage, "fail")):
+            time.sleep(0.05)  # green: the worker is patched by now
+        raise RuntimeError("this worker of the new generation fails on purpose")
+
+
+staged = Staged()

@@ -1,0 +1,218 @@
+"""Supervision under edge cases: boots that fail in any way, signals during boots, reloads and stops,
+workers that stop by themselves. Each test here failed before the fix it guards.
+
+The real master runs as a subprocess with test apps from tests/apps; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server import ServerProcess, connect, is_alive, read_lines, roundtrip, wait_for
+
+ECHO = "workers.echo:app"
+HOLD = "testapps:hold"
+
+
+def serving(srv: ServerProcess, n: int) -> list[int]:
+    return wait_for(lambda: (p := srv.worker_pids()) and len(p) == n and p, what=f"{n} workers")
+
+
+def write_conf(path: Path, **server: object) -> Path:
+    path.write_text("[server]\n" + "".join(f"{k} = {v}\n" for k, v in server.items()))
+    return path
+
+
+# -- boots that fail in any way -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "app, env, extra",
+    [
+        ("exit_at_import:app", {}, []),
+        ("segfault_at_import:app", {}, []),
+        ("slow_import:app", {"TESTAPP_IMPORT_SECONDS": "60"}, ["--timeout", "1"]),
+    ],
+    ids=["sys-exit-at-import", "segfault-at-import", "import-hangs-past-timeout"],
+)
+def test_any_exit_before_ready_is_a_boot_failure(app, env, extra):
+    """Not only exit code 3: an app that exits, crashes or hangs at import stops the master with 3 after a
+    bounded number of tries instead of being respawned forever."""
+    srv = ServerProcess([app, "--workers", "2", *extra], env=env)
+    try:
+        srv.start(wait=False)
+        code = srv.wait(45)
+        logs = srv.logs()
+        assert code == 3, logs
+        assert logs.count("Booting worker") <= 3 * 2 + 2, logs
+        if app.startswith("exit_at_import"):
+            assert "exit_at_import refuses to start" in logs  # the app's own words
+    finally:
+        srv.stop()
+
+
+# -- signals while workers boot ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_usr1_during_a_reload_does_not_kill_the_booting_workers(tmp_path):
+    """logrotate's USR1 while a HUP's new generation imports the app: the workers must survive it (the
+    default action of USR1 is to terminate) and the reload complete."""
+    conf = write_conf(tmp_path / "p.ini", app="slow_import:app", workers=2)
+    with ServerProcess(["-c", str(conf)], env={"TESTAPP_IMPORT_SECONDS": "1.5"}) as srv:
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "(generation 2)" in srv.logs(), what="the new generation to boot")
+        time.sleep(0.3)
+        srv.signal(signal.SIGUSR1)
+        wait_for(
+            lambda: "Reloaded: generation 2" in srv.logs() or "reload failed" in srv.logs(),
+            timeout=30,
+            what="the reload to end",
+        )
+        assert "Reloaded: generation 2" in srv.logs(), srv.logs()
+        assert roundtrip(srv.port, [b"x"]) == [b"x"]
+
+
+@pytest.mark.timeout(60)
+def test_term_during_a_reload_with_a_unix_listener_exits_cleanly(tmp_path):
+    """TERM while a reload is under way: the listeners the two generations share are closed once (a unix
+    socket closed twice was a traceback and exit 1, with the workers never signalled)."""
+    path = tmp_path / "p.sock"
+    conf = write_conf(tmp_path / "p.ini", app="slow_import:app", workers=1, bind=f"127.0.0.1:0,unix:{path}")
+    srv = ServerProcess(["-c", str(conf)], env={"TESTAPP_IMPORT_SECONDS": "1.5"}, bind=None)
+    with srv:
+        workers = srv.worker_pids()
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "(generation 2)" in srv.logs(), what="the new generation to boot")
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(30) == 0, srv.logs()
+        assert "Traceback" not in srv.logs(), srv.logs()
+        assert not any(is_alive(p) for p in workers)
+        assert not path.exists()
+
+
+@pytest.mark.timeout(90)
+def test_hup_during_a_reload_is_applied_after_it(tmp_path):
+    conf = write_conf(tmp_path / "p.ini", app="slow_import:app", workers=1, name="one")
+    with ServerProcess(["-c", str(conf)], env={"TESTAPP_IMPORT_SECONDS": "1"}) as srv:
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "(generation 2)" in srv.logs(), what="the first reload to start")
+        write_conf(conf, app="slow_import:app", workers=1, name="two")
+        srv.signal(signal.SIGHUP)  # during the reload: queued, not dropped
+        wait_for(lambda: "Reloaded: generation 3" in srv.logs(), timeout=40, what="the queued reload")
+        wait_for(lambda: srv.status()["master"]["name"] == "two", what="the second config")
+
+
+@pytest.mark.timeout(90)
+def test_new_workers_use_the_new_generations_log_file(tmp_path):
+    """A reload that changes server.log_file: the new workers log there from their start (the master
+    switches its own only once they serve, and they used to inherit its old handler)."""
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    conf = write_conf(tmp_path / "p.ini", app=ECHO, workers=1, log_file=first)
+    srv = ServerProcess(["-c", str(conf)], bind="127.0.0.1:0")
+    try:
+        srv.start(wait=False)  # it logs to the file, not to the output ServerProcess watches
+        wait_for(lambda: first.exists() and "Workers are serving" in first.read_text(), what="the first generation")
+        write_conf(conf, app=ECHO, workers=1, log_file=second, max_requests=1)
+        srv.signal(signal.SIGHUP)
+        # The master logs there too once the new generation serves.
+        wait_for(lambda: second.exists() and "Reloaded: generation 2" in second.read_text(), what="the reload")
+        port = int(first.read_text().split("Listening at: 127.0.0.1:")[1].split()[0])
+        assert roundtrip(port, [b"one line is max_requests"]) == [b"one line is max_requests"]
+        wait_for(lambda: "max_requests" in second.read_text(), what="the worker's log line")
+        assert "max_requests" not in first.read_text()
+    finally:
+        srv.stop()
+
+
+# -- stops ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_worker_stopping_by_itself_gets_its_graceful_timeout(tmp_path):
+    """max_requests reached while a line is in flight: the worker keeps heartbeating while it stops, so the
+    master gives it graceful_timeout (not `timeout`, which would kill it as hung) and the line is answered."""
+    gate = tmp_path / "gate"
+    with ServerProcess(
+        [HOLD, "--workers", "1", "--max-requests", "1", "--timeout", "2", "--graceful-timeout", "30"]
+    ) as srv:
+        (pid,) = serving(srv, 1)
+        with connect(srv.port) as sock:
+            sock.sendall(f"hold {gate}\n".encode())
+            wait_for(lambda: "stopping by itself" in srv.logs(), what="the worker to stop by itself")
+            time.sleep(4)  # twice `timeout`
+            assert is_alive(pid), srv.logs()
+            gate.touch()
+            assert read_lines(sock, 1) == [f"hold {gate}".encode()]
+        wait_for(lambda: not is_alive(pid), what="the worker to exit")
+        assert "timed out" not in srv.logs()
+
+
+@pytest.mark.timeout(90)
+def test_old_workers_keep_the_graceful_timeout_they_were_started_with(tmp_path):
+    gate = tmp_path / "gate"
+    conf = write_conf(tmp_path / "p.ini", app=HOLD, workers=1, graceful_timeout=30)
+    with ServerProcess(["-c", str(conf)]) as srv:
+        (old,) = serving(srv, 1)
+        with connect(srv.port) as sock:
+            sock.sendall(f"hold {gate}\n".encode())
+            wait_for(lambda: srv.status()["totals"]["lines_in"] == 1, what="the line to be read")
+            write_conf(conf, app=HOLD, workers=1, graceful_timeout=1)
+            srv.signal(signal.SIGHUP)
+            wait_for(lambda: "Reloaded: generation 2" in srv.logs(), timeout=30, what="the reload")
+            time.sleep(3)  # past the new generation's graceful_timeout
+            assert is_alive(old), srv.logs()
+            gate.touch()
+            assert read_lines(sock, 1) == [f"hold {gate}".encode()]
+
+
+@pytest.mark.timeout(60)
+def test_int_during_a_graceful_stop_makes_it_quick(tmp_path):
+    gate = tmp_path / "gate"
+    with ServerProcess([HOLD, "--workers", "1", "--graceful-timeout", "60"]) as srv:
+        with connect(srv.port) as sock:
+            sock.sendall(f"hold {gate}\n".encode())
+            wait_for(lambda: srv.status()["totals"]["lines_in"] == 1, what="the line to be read")
+            srv.signal(signal.SIGTERM)
+            wait_for(lambda: "Shutting down" in srv.logs(), what="the graceful stop to start")
+            srv.signal(signal.SIGINT)
+            assert srv.wait(15) == 0, srv.logs()
+
+
+@pytest.mark.timeout(90)
+def test_an_abandoned_reload_drains_the_new_workers_that_serve(tmp_path):
+    """The new generation half boots: the reload is abandoned, and its worker that already serves clients
+    is stopped gracefully (their lines answered), not SIGKILLed with them, nor counted as a crash."""
+    gate, stage = tmp_path / "gate", tmp_path / "stage"
+    stage.mkdir()
+    conf = write_conf(tmp_path / "p.ini", app="testapps:staged", workers=2, graceful_timeout=30)
+    with ServerProcess(["-c", str(conf)], env={"TESTAPP_STAGE_DIR": str(stage)}) as srv:
+        old = serving(srv, 2)
+        srv.signal(signal.SIGHUP)
+        new = wait_for(
+            lambda: [w["pid"] for w in srv.status()["workers"] if w["generation"] == 2], what="a new worker serving"
+        )
+        socks = []
+        try:
+            # Connections land on any worker that accepts: hold lines on enough of them to reach the new one.
+            while not [w for w in srv.status()["workers"] if w["pid"] in new and w["clients"]]:
+                sock = connect(srv.port)
+                sock.sendall(f"hold {gate}\n".encode())
+                socks.append(sock)
+                time.sleep(0.2)
+                assert len(socks) < 50, "no connection reached the new worker"
+            (stage / "fail").touch()
+            wait_for(lambda: "reload failed" in srv.logs(), timeout=30, what="the reload to be abandoned")
+            gate.touch()
+            for sock in socks:
+                assert read_lines(sock, 1) == [f"hold {gate}".encode()]
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_for(lambda: srv.worker_pids() == old, what="the old workers alone")
+        assert "died" not in srv.logs().split("reload failed")[1], srv.logs()
