@@ -36,6 +36,7 @@ reload stop status: $(STAMP)
 	$(VENV)/bin/prefork $@ --pidfile $(PIDFILE)
 
 test: $(STAMP) server-binary
+	sh scripts/ensure-test-packages.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Throughput against baselines measured in the same run (bench/run.py says what each contender is).

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from prefork import __version__
 from prefork.config import SETTINGS, Config, ConfigError, load_config, parse_override
@@ -120,10 +121,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = None
     if cfg.server.metrics_bind is not None:
         from prefork.metrics import MetricsServer
-        from prefork.status import collect
+        from prefork.status import build_report
 
         try:
-            metrics = MetricsServer(cfg.server.metrics_bind, lambda: collect(os.getpid()))
+            metrics = MetricsServer(cfg.server.metrics_bind, lambda: build_report(master.state()))
         except OSError as exc:
             for sock in listeners.values():
                 sock.close()
@@ -164,36 +165,57 @@ def resolve_identity(cfg: Config) -> tuple[int, int] | None:
     return uid, gid
 
 
-def find_master_pid(args: argparse.Namespace) -> int:
-    """The master's pid, from --pidfile, from the config's pidfile, or the only running master."""
-    from prefork.state import STATE_DIR_PREFIX, state_dir_for
+def find_master(args: argparse.Namespace) -> tuple[int, Path]:
+    """The master's pid and state directory: from --pidfile, from the config's pidfile, or the only
+    running master."""
+    from prefork.master import STATE_SUFFIX
+    from prefork.state import MASTER_FILE, STATE_DIR_PREFIX, candidate_state_dirs, default_runtime_dir, runtime_dir
 
     pidfile = getattr(args, "pidfile", None)
-    if not pidfile and (args.config or args.sets):
-        pidfile = load_from_args(args).server.pidfile
+    bases = [Path(os.environ["PREFORK_SERVER_RUNTIME_DIR"])] if os.environ.get("PREFORK_SERVER_RUNTIME_DIR") else []
+    if args.config or args.sets:
+        cfg = load_from_args(args)
+        bases.append(runtime_dir(cfg.server.runtime_dir))
+        pidfile = pidfile or cfg.server.pidfile
         if not pidfile:
             raise CommandError("server.pidfile is not set in the config: give --pidfile")
     if pidfile:
-        try:
-            pid = int(open(pidfile).read().strip())
-        except FileNotFoundError:
-            raise CommandError(f"no master running (no pidfile {pidfile})", 1) from None
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"cannot read pidfile {pidfile}: {exc}", 1) from None
-        if not _alive(pid):
-            raise CommandError(f"no master running (stale pidfile {pidfile}, pid {pid})", 1)
-        return pid
-    base = state_dir_for(0).parent
-    pids = []
-    for entry in base.glob(f"{STATE_DIR_PREFIX}*"):
-        suffix = entry.name[len(STATE_DIR_PREFIX) :]
-        if suffix.isdigit() and _alive(int(suffix)) and (entry / "master.json").exists():
-            pids.append(int(suffix))
+        pid = _pid_from(pidfile)
+        try:  # the master wrote where its state is beside the pidfile
+            recorded = [Path(Path(pidfile + STATE_SUFFIX).read_text().strip())]
+        except OSError:
+            recorded = []
+        candidates = recorded + candidate_state_dirs(pid, bases)
+        found = next((d for d in candidates if (d / MASTER_FILE).exists()), candidates[0])
+        return pid, found
+    pids: dict[int, Path] = {}
+    for base in [default_runtime_dir(), *bases]:
+        for entry in base.glob(f"{STATE_DIR_PREFIX}*"):
+            suffix = entry.name[len(STATE_DIR_PREFIX) :]
+            if suffix.isdigit() and _alive(int(suffix)) and (entry / MASTER_FILE).exists():
+                pids.setdefault(int(suffix), entry)
     if len(pids) == 1:
-        return pids[0]
+        return next(iter(pids.items()))
     if not pids:
         raise CommandError("no master running (give --pidfile or -c FILE)", 1)
     raise CommandError(f"several masters running ({', '.join(map(str, sorted(pids)))}): give --pidfile or -c FILE")
+
+
+def find_master_pid(args: argparse.Namespace) -> int:
+    """The master's pid (see find_master)."""
+    return find_master(args)[0]
+
+
+def _pid_from(pidfile: str) -> int:
+    try:
+        pid = int(open(pidfile).read().strip())
+    except FileNotFoundError:
+        raise CommandError(f"no master running (no pidfile {pidfile})", 1) from None
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read pidfile {pidfile}: {exc}", 1) from None
+    if not _alive(pid):
+        raise CommandError(f"no master running (stale pidfile {pidfile}, pid {pid})", 1)
+    return pid
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -214,7 +236,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from prefork.status import collect, render_table
 
-    report = collect(find_master_pid(args))
+    report = collect(*find_master(args))
     if args.json:
         import json
 

@@ -267,6 +267,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "log_file", "-", _parse_log_file, "log file, - = stderr; USR1 reopens it", "--log-file"),
     Setting("server", "log_level", "info", _parse_log_level,
             "debug, info, warning, error or critical", "--log-level"),
+    Setting("server", "runtime_dir", "", _parse_optional,
+            "where the master keeps its state directory (empty = $RUNTIME_DIRECTORY, else /run/prefork as root, "
+            "else $XDG_RUNTIME_DIR or the temp dir)", "--runtime-dir"),
     Setting("server", "metrics_bind", "", _parse_metrics_bind,
             "HOST:PORT where the master serves Prometheus text at /metrics (empty = off)", "--metrics-bind"),
     Setting("pool", "dsn", "mysql://root@127.0.0.1:3306/test", parse_dsn,

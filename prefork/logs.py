@@ -36,6 +36,11 @@ def reopen(*_: object) -> None:
             _handler.release()
 
 
+def stream() -> object:
+    """The stream log records go to (for faulthandler's stack dumps)."""
+    return getattr(_handler, "stream", None) or sys.stderr
+
+
 def flush() -> None:
     """Flush the handler (before os._exit, which skips it)."""
     if _handler is not None:

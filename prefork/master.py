@@ -31,7 +31,16 @@ from pathlib import Path
 from prefork import logs, sockets
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
-from prefork.state import MASTER_FILE, iso, read_json, state_dir_for, worker_file, write_json
+from prefork.state import (
+    MASTER_FILE,
+    Heartbeat,
+    StateDirError,
+    iso,
+    prepare_state_dir,
+    runtime_dir,
+    state_dir_for,
+    write_json,
+)
 from prefork.worker import WORKER_BOOT_ERROR, WorkerSpec, run_worker
 
 log = logging.getLogger("prefork.master")
@@ -45,6 +54,8 @@ FD_MARGIN = 128  # descriptors a worker needs beside its clients: pool, listener
 BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
 LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no signal arrives
 QUICK_STOP_TIMEOUT = 2.0
+ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
+STATE_SUFFIX = ".state"  # beside the pidfile: the path of the state directory
 MAX_RESPAWN_DELAY = 10.0
 
 SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
@@ -67,11 +78,12 @@ class WorkerProc:
     pid: int
     generation: int
     graceful_timeout: float  # of the config it was started with: a reload does not change it
+    heartbeat: Heartbeat
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     silent_s: float = 0.0  # since its last heartbeat
-    seen_mtime: float = 0.0  # of the state file last read
     stop_deadline: float | None = None  # set once the worker was told to stop, or stops by itself
+    abort_deadline: float | None = None  # sent SIGABRT (stack dump) for a missed heartbeat: SIGKILL then
 
 
 @dataclass
@@ -108,6 +120,8 @@ class Master:
         self.reload_queued = False  # a HUP came during a reload: reload again once it is over
         self.sig_queue: list[int] = []
         self.state_dir = Path()
+        self._state_dir_ours = False  # created or taken over by this master: removed at exit
+        self._status_error: str | None = None  # the last failure to write master.json, logged once
         self.started_at = time.time()
         self.booted = False  # some worker has reported ready
         self.boot_failures = 0
@@ -121,14 +135,18 @@ class Master:
     def start(self) -> None:
         """Prepare the process: title, state dir, pidfile, signal handling."""
         self.pid = os.getpid()
-        self.state_dir = state_dir_for(self.pid)
+        self.state_dir = state_dir_for(self.pid, runtime_dir(self.cfg.server.runtime_dir))
         _set_title(f"prefork: master [{self.cfg.server.name}]")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.identity is not None:  # workers write their heartbeat here after dropping privileges
-            os.chown(self.state_dir, *self.identity)
+        try:
+            prepare_state_dir(self.state_dir)
+        except (StateDirError, OSError) as exc:
+            raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_CONFIG) from None
+        self._state_dir_ours = True
         _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
         if self.cfg.server.pidfile:
             Path(self.cfg.server.pidfile).write_text(f"{self.pid}\n")
+            # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
+            Path(self.cfg.server.pidfile + STATE_SUFFIX).write_text(f"{self.state_dir}\n")
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
@@ -234,7 +252,9 @@ class Master:
         pidfile = self.cfg.server.pidfile
         if pidfile and _read_pid(pidfile) == self.pid:
             os.unlink(pidfile)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+            _remove(Path(pidfile + STATE_SUFFIX))
+        if self._state_dir_ours:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         if self.metrics is not None:
             self.metrics.close()
         if exit_status:
@@ -369,9 +389,11 @@ class Master:
 
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
+        heartbeat = Heartbeat(f"prefork-worker-gen{generation}")
+        close_fds = self._fds_not_for(listeners)
         pid = os.fork()
         if pid:
-            self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout)
+            self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout, heartbeat)
             log.info("Booting worker %s (generation %d)", pid, generation)
             return
         run_worker(
@@ -379,9 +401,9 @@ class Master:
                 config=cfg,
                 listeners=list(listeners.values()),
                 generation=generation,
-                state_dir=self.state_dir,
+                heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
-                close_fds=self._fds_not_for(listeners),
+                close_fds=close_fds,
                 identity=self.identity,
             )
         )
@@ -390,6 +412,7 @@ class Master:
         """Descriptors a new worker must close: the master's own, and listeners of the other generation
         (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)."""
         fds = [*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])]
+        fds += [w.heartbeat.fd for w in self.workers.values()]  # each worker writes only its own
         others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
         mine = {id(sock) for sock in listeners.values()}
         fds += {sock.fileno() for sock in others if id(sock) not in mine}
@@ -405,9 +428,9 @@ class Master:
             if not pid:
                 return
             worker = self.workers.pop(pid, None)
-            _remove(worker_file(self.state_dir, pid))
             if worker is None:
                 continue
+            worker.heartbeat.close()
             self.worker_exited(worker, status)
 
     def worker_exited(self, worker: WorkerProc, status: int) -> None:
@@ -444,34 +467,29 @@ class Master:
             self.quick_deaths = 0
 
     def poll_workers(self) -> None:
-        """Read each worker's state: how long since its heartbeat, whether it is ready, whether it is
-        stopping by itself (max_requests, master gone: it then gets its graceful_timeout)."""
-        now_mono = time.monotonic()
-        now = time.time()
+        """Read each worker's heartbeat and state: how long it has been silent, whether it is ready,
+        whether it is stopping by itself (max_requests, master gone: it then gets its graceful_timeout)."""
+        now = time.monotonic()
         for w in self.workers.values():
-            path = worker_file(self.state_dir, w.pid)
-            try:
-                mtime = path.stat().st_mtime
-            except FileNotFoundError:
-                w.silent_s = now_mono - w.started
-                continue
-            w.silent_s = now - mtime
-            if mtime == w.seen_mtime or (w.ready and w.stop_deadline is not None):
-                continue  # nothing new to read
-            w.seen_mtime = mtime
-            state = read_json(path) or {}
+            w.silent_s = w.heartbeat.silent_s()
+            state = w.heartbeat.read()
             if not w.ready:
                 w.ready = bool(state.get("ready"))
             if state.get("stopping") and w.stop_deadline is None:
                 log.info("Worker %s is stopping by itself", w.pid)
-                w.stop_deadline = now_mono + w.graceful_timeout
+                w.stop_deadline = now + w.graceful_timeout
 
     def murder_workers(self) -> None:
-        """Kill workers silent past `timeout` and those overdue in stopping."""
-        now_mono = time.monotonic()
+        """Kill workers overdue in stopping; make a worker silent past `timeout` dump its stack (SIGABRT),
+        then kill it."""
+        now = time.monotonic()
         for w in list(self.workers.values()):
+            if w.abort_deadline is not None:
+                if now > w.abort_deadline:
+                    self.kill_worker(w.pid, signal.SIGKILL)
+                continue
             if w.stop_deadline is not None:
-                if now_mono > w.stop_deadline:
+                if now > w.stop_deadline:
                     log.warning("worker %s did not stop within graceful_timeout: killed", w.pid)
                     self.kill_worker(w.pid, signal.SIGKILL)
                     w.stop_deadline = float("inf")  # killed once; reaped on the next pass
@@ -479,9 +497,13 @@ class Master:
             pending = self.pending is not None and w.generation == self.pending.generation
             timeout = (self.pending.config if pending else self.cfg).server.timeout
             if w.silent_s > timeout:
-                log.error("worker %s timed out (no heartbeat for %.1fs): killed", w.pid, w.silent_s)
-                self.kill_worker(w.pid, signal.SIGKILL)
-                w.silent_s = 0.0
+                log.error(
+                    "worker %s timed out (no heartbeat for %.1fs): dumping its stack (SIGABRT), then killed",
+                    w.pid,
+                    w.silent_s,
+                )
+                w.abort_deadline = now + ABORT_GRACE
+                self.kill_worker(w.pid, signal.SIGABRT)
 
     def stop_worker(self, worker: WorkerProc) -> None:
         """Ask one worker to stop gracefully; it is killed after its graceful_timeout."""
@@ -504,8 +526,32 @@ class Master:
 
     def write_status(self) -> None:
         """Write master.json for `prefork status`."""
+        try:
+            write_json(self.state_dir / MASTER_FILE, self.state())
+        except FileNotFoundError:
+            # The directory was removed (a tmp cleaner, logind at logout): make it again. Heartbeats do
+            # not depend on it, so no worker is harmed meanwhile.
+            self._status_failed("the state directory was removed; recreating it")
+            try:
+                prepare_state_dir(self.state_dir)
+            except (StateDirError, OSError) as exc:
+                self._status_failed(f"cannot recreate the state directory {self.state_dir}: {exc}")
+        except OSError as exc:  # a full disk, ...
+            self._status_failed(f"cannot write the status file: {exc}")
+        else:
+            if self._status_error is not None:
+                log.info("status file written again")
+                self._status_error = None
+
+    def _status_failed(self, message: str) -> None:
+        if message != self._status_error:  # logged once, not every pass
+            log.warning("%s (workers keep serving)", message)
+            self._status_error = message
+
+    def state(self) -> dict:
+        """The master's figures and its workers' last states: what `status` and `/metrics` show."""
         now = time.time()
-        state = {
+        return {
             "pid": self.pid,
             "name": self.cfg.server.name,
             "generation": self.generation,
@@ -514,12 +560,9 @@ class Master:
             "workers_target": self.target,
             "listeners": [sockets.address_of(s) for s in self.listeners.values()],
             "worker_pids": sorted(self.workers),
+            "workers": [w.heartbeat.last for _, w in sorted(self.workers.items()) if w.heartbeat.last],
             "written_ts": now,
         }
-        try:
-            write_json(self.state_dir / MASTER_FILE, state)
-        except OSError as exc:
-            log.warning("cannot write the status file: %s", exc)
 
 
 def _raise_fd_limit(needed: int) -> None:

@@ -1,39 +1,110 @@
-"""Run-time state files: how workers report to the master and the master to `prefork status`.
+"""Run-time state: how workers report to the master, and the master to `prefork status` and `/metrics`.
 
-Each worker rewrites ``worker-PID.json`` in the master's state directory every second: its modification
-time is the heartbeat the master watches, and its content (ready flag, counters, pool figures) is what
-`prefork status` shows. The master writes ``master.json`` beside them. Files are replaced atomically
-(write, then rename), so a reader never sees half a file.
+Heartbeats do not go through the file system. Before forking a worker, the master creates an anonymous
+in-memory file for it (``memfd_create``) that both keep open. About once a second the worker writes its
+state there as JSON and then sets the file's modification time to the *monotonic* clock; the master reads
+both through its own descriptor. So:
+
+- a wall-clock step (NTP, a resumed VM) neither kills every worker nor hides a hung one;
+- a tmp cleaner or logind removing the state directory, or a full disk, cannot stop a heartbeat;
+- a worker writes only to its own file and never needs write access to any directory of the master's,
+  even when it runs as another user.
+
+The master writes ``master.json`` (its own figures and every worker's last state) in its state directory,
+``<runtime_dir>/prefork-PID``, which it creates itself (mode 0755, refused if someone else owns it) and
+writes with ``O_NOFOLLOW``. ``runtime_dir`` defaults to ``$RUNTIME_DIRECTORY`` (systemd's
+``RuntimeDirectory=``), else ``/run/prefork`` when root, else ``$XDG_RUNTIME_DIR`` or the temp dir.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 MASTER_FILE = "master.json"
 STATE_DIR_PREFIX = "prefork-"
+STATE_DIR_MODE = 0o755
+MAX_STATE_BYTES = 1 << 20
+_WALL_CLOCK_FLOOR = 1e9  # an mtime above this is wall-clock time: the worker is between its two writes
 
 
-def state_dir_for(master_pid: int) -> Path:
+class StateDirError(Exception):
+    """The state directory exists and is not safely ours."""
+
+
+def default_runtime_dir() -> Path:
+    """Where state lives when ``server.runtime_dir`` is not set."""
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/run/prefork")
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def runtime_dir(configured: str | None) -> Path:
+    """The base directory of state directories: ``server.runtime_dir`` if set, else the default."""
+    return Path(configured) if configured else default_runtime_dir()
+
+
+def state_dir_for(master_pid: int, base: Path | None = None) -> Path:
     """The state directory of the master with this pid."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"{STATE_DIR_PREFIX}{master_pid}"
+    return (base or default_runtime_dir()) / f"{STATE_DIR_PREFIX}{master_pid}"
 
 
-def worker_file(state_dir: Path, pid: int) -> Path:
-    """The state file of one worker."""
-    return state_dir / f"worker-{pid}.json"
+def candidate_state_dirs(master_pid: int, extra: list[Path] | None = None) -> list[Path]:
+    """Where the state directory of this master may be, whatever environment the caller has."""
+    bases = [*(extra or []), default_runtime_dir()]
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        bases.append(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]))
+    bases += [Path("/run/prefork"), Path(f"/run/user/{os.getuid()}"), Path(tempfile.gettempdir())]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        bases.append(Path(os.environ["XDG_RUNTIME_DIR"]))
+    seen: list[Path] = []
+    for base in bases:
+        path = base / f"{STATE_DIR_PREFIX}{master_pid}"
+        if path not in seen:
+            seen.append(path)
+    return seen
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state directory, or take over a leftover one that is safely ours.
+
+    Refused (StateDirError) when the path is a symlink or not a directory, or belongs to another user, or
+    others may write in it: another user could have planted it to make this process write elsewhere.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, STATE_DIR_MODE)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateDirError(f"state directory {path} exists and is not a directory") from None
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StateDirError(
+                f"state directory {path} exists and is owned by uid {st.st_uid} with mode "
+                f"{stat.S_IMODE(st.st_mode):o}: refusing to use it"
+            ) from None
+        for entry in path.iterdir():  # a dead master's leftovers (the pid was reused)
+            entry.unlink()
+    os.chmod(path, STATE_DIR_MODE)  # whatever the umask
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace a state file atomically."""
+    """Replace a state file atomically, never writing through a symlink."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    try:
+        os.unlink(tmp)  # a leftover, or a link someone planted: removed, never followed
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f, separators=(",", ":"))
     os.replace(tmp, path)
 
@@ -45,6 +116,49 @@ def read_json(path: Path) -> dict[str, Any] | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+class Heartbeat:
+    """The master's side of one worker's heartbeat file (see the module docstring)."""
+
+    def __init__(self, name: str):
+        self.fd = os.memfd_create(name)  # the forked worker inherits it (close-on-exec only matters to exec)
+        self.last: dict[str, Any] = {}
+        self._seen_mtime = 0.0
+        now = time.monotonic()
+        os.utime(self.fd, (now, now))  # the boot counts toward `timeout` from now
+
+    def silent_s(self) -> float:
+        """Seconds since the worker's last heartbeat (monotonic)."""
+        mtime = os.fstat(self.fd).st_mtime
+        if mtime > _WALL_CLOCK_FLOOR:
+            return 0.0
+        return max(0.0, time.monotonic() - mtime)
+
+    def read(self) -> dict[str, Any]:
+        """The worker's last state; the previous one while a write is under way."""
+        mtime = os.fstat(self.fd).st_mtime
+        if mtime != self._seen_mtime:
+            try:
+                state, _ = json.JSONDecoder().raw_decode(os.pread(self.fd, MAX_STATE_BYTES, 0).decode())
+            except ValueError:
+                return self.last  # caught between the worker's writes: read again on the next pass
+            self._seen_mtime = mtime
+            if isinstance(state, dict):
+                self.last = state
+        return self.last
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def beat(fd: int, state: dict[str, Any]) -> None:
+    """The worker's side: publish its state and stamp the heartbeat with the monotonic clock."""
+    data = json.dumps(state, separators=(",", ":")).encode()
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+    now = time.monotonic()
+    os.utime(fd, (now, now))
 
 
 def iso(ts: float) -> str:

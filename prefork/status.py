@@ -1,11 +1,12 @@
-"""`prefork status`: the master's and the workers' state files, merged into one report."""
+"""`prefork status` and `/metrics`: the master's state file (its figures and its workers' last states) as one report."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from prefork.state import MASTER_FILE, read_json, state_dir_for, worker_file
+from prefork.state import MASTER_FILE, read_json
 
 POOL_KEYS = (
     "size",
@@ -34,21 +35,22 @@ WORKER_KEYS = (
 )
 
 
-def collect(master_pid: int) -> dict[str, Any]:
-    """Build the status report of the master with this pid (SPEC section 9)."""
-    state_dir = state_dir_for(master_pid)
-    master = read_json(state_dir / MASTER_FILE) or {"pid": master_pid}
+def collect(master_pid: int, state_dir: Path) -> dict[str, Any]:
+    """Build the status report of the master with this pid from its state directory."""
+    return build_report(read_json(state_dir / MASTER_FILE) or {"pid": master_pid})
+
+
+def build_report(master: dict[str, Any]) -> dict[str, Any]:
+    """The report (SPEC section 9) from the master's state: its figures and its workers' last states."""
     now = time.time()
     workers = []
-    for pid in master.get("worker_pids", []):
-        state = read_json(worker_file(state_dir, pid))
-        if state is None:
-            continue  # booting: no state file yet
+    for state in master.get("workers", []):
         entry = {key: state.get(key) for key in WORKER_KEYS}
         entry["age_s"] = round(now - state.get("started_ts", now), 3)
         pool = state.get("pool") or {}
         entry["pool"] = {key: pool.get(key, {} if key == "closed" else 0) for key in POOL_KEYS}
         workers.append(entry)
+    master = dict(master)
     if "started_at" in master:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
     master = {

@@ -12,6 +12,7 @@ counts these to stop a fork loop), 1 on any other failure.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import random
@@ -20,11 +21,10 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NoReturn
 
 from prefork import logs
-from prefork.state import iso, worker_file, write_json
+from prefork.state import beat, iso
 
 WORKER_BOOT_ERROR = 3
 HEARTBEAT_INTERVAL = 1.0
@@ -39,7 +39,7 @@ class WorkerSpec:
     config: Any  # prefork.config.Config
     listeners: list[socket.socket]
     generation: int
-    state_dir: Path
+    heartbeat_fd: int  # an anonymous file shared with the master: state and heartbeat (prefork.state)
     master_pid: int
     close_fds: list[int] = field(default_factory=list)
     identity: tuple[int, int] | None = None  # (uid, gid) to run as
@@ -131,7 +131,7 @@ class Worker:
             (signal.SIGTERM, self._on_term),
             (signal.SIGINT, self._on_quick),
             (signal.SIGQUIT, self._on_quick),
-            (signal.SIGUSR1, logs.reopen),
+            (signal.SIGUSR1, _reopen_logs),
         ):
             gevent.signal_handler(signum, handler)
         return True
@@ -164,10 +164,11 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self._remember_stop("graceful"))
         signal.signal(signal.SIGINT, lambda *_: self._remember_stop("quick"))
         signal.signal(signal.SIGQUIT, lambda *_: self._remember_stop("quick"))
-        signal.signal(signal.SIGUSR1, logs.reopen)
+        signal.signal(signal.SIGUSR1, _reopen_logs)
         # This generation's logging settings (a reload may have changed them; the master switches its own
         # only once the new generation serves). Opened before dropping privileges, as the master's were.
         logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
+        _dump_stacks_on_abort()
         if self.spec.identity is not None:
             uid, gid = self.spec.identity
             # Group first: once the user is dropped, the group can no longer be changed.
@@ -279,9 +280,9 @@ class Worker:
             "pool": app_stats.get("pool"),
         }
         try:
-            write_json(worker_file(self.spec.state_dir, self.pid), state)
-        except OSError as exc:
-            log.warning("cannot write the worker state file: %s", exc)
+            beat(self.spec.heartbeat_fd, state)
+        except (OSError, TypeError, ValueError) as exc:  # an app's stats that JSON cannot hold, ...
+            log.warning("cannot write the worker state: %s", exc)
 
     # -- stopping -----------------------------------------------------------------------------------
 
@@ -311,6 +312,18 @@ class Worker:
             except Exception:
                 log.exception("app close failed")
         gevent.sleep(0)
+
+
+def _dump_stacks_on_abort() -> None:
+    """On SIGABRT (the master's last word to a worker that missed its heartbeat), and on a crash (SIGSEGV,
+    SIGBUS, ...), write every thread's stack to the log before dying: it shows where the event loop was
+    blocked. faulthandler does it in C, so it works however the interpreter is stuck."""
+    faulthandler.enable(file=logs.stream(), all_threads=True)
+
+
+def _reopen_logs(*_: object) -> None:
+    logs.reopen()
+    _dump_stacks_on_abort()  # the log file's descriptor changed
 
 
 def _release_stderr() -> None:

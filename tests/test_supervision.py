@@ -6,13 +6,29 @@ The real master runs as a subprocess with test apps from tests/apps; every wait 
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import re
+import shutil
 import signal
+import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.server import ServerProcess, connect, is_alive, read_lines, roundtrip, wait_for
+from tests.server import (
+    ServerProcess,
+    connect,
+    is_alive,
+    prefork_cmd,
+    read_lines,
+    roundtrip,
+    test_env,
+    wait_for,
+)
 
 ECHO = "workers.echo:app"
 HOLD = "testapps:hold"
@@ -216,3 +232,126 @@ def test_an_abandoned_reload_drains_the_new_workers_that_serve(tmp_path):
                 sock.close()
         wait_for(lambda: srv.worker_pids() == old, what="the old workers alone")
         assert "died" not in srv.logs().split("reload failed")[1], srv.logs()
+
+
+# -- heartbeats and state ------------------------------------------------------------------------------------
+
+
+def libfaketime() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        pytest.fail("libfaketime is missing; install it with: sudo apt-get install faketime", pytrace=False)
+    return found[0]
+
+
+@pytest.mark.timeout(60)
+def test_a_wall_clock_step_kills_no_worker(tmp_path):
+    """The wall clock jumps two hours ahead (NTP, a resumed VM) in the master and its workers: heartbeats
+    are on the monotonic clock, so no worker is taken for hung. Simulated with libfaketime."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = {
+        "LD_PRELOAD": libfaketime(),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "NO_FAKE_STAT": "1",  # the kernel stamps files with its own clock, as after a real step
+    }
+    with ServerProcess([ECHO, "--workers", "2", "--timeout", "2"], env=env) as srv:
+        workers = serving(srv, 2)
+        offset.write_text("+2h\n")
+        time.sleep(4)  # twice `timeout`
+        assert srv.worker_pids() == workers, srv.logs()
+        assert "timed out" not in srv.logs()
+        assert roundtrip(srv.port, [b"still here"]) == [b"still here"]
+
+
+@pytest.mark.timeout(60)
+def test_losing_the_state_directory_kills_no_worker(tmp_path):
+    """A tmp cleaner (or logind at logout) removes the state directory: workers keep serving, the master
+    logs it once and makes the directory again, and `prefork status` works again."""
+    env = {"PREFORK_SERVER_RUNTIME_DIR": str(tmp_path)}  # `prefork status` takes it from there too
+    with ServerProcess([ECHO, "--workers", "2", "--timeout", "2"], env=env) as srv:
+        workers = serving(srv, 2)
+        state_dir = tmp_path / f"prefork-{srv.pid}"
+        assert (state_dir / "master.json").exists()
+        shutil.rmtree(state_dir)
+        time.sleep(4)  # twice `timeout`
+        assert srv.worker_pids() == workers, srv.logs()
+        assert srv.logs().count("state directory was removed") == 1, srv.logs()
+        wait_for(lambda: (state_dir / "master.json").exists(), what="the state directory to be back")
+        assert len(srv.status()["workers"]) == 2
+        assert roundtrip(srv.port, [b"served"]) == [b"served"]
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_worker_logs_its_stack_before_it_is_killed():
+    with ServerProcess(["testapps:blocking", "--workers", "1", "--timeout", "2"]) as srv:
+        (pid,) = serving(srv, 1)
+        with connect(srv.port) as sock:
+            sock.sendall(b"block\n")
+            wait_for(lambda: not is_alive(pid), what="the hung worker to be killed")
+        logs = srv.logs()
+    assert "dumping its stack (SIGABRT)" in logs
+    # faulthandler's dump names the frame where the event loop was stuck.
+    assert re.search(r'File ".*testapps\.py", line \d+ in handle', logs), logs
+
+
+@pytest.mark.timeout(60)
+def test_the_master_never_writes_through_a_planted_symlink(tmp_path):
+    """Someone who can write in the state directory plants `.master.json.tmp` -> a file elsewhere: the
+    master replaces the link, never writes through it."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    runtime = tmp_path / "run"
+    with ServerProcess([ECHO, "--workers", "1", "--runtime-dir", str(runtime)]) as srv:
+        state_dir = runtime / f"prefork-{srv.pid}"
+        link = state_dir / ".master.json.tmp"
+        for _ in range(20):
+            try:
+                link.symlink_to(victim)
+            except FileExistsError:
+                pass
+            time.sleep(0.1)
+        assert victim.read_text() == "untouched\n"
+        assert srv.status()["master"]["pid"] == srv.pid
+
+
+def test_a_state_directory_someone_else_prepared_is_refused(tmp_path):
+    from prefork.state import StateDirError, prepare_state_dir
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(StateDirError, match="owned by uid 65534"):
+        prepare_state_dir(theirs)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    os.chmod(open_to_all, 0o777)
+    with pytest.raises(StateDirError):
+        prepare_state_dir(open_to_all)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere)
+    with pytest.raises(StateDirError, match="not a directory"):
+        prepare_state_dir(tmp_path / "link")
+    mine = tmp_path / "mine"
+    prepare_state_dir(mine)
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o755
+
+
+@pytest.mark.timeout(60)
+def test_status_finds_the_state_through_the_pidfile_whatever_the_callers_environment(tmp_path):
+    pidfile = tmp_path / "p.pid"
+    runtime = tmp_path / "custom-run"
+    args = [ECHO, "--workers", "1", "--pidfile", str(pidfile)]
+    with ServerProcess(args, env={"PREFORK_SERVER_RUNTIME_DIR": str(runtime)}) as srv:
+        out = subprocess.run(
+            prefork_cmd("status", "--json", "--pidfile", str(pidfile)),
+            env=test_env(),  # no PREFORK_SERVER_RUNTIME_DIR here
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["master"]["pid"] == srv.pid
