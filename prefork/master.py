@@ -41,6 +41,7 @@ from prefork.state import (
     state_dir_for,
     write_json,
 )
+from prefork.systemd import Notifier
 from prefork.worker import WORKER_BOOT_ERROR, WorkerSpec, run_worker
 
 log = logging.getLogger("prefork.master")
@@ -128,6 +129,8 @@ class Master:
         self.quick_deaths = 0
         self.spawn_after = 0.0
         self._pipe: tuple[int, int] | None = None
+        self.notify = Notifier()  # systemd, when it started us with Type=notify
+        self._notified_ready = False
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
 
     # -- setup --------------------------------------------------------------------------------------
@@ -248,6 +251,7 @@ class Master:
     def halt(self, reason: str, exit_status: int) -> int:
         """Stop every worker (gracefully unless already done), clean up, return the exit status."""
         log.info("Shutting down: %s", reason)
+        self.notify.stopping()
         self.stop(graceful=True)
         pidfile = self.cfg.server.pidfile
         if pidfile and _read_pid(pidfile) == self.pid:
@@ -257,6 +261,7 @@ class Master:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         if self.metrics is not None:
             self.metrics.close()
+        self.notify.close()
         if exit_status:
             log.error("Exiting with status %d: %s", exit_status, reason)
         logs.flush()
@@ -332,6 +337,7 @@ class Master:
         self.pending = PendingReload(
             generation, cfg, listeners, opened, time.monotonic() + max(cfg.server.timeout, 10.0)
         )
+        self.notify.reloading()
         for _ in range(cfg.server.workers):
             self.spawn_worker(generation, cfg, listeners)
 
@@ -364,6 +370,7 @@ class Master:
             self.pending = None
         else:
             return
+        self.notify.ready(self.summary())
         if self.reload_queued:
             self.reload_queued = False
             log.info("Hang up (queued during the reload): reloading")
@@ -386,6 +393,9 @@ class Master:
             log.info("Workers are serving")
             for callback in self.on_ready:
                 callback()
+        if not self._notified_ready and len(current) >= self.target and all(w.ready for w in current):
+            self._notified_ready = True
+            self.notify.ready(self.summary())
 
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
@@ -413,6 +423,8 @@ class Master:
         (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)."""
         fds = [*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])]
         fds += [w.heartbeat.fd for w in self.workers.values()]  # each worker writes only its own
+        if self.notify._sock is not None:
+            fds.append(self.notify._sock.fileno())
         others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
         mine = {id(sock) for sock in listeners.values()}
         fds += {sock.fileno() for sock in others if id(sock) not in mine}
@@ -525,7 +537,11 @@ class Master:
     # -- status -------------------------------------------------------------------------------------
 
     def write_status(self) -> None:
-        """Write master.json for `prefork status`."""
+        """Write master.json for `prefork status`; keep systemd's status line and watchdog current."""
+        if self.notify.enabled:
+            self.notify.watchdog()
+            if self._notified_ready and self.pending is None:
+                self.notify.status(self.summary())
         try:
             write_json(self.state_dir / MASTER_FILE, self.state())
         except FileNotFoundError:
@@ -547,6 +563,12 @@ class Master:
         if message != self._status_error:  # logged once, not every pass
             log.warning("%s (workers keep serving)", message)
             self._status_error = message
+
+    def summary(self) -> str:
+        """One line for systemd's status: workers, generation, clients."""
+        current = [w for w in self.workers.values() if w.generation == self.generation]
+        clients = sum(w.heartbeat.last.get("clients") or 0 for w in self.workers.values())
+        return f"{len(current)} workers, gen {self.generation}, {clients:,} clients"
 
     def state(self) -> dict:
         """The master's figures and its workers' last states: what `status` and `/metrics` show."""

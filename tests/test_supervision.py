@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -355,3 +356,63 @@ def test_status_finds_the_state_through_the_pidfile_whatever_the_callers_environ
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["master"]["pid"] == srv.pid
+
+
+# -- systemd --------------------------------------------------------------------------------------------------
+
+
+class FakeSystemd:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET: collects every message sent to it."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.path = path
+        self.messages: list[dict[str, str]] = []
+
+    def collect(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return self.messages
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+    def keys(self) -> list[str]:
+        """The first key of each message, in order (STATUS-only messages are left out)."""
+        return [next(iter(m)) for m in self.collect() if next(iter(m)) != "STATUS"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_systemd_hears_ready_reloading_and_stopping_in_order(tmp_path):
+    systemd = FakeSystemd(tmp_path / "notify")
+    env = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "400000"}
+    conf = write_conf(tmp_path / "p.ini", app=ECHO, workers=2)
+    try:
+        with ServerProcess(["-c", str(conf)], env=env) as srv:
+            wait_for(lambda: "READY" in systemd.keys(), what="READY=1")
+            ready = next(m for m in systemd.messages if "READY" in m)
+            assert re.fullmatch(r"2 workers, gen 1, \d+ clients", ready["STATUS"]), ready
+            srv.signal(signal.SIGHUP)
+            wait_for(lambda: systemd.keys().count("READY") == 2, timeout=30, what="READY=1 after the reload")
+            reloading = next(m for m in systemd.messages if "RELOADING" in m)
+            assert int(reloading["MONOTONIC_USEC"]) > 0
+            srv.signal(signal.SIGTERM)
+            assert srv.wait(30) == 0
+        keys = [k for k in systemd.keys() if k != "WATCHDOG"]
+        assert keys == ["READY", "RELOADING", "READY", "STOPPING"], systemd.messages
+        assert any("WATCHDOG" in m for m in systemd.messages)  # every 0.2 s here
+        statuses = [m["STATUS"] for m in systemd.messages if "STATUS" in m]
+        assert any(s.startswith("2 workers, gen 2,") for s in statuses), statuses
+    finally:
+        systemd.close()
+
+
+def test_the_systemd_unit_is_type_notify():
+    unit = (Path(__file__).resolve().parent.parent / "etc" / "prefork.service").read_text()
+    for line in ("Type=notify", "RuntimeDirectory=prefork", "RestartPreventExitStatus=2 3", "ExecReload="):
+        assert f"\n{line}" in unit, line
