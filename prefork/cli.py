@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "stop":
             p.add_argument("--no-wait", action="store_true", help="return without waiting for the master to exit")
+            p.add_argument(
+                "--timeout", type=float, help="wait at most this many seconds for the master to exit (exit 1 if not)"
+            )
 
     for name, text in (
         ("check", "validate the config, import the app and connect to the database"),
@@ -109,6 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefork.master import Master
 
     cfg = load_from_args(args)
+    if cfg.server.pidfile:  # before anything is bound or forked: one line, exit 2
+        from prefork import pidfile
+
+        try:
+            pidfile.check(cfg.server.pidfile)
+        except pidfile.PidfileError as exc:
+            raise CommandError(str(exc)) from None
     logs.setup(cfg.server.log_level, cfg.server.log_file)
     listeners = {}
     try:
@@ -218,18 +228,43 @@ def _pid_from(pidfile: str) -> int:
     return pid
 
 
+def signal_master(args: argparse.Namespace, signum: int) -> int:
+    """Send a signal to the master; through a pidfile, only while the master holds its lock (a pid
+    recycled by another process since is never signalled)."""
+    from prefork import pidfile as pidfiles
+
+    pid = find_master_pid(args)
+    path = _pidfile_of(args)
+    if path and not pidfiles.is_locked(path):
+        raise CommandError(f"no master running (pidfile {path} is not held by a running master, pid {pid})", 1)
+    os.kill(pid, signum)
+    return pid
+
+
+def _pidfile_of(args: argparse.Namespace) -> str | None:
+    if getattr(args, "pidfile", None):
+        return args.pidfile
+    if args.config or args.sets:
+        return load_from_args(args).server.pidfile
+    return None
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
-    os.kill(find_master_pid(args), signal.SIGHUP)
+    signal_master(args, signal.SIGHUP)
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    pid = find_master_pid(args)
-    os.kill(pid, signal.SIGTERM)
+    pid = signal_master(args, signal.SIGTERM)
     if args.no_wait:
         return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while _alive(pid):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"prefork: master {pid} is still stopping after {args.timeout:g}s", file=sys.stderr)
+            return 1
         time.sleep(0.1)
+    print(f"prefork: master {pid} stopped")
     return 0
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefork import logs, sockets
+from prefork import logs, pidfile, sockets
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
 from prefork.state import (
@@ -131,6 +131,7 @@ class Master:
         self._pipe: tuple[int, int] | None = None
         self.notify = Notifier()  # systemd, when it started us with Type=notify
         self._notified_ready = False
+        self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
 
     # -- setup --------------------------------------------------------------------------------------
@@ -147,7 +148,10 @@ class Master:
         self._state_dir_ours = True
         _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
         if self.cfg.server.pidfile:
-            Path(self.cfg.server.pidfile).write_text(f"{self.pid}\n")
+            try:
+                self._pidfile_fd = pidfile.acquire(self.cfg.server.pidfile, self.pid)
+            except pidfile.PidfileError as exc:
+                raise HaltServer(str(exc), EXIT_CONFIG) from None
             # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
             Path(self.cfg.server.pidfile + STATE_SUFFIX).write_text(f"{self.state_dir}\n")
         r, w = os.pipe()
@@ -253,10 +257,12 @@ class Master:
         log.info("Shutting down: %s", reason)
         self.notify.stopping()
         self.stop(graceful=True)
-        pidfile = self.cfg.server.pidfile
-        if pidfile and _read_pid(pidfile) == self.pid:
-            os.unlink(pidfile)
-            _remove(Path(pidfile + STATE_SUFFIX))
+        path = self.cfg.server.pidfile
+        if path and pidfile.read_pid(path) == self.pid:
+            _remove(Path(path + STATE_SUFFIX))
+        if path:
+            pidfile.release(path, self.pid, self._pidfile_fd)
+            self._pidfile_fd = None
         if self._state_dir_ours:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         if self.metrics is not None:
@@ -425,6 +431,8 @@ class Master:
         fds += [w.heartbeat.fd for w in self.workers.values()]  # each worker writes only its own
         if self.notify._sock is not None:
             fds.append(self.notify._sock.fileno())
+        if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
+            fds.append(self._pidfile_fd)
         others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
         mine = {id(sock) for sock in listeners.values()}
         fds += {sock.fileno() for sock in others if id(sock) not in mine}
@@ -610,13 +618,6 @@ def _set_title(title: str) -> None:
         setproctitle(title)
     except ImportError:  # pragma: no cover - a runtime dependency
         pass
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _remove(path: Path) -> None:

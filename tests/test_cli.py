@@ -16,7 +16,17 @@ from pathlib import Path
 import pytest
 
 from prefork.devdb import free_port
-from tests.server import ServerProcess, cmdline, is_alive, prefork_cmd, roundtrip, test_env, wait_for
+from tests.server import (
+    ServerProcess,
+    cmdline,
+    connect,
+    is_alive,
+    prefork_cmd,
+    read_lines,
+    roundtrip,
+    test_env,
+    wait_for,
+)
 
 ECHO = "workers.echo:app"
 
@@ -396,3 +406,67 @@ def test_daemon_with_a_busy_port_returns_2(tmp_path, daemons):
     line = one_error_line(result)
     assert "cannot bind" in line
     assert not pidfile.exists()
+
+
+# -- pidfile: atomic, locked, never acted on when stale ----------------------------------------------------
+
+
+def test_a_second_master_with_the_same_pidfile_exits_2_naming_the_live_one(tmp_path):
+    pidfile = tmp_path / "p.pid"
+    with ServerProcess([ECHO, "--workers", "1", "--pidfile", str(pidfile)]) as srv:
+        result = run_cli("run", ECHO, "--workers", "1", "--bind", "127.0.0.1:0", "--pidfile", str(pidfile))
+        line = one_error_line(result)
+        assert str(pidfile) in line and str(srv.pid) in line, line
+        assert pidfile.read_text().strip() == str(srv.pid)  # untouched
+        assert roundtrip(srv.port, [b"x"]) == [b"x"]
+
+
+def test_a_pidfile_in_a_missing_directory_is_exit_2(tmp_path):
+    pidfile = tmp_path / "no" / "such" / "dir" / "p.pid"
+    line = one_error_line(run_cli("run", ECHO, "--bind", "127.0.0.1:0", "--pidfile", str(pidfile)))
+    assert "server.pidfile" in line and "does not exist" in line
+
+
+def test_reload_and_stop_never_signal_a_recycled_pid(tmp_path):
+    """The pidfile names a pid that now belongs to another process (the master died, the pid was reused):
+    not locked by a master, so nothing is signalled."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfile = tmp_path / "stale.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        for command in ("reload", "stop"):
+            result = run_cli(command, "--pidfile", str(pidfile))
+            assert result.returncode == 1 and "not held by a running master" in result.stderr, result.stderr
+        assert other.poll() is None  # still alive: never signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stop_timeout_says_what_happened(tmp_path):
+    pidfile, gate = tmp_path / "p.pid", tmp_path / "gate"
+    args = ["testapps:hold", "--workers", "1", "--pidfile", str(pidfile), "--graceful-timeout", "30"]
+    with ServerProcess(args) as srv:
+        with connect(srv.port) as sock:
+            sock.sendall(f"hold {gate}\n".encode())
+            wait_for(lambda: srv.status()["totals"]["lines_in"] == 1, what="the line to be read")
+            result = run_cli("stop", "--pidfile", str(pidfile), "--timeout", "1")
+            assert result.returncode == 1 and "still stopping after 1s" in result.stderr, result.stderr
+            gate.touch()
+            assert read_lines(sock, 1) == [f"hold {gate}".encode()]
+        assert srv.wait(30) == 0
+        result = run_cli("stop", "--pidfile", str(pidfile))
+        assert result.returncode == 1 and "no master running" in result.stderr
+
+
+def test_a_killed_masters_pidfile_is_free_for_the_next_one(tmp_path):
+    """Workers do not keep the pidfile's lock: after a SIGKILLed master, a new one can start at once."""
+    pidfile = tmp_path / "p.pid"
+    first = ServerProcess([ECHO, "--workers", "2", "--pidfile", str(pidfile)])
+    with first:
+        workers = first.worker_pids()
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        assert any(is_alive(p) for p in workers)  # orphans still finishing
+        with ServerProcess([ECHO, "--workers", "1", "--pidfile", str(pidfile)]) as second:
+            assert pidfile.read_text().strip() == str(second.pid)
