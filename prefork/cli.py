@@ -131,10 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = None
     if cfg.server.metrics_bind is not None:
         from prefork.metrics import MetricsServer
-        from prefork.status import build_report
 
         try:
-            metrics = MetricsServer(cfg.server.metrics_bind, lambda: build_report(master.state()))
+            metrics = MetricsServer(cfg.server.metrics_bind, lambda: master.state())
         except OSError as exc:
             for sock in listeners.values():
                 sock.close()

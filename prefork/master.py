@@ -85,6 +85,7 @@ class WorkerProc:
     silent_s: float = 0.0  # since its last heartbeat
     stop_deadline: float | None = None  # set once the worker was told to stop, or stops by itself
     abort_deadline: float | None = None  # sent SIGABRT (stack dump) for a missed heartbeat: SIGKILL then
+    stop_reason: str | None = None  # why it was told to stop (or stopped by itself): reload, max_requests, ...
 
 
 @dataclass
@@ -132,6 +133,10 @@ class Master:
         self.notify = Notifier()  # systemd, when it started us with Type=notify
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
+        # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
+        self.retired = {"lines": 0, "ok": 0, "err_by_reason": {}}
+        self.restarts: dict[str, int] = {}
+        self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
 
     # -- setup --------------------------------------------------------------------------------------
@@ -292,6 +297,7 @@ class Master:
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():
             worker.stop_deadline = deadline
+            worker.stop_reason = "shutdown"
         self.signal_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
         while self.workers and time.monotonic() < deadline:
             self.reap_workers()
@@ -321,6 +327,7 @@ class Master:
             cfg = self.cfg.reload()
         except ConfigError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
+            self.reloads["failed"] += 1
             return
         listeners: dict[str, socket.socket] = {}
         opened: list[str] = []
@@ -335,6 +342,7 @@ class Master:
                     log.info("Listening at: %s", sockets.address_of(listeners[key]))
         except sockets.BindError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
+            self.reloads["failed"] += 1
             for key in opened:
                 sockets.close(listeners[key])
             return
@@ -364,13 +372,15 @@ class Master:
             logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
             _set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
             for w in old:
-                self.stop_worker(w)
+                self.stop_worker(w, "reload")
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
+            self.reloads["ok"] += 1
         elif len(new) < pending.config.server.workers or time.monotonic() > pending.deadline:
             log.error("reload failed: generation %d did not boot; the old workers keep serving", pending.generation)
+            self.reloads["failed"] += 1
             # New workers that already serve have clients: drain them like any stopping worker.
             for w in new:
-                self.stop_worker(w)
+                self.stop_worker(w, "reload")
             for key in pending.opened:
                 sockets.close(pending.listeners[key])
             self.pending = None
@@ -393,7 +403,7 @@ class Master:
                 self.spawn_worker(self.generation, self.cfg, self.listeners)
         elif missing < 0:
             for w in sorted(current, key=lambda w: w.started)[:-missing]:
-                self.stop_worker(w)
+                self.stop_worker(w, "ttou")
         if not self.booted and any(w.ready for w in self.workers.values()):
             self.booted = True
             log.info("Workers are serving")
@@ -450,8 +460,22 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            worker.heartbeat.close()
+            self.retire(worker, os.waitstatus_to_exitcode(status))
             self.worker_exited(worker, status)
+
+    def retire(self, worker: WorkerProc, code: int) -> None:
+        """Keep a dead worker's last counts in the lasting totals, and why it went."""
+        last = worker.heartbeat.read()
+        worker.heartbeat.close()
+        self.retired["lines"] += last.get("lines_in") or 0
+        self.retired["ok"] += last.get("ok") or 0
+        by_reason = self.retired["err_by_reason"]
+        for reason, n in (last.get("err_by_reason") or {}).items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+        # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
+        reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
+        if reason != "shutdown":
+            self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def worker_exited(self, worker: WorkerProc, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -498,6 +522,7 @@ class Master:
             if state.get("stopping") and w.stop_deadline is None:
                 log.info("Worker %s is stopping by itself", w.pid)
                 w.stop_deadline = now + w.graceful_timeout
+                w.stop_reason = "max_requests"
 
     def murder_workers(self) -> None:
         """Kill workers overdue in stopping; make a worker silent past `timeout` dump its stack (SIGABRT),
@@ -523,11 +548,13 @@ class Master:
                     w.silent_s,
                 )
                 w.abort_deadline = now + ABORT_GRACE
+                w.stop_reason = "timeout"
                 self.kill_worker(w.pid, signal.SIGABRT)
 
-    def stop_worker(self, worker: WorkerProc) -> None:
+    def stop_worker(self, worker: WorkerProc, reason: str) -> None:
         """Ask one worker to stop gracefully; it is killed after its graceful_timeout."""
         worker.stop_deadline = time.monotonic() + worker.graceful_timeout
+        worker.stop_reason = reason
         self.kill_worker(worker.pid, signal.SIGTERM)
 
     def signal_workers(self, signum: int) -> None:
@@ -592,6 +619,10 @@ class Master:
             "worker_pids": sorted(self.workers),
             "workers": [w.heartbeat.last for _, w in sorted(self.workers.items()) if w.heartbeat.last],
             "written_ts": now,
+            "started_ts": self.started_at,
+            "retired": self.retired,
+            "restarts": self.restarts,
+            "reloads": self.reloads,
         }
 
 

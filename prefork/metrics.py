@@ -2,39 +2,82 @@
 
 The master has no event loop to spare for HTTP, so the server is deliberately tiny: the master's main loop
 selects on the listening socket and answers one request at a time, with a short deadline for the client,
-from the same report `prefork status` prints (the workers' state files). It never talks to a worker or to
-the database.
+from the same state `prefork status` prints (what the master read from its workers' heartbeats). It never
+talks to a worker or to the database.
 """
 
 from __future__ import annotations
 
+import logging
+import platform
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from prefork import __version__
 from prefork.config import Address
+from prefork.status import build_report
+
+log = logging.getLogger("prefork.metrics")
+_PY = platform.python_version()
 
 CLIENT_DEADLINE = 0.5  # seconds a scraper gets to send its request line: the master must not wait longer
 MAX_REQUEST = 8192
 
 
-def render(report: dict[str, Any]) -> str:
-    """The status report as Prometheus text exposition format."""
+def render(state: dict[str, Any]) -> str:
+    """The master's state (``Master.state()``) as Prometheus text exposition format.
+
+    Counters without a pid label (lines, replies, restarts, reloads) add every retired worker's last
+    counts to the live workers' ones, so they never go down when a worker exits, crashes or is replaced
+    by a reload or max_requests. Per-worker series (pid label) are gauges and the pool's own counters.
+    """
+    report = build_report(state)
     name = report["master"].get("name") or "prefork"
     out: list[str] = []
 
-    def family(metric: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]]) -> None:
-        out.append(f"# HELP prefork_{metric} {help_text}")
-        out.append(f"# TYPE prefork_{metric} {kind}")
+    def family(
+        metric: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]], prefix: str = "prefork_"
+    ) -> None:
+        out.append(f"# HELP {prefix}{metric} {help_text}")
+        out.append(f"# TYPE {prefix}{metric} {kind}")
         for labels, value in samples:
             labels = {"name": name, **labels}
             text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-            out.append(f"prefork_{metric}{{{text}}} {value}")
+            out.append(f"{prefix}{metric}{{{text}}} {value}")
 
     m = report["master"]
     workers = report["workers"]
+    live = state.get("workers", [])
+    retired = state.get("retired") or {}
+    errors = dict(retired.get("err_by_reason") or {})
+    for w in live:
+        for reason, n in (w.get("err_by_reason") or {}).items():
+            errors[reason] = errors.get(reason, 0) + n
+    family("build_info", "gauge", "version of prefork and Python", [({"version": __version__, "python": _PY}, 1)])
+    family("start_time_seconds", "gauge", "when the master started", [({}, state.get("started_ts") or 0)], "process_")
     family("up", "gauge", "1 while the master runs", [({}, 1)])
+    family("lines_total", "counter", "lines read, all workers ever", [({}, _sum(live, retired, "lines_in", "lines"))])
+    family(
+        "replies_total",
+        "counter",
+        "replies sent, all workers ever, by result and reason",
+        [({"result": "ok", "reason": ""}, _sum(live, retired, "ok", "ok"))]
+        + [({"result": "err", "reason": reason}, n) for reason, n in sorted(errors.items())],
+    )
+    family(
+        "worker_restarts_total",
+        "counter",
+        "workers that ended, by reason (crash, timeout, max_requests, reload, ttou)",
+        [({"reason": reason}, n) for reason, n in sorted((state.get("restarts") or {}).items())],
+    )
+    family(
+        "reloads_total",
+        "counter",
+        "reloads, by outcome",
+        [({"outcome": outcome}, n) for outcome, n in sorted((state.get("reloads") or {}).items())],
+    )
     family("generation", "gauge", "current worker generation", [({}, m.get("generation") or 0)])
     family("uptime_seconds", "gauge", "seconds since the master started", [({}, m.get("uptime_s") or 0)])
     family("workers_target", "gauge", "workers wanted", [({}, m.get("workers_target") or 0)])
@@ -46,9 +89,7 @@ def render(report: dict[str, Any]) -> str:
         )
 
     per_worker("clients", "gauge", "connected clients", lambda w: w["clients"])
-    per_worker("lines_total", "counter", "lines read", lambda w: w["lines_in"])
-    per_worker("replies_ok_total", "counter", "OK replies", lambda w: w["ok"])
-    per_worker("replies_err_total", "counter", "ERR replies", lambda w: w["err"])
+    per_worker("worker_lines", "gauge", "lines read by this worker since it started", lambda w: w["lines_in"])
     per_worker("rss_bytes", "gauge", "worker resident memory", lambda w: w["rss_bytes"])
     per_worker("loop_lag_seconds", "gauge", "event loop lag", lambda w: (w["loop_lag_ms"] or 0) / 1000)
     for key in ("size", "idle", "in_use", "waiting", "max_size"):
@@ -69,6 +110,10 @@ def render(report: dict[str, Any]) -> str:
         ],
     )
     return "\n".join(out) + "\n"
+
+
+def _sum(live: list[dict[str, Any]], retired: dict[str, Any], key: str, retired_key: str) -> int:
+    return (retired.get(retired_key) or 0) + sum(w.get(key) or 0 for w in live)
 
 
 def _escape(value: str) -> str:
@@ -114,7 +159,13 @@ class MetricsServer:
                 elif path.split("?", 1)[0] != "/metrics":
                     self._reply(conn, "404 Not Found", "see /metrics\n")
                 else:
-                    self._reply(conn, "200 OK", render(self.report()), "text/plain; version=0.0.4; charset=utf-8")
+                    try:
+                        body = render(self.report())
+                    except Exception:  # a rendering bug answers 500; it never stops the master
+                        log.exception("rendering /metrics failed")
+                        self._reply(conn, "500 Internal Server Error", "rendering failed; see the log\n")
+                    else:
+                        self._reply(conn, "200 OK", body, "text/plain; version=0.0.4; charset=utf-8")
             except OSError:
                 pass
 

@@ -64,13 +64,14 @@ class ProtocolSettings:
 class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
-    __slots__ = ("clients", "lines_in", "ok", "err", "next_client_id")
+    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id")
 
     def __init__(self) -> None:
         self.clients = 0
         self.lines_in = 0
         self.ok = 0
         self.err = 0
+        self.err_by_reason: dict[str, int] = {}  # "too-long", "unavailable", ...
         self.next_client_id = 0
 
 
@@ -290,7 +291,7 @@ class LineConnection:
                 ):
                     self._has_room.set()
                 oks = out.count("OK")  # the common reply, counted at C speed
-                errors = 0 if oks == len(out) else sum(1 for r in out if r.startswith("ERR"))
+                errors = 0 if oks == len(out) else _count_errors(out, counters.err_by_reason)
                 counters.err += errors
                 counters.ok += len(out) - errors
                 if ack:
@@ -331,6 +332,17 @@ class LineConnection:
             pass
         finally:
             sock.close()
+
+
+def _count_errors(replies: list[str], by_reason: dict[str, int]) -> int:
+    """Count the ERR replies, by reason (only called when some reply is not OK)."""
+    errors = 0
+    for reply in replies:
+        if reply.startswith("ERR"):
+            errors += 1
+            reason = reply[4:] or "unknown"
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    return errors
 
 
 def _resolve(future: Any) -> str:

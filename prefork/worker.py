@@ -74,6 +74,7 @@ class Worker:
         self.loop_lag_ms = 0.0
         self.max_requests = 0
         self._early_stop: str | None = None  # "graceful" or "quick": a stop signal that came during boot
+        self._bad_stats_logged = False
         if self.cfg.server.max_requests:
             self.max_requests = self.cfg.server.max_requests + random.randint(0, self.cfg.server.max_requests_jitter)
 
@@ -262,6 +263,8 @@ class Worker:
                 app_stats = stats() or {}
             except Exception:
                 log.exception("app stats failed")
+            if not isinstance(app_stats, dict):
+                app_stats = {}
         now = time.time()
         state = {
             "pid": self.pid,
@@ -275,14 +278,21 @@ class Worker:
             "lines_in": c.lines_in,
             "ok": c.ok,
             "err": c.err,
+            "err_by_reason": c.err_by_reason,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "pool": app_stats.get("pool"),
         }
         try:
             beat(self.spec.heartbeat_fd, state)
-        except (OSError, TypeError, ValueError) as exc:  # an app's stats that JSON cannot hold, ...
-            log.warning("cannot write the worker state: %s", exc)
+        except (TypeError, ValueError) as exc:
+            # The app's stats are not JSON: report without them (a missed heartbeat would get this
+            # worker killed as hung), and say so once.
+            if not self._bad_stats_logged:
+                log.warning("the app's stats() cannot be reported (%s); reporting without them", exc)
+                self._bad_stats_logged = True
+            state["pool"] = None
+            beat(self.spec.heartbeat_fd, state)
 
     # -- stopping -----------------------------------------------------------------------------------
 

@@ -416,3 +416,93 @@ def test_the_systemd_unit_is_type_notify():
     unit = (Path(__file__).resolve().parent.parent / "etc" / "prefork.service").read_text()
     for line in ("Type=notify", "RuntimeDirectory=prefork", "RestartPreventExitStatus=2 3", "ExecReload="):
         assert f"\n{line}" in unit, line
+
+
+# -- figures that survive worker restarts ------------------------------------------------------------------
+
+
+def scrape(port: int) -> tuple[str, dict[str, float]]:
+    """GET /metrics: the status line and {series: value}."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    if " 200 " not in head.split("\r\n", 1)[0]:
+        return head.split("\r\n", 1)[0], {"body": body}
+    series = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            series[key] = float(value)
+    return head.split("\r\n", 1)[0], series
+
+
+def metrics_port(srv: ServerProcess) -> int:
+    match = wait_for(lambda: re.search(r"Metrics at: http://127\.0\.0\.1:(\d+)/metrics", srv.logs()))
+    return int(match.group(1))
+
+
+@pytest.mark.timeout(90)
+def test_counters_never_go_down_when_workers_restart(tmp_path):
+    """Lines and replies keep counting through max_requests restarts, a crash and a reload: the master adds
+    every retired worker's last counts; restarts are counted by reason and reloads by outcome."""
+    conf = write_conf(tmp_path / "p.ini", app="testapps:crashing", workers=2, max_requests=10, name="m")
+    with ServerProcess(["-c", str(conf), "--metrics-bind", "127.0.0.1:0"]) as srv:
+        port = metrics_port(srv)
+        sent, seen = 0, []
+        for round_ in range(6):
+            lines = [f"r{round_}-{i}".encode() for i in range(8)] + [b""]
+            replies = roundtrip(srv.port, lines)
+            assert replies[:-1] == lines[:-1] and replies[-1] == b"ERR empty"
+            sent += len(lines)
+            time.sleep(1.2)  # a heartbeat, so the figures include this round
+            total = scrape(port)[1]['prefork_lines_total{name="m"}']
+            seen.append(total)
+        with connect(srv.port) as sock:  # a crash loses nothing already counted
+            sock.sendall(b"crash\n")
+            read_all_quietly(sock)
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "Reloaded: generation 2" in srv.logs(), timeout=30, what="the reload")
+
+        def settled():
+            series = scrape(port)[1]
+            return series if series.get('prefork_reloads_total{name="m",outcome="ok"}') == 1 else None
+
+        series = wait_for(settled, what="the reload in the figures")
+        seen.append(series['prefork_lines_total{name="m"}'])
+    assert seen == sorted(seen), f"lines_total went down: {seen}"
+    assert seen[-1] >= sent, (seen, sent)
+    assert series['prefork_replies_total{name="m",result="err",reason="empty"}'] >= 6
+    assert series['prefork_worker_restarts_total{name="m",reason="max_requests"}'] >= 1, series
+    assert series['prefork_worker_restarts_total{name="m",reason="crash"}'] == 1, series
+    assert series['prefork_worker_restarts_total{name="m",reason="reload"}'] >= 1, series
+    assert any(k.startswith("prefork_build_info{") for k in series)
+    assert series['process_start_time_seconds{name="m"}'] > 1e9
+
+
+def read_all_quietly(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["object", "bad-pool"])
+def test_odd_app_stats_never_stop_a_worker_or_the_master(kind):
+    """stats() that JSON cannot hold: the worker reports without them and keeps its heartbeat (it was
+    killed as hung). JSON of the wrong shape: /metrics answers 500, and the master keeps running."""
+    args = ["testapps:odd_stats", "--workers", "1", "--timeout", "2", "--metrics-bind", "127.0.0.1:0"]
+    with ServerProcess(args, env={"TESTAPP_STATS": kind}) as srv:
+        workers = serving(srv, 1)
+        port = metrics_port(srv)
+        time.sleep(4)  # twice `timeout`
+        assert srv.worker_pids() == workers, srv.logs()
+        status = scrape(port)[0]
+        assert status in ("HTTP/1.1 200 OK", "HTTP/1.1 500 Internal Server Error"), status
+        assert srv.proc.poll() is None
+        assert roundtrip(srv.port, [b"fine"]) == [b"fine"]
+        assert srv.logs().count("cannot be reported") <= 1

@@ -138,3 +138,19 @@ class Staged(Hold):
 
 
 staged = Staged()
+
+
+class OddStats:
+    """Echo, whose stats() the master cannot use: $TESTAPP_STATS = "object" (not JSON at all) or
+    "bad-pool" (JSON, but a pool figure of the wrong type)."""
+
+    def handle(self, line: str, client) -> str:
+        return line
+
+    def stats(self) -> dict:
+        if os.environ.get("TESTAPP_STATS") == "object":
+            return {"pool": {"size": object()}}
+        return {"pool": {"size": 1, "closed": "not a mapping"}}
+
+
+odd_stats = OddStats()
