@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     listeners = {}
     try:
         for address in cfg.server.bind:
-            listeners[str(address)] = sockets.bind(address)
+            listeners[str(address)] = sockets.bind(address, **sockets.bind_options(cfg.server))
     except sockets.BindError as exc:
         for sock in listeners.values():
             sock.close()

@@ -206,6 +206,16 @@ _parse_name = _checked("expected a non-empty printable name", lambda t: t and t.
 _parse_optional = _checked("", lambda t: True, lambda t: t or None)  # empty = None
 _parse_log_file = _checked("expected a file path, or - for stderr", bool)
 _parse_log_level = _checked(f"expected one of {', '.join(_LOG_LEVELS)}", lambda t: t.lower() in _LOG_LEVELS, str.lower)
+_parse_mode = _checked(
+    "expected an octal file mode such as 0660, or nothing",
+    lambda t: t == "" or re.fullmatch(r"0?[0-7]{3}", t),
+    lambda t: int(t, 8) if t else None,
+)
+_parse_paths = _checked(
+    "expected directories, comma separated",
+    lambda t: True,
+    lambda t: tuple(p.strip() for p in t.split(",") if p.strip()),
+)
 _parse_table = _checked(
     "expected a table name of 1-64 characters without backticks or NUL",
     lambda t: 1 <= len(t) <= 64 and "`" not in t and "\0" not in t,
@@ -244,6 +254,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "worker_connections", "1000", _POSITIVE_INT,
             "concurrent clients per worker; more wait in the backlog", "--worker-connections"),
     Setting("server", "app", "workers.ingest:app", _parse_app, "module:attribute of the line application"),
+    Setting("server", "chdir", "", _parse_optional,
+            "directory workers import the app from (empty = where prefork started, as $PWD names it, so a "
+            "symlinked release directory is followed on reload)", "--chdir"),
+    Setting("server", "pythonpath", "", _parse_paths,
+            "directories put first on the workers' sys.path, comma separated", "--pythonpath"),
     Setting("server", "timeout", "30", _POSITIVE_SECONDS,
             "a worker silent (no heartbeat) this many seconds is killed and replaced", "--timeout"),
     Setting("server", "graceful_timeout", "30", _SECONDS,
@@ -258,6 +273,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "max_line", "65536", _POSITIVE_INT,
             "longest accepted line in bytes, terminator (LF or CR LF) excluded", "--max-line"),
     Setting("server", "ack", "on", _parse_bool, "off: send no replies (fire-and-forget clients)", "--ack"),
+    Setting("server", "backlog", "2048", _POSITIVE_INT,
+            "connections the kernel queues for each listener before refusing", "--backlog"),
+    Setting("server", "reuse_port", "off", _parse_bool,
+            "set SO_REUSEPORT on TCP listeners (another process may bind the same port)", "--reuse-port"),
+    Setting("server", "unix_mode", "", _parse_mode,
+            "file mode of unix socket listeners, e.g. 0660 (empty = as the umask leaves it)", "--unix-mode"),
     Setting("server", "name", "prefork", _parse_name, "shown in process titles, logs and metrics", "--name"),
     Setting("server", "pidfile", "", _parse_optional,
             "file holding the master's pid (empty = none); reload/stop/status -c FILE use it", "--pidfile"),

@@ -138,6 +138,7 @@ class Master:
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
+        self.start_dir = _start_directory()
 
     # -- setup --------------------------------------------------------------------------------------
 
@@ -337,7 +338,7 @@ class Master:
                 if key in self.listeners:
                     listeners[key] = self.listeners[key]
                 else:
-                    listeners[key] = sockets.bind(address)
+                    listeners[key] = sockets.bind(address, **sockets.bind_options(cfg.server))
                     opened.append(key)
                     log.info("Listening at: %s", sockets.address_of(listeners[key]))
         except sockets.BindError as exc:
@@ -431,6 +432,7 @@ class Master:
                 master_pid=self.pid,
                 close_fds=close_fds,
                 identity=self.identity,
+                app_dir=cfg.server.chdir or self.start_dir,
             )
         )
 
@@ -649,6 +651,19 @@ def _set_title(title: str) -> None:
         setproctitle(title)
     except ImportError:  # pragma: no cover - a runtime dependency
         pass
+
+
+def _start_directory() -> str:
+    """Where prefork was started: $PWD when it names the current directory (it keeps a symlink such as
+    /srv/current, which a deploy may later point at a new release), else the resolved cwd."""
+    cwd = os.getcwd()
+    pwd = os.environ.get("PWD", "")
+    try:
+        if os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
+            return pwd
+    except OSError:
+        pass
+    return cwd
 
 
 def _remove(path: Path) -> None:

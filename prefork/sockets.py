@@ -14,38 +14,51 @@ class BindError(Exception):
     """A listener could not be bound; the message names the address."""
 
 
-def bind(address) -> socket.socket:
-    """Bind and listen on a prefork.config.Address; raise BindError naming it."""
+def bind(address, backlog: int = BACKLOG, reuse_port: bool = False, unix_mode: int | None = None) -> socket.socket:
+    """Bind and listen on a prefork.config.Address; raise BindError naming it.
+
+    ``backlog``: connections the kernel queues; ``reuse_port``: SO_REUSEPORT on TCP listeners;
+    ``unix_mode``: chmod of a unix socket's file (None = as the umask leaves it).
+    """
     try:
         if address.kind == "unix":
-            return _bind_unix(address.path)
-        return _bind_tcp(address.host, address.port)
+            return _bind_unix(address.path, backlog, unix_mode)
+        return _bind_tcp(address.host, address.port, backlog, reuse_port)
     except OSError as exc:
         raise BindError(f"cannot bind server.bind={address}: {exc.strerror or exc}") from None
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
+def bind_options(server_cfg) -> dict:
+    """The keyword arguments of `bind` from the ``server`` config section."""
+    return {"backlog": server_cfg.backlog, "reuse_port": server_cfg.reuse_port, "unix_mode": server_cfg.unix_mode}
+
+
+def _bind_tcp(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
     infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise
     return sock
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, backlog: int, mode: int | None) -> socket.socket:
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(BACKLOG)
+        if mode is not None:
+            os.chmod(path, mode)
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise

@@ -42,6 +42,7 @@ class WorkerSpec:
     heartbeat_fd: int  # an anonymous file shared with the master: state and heartbeat (prefork.state)
     master_pid: int
     close_fds: list[int] = field(default_factory=list)
+    app_dir: str = ""  # the directory to import the app from (server.chdir, else where prefork started)
     identity: tuple[int, int] | None = None  # (uid, gid) to run as
 
 
@@ -192,9 +193,19 @@ class Worker:
     def _boot_app(self) -> bool:
         from prefork.app import AppLoadError, WorkerInfo, load_app
 
-        # The app is imported relative to where prefork was started, as gunicorn does.
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
+        # The app is imported from server.chdir, by default where prefork was started as $PWD names it: a
+        # symlinked release directory (current -> v2) is entered afresh by each new generation, as gunicorn
+        # does. server.pythonpath comes first.
+        app_dir = self.spec.app_dir or os.getcwd()
+        try:
+            os.chdir(app_dir)
+        except OSError as exc:
+            log.error("worker failed to boot: server.chdir: cannot enter %s: %s", app_dir, exc.strerror or exc)
+            return False
+        for path in reversed([*self.cfg.server.pythonpath, app_dir]):
+            if path in sys.path:
+                sys.path.remove(path)
+            sys.path.insert(0, path)
         try:
             self.app = load_app(self.cfg.server.app)
             setup = getattr(self.app, "setup", None)

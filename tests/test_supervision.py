@@ -506,3 +506,67 @@ def test_odd_app_stats_never_stop_a_worker_or_the_master(kind):
         assert srv.proc.poll() is None
         assert roundtrip(srv.port, [b"fine"]) == [b"fine"]
         assert srv.logs().count("cannot be reported") <= 1
+
+
+# -- where the app comes from; listener settings ----------------------------------------------------------
+
+
+def release(directory: Path, version: str) -> None:
+    directory.mkdir(parents=True)
+    (directory / "release_app.py").write_text(
+        f"class App:\n    def handle(self, line, client):\n        return '{version} ' + line\n\n\napp = App()\n"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_follows_a_symlinked_release_directory(tmp_path):
+    """Started in /srv/current (a symlink to releases/v1, as $PWD names it); the deploy points current at v2
+    and sends HUP: the new generation imports v2."""
+    release(tmp_path / "releases" / "v1", "v1")
+    release(tmp_path / "releases" / "v2", "v2")
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "releases" / "v1")
+    with ServerProcess(["release_app:app", "--workers", "1"], cwd=current, env={"PWD": str(current)}) as srv:
+        assert roundtrip(srv.port, [b"x"]) == [b"v1 x"]
+        tmp_link = tmp_path / "current.new"
+        tmp_link.symlink_to(tmp_path / "releases" / "v2")
+        os.replace(tmp_link, current)  # ln -sfn releases/v2 current
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "Reloaded: generation 2" in srv.logs(), timeout=30, what="the reload")
+        wait_for(lambda: len(srv.worker_pids()) == 1, what="the old worker to leave")
+        assert roundtrip(srv.port, [b"x"]) == [b"v2 x"]
+
+
+@pytest.mark.timeout(60)
+def test_chdir_and_pythonpath(tmp_path):
+    release(tmp_path / "code", "from-chdir")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "helper_lib.py").write_text("PREFIX = 'lib'\n")
+    (tmp_path / "code" / "uses_lib.py").write_text(
+        "import helper_lib\n\n\nclass App:\n    def handle(self, line, client):\n"
+        "        return helper_lib.PREFIX + ' ' + line\n\n\napp = App()\n"
+    )
+    args = ["uses_lib:app", "--workers", "1", "--chdir", str(tmp_path / "code"), "--pythonpath", str(tmp_path / "lib")]
+    with ServerProcess(args) as srv:
+        assert roundtrip(srv.port, [b"y"]) == [b"lib y"]
+    srv = ServerProcess(["release_app:app", "--workers", "1", "--chdir", str(tmp_path / "missing")])
+    try:
+        srv.start(wait=False)
+        assert srv.wait(30) == 3
+        assert "server.chdir: cannot enter" in srv.logs()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_backlog_reuse_port_and_unix_mode(tmp_path):
+    path = tmp_path / "p.sock"
+    args = [ECHO, "--workers", "1", "--backlog", "77", "--reuse-port", "on", "--unix-mode", "0660"]
+    with ServerProcess([*args, "--bind", f"127.0.0.1:0,unix:{path}"], bind=None) as srv:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{srv.port}"], capture_output=True, text=True).stdout
+        assert out.split()[2] == "77", out  # Send-Q of a listener is its backlog
+        other = socket.socket()
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", srv.port))  # allowed only because the listener has SO_REUSEPORT too
+        other.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
