@@ -1,9 +1,10 @@
 """The master: binds the listeners, forks the workers and keeps them alive.
 
 Signal handlers only queue the signal and wake the main loop (self-pipe through ``signal.set_wakeup_fd``);
-the loop pops the queue, dispatches to a small ``handle_*`` method, then reaps, polls (heartbeats,
-readiness, workers stopping by themselves), finishes or abandons a reload, murders (heartbeat timeouts,
-overdue stops), manages (spawns or retires workers) and writes the status file.
+the loop waits for a signal or a scrape, pops the queue and dispatches to a small ``handle_*`` method,
+serves /metrics, then reaps, polls (heartbeats, readiness, workers stopping by themselves), finishes or
+abandons a reload, murders (heartbeat timeouts, overdue stops), manages (spawns or retires workers) and
+writes the status file.
 
 The master never imports the application, gevent or the database driver, and never opens a database
 connection: workers import the app after the fork, so a HUP's new generation runs new code.
@@ -42,7 +43,7 @@ from prefork.state import (
     write_json,
 )
 from prefork.systemd import Notifier
-from prefork.worker import WORKER_BOOT_ERROR, WorkerSpec, run_worker
+from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec
 
 log = logging.getLogger("prefork.master")
 
@@ -131,6 +132,7 @@ class Master:
         self.spawn_after = 0.0
         self._pipe: tuple[int, int] | None = None
         self.notify = Notifier()  # systemd, when it started us with Type=notify
+        self._scrape_waiting = False
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
@@ -185,7 +187,9 @@ class Master:
             self.start()
             self.manage_workers()
             while True:
+                self.wait_for_events()
                 self.dispatch_signals()
+                self.serve_metrics()
                 self.reap_workers()
                 self.poll_workers()
                 self.check_reload()
@@ -198,21 +202,30 @@ class Master:
             log.exception("unhandled error in the master")
             return self.halt("unhandled error", EXIT_RUNTIME)
 
-    def dispatch_signals(self) -> None:
-        """Wait up to LOOP_INTERVAL for a signal, then handle every queued one."""
-        if not self.sig_queue:
-            waiting = [self._pipe[0]] if self.metrics is None else [self._pipe[0], self.metrics]
-            try:
-                readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
-            except InterruptedError:
-                readable = []
-            if self.metrics is not None and self.metrics in readable:
-                self.metrics.serve_one()
+    def wait_for_events(self) -> None:
+        """Sleep up to LOOP_INTERVAL, waking early for a signal or a metrics scrape."""
+        self._scrape_waiting = False
+        if self.sig_queue:
+            return
+        waiting = [self._pipe[0]] if self.metrics is None else [self._pipe[0], self.metrics]
+        try:
+            readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
+        except InterruptedError:
+            readable = []
+        self._scrape_waiting = self.metrics is not None and self.metrics in readable
         try:
             while os.read(self._pipe[0], 4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+
+    def serve_metrics(self) -> None:
+        """Answer a waiting /metrics scrape."""
+        if self._scrape_waiting:
+            self.metrics.serve_one()
+
+    def dispatch_signals(self) -> None:
+        """Handle every queued signal."""
         while self.sig_queue:
             signum = self.sig_queue.pop(0)
             getattr(self, f"handle_{SIG_NAMES[signum]}")()
@@ -423,6 +436,15 @@ class Master:
             self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout, heartbeat)
             log.info("Booting worker %s (generation %d)", pid, generation)
             return
+        # Until the worker has its own handlers, signals wait (blocked) instead of reaching the master's
+        # handlers inherited by this child, which would swallow a TERM during the import below.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIG_NAMES)
+        try:
+            from prefork.worker import run_worker  # patches with gevent: only ever in a forked child
+        except BaseException:
+            log.exception("worker failed to boot: cannot load prefork.worker")
+            logs.flush()
+            os._exit(WORKER_BOOT_ERROR)
         run_worker(
             WorkerSpec(
                 config=cfg,

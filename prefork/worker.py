@@ -1,10 +1,11 @@
 """The worker process: everything that happens after the fork.
 
-``run_worker`` never returns: it monkey-patches with gevent (the master never imports gevent, so nothing
-was created unpatched that matters), imports and sets up the application (the master never imports it,
-so each generation runs the code on disk), serves every listener with a gevent StreamServer limited to
-``worker_connections`` clients, and reports to the master through its state file every second (the
-heartbeat). Signals from the master: TERM = graceful stop, INT/QUIT = quick stop, USR1 = reopen logs.
+Importing this module monkey-patches with gevent, so only a forked child imports it (the master never
+loads gevent, so nothing was created unpatched that matters). ``run_worker`` never returns: it imports
+and sets up the application (the master never imports it, so each generation runs the code on disk),
+serves every listener with a gevent StreamServer limited to ``worker_connections`` clients, and reports
+to the master through its heartbeat file every second (``prefork.state``). Signals from the master:
+TERM = graceful stop, INT/QUIT = quick stop, USR1 = reopen logs, ABRT = dump stacks (then killed).
 
 Exit codes: 0 after a stop, ``WORKER_BOOT_ERROR`` when the app cannot be imported or set up (the master
 counts these to stop a fork loop), 1 on any other failure.
@@ -12,38 +13,36 @@ counts these to stop a fork loop), 1 on any other failure.
 
 from __future__ import annotations
 
-import faulthandler
-import logging
-import os
-import random
-import signal
-import socket
-import sys
-import time
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+# This module is imported only in a freshly forked worker (prefork.workerspec is what the master uses):
+# patch first, as any gevent program does, before anything else touches sockets, threads or time.
+from gevent import monkey
 
-from prefork import logs
-from prefork.state import beat, iso
+monkey.patch_all()
 
-WORKER_BOOT_ERROR = 3
+import faulthandler  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+from gevent.pool import Pool  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402
+from gevent.socket import socket as green_socket  # noqa: E402
+
+from prefork import logs  # noqa: E402
+from prefork.app import AppLoadError, WorkerInfo, load_app  # noqa: E402
+from prefork.protocol import Counters, LineConnection, ProtocolSettings  # noqa: E402
+from prefork.state import beat, iso  # noqa: E402
+from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
+
 HEARTBEAT_INTERVAL = 1.0
 
 log = logging.getLogger("prefork.worker")
-
-
-@dataclass
-class WorkerSpec:
-    """What the master hands a worker at fork time."""
-
-    config: Any  # prefork.config.Config
-    listeners: list[socket.socket]
-    generation: int
-    heartbeat_fd: int  # an anonymous file shared with the master: state and heartbeat (prefork.state)
-    master_pid: int
-    close_fds: list[int] = field(default_factory=list)
-    app_dir: str = ""  # the directory to import the app from (server.chdir, else where prefork started)
-    identity: tuple[int, int] | None = None  # (uid, gid) to run as
 
 
 def run_worker(spec: WorkerSpec) -> NoReturn:
@@ -90,7 +89,6 @@ class Worker:
             booted = False
         if not booted:
             return WORKER_BOOT_ERROR
-        gevent = self._gevent
         self.ready = True
         self._write_state()
         if self.cfg.server.daemon:
@@ -109,17 +107,8 @@ class Worker:
         return 0
 
     def _boot(self) -> bool:
-        """Patch, set up the app, start serving; False if the app cannot be imported or set up."""
+        """Set up the process and the app, start serving; False if the app cannot be imported or set up."""
         self._prepare_process()
-        from gevent import monkey
-
-        monkey.patch_all()
-        import gevent
-        from gevent.event import Event
-
-        from prefork.protocol import Counters, ProtocolSettings
-
-        self._gevent = gevent
         self._stop_event = Event()
         self._quick = False
         self.counters = Counters()
@@ -167,6 +156,7 @@ class Worker:
         signal.signal(signal.SIGINT, lambda *_: self._remember_stop("quick"))
         signal.signal(signal.SIGQUIT, lambda *_: self._remember_stop("quick"))
         signal.signal(signal.SIGUSR1, _reopen_logs)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.valid_signals())  # blocked by the master at fork
         # This generation's logging settings (a reload may have changed them; the master switches its own
         # only once the new generation serves). Opened before dropping privileges, as the master's were.
         logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
@@ -191,8 +181,6 @@ class Worker:
             self._early_stop = how
 
     def _boot_app(self) -> bool:
-        from prefork.app import AppLoadError, WorkerInfo, load_app
-
         # The app is imported from server.chdir, by default where prefork was started as $PWD names it: a
         # symlinked release directory (current -> v2) is entered afresh by each new generation, as gunicorn
         # does. server.pythonpath comes first.
@@ -224,10 +212,6 @@ class Worker:
         return True
 
     def _start_servers(self) -> None:
-        from gevent.pool import Pool
-        from gevent.server import StreamServer
-        from gevent.socket import socket as green_socket
-
         # One connection pool across all listeners: worker_connections is per worker. When it is full
         # the servers stop accepting and further clients wait in the listen backlog.
         pool = Pool(self.cfg.server.worker_connections)
@@ -240,8 +224,6 @@ class Worker:
     # -- serving ------------------------------------------------------------------------------------
 
     def _handle(self, sock: Any, addr: Any) -> None:
-        from prefork.protocol import LineConnection
-
         conn = LineConnection(sock, addr, self.app, self.settings, self.counters)
         self.connections.add(conn)
         try:
@@ -250,7 +232,6 @@ class Worker:
             self.connections.discard(conn)
 
     def _heartbeat(self) -> None:
-        gevent = self._gevent
         while True:
             before = time.monotonic()
             gevent.sleep(HEARTBEAT_INTERVAL)
@@ -316,7 +297,6 @@ class Worker:
 
     def _graceful_stop(self) -> None:
         """Stop accepting, stop reading, answer every line already read, close clients, close the app."""
-        gevent = self._gevent
         deadline = time.monotonic() + self.cfg.server.graceful_timeout
         for server in self.servers:
             server.close()  # stops accepting; the listening socket closes in this process only

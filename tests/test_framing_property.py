@@ -28,6 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prefork.protocol import Counters, LineConnection, ProtocolSettings
+from tests.test_protocol import expected_reply  # the reply to one line, per the rules of SPEC section 5
 from workers.echo import EchoApp
 
 IO_TIMEOUT = 10.0  # every blocking step of one exchange: a stuck server fails the example instead of hanging
@@ -35,27 +36,12 @@ IO_TIMEOUT = 10.0  # every blocking step of one exchange: a stuck server fails t
 # -- the reference model ----------------------------------------------------------------------------------
 
 
-def model_reply(line: bytes, max_line: int) -> bytes:
-    """The echo app's reply to one line, its LF already removed."""
-    if line.endswith(b"\r"):
-        line = line[:-1]  # only one CR is dropped
-    if len(line) > max_line:
-        return b"ERR too-long"
-    if not line:
-        return b"ERR empty"
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return b"ERR bad-utf8"
-    return line
-
-
 def model_replies(stream: bytes, max_line: int) -> bytes:
     """Everything the server must send for a whole stream: one reply per line, in order, each ended by LF."""
     *lines, tail = stream.split(b"\n")
     if tail:
         lines.append(tail)  # unterminated trailing bytes are a final line; a trailing LF adds no empty line
-    return b"".join(model_reply(line, max_line) + b"\n" for line in lines)
+    return b"".join(expected_reply(line, max_line) + b"\n" for line in lines)
 
 
 # -- the real server on a real connection -----------------------------------------------------------------

@@ -1,0 +1,27 @@
+"""What the master hands a worker at fork time: the one piece of the worker that the master imports.
+
+The worker module itself (``prefork.worker``) monkey-patches with gevent when it is imported, so only a
+freshly forked child ever imports it: the master never loads gevent.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+WORKER_BOOT_ERROR = 3  # a worker's exit code when its app cannot be imported or set up
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a new worker needs from its master."""
+
+    config: Any  # prefork.config.Config
+    listeners: list[socket.socket]
+    generation: int
+    heartbeat_fd: int  # an anonymous file shared with the master: state and heartbeat (prefork.state)
+    master_pid: int
+    close_fds: list[int] = field(default_factory=list)
+    app_dir: str = ""  # the directory to import the app from (server.chdir, else where prefork started)
+    identity: tuple[int, int] | None = None  # (uid, gid) to run as
