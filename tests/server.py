@@ -185,7 +185,11 @@ class ServerProcess:
         shutil.rmtree(state_dir_for(self.proc.pid), ignore_errors=True)
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a start that failed must not leave a master running: __exit__ will not run
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
