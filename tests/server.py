@@ -128,7 +128,7 @@ class ServerProcess:
         """The master's live child processes."""
         try:
             text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return []
         return sorted(int(p) for p in text.split() if is_alive(int(p)))
 
@@ -199,7 +199,7 @@ def is_alive(pid: int) -> bool:
     """Tell whether a process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between open and read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
@@ -208,7 +208,7 @@ def cmdline(pid: int) -> str:
     """A process's command line (its title, once it set one)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return ""
 
 

@@ -72,7 +72,7 @@ def _children(pid: int) -> list[int]:
     for task in tasks:
         try:
             pids += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass
     return pids
 
