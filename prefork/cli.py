@@ -177,8 +177,14 @@ def resolve_identity(cfg: Config) -> tuple[int, int] | None:
 def find_master(args: argparse.Namespace) -> tuple[int, Path]:
     """The master's pid and state directory: from --pidfile, from the config's pidfile, or the only
     running master."""
-    from prefork.master import STATE_SUFFIX
-    from prefork.state import MASTER_FILE, STATE_DIR_PREFIX, candidate_state_dirs, default_runtime_dir, runtime_dir
+    from prefork.state import (
+        MASTER_FILE,
+        PIDFILE_STATE_SUFFIX,
+        STATE_DIR_PREFIX,
+        candidate_state_dirs,
+        default_runtime_dir,
+        runtime_dir,
+    )
 
     pidfile = getattr(args, "pidfile", None)
     bases = [Path(os.environ["PREFORK_SERVER_RUNTIME_DIR"])] if os.environ.get("PREFORK_SERVER_RUNTIME_DIR") else []
@@ -191,7 +197,7 @@ def find_master(args: argparse.Namespace) -> tuple[int, Path]:
     if pidfile:
         pid = _pid_from(pidfile)
         try:  # the master wrote where its state is beside the pidfile
-            recorded = [Path(Path(pidfile + STATE_SUFFIX).read_text().strip())]
+            recorded = [Path(Path(pidfile + PIDFILE_STATE_SUFFIX).read_text().strip())]
         except OSError:
             recorded = []
         candidates = recorded + candidate_state_dirs(pid, bases)

@@ -34,6 +34,7 @@ from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
 from prefork.state import (
     MASTER_FILE,
+    PIDFILE_STATE_SUFFIX,
     Heartbeat,
     StateDirError,
     iso,
@@ -57,7 +58,6 @@ BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (ne
 LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no signal arrives
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
-STATE_SUFFIX = ".state"  # beside the pidfile: the path of the state directory
 MAX_RESPAWN_DELAY = 10.0
 
 SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
@@ -161,7 +161,7 @@ class Master:
             except pidfile.PidfileError as exc:
                 raise HaltServer(str(exc), EXIT_CONFIG) from None
             # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
-            Path(self.cfg.server.pidfile + STATE_SUFFIX).write_text(f"{self.state_dir}\n")
+            Path(self.cfg.server.pidfile + PIDFILE_STATE_SUFFIX).write_text(f"{self.state_dir}\n")
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
@@ -278,7 +278,7 @@ class Master:
         self.stop(graceful=True)
         path = self.cfg.server.pidfile
         if path and pidfile.read_pid(path) == self.pid:
-            _remove(Path(path + STATE_SUFFIX))
+            _remove(Path(path + PIDFILE_STATE_SUFFIX))
         if path:
             pidfile.release(path, self.pid, self._pidfile_fd)
             self._pidfile_fd = None
@@ -640,7 +640,6 @@ class Master:
             "uptime_s": round(now - self.started_at, 3),
             "workers_target": self.target,
             "listeners": [sockets.address_of(s) for s in self.listeners.values()],
-            "worker_pids": sorted(self.workers),
             "workers": [w.heartbeat.last for _, w in sorted(self.workers.items()) if w.heartbeat.last],
             "written_ts": now,
             "started_ts": self.started_at,

@@ -7,14 +7,12 @@ import os
 import socket
 import stat
 
-BACKLOG = 2048
-
 
 class BindError(Exception):
     """A listener could not be bound; the message names the address."""
 
 
-def bind(address, backlog: int = BACKLOG, reuse_port: bool = False, unix_mode: int | None = None) -> socket.socket:
+def bind(address, *, backlog: int, reuse_port: bool, unix_mode: int | None) -> socket.socket:
     """Bind and listen on a prefork.config.Address; raise BindError naming it.
 
     ``backlog``: connections the kernel queues; ``reuse_port``: SO_REUSEPORT on TCP listeners;

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 MASTER_FILE = "master.json"
+PIDFILE_STATE_SUFFIX = ".state"  # beside the pidfile, a file naming the state directory
 STATE_DIR_PREFIX = "prefork-"
 STATE_DIR_MODE = 0o755
 MAX_STATE_BYTES = 1 << 20

@@ -339,7 +339,7 @@ class IngestApp:
             if session is not None:
                 raise UnknownOutcome(session) from exc
             if isinstance(exc, pymysql.err.MySQLError) and exc.args and exc.args[0] in DATA_ERROR_CODES:
-                raise Rejected(len(lines)) from exc
+                raise Rejected(f"{len(lines)} lines refused: {exc}") from exc
             raise
 
     def _statements(self, conn: Any, lines: list[Line]) -> Iterator[str]:
