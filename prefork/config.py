@@ -206,6 +206,10 @@ _parse_name = _checked("expected a non-empty printable name", lambda t: t and t.
 _parse_optional = _checked("", lambda t: True, lambda t: t or None)  # empty = None
 _parse_log_file = _checked("expected a file path, or - for stderr", bool)
 _parse_log_level = _checked(f"expected one of {', '.join(_LOG_LEVELS)}", lambda t: t.lower() in _LOG_LEVELS, str.lower)
+_INGEST_METHODS = ("auto", "load", "insert")
+_parse_ingest_method = _checked(
+    f"expected one of {', '.join(_INGEST_METHODS)}", lambda t: t.lower() in _INGEST_METHODS, str.lower
+)
 _parse_mode = _checked(
     "expected an octal file mode such as 0660, or nothing",
     lambda t: t == "" or re.fullmatch(r"0?[0-7]{3}", t),
@@ -318,6 +322,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest", "max_pending_bytes", "64MiB", _parse_size,
             "memory of buffered lines per worker before it stops reading from clients (512K, 64MiB, 1G)",
             "--max-pending-bytes"),
+    Setting("ingest", "method", "auto", _parse_ingest_method,
+            "how batches are sent: load (LOAD DATA LOCAL INFILE from memory), insert (multi-row INSERT), "
+            "auto (load, falling back to insert when the server refuses it)", "--ingest-method"),
 )
 # fmt: on
 _BY_NAME = {s.name: s for s in SETTINGS}

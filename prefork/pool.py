@@ -211,7 +211,7 @@ class Pool:
         connect_kwargs = parsed.connect_kwargs()
 
         def connect() -> Any:
-            return _status_tracking_class()(**connect_kwargs)
+            return _connection_class()(**connect_kwargs, local_infile=True)
 
         kwargs.setdefault("name", parsed.redacted)
         return cls(connect, **kwargs)
@@ -486,7 +486,7 @@ class Pool:
         """Roll back an open transaction; return "broken" when the connection could not be reset."""
         conn = record.conn
         # Skip the ROLLBACK only when the block did not raise and the driver vouches that its status is
-        # from the last reply (see _status_tracking_class) and says no transaction is open.
+        # from the last reply (see _connection_class) and says no transaction is open.
         if not dirty and getattr(conn, "status_current", False) and not conn.server_status & _IN_TRANS:
             return None
         try:
@@ -585,22 +585,49 @@ class Pool:
             self._release(record, None)
 
 
-_TRACKING_CLASS: Any = None
+_CONNECTION_CLASS: Any = None
+# LOAD DATA LOCAL data goes out in packets of this size (below any server's max_allowed_packet).
+LOCAL_DATA_PACKET = 256 * 1024
 
 
-def _status_tracking_class() -> Any:
-    """PyMySQL's Connection, made to tell whether its ``server_status`` is current.
+def _connection_class() -> Any:
+    """PyMySQL's Connection, made to tell whether its ``server_status`` is current, and to answer LOAD DATA
+    LOCAL INFILE from memory only.
 
     PyMySQL updates ``server_status`` from OK packets only: after an error reply (a duplicate key, a
     deadlock) or a result set it still holds what an earlier reply said, which may be "no transaction"
     while one is open. ``status_current`` is true only right after an OK packet was read.
-    """
-    global _TRACKING_CLASS
-    if _TRACKING_CLASS is None:
-        import pymysql.connections
 
-        class StatusTrackingConnection(pymysql.connections.Connection):
+    ``load_local_data(sql, data)`` runs a ``LOAD DATA LOCAL INFILE`` statement and sends ``data`` when the
+    server asks for the file. PyMySQL itself would open whatever file name the server asks for; this class
+    never opens a file: a request it did not offer data for gets an empty file.
+    """
+    global _CONNECTION_CLASS
+    if _CONNECTION_CLASS is None:
+        import pymysql.connections
+        from pymysql.constants import CR
+
+        class LocalDataResult(pymysql.connections.MySQLResult):
+            def _read_load_local_packet(self, first_packet: Any) -> None:
+                conn = self.connection
+                data = conn.offered_data
+                conn.offered_data = None  # one statement, one file
+                try:
+                    if data is not None:
+                        view = memoryview(data)
+                        for start in range(0, len(view), LOCAL_DATA_PACKET):
+                            conn.write_packet(view[start : start + LOCAL_DATA_PACKET])
+                finally:
+                    conn.write_packet(b"")  # end of file
+                    ok = conn._read_packet()  # raises the statement's error, if any
+                if not ok.is_ok_packet():
+                    raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "Commands Out of Sync")
+                self._read_ok_packet(ok)
+
+        class Connection(pymysql.connections.Connection):
             status_current = False
+            offered_data: bytes | None = None
+            last_warning_count = 0
 
             def _execute_command(self, command: int, sql: Any) -> None:
                 self.status_current = False
@@ -612,13 +639,31 @@ def _status_tracking_class() -> Any:
                 return ok
 
             def _read_query_result(self, unbuffered: bool = False) -> int:
-                rows = super()._read_query_result(unbuffered)
-                result = self._result
-                self.status_current = result is not None and result.server_status is not None
-                return rows
+                self._result = None
+                result = LocalDataResult(self)
+                if unbuffered:
+                    result.init_unbuffered_query()
+                else:
+                    result.read()
+                self._result = result
+                if result.server_status is not None:
+                    self.server_status = result.server_status
+                self.status_current = result.server_status is not None
+                self.last_warning_count = result.warning_count or 0
+                return result.affected_rows
 
-        _TRACKING_CLASS = StatusTrackingConnection
-    return _TRACKING_CLASS
+            def load_local_data(self, sql: str, data: bytes) -> tuple[int, int]:
+                """Run a LOAD DATA LOCAL INFILE statement with ``data`` as its file; return the rows it
+                stored and its warning count (LOCAL turns bad values into warnings, not errors)."""
+                self.offered_data = data
+                try:
+                    rows = self.query(sql)
+                finally:
+                    self.offered_data = None
+                return rows, self.last_warning_count
+
+        _CONNECTION_CLASS = Connection
+    return _CONNECTION_CLASS
 
 
 def _close_quietly(conn: Any) -> None:
