@@ -2,8 +2,9 @@
 
     python bench/loadgen.py PORT CONNS LINES PREFIX
 
-Runs in its own process (the bench starts several), with gevent sockets; the clock starts when the
-parent writes a byte on stdin, so all generators start together.
+Runs in its own process (the bench starts several), with gevent sockets. Connections are opened and their
+lines built first, then it prints "ready"; the clock starts when the parent writes a byte on stdin, so all
+generators start together and only sending, serving and reading replies are timed.
 """
 
 from __future__ import annotations
@@ -20,17 +21,36 @@ import gevent  # noqa: E402
 import gevent.socket  # noqa: E402
 
 CHUNK_LINES = 2000
+UNIQUE_LINES = 10_000  # per connection
 
 
-def client(port: int, lines: int, prefix: str, result: dict) -> None:
+def prepare(port: int, lines: int, prefix: str) -> tuple:
+    """A connection and its lines, in chunks of CHUNK_LINES, ready to send. Past UNIQUE_LINES a connection
+    sends its lines again from the first (the same chunk objects: memory stays small for millions of lines)."""
     sock = gevent.socket.create_connection(("127.0.0.1", port))
+    unique = min(lines, UNIQUE_LINES)
     payload = [
-        f"{prefix}-{i} some typical log line payload of moderate length, with a number {i}\n" for i in range(lines)
+        f"{prefix}-{i} some typical log line payload of moderate length, with a number {i}\n" for i in range(unique)
     ]
+    made: dict[tuple[int, int], bytes] = {}
+    chunks = []
+    start = 0
+    left = lines
+    while left:
+        n = min(CHUNK_LINES, left, unique - start)
+        chunk = made.get((start, n))
+        if chunk is None:
+            chunk = made[start, n] = "".join(payload[start : start + n]).encode()
+        chunks.append(chunk)
+        left -= n
+        start = (start + n) % unique
+    return sock, chunks
 
+
+def client(sock, chunks: list[bytes], lines: int, result: dict) -> None:
     def send() -> None:
-        for i in range(0, lines, CHUNK_LINES):
-            sock.sendall("".join(payload[i : i + CHUNK_LINES]).encode())
+        for chunk in chunks:
+            sock.sendall(chunk)
 
     sender = gevent.spawn(send)
     got = ok = 0
@@ -52,10 +72,12 @@ def client(port: int, lines: int, prefix: str, result: dict) -> None:
 
 def main() -> None:
     port, conns, lines, prefix = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    prepared = [prepare(port, lines, f"{prefix}{c}") for c in range(conns)]
+    print("ready", flush=True)  # the parent then writes the byte that starts the clock
     sys.stdin.read(1)
     result = {"replies": 0, "ok": 0}
     start = time.perf_counter()
-    gevent.joinall([gevent.spawn(client, port, lines, f"{prefix}{c}", result) for c in range(conns)])
+    gevent.joinall([gevent.spawn(client, sock, chunks, lines, result) for sock, chunks in prepared])
     result["seconds"] = time.perf_counter() - start
     print(json.dumps(result))
 
