@@ -13,6 +13,13 @@ An application is any object with these methods (only ``handle`` is required)::
             in order as they resolve, so an app can hold many pipelined lines of one connection at once
             (the ingest app group-commits them). May block its greenlet to apply backpressure.'''
 
+        def handle_lines(self, lines: list[str], client: Client) -> list[str | Future]:
+            '''Optional, and used instead of ``handle`` when present: all the valid lines of one read of
+            one client at once, in order. Return a list of one reply (text or future) per line; the list
+            then belongs to the framework. Consecutive places may hold the same future: it is resolved
+            once, and its ``get()`` may return one reply for all of those places or a list with one reply
+            per place. Saves a call per line (the echo and ingest apps use it).'''
+
         def close(self, timeout: float) -> None:
             '''Called once at worker stop, after every client is answered or closed.'''
 
@@ -20,8 +27,12 @@ An application is any object with these methods (only ``handle`` is required)::
             '''Optional: extra figures for `prefork status` (the ingest app reports its pool here).'''
 
 A future is anything with ``get()`` (blocking the calling greenlet until the reply is known) and
-``ready()``; ``gevent.event.AsyncResult`` is one. The master never imports the application: each worker
-imports it after the fork, so a SIGHUP's new generation runs new code.
+``ready()``; ``gevent.event.AsyncResult`` is one. A reply that is not one line of text (``None``, a number,
+a string holding a LF), and an exception from ``handle``, ``handle_lines`` or a future's ``get()``, become
+``ERR unavailable`` for that line, with a log line naming the app; the connection's other lines go on.
+
+The master never imports the application: each worker imports it after the fork, so a SIGHUP's new
+generation runs new code.
 """
 
 from __future__ import annotations

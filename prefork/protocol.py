@@ -11,8 +11,9 @@ reply to be written (pipelining). Rules (SPEC section 5):
 - ``client_timeout``: a client that sends no complete line for this long is closed; a partial line it
   had started is dropped without a reply (replies for its complete lines are still sent).
 - Memory per connection is bounded: the read buffer never holds more than ``max_line`` plus one read,
-  and at most ``MAX_IN_FLIGHT`` lines (and about ``MAX_IN_FLIGHT_BYTES`` of reply text) await their reply;
-  past that the reader stops reading, so a client that never reads its replies stalls only itself.
+  and at most ``MAX_IN_FLIGHT`` lines plus those of one read (and about ``MAX_IN_FLIGHT_BYTES`` of reply
+  text) await their reply; past that the reader stops reading, so a client that never reads its replies
+  stalls only itself.
 - ``ack = off``: nothing is sent, and a client that does not read can block nothing.
 - Graceful stop (``stop()``): the reader stops at its next read (data already on its way is still read
   for up to STOP_GRACE_S), not in the middle of a buffer or of a backpressure wait, so every complete line
@@ -20,6 +21,14 @@ reply to be written (pipelining). Rules (SPEC section 5):
   (closing a socket with unread input sends RST, and an RST can destroy replies still on their way).
 - Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
   lets the event loop serve the worker's other clients.
+
+The hot path works on whole reads, not lines: the complete lines of a read are decoded, stripped of CRs
+and checked in a few C calls, handed to the app together (``handle_lines``, or ``handle`` per line), and
+their replies joined in one call. When they are all known and nothing is queued before them, the reader
+sends them itself with one non-blocking send; otherwise (futures, or a client not reading fast enough)
+they wait in the queue of a writer greenlet, started when a reply must wait and ended when the queue is
+empty: an idle connection, or one whose app answers at once, costs one greenlet. A read with a bad line
+(bad UTF-8, empty, too long) takes the line-by-line path.
 """
 
 from __future__ import annotations
@@ -48,6 +57,9 @@ ERR_TOO_LONG = "ERR too-long"
 ERR_BAD_UTF8 = "ERR bad-utf8"
 ERR_EMPTY = "ERR empty"
 ERR_UNAVAILABLE = "ERR unavailable"
+# With server.max_line = 65536, lines of up to 16384 characters are surely short enough (4 bytes at most
+# per character in UTF-8) without counting their bytes.
+UTF8_MAX_BYTES = 4
 
 log = logging.getLogger("prefork.protocol")
 
@@ -91,13 +103,19 @@ class LineConnection:
         self.counters = counters
         counters.next_client_id += 1
         self.client = Client(addr=_peer_name(sock, addr), id=counters.next_client_id)
-        self._pending: deque[Any] = deque()  # replies (str) or futures, in line order
-        self._sizes: deque[int] = deque()  # the size of each pending reply known when pushed (0 for a future)
-        self._pending_bytes = 0
-        self._futures = 0  # replies in _pending that are still futures
-        self._has_items = Event()
+        self._handle_lines = getattr(app, "handle_lines", None)
+        # The OS socket under gevent's, for sends that must not block (None: always use the writer).
+        self._raw = getattr(sock, "_sock", None)
+        # In line order: the replies (str or futures) of each dispatch, or bytes the reader could not send.
+        self._chunks: deque[Any] = deque()
+        self._chunk_bytes: deque[int] = deque()  # what each chunk counts in _queued_bytes
+        self._head = 0  # replies of _chunks[0] already sent
+        self._queued = 0  # lines read and not answered yet
+        self._queued_bytes = 0  # the size of their replies, as far as known when queued
         self._has_room = Event()
         self._has_room.set()
+        self._writer: gevent.Greenlet | None = None
+        self._writing = False  # the writer took replies off the queue and is still sending them
         self._reading_done = False
         self._saw_eof = False  # the client half-closed: nothing is left to drain at close
         self._writer_failed = False
@@ -112,7 +130,6 @@ class LineConnection:
         """Run the reader in this greenlet and the writer beside it; close the socket at the end."""
         self._reader = gevent.getcurrent()
         self.counters.clients += 1
-        writer = gevent.spawn(self._write_loop)
         try:
             try:
                 self._read_loop()
@@ -120,12 +137,11 @@ class LineConnection:
                 pass
             finally:
                 self._reading_done = True
-                self._has_items.set()
             # A StopReading thrown by a dying writer may still be on its way: it must not cut the join
             # short (replies pending) or escape this greenlet.
-            while not writer.dead:
+            while self._writer is not None and not self._writer.dead:
                 try:
-                    writer.join()
+                    self._writer.join()
                 except StopReading:
                     pass
         finally:
@@ -185,150 +201,198 @@ class LineConnection:
             if not data:
                 self._saw_eof = True
                 if buf and not skipping:
-                    self._dispatch(bytes(buf))  # the final unterminated line
+                    self._dispatch(bytes(buf) + b"\n")  # the final unterminated line
                 elif skipping:
                     self.counters.lines_in += 1
-                    self._push(ERR_TOO_LONG)
+                    self._queue([ERR_TOO_LONG])
                 return
             if skipping:
                 nl = data.find(b"\n")
                 if nl < 0:
                     continue
                 self.counters.lines_in += 1
-                self._push(ERR_TOO_LONG)
+                self._queue([ERR_TOO_LONG])
                 skipping = False
                 data = data[nl + 1 :]
                 deadline = clock.now() + timeout
             buf += data
             last = buf.rfind(b"\n")
             if last >= 0:
-                # Every complete line of the buffer at once: one copy and one split in C, not one per line.
-                lines = bytes(buf[:last]).split(b"\n")
+                # Every complete line of the buffer at once.
+                chunk = bytes(buf[: last + 1])
                 del buf[: last + 1]
                 deadline = clock.now() + timeout
-                self._dispatch_lines(lines)
+                self._dispatch(chunk)
             # The line being read is already too long (one more byte allowed for a CR before the LF).
             if len(buf) > max_line + 1:
                 buf.clear()
                 skipping = True
 
-    def _dispatch(self, line: bytes) -> None:
-        self._dispatch_lines([line])
+    def _dispatch(self, chunk: bytes) -> None:
+        """Answer the complete lines of ``chunk`` (each ends with LF): validate them, hand the valid ones to
+        the app, queue the replies in order."""
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if text:
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")  # one pass: exactly one CR before each LF goes
+            lines = text.split("\n")
+            lines.pop()  # after the last LF
+            if max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line and "" not in lines:
+                self.counters.lines_in += len(lines)
+                self._queue(self._answer(lines))
+                return
+        self._dispatch_slowly(chunk[:-1].split(b"\n"))
 
-    def _dispatch_lines(self, lines: list[bytes]) -> None:
-        """Validate each line, hand the valid ones to the app, queue every reply in order.
-
-        The hot path of the server: locals instead of attribute lookups, no call per line but the app's.
-        """
-        counters = self.counters
+    def _dispatch_slowly(self, lines: list[bytes]) -> None:
+        """The line-by-line path, for a read with a line that is not valid (or may be too long)."""
         max_line = self.settings.max_line
-        handle = self.app.handle
-        client = self.client
-        pending = self._pending
-        sizes = self._sizes
+        self.counters.lines_in += len(lines)
+        replies: list[Any] = []
+        valid: list[str] = []
+        where: list[int] = []
         for line in lines:
-            counters.lines_in += 1
             if line[-1:] == b"\r":
                 line = line[:-1]
             if len(line) > max_line:
-                reply = ERR_TOO_LONG
+                replies.append(ERR_TOO_LONG)
             elif not line:
-                reply = ERR_EMPTY
+                replies.append(ERR_EMPTY)
             else:
                 try:
-                    text = line.decode("utf-8")
+                    valid.append(line.decode("utf-8"))
                 except UnicodeDecodeError:
-                    reply = ERR_BAD_UTF8
+                    replies.append(ERR_BAD_UTF8)
                 else:
-                    try:
-                        reply = handle(text, client)
-                    except Exception:
-                        log.exception("application failed on a line from %s", client.addr)
-                        reply = ERR_UNAVAILABLE
-            pending.append(reply)
-            if isinstance(reply, str):
-                size = len(reply) + 1
-            else:
-                size = 0
-                self._futures += 1
-            sizes.append(size)
-            self._pending_bytes += size
-            if len(pending) >= MAX_IN_FLIGHT or self._pending_bytes >= MAX_IN_FLIGHT_BYTES:
-                self._wait_for_room()
-        if not self._has_items.is_set():
-            self._has_items.set()
+                    where.append(len(replies))
+                    replies.append(None)
+        if valid:
+            for i, reply in zip(where, self._answer(valid), strict=True):
+                replies[i] = reply
+        self._queue(replies)
 
-    def _push(self, reply: Any) -> None:
-        """Queue one reply that needs no app (ERR too-long at EOF)."""
-        self._pending.append(reply)
-        self._sizes.append(len(reply) + 1)
-        self._pending_bytes += len(reply) + 1
-        if not self._has_items.is_set():
-            self._has_items.set()
-        if len(self._pending) >= MAX_IN_FLIGHT or self._pending_bytes >= MAX_IN_FLIGHT_BYTES:
+    def _answer(self, lines: list[str]) -> list[Any]:
+        """The app's replies (text or futures) to valid lines, one per line."""
+        client = self.client
+        if self._handle_lines is not None:
+            try:
+                replies = self._handle_lines(lines, client)
+            except Exception:
+                log.exception("application %s failed on %d lines from %s", _name(self.app), len(lines), client.addr)
+                return [ERR_UNAVAILABLE] * len(lines)
+            if type(replies) is not list or len(replies) != len(lines):
+                log.error(
+                    "application %s: handle_lines must return a list of one reply per line; got %s for %d lines",
+                    _name(self.app),
+                    type(replies).__name__,
+                    len(lines),
+                )
+                return [ERR_UNAVAILABLE] * len(lines)
+            return replies
+        handle = self.app.handle
+        replies = []
+        append = replies.append
+        for line in lines:
+            try:
+                append(handle(line, client))
+            except Exception:
+                log.exception("application %s failed on a line from %s", _name(self.app), client.addr)
+                append(ERR_UNAVAILABLE)
+        return replies
+
+    def _queue(self, replies: list[Any]) -> None:
+        """Send the replies of one dispatch, or queue them for the writer; wait for room if too much is
+        queued."""
+        if not self._chunks and not self._writing:
+            try:
+                text = "\n".join(replies)  # every reply known...
+            except TypeError:
+                text = None
+            if text is not None and text.count("\n") == len(replies) - 1:  # ...and each one line
+                self._send_now(text + "\n", len(replies))
+                return
+        count = len(replies)
+        try:
+            size = sum(map(len, replies)) + count  # all known: their text and the LFs
+        except TypeError:
+            size = count  # futures count as one byte until they resolve
+        self._queued += count
+        self._enqueue(replies, size)
+
+    def _enqueue(self, item: Any, size: int) -> None:
+        self._chunks.append(item)
+        self._chunk_bytes.append(size)
+        self._queued_bytes += size
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+        if self._queued >= MAX_IN_FLIGHT or self._queued_bytes >= MAX_IN_FLIGHT_BYTES:
             self._wait_for_room()
+
+    def _send_now(self, text: str, count: int) -> None:
+        """Send known replies from the reader without blocking it; what the socket does not take at once
+        goes to the writer."""
+        _count_replies(text, count, self.counters)
+        if not self.settings.ack:
+            return
+        data = text.encode("utf-8")
+        sent = 0
+        if self._raw is not None:
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                # The client is gone: nothing more can be answered, so reading more is pointless.
+                self._writer_failed = True
+                self._stopping = True
+                raise StopReading from None
+        if sent < len(data):
+            self._enqueue(data[sent:], len(data) - sent)
 
     def _wait_for_room(self) -> None:
         # Backpressure: stop reading until the writer catches up. A graceful stop does not interrupt this
         # wait (the rest of the buffer still gets its replies); a writer that dies does.
-        if not self._has_items.is_set():
-            self._has_items.set()
         self._has_room.clear()
         self._has_room.wait()
 
     # -- writing ------------------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        pending = self._pending
+        chunks = self._chunks
         counters = self.counters
         ack = self.settings.ack
         sock = self.sock
+        failed = True
         try:
-            while True:
-                if not pending:
-                    if self._reading_done:
-                        return
-                    self._has_items.clear()
-                    self._has_items.wait()
-                    continue
-                sizes = self._sizes
-                head = pending[0]
-                if not isinstance(head, str):
-                    pending[0] = _resolve(head)  # the oldest line decides when anything can be sent
-                    self._futures -= 1
-                if not self._futures:
-                    # Only replies already known (an app that answers at once): take them all in C.
-                    out = list(pending)
-                    pending.clear()
-                    sizes.clear()
-                    self._pending_bytes = 0
+            while chunks:
+                if type(chunks[0]) is bytes:
+                    data = chunks.popleft()  # replies the reader sent in part: already counted
+                    self._queued_bytes -= self._chunk_bytes.popleft()
                 else:
-                    out = self._take_ready(pending, sizes)
+                    pieces, count = self._take_ready()
+                    pieces.append("")
+                    text = "\n".join(pieces)
+                    _count_replies(text, count, counters)
+                    data = text.encode("utf-8") if ack else b""
                 if (
-                    len(pending) < MAX_IN_FLIGHT
-                    and self._pending_bytes < MAX_IN_FLIGHT_BYTES
+                    self._queued < MAX_IN_FLIGHT
+                    and self._queued_bytes < MAX_IN_FLIGHT_BYTES
                     and not self._has_room.is_set()
                 ):
                     self._has_room.set()
-                if ack:
-                    out.append("")
-                    text = "\n".join(out)
-                    # Replies never hold a LF: the ERR ones are those at the start or after one (C speed).
-                    errors = text.count("\nERR") + (text[:3] == "ERR")
-                    if errors:
-                        _count_errors(out, counters.err_by_reason)
-                    counters.err += errors
-                    counters.ok += len(out) - 1 - errors
+                if data:
+                    self._writing = True
                     sock.settimeout(self.settings.client_timeout)
-                    sock.sendall(text.encode("utf-8"))
-                else:
-                    errors = _count_errors(out, counters.err_by_reason)
-                    counters.err += errors
-                    counters.ok += len(out) - errors
+                    sock.sendall(data)
+                    self._writing = False
+            failed = False  # all sent: the writer ends, and the next reply that must wait starts another
         except OSError:
             pass  # the client is gone (or never read for client_timeout)
         finally:
-            if pending or not self._reading_done:
+            self._writer = None
+            if failed:
                 # The writer died: no reply can be sent any more, so the reader must end too, wherever it
                 # waits (in recv, for room, inside the app).
                 self._writer_failed = True
@@ -336,25 +400,89 @@ class LineConnection:
                 if self._reader is not None and not self._reading_done:
                     self._reader.kill(StopReading, block=False)
 
-    def _take_ready(self, pending: deque[Any], sizes: deque[int]) -> list[str]:
-        """The replies at the head of the queue that are known, resolving the futures that are ready."""
-        out = []
-        last_future: Any = None
-        last_text = ""
-        while pending:
-            item = pending[0]
-            if not isinstance(item, str):
-                # Lines of one batch may share its future: resolve it once, not once per line.
-                if item is not last_future:
-                    if not item.ready():
-                        break
-                    last_future, last_text = item, _resolve(item)
-                item = last_text
-                self._futures -= 1
-            pending.popleft()
-            self._pending_bytes -= sizes.popleft()
-            out.append(item)
-        return out
+    def _take_ready(self) -> tuple[list[str], int]:
+        """The replies at the head of the queue that are known, joined by chunk, and how many they are.
+
+        Waits for the oldest reply if none is known: it decides when anything can be sent.
+        """
+        chunks = self._chunks
+        pieces: list[str] = []
+        count = 0
+        while chunks:
+            chunk = chunks[0]
+            if type(chunk) is bytes:
+                break  # the writer sends it on its own
+            start = self._head
+            if start == 0:
+                try:
+                    piece = "\n".join(chunk)  # every reply known, in one C call...
+                except TypeError:
+                    piece = ""
+                if piece and piece.count("\n") == len(chunk) - 1:  # ...and each one line
+                    pieces.append(piece)
+                    count += len(chunk)
+                    self._chunk_done()
+                    continue
+            stop = self._resolve(chunk, start, wait=not pieces)
+            if stop > start:
+                pieces.append("\n".join(chunk[start:stop]))
+                count += stop - start
+            if stop < len(chunk):
+                self._head = stop
+                break
+            self._chunk_done()
+        self._queued -= count
+        return pieces, count
+
+    def _chunk_done(self) -> None:
+        self._chunks.popleft()
+        self._queued_bytes -= self._chunk_bytes.popleft()
+        self._head = 0
+
+    def _resolve(self, chunk: list[Any], start: int, wait: bool) -> int:
+        """Replace the futures of ``chunk`` from ``start`` by their replies, up to the first one not ready
+        (waiting for the one at ``start`` if ``wait``); return where it stopped. Checks every reply: one that
+        is not one line of text becomes ERR unavailable, with a log line naming the app.
+
+        A future may fill several consecutive places (lines committed together): it is resolved once, and
+        its result is either one reply for all of them or a list of one reply per place.
+        """
+        i = start
+        end = len(chunk)
+        while i < end:
+            item = chunk[i]
+            if isinstance(item, str):
+                if "\n" in item:
+                    chunk[i] = self._bad_reply(item)
+                i += 1
+                continue
+            ready = getattr(item, "ready", None)
+            if ready is None:
+                chunk[i] = self._bad_reply(item)
+                i += 1
+                continue
+            if not (wait and i == start) and not ready():
+                return i
+            result = _result(item)
+            places = i + 1  # the places this future fills
+            while places < end and chunk[places] is item:
+                places += 1
+            if isinstance(result, list):
+                if len(result) != places - i:
+                    result = self._bad_reply(result)
+            elif not isinstance(result, str) or "\n" in result:
+                result = self._bad_reply(result)
+            if isinstance(result, list):
+                for j, reply in enumerate(result, i):
+                    chunk[j] = reply if isinstance(reply, str) and "\n" not in reply else self._bad_reply(reply)
+            else:
+                chunk[i:places] = [result] * (places - i)
+            i = places
+        return end
+
+    def _bad_reply(self, reply: Any) -> str:
+        log.error("application %s gave a reply that is not one line of text: %.100r", _name(self.app), reply)
+        return ERR_UNAVAILABLE
 
     # -- closing ------------------------------------------------------------------------------------
 
@@ -381,23 +509,30 @@ class LineConnection:
             sock.close()
 
 
-def _count_errors(replies: list[str], by_reason: dict[str, int]) -> int:
-    """Count the ERR replies, by reason (only called when some reply is not OK)."""
-    errors = 0
-    for reply in replies:
-        if reply.startswith("ERR"):
-            errors += 1
-            reason = reply[4:] or "unknown"
-            by_reason[reason] = by_reason.get(reason, 0) + 1
-    return errors
+def _count_replies(text: str, count: int, counters: Counters) -> None:
+    """Count ``count`` replies, joined in ``text`` with LFs, as OK or ERR (by reason)."""
+    # Replies never hold a LF: the ERR ones are those at the start or after one (C speed).
+    errors = text.count("\nERR") + (text[:3] == "ERR")
+    if errors:
+        by_reason = counters.err_by_reason
+        for reply in text.split("\n"):
+            if reply.startswith("ERR"):
+                reason = reply[4:] or "unknown"
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+    counters.err += errors
+    counters.ok += count - errors
 
 
-def _resolve(future: Any) -> str:
+def _result(future: Any) -> Any:
     try:
         return future.get()
     except Exception:
         log.exception("application reply failed")
         return ERR_UNAVAILABLE
+
+
+def _name(app: Any) -> str:
+    return f"{type(app).__module__}.{type(app).__qualname__}"
 
 
 def _peer_name(sock: socket.socket, addr: Any) -> str:

@@ -205,8 +205,10 @@ def test_backpressure_bounds_memory_while_database_is_down(db):
             assert sent["bytes"] < 4 * 200 * len(line) * 1000, "the worker kept reading while the database was down"
             growth = status["rss_bytes"] - rss_before
             assert growth < 64 * 1024 * 1024, f"worker grew by {growth} bytes with the database down"
-            # Read: the warm-up line, max_pending queued lines, and one line held by each blocked reader.
-            assert status["lines_in"] <= 1 + 2000 + 4, status
+            # Read: the warm-up line, max_pending queued lines, the read that crossed the bound, and the read
+            # each blocked reader holds (a reader hands the app all the complete lines of one read at once).
+            per_read = 65536 // len(line) + 2
+            assert status["lines_in"] <= 1 + 2000 + (1 + 4) * per_read, status
         finally:
             gevent.killall(senders)
             db.restart()
@@ -384,20 +386,21 @@ def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
     from prefork.app import Client, WorkerInfo
     from prefork.config import load_config
-    from workers.ingest import IngestApp
+    from workers.ingest import IngestApp, Rows
 
     cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})
     app = IngestApp()
     app.setup(WorkerInfo(pid=os.getpid(), generation=1, config=cfg))
     try:
         assert app.handle("warm", Client("127.0.0.1", 1)).get(timeout=20) == "OK"
-        line = app.handle("once", Client("127.0.0.1", 1))
-        line.batch.taken = True
+        batch = app.handle("once", Client("127.0.0.1", 1)).batch
+        batch.taken = True
         app._batches.clear()
         marker = os.urandom(16)
         deadline = time.monotonic() + 20
-        app._write([line], marker, deadline)
-        app._write([line], marker, deadline)  # the same batch again, as after an unknown outcome
+        rows_ = Rows(batch.texts, batch.runs)
+        app._write(rows_, marker, deadline)
+        app._write(rows_, marker, deadline)  # the same batch again, as after an unknown outcome
     finally:
         app.close(5)
     assert rows(dsn, "t_dup_marker") == ["warm", "once"]
@@ -449,8 +452,9 @@ def test_pending_bytes_bound_memory_while_database_is_down():
             state = srv.status()["workers"][0]
         finally:
             gevent.killall(senders)
-        # 4 MB of queued lines (about 70), one line held by each blocked reader, and the reads in flight.
-        assert state["lines_in"] <= 70 + 4, state
+        # 4 MB of queued lines (about 70), the read that crossed the bound and the read each blocked reader
+        # holds (a read of 64 KiB holds at most 2 of these lines).
+        assert state["lines_in"] <= 70 + (1 + 4) * 2, state
         growth = state["rss_bytes"] - rss_before
         assert growth < 48 * 1024 * 1024, f"worker grew by {growth} bytes with {sent['bytes']} bytes sent"
 

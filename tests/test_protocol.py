@@ -582,16 +582,17 @@ def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
 
 @pytest.mark.timeout(60)
 def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_reader(tmp_path):
-    """A reader waiting for room (4096 lines in flight) with complete lines left in its buffer is not killed
-    by TERM: those lines are answered too, then the server half-closes and drains, so the client reads every
-    reply and a clean EOF even though it kept sending (a close with unread input would send RST)."""
+    """A reader waiting for room (5000 lines in flight) is not killed by TERM: those lines are answered,
+    then the server half-closes and drains, so the client reads every reply and a clean EOF even though it
+    kept sending (a close with unread input would send RST)."""
     gate = tmp_path / "gate"
     with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
         sock = connect(srv.port)
         lines = [b"l%d" % i for i in range(5000)]
         sock.sendall(b"".join(line + b"\n" for line in lines))  # one write: the server reads it at once
         port = sock.getsockname()[1]
-        wait_for(lambda: totals(srv)["lines_in"] == 4096, 20, what="4096 lines in flight")
+        # The reader takes the whole read at once (5000 lines, more than MAX_IN_FLIGHT), then waits for room.
+        wait_for(lambda: totals(srv)["lines_in"] == 5000, 20, what="5000 lines in flight")
         wait_for(lambda: tcp_queues(srv.port, port)[1] == 0, 20, what="the server to read everything")
         srv.signal(signal.SIGTERM)
         time.sleep(0.5)
@@ -610,8 +611,10 @@ def test_reader_blocked_in_the_app_ends_when_its_writer_dies(tmp_path):
     gate = tmp_path / "gate"
     with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
         sock = connect(srv.port)
-        sock.sendall(b"a\n" * 4000 + b"stall\n" + b"b\n" * 5000)
-        wait_for(lambda: totals(srv)["lines_in"] == 4001, 20, what="the reader to block in the app")
+        sock.sendall(b"a\n" * 4000)
+        wait_for(lambda: totals(srv)["lines_in"] == 4000, 20, what="4000 replies pending")
+        sock.sendall(b"stall\n" + b"b\n" * 5000)
+        wait_for(lambda: totals(srv)["lines_in"] > 4000, 20, what="the reader to block in the app")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # RST, with 4000 replies pending
         gate.touch()  # the writer now sends into the reset connection and dies
@@ -633,3 +636,30 @@ def test_lines_in_transit_at_a_graceful_stop_are_still_answered():
         assert read_all(sock) == b"in\ntransit\n"
         sock.close()
         assert srv.wait(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_replies_that_break_the_contract_become_err_for_their_line_only():
+    """None, a number, a list, a reply holding a LF, an exception from handle or from a future: each gives
+    ERR unavailable for its own line, with a log line naming the app; the lines around it are answered and
+    the connection goes on (before, 42 killed the writer and a LF split one reply into two lines)."""
+    lines = [b"a", b"none", b"b", b"int", b"c", b"newline", b"d", b"raise", b"e", b"future-raises", b"f"]
+    lines += [b"list", b"bare-none", b"g"]
+    with ServerProcess(["testapps:contract", "--workers", "1"]) as srv:
+        replies = roundtrip(srv.port, lines)
+        assert replies == [line if len(line) == 1 else b"ERR unavailable" for line in lines]
+        assert roundtrip(srv.port, [b"still", b"serving"]) == [b"still", b"serving"]
+        logs = srv.logs()
+    assert logs.count("gave a reply that is not one line of text") == 5, logs[-3000:]
+    assert "testapps.Contract" in logs
+
+
+@pytest.mark.timeout(60)
+def test_handle_lines_future_shared_by_a_read_may_resolve_to_one_reply_per_line():
+    with ServerProcess(["testapps:grouped", "--workers", "1"]) as srv:
+        assert roundtrip(srv.port, [b"x%d" % i for i in range(3000)]) == [b"X%d" % i for i in range(3000)]
+        # A list one reply short: which reply belongs to which line is unknown, so each of them gets ERR.
+        with connect(srv.port) as sock:
+            sock.sendall(b"p\nq\nshort\n")
+            assert read_lines(sock, 3) == [b"ERR unavailable"] * 3
+        assert "gave a reply that is not one line of text: ['P', 'Q']" in srv.logs()

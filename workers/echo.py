@@ -15,5 +15,9 @@ class EchoApp:
         """Return the line as its own reply."""
         return line
 
+    def handle_lines(self, lines: list[str], client: Client) -> list[str]:
+        """All the lines of one read at once: each is its own reply."""
+        return lines
+
 
 app = EchoApp()

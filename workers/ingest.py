@@ -83,52 +83,101 @@ DUPLICATE_KEY = 1062
 DATA_ERROR_CODES = frozenset({1048, 1062, 1264, 1292, 1300, 1366, 1367, 1406, 1452, 3819, 4025})
 
 
-class Line:
-    """One queued line; also the future of its reply (the batch's, unless the line has its own)."""
-
-    __slots__ = ("received", "addr", "text", "batch", "reply")
-
-    def __init__(self, received: float, addr: str, text: str, batch: Batch):
-        self.received = received  # epoch seconds
-        self.addr = addr
-        self.text = text
-        self.batch = batch
-        self.reply: str | None = None  # set only when it differs from the batch's (a bisected batch)
-
-    def get(self, block: bool = True, timeout: float | None = None) -> str:
-        """The reply of this line, once known."""
-        return self.reply or self.batch.get(block, timeout)
-
-    def ready(self) -> bool:
-        return self.reply is not None or self.batch.reply is not None
-
-
 class Batch:
-    """Lines committed together, and their common reply."""
+    """Lines committed together, and their common reply.
 
-    __slots__ = ("lines", "nbytes", "taken", "first_at", "reply", "_done")
+    The lines of one read of one client arrive together (``handle_lines``): they are kept as one *run*
+    (arrival time, client address, count) beside the texts, so that nothing is built per line until the
+    rows are written, and their replies are one ``Share`` of the batch.
+    """
+
+    __slots__ = ("texts", "runs", "nbytes", "taken", "first_at", "reply", "replies", "_done")
 
     def __init__(self) -> None:
-        self.lines: list[Line] = []
-        self.nbytes = 0  # memory held by the lines' text
+        self.texts: list[str] = []
+        self.runs: list[Run] = []
+        self.nbytes = 0  # memory held by the texts
         self.taken = False  # a flusher owns it (or it expired): no more lines join
         self.first_at = time.monotonic()
         self.reply: str | None = None
+        self.replies: list[str] | None = None  # one per line, only when the lines' replies differ (bisected)
         self._done = Event()
 
     def get(self, block: bool = True, timeout: float | None = None) -> str:
-        """The reply of every line of this batch, once known."""
+        """The reply of every line of this batch (unless bisected), once known."""
         if self.reply is not None:
             return self.reply
         self._done.wait(timeout)
         return self.reply or ERR_UNAVAILABLE
 
-    def ready(self) -> bool:
-        return self.reply is not None
-
     def resolve(self, reply: str) -> None:
         self.reply = reply
         self._done.set()
+
+
+# Lines of one read of one client, consecutive in a batch: (arrival time in epoch seconds, address, count).
+Run = tuple[float, str, int]
+
+
+class Share:
+    """The future of the replies of one run of lines in a batch.
+
+    The protocol puts it in the place of each of those lines and resolves it once: ``get()`` gives one
+    reply for all of them, or, for a bisected batch, the list of their own replies.
+    """
+
+    __slots__ = ("batch", "start", "count")
+
+    def __init__(self, batch: Batch, start: int, count: int):
+        self.batch = batch
+        self.start = start
+        self.count = count
+
+    def get(self, block: bool = True, timeout: float | None = None) -> str | list[str]:
+        reply = self.batch.get(block, timeout)
+        replies = self.batch.replies
+        if replies is None:
+            return reply
+        if self.count == 1:
+            return replies[self.start]
+        return replies[self.start : self.start + self.count]
+
+    def ready(self) -> bool:
+        return self.batch.reply is not None
+
+
+class Rows:
+    """Some consecutive lines of a batch, as they are written: texts, runs, and their place in the batch."""
+
+    __slots__ = ("texts", "runs", "offset")
+
+    def __init__(self, texts: list[str], runs: list[Run], offset: int = 0):
+        self.texts = texts
+        self.runs = runs
+        self.offset = offset
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def halves(self) -> tuple[Rows, Rows]:
+        """The first and second half (a run split between them is split too)."""
+        half = len(self.texts) // 2
+        first: list[Run] = []
+        second: list[Run] = []
+        seen = 0
+        for received, addr, count in self.runs:
+            if seen + count <= half:
+                first.append((received, addr, count))
+            elif seen >= half:
+                second.append((received, addr, count))
+            else:
+                first.append((received, addr, half - seen))
+                second.append((received, addr, seen + count - half))
+            seen += count
+        return (
+            Rows(self.texts[:half], first, self.offset),
+            Rows(self.texts[half:], second, self.offset + half),
+        )
 
 
 class UnknownOutcome(Exception):
@@ -174,7 +223,7 @@ class IngestApp:
         columns = "(received_at, client_addr, worker_pid, payload)"
         self._insert_head = f"INSERT INTO {quoted} {columns} VALUES "
         self._load_sql = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {columns}"
-        self._load_fields: dict[str, str] = {}  # client address -> its escaped fields between stamp and payload
+        self._load_fields: dict[str, str] = {}  # client address -> its escaped field in a LOAD file
         self._batches: deque[Batch] = deque()
         self._work = Event()
         self._room = Event()
@@ -194,26 +243,40 @@ class IngestApp:
 
     # -- the hot path -------------------------------------------------------------------------------
 
-    def handle(self, line: str, client: Client) -> Line:
-        """Queue one line; return it as the future of its reply, known once its batch is committed."""
+    def handle(self, line: str, client: Client) -> Share:
+        """Queue one line; return the future of its reply, known once its batch is committed."""
+        return self.handle_lines([line], client)[0]
+
+    def handle_lines(self, lines: list[str], client: Client) -> list[Share]:
+        """Queue the lines of one read; return the futures of their replies, one per line (lines that join
+        the same batch share one)."""
         while self.pending >= self.max_pending or self.pending_bytes >= self.max_pending_bytes:
             # Backpressure: this reader waits, so the worker stops reading from clients.
             self._room.clear()
             self._room.wait()
+        received = time.time()
+        addr = client.addr
         batches = self._batches
-        batch = batches[-1] if batches else None
-        if batch is None or batch.taken or len(batch.lines) >= self.batch_size:
-            batch = Batch()
-            batches.append(batch)
-        queued = Line(time.time(), client.addr, line, batch)
-        batch.lines.append(queued)
-        size = sys.getsizeof(line)
-        batch.nbytes += size
-        self.pending += 1
-        self.pending_bytes += size
+        replies: list[Share] = []
+        done = 0
+        while done < len(lines):
+            batch = batches[-1] if batches else None
+            if batch is None or batch.taken or len(batch.texts) >= self.batch_size:
+                batch = Batch()
+                batches.append(batch)
+            count = min(len(lines) - done, self.batch_size - len(batch.texts))
+            part = lines if count == len(lines) else lines[done : done + count]
+            size = sum(map(sys.getsizeof, part))
+            replies += [Share(batch, len(batch.texts), count)] * count
+            batch.texts += part
+            batch.runs.append((received, addr, count))
+            batch.nbytes += size
+            self.pending += count
+            self.pending_bytes += size
+            done += count
         if not self._work.is_set():
             self._work.set()
-        return queued
+        return replies
 
     def _flush_loop(self) -> None:
         while True:
@@ -228,11 +291,13 @@ class IngestApp:
             deadline = batch.first_at + self.commit_timeout
             try:
                 # A batch already past its deadline is answered without being sent.
-                reply = self._commit(batch.lines, deadline) if time.monotonic() < deadline else ERR_UNAVAILABLE
+                rows = Rows(batch.texts, batch.runs)
+                reply = self._commit(rows, deadline) if time.monotonic() < deadline else ERR_UNAVAILABLE
             except Rejected as exc:
-                reply = self._bisect(batch.lines, deadline, exc)
+                batch.replies = [ERR_UNAVAILABLE] * len(rows)
+                reply = self._bisect(batch, rows, deadline, exc)
             except Exception:
-                log.exception("ingest: batch of %d lines failed", len(batch.lines))
+                log.exception("ingest: batch of %d lines failed", len(batch.texts))
                 reply = ERR_UNAVAILABLE
             self._settled(batch, reply)
             self._maybe_prune()
@@ -240,9 +305,10 @@ class IngestApp:
     def _settled(self, batch: Batch, reply: str) -> None:
         """Release a batch's replies and its room in the queue."""
         batch.resolve(reply)
-        self.pending -= len(batch.lines)
+        self.pending -= len(batch.texts)
         self.pending_bytes -= batch.nbytes
-        batch.lines = []  # lines point to their batch: without this cycle they are freed as soon as answered
+        batch.texts = []  # answered: the texts are not needed any more
+        batch.runs = []
         if not self._room.is_set() and self.pending < self.max_pending and self.pending_bytes < self.max_pending_bytes:
             self._room.set()
 
@@ -257,7 +323,7 @@ class IngestApp:
             while batches and batches[0].first_at + self.commit_timeout <= now:
                 batch = batches.popleft()
                 batch.taken = True
-                expired += len(batch.lines)
+                expired += len(batch.texts)
                 self._settled(batch, ERR_UNAVAILABLE)
             if expired:
                 log.error(
@@ -269,7 +335,7 @@ class IngestApp:
 
     # -- committing a batch -------------------------------------------------------------------------
 
-    def _commit(self, lines: list[Line], deadline: float) -> str:
+    def _commit(self, lines: Rows, deadline: float) -> str:
         """Store these lines exactly once if at all possible before the deadline; return their reply.
 
         Raises Rejected when the database refuses one of their values.
@@ -308,29 +374,27 @@ class IngestApp:
             gevent.sleep(delay)
             delay = min(RETRY_DELAY_MAX, delay * 2)
 
-    def _bisect(self, lines: list[Line], deadline: float, exc: Rejected) -> str:
-        """Store the lines of a rejected batch in halves until the offending lines are alone; give those
-        ERR rejected. Sets each line's own reply and returns the one the batch resolves with."""
-        if len(lines) == 1:
-            lines[0].reply = ERR_REJECTED
+    def _bisect(self, batch: Batch, rows: Rows, deadline: float, exc: Rejected) -> str:
+        """Store the rows of a rejected batch in halves until the offending lines are alone; give those
+        ERR rejected. Sets each line's own reply in ``batch.replies``; returns the batch's reply."""
+        if len(rows) == 1:
+            batch.replies[rows.offset] = ERR_REJECTED
             self.rejected += 1
-            log.warning("ingest: a line from %s was rejected by the database: %s", lines[0].addr, exc.__cause__)
+            log.warning("ingest: a line from %s was rejected by the database: %s", rows.runs[0][1], exc.__cause__)
             return ERR_REJECTED
-        half = len(lines) // 2
-        for part in (lines[:half], lines[half:]):
+        for part in rows.halves():
             try:
                 reply = self._commit(part, deadline)
             except Rejected as part_exc:
-                reply = self._bisect(part, deadline, part_exc)
+                self._bisect(batch, part, deadline, part_exc)
+                continue
             except Exception:
                 log.exception("ingest: part of a rejected batch failed")
                 reply = ERR_UNAVAILABLE
-            for line in part:
-                if line.reply is None:
-                    line.reply = reply
+            batch.replies[part.offset : part.offset + len(part)] = [reply] * len(part)
         return OK
 
-    def _write(self, lines: list[Line], marker: bytes, deadline: float) -> None:
+    def _write(self, lines: Rows, marker: bytes, deadline: float) -> None:
         timeout = max(0.05, min(self.pool.timeout, deadline - time.monotonic()))
         session: Session | None = None  # known once the COMMIT is about to be sent
         try:
@@ -363,7 +427,7 @@ class IngestApp:
                 raise Rejected(f"{len(lines)} lines refused: {exc}") from exc
             raise
 
-    def _load(self, conn: Any, lines: list[Line], marker: bytes) -> bool:
+    def _load(self, conn: Any, lines: Rows, marker: bytes) -> bool:
         """Write the rows with LOAD DATA LOCAL INFILE if the method says so; True if they are written.
 
         False leaves the transaction as it was (the marker alone in it): the caller INSERTs the rows.
@@ -399,49 +463,54 @@ class IngestApp:
         conn.cursor().execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
         return False
 
-    def _load_data(self, lines: list[Line]) -> bytes:
-        """The batch as the file of a LOAD (LOAD_FORMAT): stamp, address, pid and payload per row."""
-        joined = "\n".join([line.text for line in lines])  # a payload never holds LF
-        if "\\" in joined or "\t" in joined or "\0" in joined:
-            joined = _escape_field(joined)
-        fields = self._load_fields
-        pid = self.pid
-        stamp = self._stamp
-        rows = []
-        append = rows.append
-        for line, text in zip(lines, joined.split("\n"), strict=True):
-            middle = fields.get(line.addr)
-            if middle is None:
-                if len(fields) > 10000:
-                    fields.clear()
-                middle = fields[line.addr] = f"\t{_escape_field(line.addr)}\t{pid}\t"
-            append(f"{stamp(line.received)}{middle}{text}\n")
-        return "".join(rows).encode()
+    def _load_data(self, rows: Rows) -> bytes:
+        """The rows as the file of a LOAD (LOAD_FORMAT): stamp, address, pid and payload per row.
 
-    def _statements(self, conn: Any, lines: list[Line]) -> Iterator[str]:
-        """Multi-row INSERTs of the batch, each under STATEMENT_CHARS of payload.
+        Built per run, not per line: the fields before the payload are the same for a whole run.
+        """
+        texts = rows.texts
+        joined = "\n".join(texts)  # a payload never holds LF
+        if "\\" in joined or "\t" in joined or "\0" in joined:
+            texts = _escape_field(joined).split("\n")
+        parts = []
+        done = 0
+        for received, addr, count in rows.runs:
+            head = f"{self._stamp(received)}\t{self._load_field(addr)}\t{self.pid}\t"
+            parts.append(head)
+            parts.append(("\n" + head).join(texts[done : done + count]))
+            parts.append("\n")
+            done += count
+        return "".join(parts).encode()
+
+    def _load_field(self, addr: str) -> str:
+        field = self._load_fields.get(addr)
+        if field is None:
+            if len(self._load_fields) > 10000:
+                self._load_fields.clear()
+            field = self._load_fields[addr] = _escape_field(addr)
+        return field
+
+    def _statements(self, conn: Any, rows: Rows) -> Iterator[str]:
+        """Multi-row INSERTs of the rows, each under STATEMENT_CHARS of payload.
 
         Values go through the driver's own parameter escaping (``conn.escape``, which is what
         ``cursor.execute(sql, params)`` applies, and which honours NO_BACKSLASH_ESCAPES); building the
         statement here skips the driver's per-value type dispatch and %-formatting of 4 parameters per
-        row, the largest cost of the ingest path. No value is ever formatted into SQL unescaped.
+        row. No value is ever formatted into SQL unescaped.
         """
         escape = conn.escape
-        stamp = self._stamp
-        addrs: dict[str, str] = {}
-        pid = self.pid
         values: list[str] = []
         size = 0
-        for line in lines:
-            text = line.text
-            quoted_addr = addrs.get(line.addr)
-            if quoted_addr is None:
-                quoted_addr = addrs[line.addr] = escape(line.addr)
-            if size + len(text) > STATEMENT_CHARS and values:
-                yield self._insert_head + ",".join(values)
-                values, size = [], 0
-            values.append(f"('{stamp(line.received)}',{quoted_addr},{pid},{escape(text)})")
-            size += len(text)
+        texts = iter(rows.texts)
+        for received, addr, count in rows.runs:
+            head = f"('{self._stamp(received)}',{escape(addr)},{self.pid},"
+            for _ in range(count):
+                text = next(texts)
+                if size + len(text) > STATEMENT_CHARS and values:
+                    yield self._insert_head + ",".join(values)
+                    values, size = [], 0
+                values.append(f"{head}{escape(text)})")
+                size += len(text)
         if values:
             yield self._insert_head + ",".join(values)
 

@@ -154,3 +154,51 @@ class OddStats:
 
 
 odd_stats = OddStats()
+
+
+class Contract:
+    """Replies that break the reply contract, chosen by the line; any other line is echoed through a future
+    that resolves a moment later (so bad replies sit behind pending futures, as in a real app)."""
+
+    def handle(self, line: str, client):
+        import gevent
+        from gevent.event import AsyncResult
+
+        bad = {"none": None, "int": 42, "newline": "two\nlines", "list": ["a", "b"]}
+        if line == "raise":
+            raise RuntimeError("handle failed on purpose")
+        result = AsyncResult()
+        if line == "future-raises":
+            gevent.spawn_later(0.01, result.set_exception, RuntimeError("future failed on purpose"))
+        elif line in bad:
+            gevent.spawn_later(0.01, result.set, bad[line])
+        elif line == "bare-none":
+            return None
+        else:
+            gevent.spawn_later(0.01, result.set, line)
+        return result
+
+
+contract = Contract()
+
+
+class Grouped:
+    """handle_lines: the lines of a read share one future, which resolves to a list of one reply per line
+    (upper-cased); a read holding the line `short` gets a list one reply short (a broken app)."""
+
+    def handle(self, line: str, client):
+        return line.upper()
+
+    def handle_lines(self, lines: list[str], client):
+        import gevent
+        from gevent.event import AsyncResult
+
+        result = AsyncResult()
+        replies = [line.upper() for line in lines]
+        if "short" in lines:
+            replies.pop()
+        gevent.spawn_later(0.01, result.set, replies)
+        return [result] * len(lines)
+
+
+grouped = Grouped()
