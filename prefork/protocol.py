@@ -96,6 +96,14 @@ class StopReading(BaseException):
 class LineConnection:
     """Serve one client until EOF, timeout, error or graceful stop."""
 
+    # Thousands of mostly idle connections per worker: slots, and the queue and its event made only when a
+    # reply has to wait, keep each one small.
+    __slots__ = (
+        "sock", "app", "settings", "counters", "client", "_handle_lines", "_raw", "_chunks", "_chunk_bytes",
+        "_head", "_queued", "_queued_bytes", "_has_room", "_writer", "_writing", "_reading_done", "_saw_eof",
+        "_writer_failed", "_stopping", "_in_recv", "_wake", "_reader",
+    )  # fmt: skip
+
     def __init__(self, sock: socket.socket, addr: Any, app: Any, settings: ProtocolSettings, counters: Counters):
         self.sock = sock
         self.app = app
@@ -106,14 +114,14 @@ class LineConnection:
         self._handle_lines = getattr(app, "handle_lines", None)
         # The OS socket under gevent's, for sends that must not block (None: always use the writer).
         self._raw = getattr(sock, "_sock", None)
-        # In line order: the replies (str or futures) of each dispatch, or bytes the reader could not send.
-        self._chunks: deque[Any] = deque()
-        self._chunk_bytes: deque[int] = deque()  # what each chunk counts in _queued_bytes
+        # In line order: the replies (str or futures) of each dispatch, or bytes the reader could not send;
+        # None while nothing waits.
+        self._chunks: deque[Any] | None = None
+        self._chunk_bytes: deque[int] | None = None  # what each chunk counts in _queued_bytes
         self._head = 0  # replies of _chunks[0] already sent
         self._queued = 0  # lines read and not answered yet
         self._queued_bytes = 0  # the size of their replies, as far as known when queued
-        self._has_room = Event()
-        self._has_room.set()
+        self._has_room: Event | None = None  # set by the writer when a reader waiting for room may go on
         self._writer: gevent.Greenlet | None = None
         self._writing = False  # the writer took replies off the queue and is still sending them
         self._reading_done = False
@@ -322,6 +330,9 @@ class LineConnection:
         self._enqueue(replies, size)
 
     def _enqueue(self, item: Any, size: int) -> None:
+        if self._chunks is None:
+            self._chunks = deque()
+            self._chunk_bytes = deque()
         self._chunks.append(item)
         self._chunk_bytes.append(size)
         self._queued_bytes += size
@@ -354,6 +365,8 @@ class LineConnection:
     def _wait_for_room(self) -> None:
         # Backpressure: stop reading until the writer catches up. A graceful stop does not interrupt this
         # wait (the rest of the buffer still gets its replies); a writer that dies does.
+        if self._has_room is None:
+            self._has_room = Event()
         self._has_room.clear()
         self._has_room.wait()
 
@@ -376,18 +389,21 @@ class LineConnection:
                     text = "\n".join(pieces)
                     _count_replies(text, count, counters)
                     data = text.encode("utf-8") if ack else b""
+                room = self._has_room
                 if (
-                    self._queued < MAX_IN_FLIGHT
+                    room is not None
+                    and not room.is_set()
+                    and self._queued < MAX_IN_FLIGHT
                     and self._queued_bytes < MAX_IN_FLIGHT_BYTES
-                    and not self._has_room.is_set()
                 ):
-                    self._has_room.set()
+                    room.set()
                 if data:
                     self._writing = True
                     sock.settimeout(self.settings.client_timeout)
                     sock.sendall(data)
                     self._writing = False
             failed = False  # all sent: the writer ends, and the next reply that must wait starts another
+            self._chunks = self._chunk_bytes = None
         except OSError:
             pass  # the client is gone (or never read for client_timeout)
         finally:
