@@ -23,6 +23,7 @@ are open, and the clock starts when the parent then writes a byte on stdin, so a
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from collections import deque
@@ -44,6 +45,7 @@ RING_LINES = 4096
 class Conn:
     def __init__(self, port: int, name: str):
         self.sock = gevent.socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as a latency-minded client would
         lines = [
             f"{name}-{i:05d} an open loop line, some typical log payload of moderate length\n"
             for i in range(RING_LINES)

@@ -112,6 +112,10 @@ class LineConnection:
         counters.next_client_id += 1
         self.client = Client(addr=_peer_name(sock, addr), id=counters.next_client_id)
         self._handle_lines = getattr(app, "handle_lines", None)
+        if sock.family != socket.AF_UNIX:
+            # Replies are small and go out as soon as they are known: without this, Nagle's algorithm holds a
+            # reply until the client ACKs the previous one, and a delayed ACK takes up to 40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # The OS socket under gevent's, for sends that must not block (None: always use the writer).
         self._raw = getattr(sock, "_sock", None)
         # In line order: the replies (str or futures) of each dispatch, or bytes the reader could not send;

@@ -663,3 +663,17 @@ def test_handle_lines_future_shared_by_a_read_may_resolve_to_one_reply_per_line(
             sock.sendall(b"p\nq\nshort\n")
             assert read_lines(sock, 3) == [b"ERR unavailable"] * 3
         assert "gave a reply that is not one line of text: ['P', 'Q']" in srv.logs()
+
+
+def test_tcp_connections_send_replies_without_nagle_delay():
+    """A reply known while the previous one is unacknowledged goes out at once: TCP_NODELAY on every TCP
+    connection (with Nagle's algorithm, a delayed ACK can hold it for 40 ms)."""
+    from prefork.protocol import Counters, LineConnection, ProtocolSettings
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        served, addr = listener.accept()
+        with client, served:
+            assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            LineConnection(served, addr, object(), ProtocolSettings(), Counters())
+            assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
