@@ -100,7 +100,7 @@ class LineConnection:
     # reply has to wait, keep each one small.
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "_handle_lines", "_raw", "_chunks", "_chunk_bytes",
-        "_head", "_queued", "_queued_bytes", "_has_room", "_writer", "_writing", "_reading_done", "_saw_eof",
+        "_head", "_queued", "_queued_bytes", "_has_room", "_writer", "_unsent", "_linked", "_reading_done", "_saw_eof",
         "_writer_failed", "_stopping", "_in_recv", "_wake", "_reader",
     )  # fmt: skip
 
@@ -127,7 +127,8 @@ class LineConnection:
         self._queued_bytes = 0  # the size of their replies, as far as known when queued
         self._has_room: Event | None = None  # set by the writer when a reader waiting for room may go on
         self._writer: gevent.Greenlet | None = None
-        self._writing = False  # the writer took replies off the queue and is still sending them
+        self._unsent: bytes | None = None  # replies the socket did not take at once: the writer sends them first
+        self._linked: Any = None  # the future at the head of the queue that calls _on_ready when resolved
         self._reading_done = False
         self._saw_eof = False  # the client half-closed: nothing is left to drain at close
         self._writer_failed = False
@@ -149,6 +150,8 @@ class LineConnection:
                 pass
             finally:
                 self._reading_done = True
+            if self._chunks or self._unsent is not None:
+                self._start_writer()  # the rest is sent (or waited for) by a greenlet this one can join
             # A StopReading thrown by a dying writer may still be on its way: it must not cut the join
             # short (replies pending) or escape this greenlet.
             while self._writer is not None and not self._writer.dead:
@@ -315,56 +318,36 @@ class LineConnection:
         return replies
 
     def _queue(self, replies: list[Any]) -> None:
-        """Send the replies of one dispatch, or queue them for the writer; wait for room if too much is
-        queued."""
-        if not self._chunks and not self._writing:
+        """Send the replies of one dispatch, or queue them; wait for room if too much is queued."""
+        count = len(replies)
+        # Nothing queued and no writer (which may still be sending older replies): these may go out now.
+        if not self._chunks and self._writer is None and type(replies[0]) is str:
             try:
                 text = "\n".join(replies)  # every reply known...
             except TypeError:
                 text = None
-            if text is not None and text.count("\n") == len(replies) - 1:  # ...and each one line
-                self._send_now(text + "\n", len(replies))
+            if text is not None and text.count("\n") == count - 1:  # ...and each one line
+                _count_replies(text, count, self.counters)
+                if self.settings.ack:
+                    self._send((text + "\n").encode("utf-8"))
                 return
-        count = len(replies)
-        try:
-            size = sum(map(len, replies)) + count  # all known: their text and the LFs
-        except TypeError:
+        if type(replies[0]) is str:
+            try:
+                size = sum(map(len, replies)) + count  # all known: their text and the LFs
+            except TypeError:
+                size = count
+        else:
             size = count  # futures count as one byte until they resolve
-        self._queued += count
-        self._enqueue(replies, size)
-
-    def _enqueue(self, item: Any, size: int) -> None:
         if self._chunks is None:
             self._chunks = deque()
             self._chunk_bytes = deque()
-        self._chunks.append(item)
+        self._chunks.append(replies)
         self._chunk_bytes.append(size)
+        self._queued += count
         self._queued_bytes += size
-        if self._writer is None:
-            self._writer = gevent.spawn(self._write_loop)
+        self._pump()
         if self._queued >= MAX_IN_FLIGHT or self._queued_bytes >= MAX_IN_FLIGHT_BYTES:
             self._wait_for_room()
-
-    def _send_now(self, text: str, count: int) -> None:
-        """Send known replies from the reader without blocking it; what the socket does not take at once
-        goes to the writer."""
-        _count_replies(text, count, self.counters)
-        if not self.settings.ack:
-            return
-        data = text.encode("utf-8")
-        sent = 0
-        if self._raw is not None:
-            try:
-                sent = self._raw.send(data)
-            except BlockingIOError:
-                pass
-            except OSError:
-                # The client is gone: nothing more can be answered, so reading more is pointless.
-                self._writer_failed = True
-                self._stopping = True
-                raise StopReading from None
-        if sent < len(data):
-            self._enqueue(data[sent:], len(data) - sent)
 
     def _wait_for_room(self) -> None:
         # Backpressure: stop reading until the writer catches up. A graceful stop does not interrupt this
@@ -374,66 +357,129 @@ class LineConnection:
         self._has_room.clear()
         self._has_room.wait()
 
+    def _made_room(self) -> None:
+        room = self._has_room
+        if (
+            room is not None
+            and not room.is_set()
+            and self._queued < MAX_IN_FLIGHT
+            and self._queued_bytes < MAX_IN_FLIGHT_BYTES
+        ):
+            room.set()
+
     # -- writing ------------------------------------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        chunks = self._chunks
-        counters = self.counters
-        ack = self.settings.ack
-        sock = self.sock
-        failed = True
-        try:
-            while chunks:
-                if type(chunks[0]) is bytes:
-                    data = chunks.popleft()  # replies the reader sent in part: already counted
-                    self._queued_bytes -= self._chunk_bytes.popleft()
-                else:
-                    pieces, count = self._take_ready()
-                    pieces.append("")
-                    text = "\n".join(pieces)
-                    _count_replies(text, count, counters)
-                    data = text.encode("utf-8") if ack else b""
-                room = self._has_room
-                if (
-                    room is not None
-                    and not room.is_set()
-                    and self._queued < MAX_IN_FLIGHT
-                    and self._queued_bytes < MAX_IN_FLIGHT_BYTES
-                ):
-                    room.set()
-                if data:
-                    self._writing = True
-                    sock.settimeout(self.settings.client_timeout)
-                    sock.sendall(data)
-                    self._writing = False
-            failed = False  # all sent: the writer ends, and the next reply that must wait starts another
-            self._chunks = self._chunk_bytes = None
-        except OSError:
-            pass  # the client is gone (or never read for client_timeout)
-        finally:
-            self._writer = None
-            if failed:
-                # The writer died: no reply can be sent any more, so the reader must end too, wherever it
-                # waits (in recv, for room, inside the app).
-                self._writer_failed = True
-                self._stopping = True
-                if self._reader is not None and not self._reading_done:
-                    self._reader.kill(StopReading, block=False)
+    def _send(self, data: bytes) -> None:
+        """Send without blocking; what the socket does not take at once is left to a writer greenlet."""
+        sent = 0
+        if self._raw is not None:
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._client_gone()
+                return
+        if sent < len(data):
+            self._unsent = data[sent:]
+            self._queued_bytes += len(data) - sent
+            self._start_writer()
 
-    def _take_ready(self) -> tuple[list[str], int]:
+    def _pump(self) -> None:
+        """Send the replies known at the head of the queue without blocking, from whichever greenlet or
+        callback made them known. When the head is a future that is not ready, it calls back when it is
+        (``rawlink``), so no greenlet waits for it; a future without ``rawlink``, or a socket that is
+        full, gets a writer greenlet, which may block (and then does the sending until the queue is empty).
+        """
+        while self._chunks and self._writer is None and not self._writer_failed:
+            pieces, count = self._take_ready(wait=False)
+            if count:
+                pieces.append("")
+                text = "\n".join(pieces)
+                _count_replies(text, count, self.counters)
+                if self.settings.ack:
+                    self._send(text.encode("utf-8"))
+                self._made_room()
+                continue
+            head = self._chunks[0][self._head]
+            if head is self._linked:
+                return
+            rawlink = getattr(head, "rawlink", None)
+            if rawlink is None:
+                self._start_writer()
+                return
+            self._linked = head
+            rawlink(self._on_ready)
+            return
+        if not self._chunks and self._writer is None:
+            self._chunks = self._chunk_bytes = None  # nothing waits: free the queue
+
+    def _on_ready(self, _source: Any) -> None:
+        """The future at the head of the queue resolved (called by the event loop)."""
+        self._linked = None
+        try:
+            self._pump()
+        except Exception:
+            log.exception("sending replies to %s failed", self.client.addr)
+            self._client_gone()
+
+    def _start_writer(self) -> None:
+        if self._writer is None and not self._writer_failed:
+            self._writer = gevent.spawn(self._write_loop)
+
+    def _client_gone(self) -> None:
+        """No reply can be sent any more, so the reader must end too, wherever it waits (in recv, for room,
+        inside the app)."""
+        self._writer_failed = True
+        self._stopping = True
+        reader = self._reader
+        if reader is not None and not self._reading_done:
+            if reader is gevent.getcurrent():
+                raise StopReading
+            reader.kill(StopReading, block=False)
+
+    def _write_loop(self) -> None:
+        """The blocking writer: sends what the socket did not take at once, and waits for futures that
+        cannot call back; ends when the queue is empty."""
+        sock = self.sock
+        try:
+            sock.settimeout(self.settings.client_timeout)
+            while True:
+                if self._unsent is not None:
+                    data, self._unsent = self._unsent, None
+                    sock.sendall(data)
+                    self._queued_bytes -= len(data)
+                    self._made_room()
+                    continue
+                if not self._chunks:
+                    break
+                pieces, count = self._take_ready(wait=True)
+                pieces.append("")
+                text = "\n".join(pieces)
+                _count_replies(text, count, self.counters)
+                self._made_room()
+                if self.settings.ack:
+                    sock.sendall(text.encode("utf-8"))
+        except OSError:
+            self._writer = None
+            self._client_gone()  # the client is gone (or never read for client_timeout)
+            return
+        self._writer = None
+        if not self._chunks:
+            self._chunks = self._chunk_bytes = None
+
+    def _take_ready(self, wait: bool) -> tuple[list[str], int]:
         """The replies at the head of the queue that are known, joined by chunk, and how many they are.
 
-        Waits for the oldest reply if none is known: it decides when anything can be sent.
+        With ``wait``, waits for the oldest reply if none is known: it decides when anything can be sent.
         """
         chunks = self._chunks
         pieces: list[str] = []
         count = 0
         while chunks:
             chunk = chunks[0]
-            if type(chunk) is bytes:
-                break  # the writer sends it on its own
             start = self._head
-            if start == 0:
+            if start == 0 and type(chunk[0]) is str:
                 try:
                     piece = "\n".join(chunk)  # every reply known, in one C call...
                 except TypeError:
@@ -443,7 +489,7 @@ class LineConnection:
                     count += len(chunk)
                     self._chunk_done()
                     continue
-            stop = self._resolve(chunk, start, wait=not pieces)
+            stop = self._resolve(chunk, start, wait=wait and not pieces)
             if stop > start:
                 pieces.append("\n".join(chunk[start:stop]))
                 count += stop - start

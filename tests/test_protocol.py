@@ -644,10 +644,11 @@ def test_replies_that_break_the_contract_become_err_for_their_line_only():
     ERR unavailable for its own line, with a log line naming the app; the lines around it are answered and
     the connection goes on (before, 42 killed the writer and a LF split one reply into two lines)."""
     lines = [b"a", b"none", b"b", b"int", b"c", b"newline", b"d", b"raise", b"e", b"future-raises", b"f"]
-    lines += [b"list", b"bare-none", b"g"]
+    lines += [b"list", b"bare-none", b"g", b"plain-1", b"h", b"plain-2"]
     with ServerProcess(["testapps:contract", "--workers", "1"]) as srv:
         replies = roundtrip(srv.port, lines)
-        assert replies == [line if len(line) == 1 else b"ERR unavailable" for line in lines]
+        expected = [line if len(line) == 1 or line.startswith(b"plain") else b"ERR unavailable" for line in lines]
+        assert replies == expected
         assert roundtrip(srv.port, [b"still", b"serving"]) == [b"still", b"serving"]
         logs = srv.logs()
     assert logs.count("gave a reply that is not one line of text") == 5, logs[-3000:]

@@ -110,6 +110,9 @@ class Batch:
         self._done.wait(timeout)
         return self.reply or ERR_UNAVAILABLE
 
+    def link(self, callback: Any) -> None:
+        self._done.rawlink(callback)
+
     def resolve(self, reply: str) -> None:
         self.reply = reply
         self._done.set()
@@ -144,6 +147,11 @@ class Share:
 
     def ready(self) -> bool:
         return self.batch.reply is not None
+
+    def rawlink(self, callback: Any) -> None:
+        """Have ``callback`` called (by the event loop) once the replies are known: the protocol sends them
+        then, instead of keeping a greenlet waiting in ``get()``."""
+        self.batch.link(callback)
 
 
 class Rows:

@@ -174,9 +174,34 @@ class Contract:
             gevent.spawn_later(0.01, result.set, bad[line])
         elif line == "bare-none":
             return None
+        elif line.startswith("plain"):
+            return PlainFuture(line)
         else:
             gevent.spawn_later(0.01, result.set, line)
         return result
+
+
+class PlainFuture:
+    """A future with get() and ready() only (no rawlink): the protocol must wait for it in a greenlet."""
+
+    def __init__(self, reply: str):
+        import time
+
+        self._reply = reply
+        self._at = time.monotonic() + 0.01
+
+    def ready(self) -> bool:
+        import time
+
+        return time.monotonic() >= self._at
+
+    def get(self, block: bool = True, timeout=None) -> str:
+        import time
+
+        import gevent
+
+        gevent.sleep(max(0.0, self._at - time.monotonic()))
+        return self._reply
 
 
 contract = Contract()
