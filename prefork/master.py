@@ -35,6 +35,7 @@ from prefork.metrics import MetricsServer
 from prefork.state import (
     MASTER_FILE,
     PIDFILE_STATE_SUFFIX,
+    AcceptTable,
     Heartbeat,
     StateDirError,
     iso,
@@ -87,6 +88,7 @@ class WorkerProc:
     stop_deadline: float | None = None  # set once the worker was told to stop, or stops by itself
     abort_deadline: float | None = None  # sent SIGABRT (stack dump) for a missed heartbeat: SIGKILL then
     stop_reason: str | None = None  # why it was told to stop (or stopped by itself): reload, max_requests, ...
+    slot: int | None = None  # its slot in the accept table (client counts that balance accepting)
 
 
 @dataclass
@@ -141,6 +143,9 @@ class Master:
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
         self.start_dir = _start_directory()
+        # Shared with every worker forked from here: each one's clients, so that none holds more than its
+        # share of long-lived clients (see AcceptTable). Slots are given at fork and zeroed at reaping.
+        self.accept_table = AcceptTable()
 
     # -- setup --------------------------------------------------------------------------------------
 
@@ -431,9 +436,10 @@ class Master:
         """Fork one worker; the child never returns from here."""
         heartbeat = Heartbeat(f"prefork-worker-gen{generation}")
         close_fds = self._fds_not_for(listeners)
+        slot = self.accept_table.claim({w.slot for w in self.workers.values()})
         pid = os.fork()
         if pid:
-            self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout, heartbeat)
+            self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout, heartbeat, slot=slot)
             log.info("Booting worker %s (generation %d)", pid, generation)
             return
         # Until the worker has its own handlers, signals wait (blocked) instead of reaching the master's
@@ -455,6 +461,8 @@ class Master:
                 close_fds=close_fds,
                 identity=self.identity,
                 app_dir=cfg.server.chdir or self.start_dir,
+                accept_table=self.accept_table,
+                accept_slot=slot,
             )
         )
 
@@ -491,6 +499,7 @@ class Master:
         """Keep a dead worker's last counts in the lasting totals, and why it went."""
         last = worker.heartbeat.read()
         worker.heartbeat.close()
+        self.accept_table.release(worker.slot)  # a dead worker's clients no longer hold the others back
         self.retired["lines"] += last.get("lines_in") or 0
         self.retired["ok"] += last.get("ok") or 0
         by_reason = self.retired["err_by_reason"]

@@ -14,11 +14,15 @@ The master writes ``master.json`` (its own figures and every worker's last state
 ``<runtime_dir>/prefork-PID``, which it creates itself (mode 0755, refused if someone else owns it) and
 writes with ``O_NOFOLLOW``. ``runtime_dir`` defaults to ``$RUNTIME_DIRECTORY`` (systemd's
 ``RuntimeDirectory=``), else ``/run/prefork`` when root, else ``$XDG_RUNTIME_DIR`` or the temp dir.
+
+Workers also share one small table of their client counts (``AcceptTable``), which keeps long-lived
+clients spread evenly over them (see the class).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import stat
 import tempfile
@@ -151,6 +155,96 @@ class Heartbeat:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class AcceptTable:
+    """Each worker's number of clients, in memory shared by the master and every worker, so that a worker
+    holding more than its share stops accepting and leaves new connections to the others.
+
+    Why: every worker accepts on the same inherited listeners, and the first to wake takes what the
+    backlog holds (gevent accepts up to 100 connections per wake-up): 100 clients connecting at once went
+    100/0 to one of 2 workers. Per-worker SO_REUSEPORT listeners would not fix it (the kernel's hash
+    spreads 100 connections binomially, past 1.3:1 one time in five) and a listener closed at a reload
+    resets the connections queued on it. Counting is exact, and the listeners stay as they are.
+
+    The master creates the table before forking (an anonymous shared mapping: no file, nothing to clean
+    up), gives each worker a slot and zeroes it when the worker is reaped. A worker writes only its own
+    slot: its pid while it accepts (0 once it stops), its clients, the clients it may hold
+    (worker_connections) and a monotonic stamp it renews while its event loop runs. Every field is an
+    aligned 64-bit integer, so a reader never sees half of a write; a value one write old only makes one
+    accept decision a connection early or late.
+    """
+
+    FIELDS = 4  # per slot: pid, clients, capacity, stamp (monotonic ns)
+    PID, CLIENTS, CAPACITY, STAMP = range(FIELDS)
+
+    def __init__(self, slots: int = 1024):
+        self.slots = slots
+        # MAP_SHARED | MAP_ANONYMOUS: the forked workers share these pages with the master. Field 0 of
+        # the header row is the number of slots ever handed out, so readers scan only those.
+        self._mem = mmap.mmap(-1, 8 * self.FIELDS * (slots + 1))
+        self._q = memoryview(self._mem).cast("q")
+
+    # -- the master's side --------------------------------------------------------------------------
+
+    def claim(self, in_use: set[int]) -> int | None:
+        """A free slot for a new worker (None when all are taken: that worker then takes no part)."""
+        for slot in range(self.slots):
+            if slot not in in_use:
+                self.release(slot)
+                self._q[0] = max(self._q[0], slot + 1)
+                return slot
+        return None
+
+    def release(self, slot: int | None) -> None:
+        """Zero a slot: its worker is gone (or about to be born)."""
+        if slot is not None:
+            base = self._base(slot)
+            self._q[base + self.PID] = 0  # first: the slot stops counting at once
+            for field in (self.CLIENTS, self.CAPACITY, self.STAMP):
+                self._q[base + field] = 0
+
+    # -- a worker's side ----------------------------------------------------------------------------
+
+    def open(self, slot: int, pid: int, capacity: int) -> None:
+        """The worker accepts from now on."""
+        base = self._base(slot)
+        self._q[base + self.CAPACITY] = capacity
+        self.stamp(slot)
+        self._q[base + self.PID] = pid  # last: counted only once the rest is there
+
+    def close(self, slot: int) -> None:
+        """The worker stops accepting (a graceful stop): the others no longer wait for it."""
+        self._q[self._base(slot) + self.PID] = 0
+
+    def set_clients(self, slot: int, clients: int) -> None:
+        self._q[self._base(slot) + self.CLIENTS] = clients
+
+    def stamp(self, slot: int) -> None:
+        self._q[self._base(slot) + self.STAMP] = time.monotonic_ns()
+
+    def fewest_clients(self, slot: int, stale_ns: int) -> int:
+        """The fewest clients held by an accepting worker that has room for more, this one included.
+
+        Left out: slots of workers that do not accept (booting, stopping, gone), workers at their
+        capacity (they cannot take the next connection), and workers whose stamp is older than
+        ``stale_ns`` (an event loop blocked by the app: waiting for it would stop every worker from
+        accepting until the master kills it at ``timeout``).
+        """
+        q = self._q
+        fewest = q[self._base(slot) + self.CLIENTS]
+        now = time.monotonic_ns()
+        for other in range(min(q[0], self.slots)):
+            base = self._base(other)
+            if other == slot or not q[base + self.PID]:
+                continue
+            clients = q[base + self.CLIENTS]
+            if clients < fewest and clients < q[base + self.CAPACITY] and now - q[base + self.STAMP] < stale_ns:
+                fewest = clients
+        return fewest
+
+    def _base(self, slot: int) -> int:
+        return self.FIELDS * (slot + 1)
 
 
 def beat(fd: int, state: dict[str, Any]) -> None:

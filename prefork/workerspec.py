@@ -25,3 +25,5 @@ class WorkerSpec:
     close_fds: list[int] = field(default_factory=list)
     app_dir: str = ""  # the directory to import the app from (server.chdir, else where prefork started)
     identity: tuple[int, int] | None = None  # (uid, gid) to run as
+    accept_table: Any = None  # prefork.state.AcceptTable shared by all workers: client counts per worker
+    accept_slot: int | None = None  # this worker's slot in it (None: takes no part in balancing)
