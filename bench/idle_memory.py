@@ -188,8 +188,6 @@ def _one_server(kind: str, n: int) -> dict:
             "1",
             "--worker-connections",
             str(n + 100),
-            "--backlog",
-            "4096",
             "--bind",
             f"127.0.0.1:{port}",
             "--log-level",
