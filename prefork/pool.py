@@ -153,6 +153,12 @@ class _Waiter:
         self.grant: Any = None
 
 
+# The keys of the [pool] config section that are constructor arguments of the same name (all but dsn).
+POOL_SETTINGS = (
+    "min_size", "max_size", "timeout", "max_uses", "max_idle", "max_lifetime", "ping_interval", "leak_timeout",
+)  # fmt: skip
+
+
 class Pool:
     """A bounded, FIFO-fair, fork-safe pool of DB-API connections for one process."""
 
@@ -169,7 +175,12 @@ class Pool:
         ping_interval: float = 30.0,
         leak_timeout: float = 0.0,
         name: str = "pool",
+        on_connect: Callable[[Any], None] | None = None,
     ):
+        """``connect()`` opens one DB-API connection. The other defaults are those of the ``[pool]``
+        section (a test holds them equal); ``on_connect(conn)`` runs once on each new connection before
+        it is first lent (session variables, time zone): if it raises, the connection is closed and the
+        acquire fails with PoolConnectError."""
         if max_size < 1:
             raise ValueError(f"max_size must be at least 1, not {max_size}")
         if not 0 <= min_size <= max_size:
@@ -177,6 +188,7 @@ class Pool:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout}")
         self._connect = connect
+        self._on_connect = on_connect
         self.min_size = min_size
         self.max_size = max_size
         self.timeout = timeout
@@ -215,6 +227,15 @@ class Pool:
 
         kwargs.setdefault("name", parsed.redacted)
         return cls(connect, **kwargs)
+
+    @classmethod
+    def from_config(cls, pool_config: Any, **kwargs: Any) -> Pool:
+        """Create a pool from a ``[pool]`` config section (``cfg.pool``): its DSN and every limit.
+
+        ``kwargs`` (``on_connect``, ``name``, or a limit to override) go to the constructor.
+        """
+        settings = {field: getattr(pool_config, field) for field in POOL_SETTINGS}
+        return cls.from_dsn(pool_config.dsn, **{**settings, **kwargs})
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -385,6 +406,8 @@ class Pool:
         try:
             with gevent.Timeout(max(0.001, deadline - time.monotonic()), False):
                 conn = self._connect()
+                if self._on_connect is not None:
+                    self._on_connect(conn)
                 if not self._checked_wait_timeout:
                     self._checked_wait_timeout = True
                     self._check_wait_timeout(conn)

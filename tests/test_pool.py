@@ -506,3 +506,76 @@ def test_server_shutdown_and_connection_killed_errors_are_disconnects(dsn, code)
     s = assert_consistent(pool)
     assert s["closed"]["broken"] == 1 and s["size"] == 0, (raised.value, s)
     pool.close()
+
+
+def test_constructor_defaults_are_the_config_schema_defaults():
+    """The pool's limits have one set of defaults: a Pool built with none equals one built from an empty
+    [pool] section, and POOL_SETTINGS names every key of that section but the DSN."""
+    import inspect
+
+    from prefork.config import SETTINGS, load_config
+    from prefork.pool import POOL_SETTINGS
+
+    section = load_config(env={}).pool
+    assert set(POOL_SETTINGS) == {s.key for s in SETTINGS if s.section == "pool"} - {"dsn"}
+    params = inspect.signature(Pool).parameters
+    for key in POOL_SETTINGS:
+        assert params[key].default == getattr(section, key), key
+
+
+def test_from_config_takes_every_limit_of_the_section(dsn):
+    from prefork.config import load_config
+    from prefork.pool import POOL_SETTINGS
+
+    overrides = {"pool.dsn": dsn, "pool.min_size": "0", "pool.max_size": "3", "pool.timeout": "2.5"}
+    overrides |= {"pool.max_uses": "7", "pool.max_idle": "11", "pool.max_lifetime": "13"}
+    overrides |= {"pool.ping_interval": "17", "pool.leak_timeout": "19"}
+    section = load_config(env={}, overrides=overrides).pool
+    pool = Pool.from_config(section)
+    try:
+        for key in POOL_SETTINGS:
+            assert getattr(pool, key) == getattr(section, key), key
+        with pool.connection() as conn:
+            assert conn.cursor().execute("SELECT 1") == 1
+        assert "secret" not in pool.name and "127.0.0.1" in pool.name
+    finally:
+        pool.close()
+
+
+def test_on_connect_runs_once_per_new_connection_before_it_is_lent(dsn):
+    calls = []
+
+    def on_connect(conn):
+        calls.append(conn.thread_id())
+        conn.cursor().execute("SET time_zone = '+05:30'")
+
+    pool = make_pool(dsn, max_size=2, on_connect=on_connect)
+    try:
+        for _ in range(3):
+            with pool.connection() as conn:
+                cur = conn.cursor()
+                cur.execute("SELECT @@session.time_zone")
+                assert cur.fetchone()[0] == "+05:30"
+        assert len(calls) == 1
+    finally:
+        pool.close()
+
+
+def test_failing_on_connect_closes_the_connection_and_fails_the_acquire(dsn):
+    def on_connect(conn):
+        raise RuntimeError("session setup refused")
+
+    before = pool_thread_ids(dsn)
+    pool = make_pool(dsn, max_size=1, timeout=5, on_connect=on_connect)
+    try:
+        with pytest.raises(PoolConnectError, match="session setup refused"):
+            with pool.connection():
+                pass
+        stats = assert_consistent(pool)
+        assert stats["size"] == 0 and stats["in_use"] == 0
+        wait_until_gone = time.monotonic() + 5
+        while pool_thread_ids(dsn) - before and time.monotonic() < wait_until_gone:
+            time.sleep(0.05)
+        assert not pool_thread_ids(dsn) - before, "the connection on_connect refused is still open"
+    finally:
+        pool.close()

@@ -215,18 +215,7 @@ class IngestApp:
         self.method = cfg.ingest.method
         self._use_load = self.method != "insert"
         self._unclean_loads = 0
-        p = cfg.pool
-        self.pool = Pool.from_dsn(
-            p.dsn,
-            min_size=p.min_size,
-            max_size=p.max_size,
-            timeout=p.timeout,
-            max_uses=p.max_uses,
-            max_idle=p.max_idle,
-            max_lifetime=p.max_lifetime,
-            ping_interval=p.ping_interval,
-            leak_timeout=p.leak_timeout,
-        )
+        self.pool = Pool.from_config(cfg.pool)
         quoted = quote_identifier(self.table)
         columns = "(received_at, client_addr, worker_pid, payload)"
         self._insert_head = f"INSERT INTO {quoted} {columns} VALUES "
