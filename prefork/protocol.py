@@ -189,6 +189,10 @@ class LineConnection:
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
         full_reads = 0
+        # gevent's recv first tries the socket and waits only when it says EAGAIN: after a short read (the
+        # socket was emptied) that try is a wasted system call and exception, so wait for data first.
+        wait = getattr(sock, "_wait", None)
+        drained = False
         while not self._stopping:
             remaining = deadline - clock.now()
             if remaining <= 0:
@@ -196,6 +200,8 @@ class LineConnection:
             sock.settimeout(remaining)
             self._in_recv = True
             try:
+                if drained and wait is not None and sock._read_event is not None:
+                    wait(sock._read_event)  # raises socket.timeout (a TimeoutError) as recv would
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
                 return
@@ -204,7 +210,8 @@ class LineConnection:
                 if self._wake is not None:
                     self._wake.close()  # recv returned first: the stop takes effect at the loop test
                     self._wake = None
-            if len(data) < READ_SIZE:
+            drained = len(data) < READ_SIZE
+            if drained:
                 full_reads = 0
             else:
                 full_reads += 1
