@@ -26,6 +26,14 @@ An application is any object with these methods (only ``handle`` is required)::
         def stats(self) -> dict:
             '''Optional: extra figures for `prefork status` (the ingest app reports its pool here).'''
 
+        def check(self, worker: WorkerInfo) -> str:
+            '''Optional: what `prefork check` runs after importing the app (not in a worker: the pid is the
+            command's, the generation 0). Return a short report; raise to fail the check (exit 2, the
+            exception's message on one line). The ingest app connects and looks for its table.'''
+
+        def initdb(self, worker: WorkerInfo) -> str:
+            '''Optional: what `prefork initdb` runs (the ingest app creates its tables). Same rules.'''
+
 A future is anything with ``get()`` (blocking the calling greenlet until the reply is known) and
 ``ready()``; ``gevent.event.AsyncResult`` is one. A reply that is not one line of text (``None``, a number,
 a string holding a LF), and an exception from ``handle``, ``handle_lines`` or a future's ``get()``, become

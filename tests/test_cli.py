@@ -470,3 +470,27 @@ def test_a_killed_masters_pidfile_is_free_for_the_next_one(tmp_path):
         assert any(is_alive(p) for p in workers)  # orphans still finishing
         with ServerProcess([ECHO, "--workers", "1", "--pidfile", str(pidfile)]) as second:
             assert pidfile.read_text().strip() == str(second.pid)
+
+
+# -- check and initdb run the app's hooks ------------------------------------------------------------
+
+
+def test_check_and_initdb_of_an_app_without_hooks_open_no_database_connection():
+    """The echo app has no check or initdb hook: nothing connects (the DSN points at nothing), exit 0."""
+    dead = "mysql://root@127.0.0.1:1/test"
+    result = run_cli("check", "--dsn", dead, "-s", f"server.app={ECHO}")
+    assert result.returncode == 0, result.stderr
+    assert "no check hook" in result.stdout
+    result = run_cli("initdb", "--dsn", dead, "-s", f"server.app={ECHO}")
+    assert result.returncode == 0, result.stderr
+    assert "nothing to create" in result.stdout
+
+
+def test_check_and_initdb_run_the_apps_hooks():
+    result = run_cli("check", "-s", "server.app=testapps:hooked")
+    assert result.returncode == 0, result.stderr
+    assert "checked generation 0 with table received_lines" in result.stdout
+    result = run_cli("initdb", "-s", "server.app=testapps:hooked")
+    assert result.returncode == 0 and "created what this app needs" in result.stdout, result.stderr
+    line = one_error_line(run_cli("check", "-s", "server.app=testapps:hooked", env={"TESTAPP_HOOK": "fail"}))
+    assert "testapps:hooked" in line and "the check hook found something wrong" in line

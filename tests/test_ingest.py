@@ -241,8 +241,23 @@ def test_check_and_initdb(dsn, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert query(dsn, "SHOW TABLES LIKE 't_initdb'") == [("t_initdb",)]
-    out = subprocess.run(prefork_cmd("check", "--dsn", dsn), env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        prefork_cmd("check", "--dsn", dsn, "-s", "ingest.table=t_initdb"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
+    assert "table `t_initdb` exists" in out.stdout
+    out = subprocess.run(
+        prefork_cmd("check", "--dsn", dsn, "-s", "ingest.table=t_never_made"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "table `t_never_made` is missing" in out.stdout, out.stdout + out.stderr
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
     port = dead.getsockname()[1]

@@ -552,6 +552,35 @@ class IngestApp:
 
     # -- tables and housekeeping --------------------------------------------------------------------
 
+    def check(self, worker: WorkerInfo) -> str:
+        """``prefork check``: connect to the database and look for the table."""
+        cfg = worker.config
+        table = cfg.ingest.table
+        conn = _connect_once(cfg.pool.dsn)
+        try:
+            cur = conn.cursor()
+            cur.execute(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                (table,),
+            )
+            found = cur.fetchone() is not None
+        finally:
+            conn.close()
+        state = "exists" if found else "is missing (the workers create it at start, `prefork initdb` now)"
+        return f"database {cfg.pool.dsn.redacted} answers, table `{table}` {state}"
+
+    def initdb(self, worker: WorkerInfo) -> str:
+        """``prefork initdb``: create the table (and the marker tables) if missing."""
+        cfg = worker.config
+        conn = _connect_once(cfg.pool.dsn)
+        try:
+            ensure_table(conn, cfg.ingest.table)
+        except pymysql.err.MySQLError as exc:
+            raise RuntimeError(f"cannot create table `{cfg.ingest.table}` in {cfg.pool.dsn.redacted}: {exc}") from None
+        finally:
+            conn.close()
+        return f"table `{cfg.ingest.table}` ready in {cfg.pool.dsn.redacted}"
+
     def ensure_tables(self) -> None:
         """Create the ingest table and the marker table if they are missing."""
         with self.pool.connection() as conn:
@@ -598,6 +627,14 @@ class IngestApp:
         gevent.joinall(self._flushers, timeout=timeout)
         self._expirer.kill(block=False)
         self.pool.close()
+
+
+def _connect_once(dsn: Any) -> Any:
+    """One plain connection for a command (check, initdb); the error names the DSN, never its password."""
+    try:
+        return pymysql.connect(**dsn.connect_kwargs())
+    except pymysql.err.MySQLError as exc:
+        raise RuntimeError(f"cannot connect to {dsn.redacted}: {exc}") from None
 
 
 def _escape_field(text: str) -> str:

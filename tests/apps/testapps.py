@@ -227,3 +227,21 @@ class Grouped:
 
 
 grouped = Grouped()
+
+
+class Hooked:
+    """Echo, with check and initdb hooks that report or fail as $TESTAPP_HOOK says."""
+
+    def handle(self, line: str, client) -> str:
+        return line
+
+    def check(self, worker) -> str:
+        if os.environ.get("TESTAPP_HOOK") == "fail":
+            raise RuntimeError("the check hook found something wrong")
+        return f"checked generation {worker.generation} with table {worker.config.ingest.table}"
+
+    def initdb(self, worker) -> str:
+        return "created what this app needs"
+
+
+hooked = Hooked()
