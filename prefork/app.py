@@ -49,6 +49,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+# The reply for a line that cannot be answered now (the app failed, or could not store it in time): the
+# framework's and the apps' own.
+ERR_UNAVAILABLE = "ERR unavailable"
+
 
 @runtime_checkable
 class Future(Protocol):

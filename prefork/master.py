@@ -32,6 +32,7 @@ from pathlib import Path
 from prefork import logs, pidfile, sockets
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
+from prefork.proctitle import set_title
 from prefork.state import (
     MASTER_FILE,
     PIDFILE_STATE_SUFFIX,
@@ -153,7 +154,7 @@ class Master:
         """Prepare the process: title, state dir, pidfile, signal handling."""
         self.pid = os.getpid()
         self.state_dir = state_dir_for(self.pid, runtime_dir(self.cfg.server.runtime_dir))
-        _set_title(f"prefork: master [{self.cfg.server.name}]")
+        set_title(f"prefork: master [{self.cfg.server.name}]")
         try:
             prepare_state_dir(self.state_dir)
         except (StateDirError, OSError) as exc:
@@ -389,7 +390,7 @@ class Master:
             self.target = pending.config.server.workers
             self.pending = None
             logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
-            _set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
+            set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
             for w in old:
                 self.stop_worker(w, "reload")
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
@@ -672,15 +673,6 @@ def _raise_fd_limit(needed: int) -> None:
         return
     if target < needed:
         log.warning("open files limit is %d (hard), below the %d that worker_connections needs", target, needed)
-
-
-def _set_title(title: str) -> None:
-    try:
-        from setproctitle import setproctitle
-
-        setproctitle(title)
-    except ImportError:  # pragma: no cover - a runtime dependency
-        pass
 
 
 def _start_directory() -> str:

@@ -43,7 +43,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from prefork.app import Client
+from prefork.app import ERR_UNAVAILABLE, Client
 
 READ_SIZE = 65536
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
@@ -56,7 +56,6 @@ STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may 
 ERR_TOO_LONG = "ERR too-long"
 ERR_BAD_UTF8 = "ERR bad-utf8"
 ERR_EMPTY = "ERR empty"
-ERR_UNAVAILABLE = "ERR unavailable"
 # With server.max_line = 65536, lines of up to 16384 characters are surely short enough (4 bytes at most
 # per character in UTF-8) without counting their bytes.
 UTF8_MAX_BYTES = 4

@@ -37,6 +37,7 @@ from gevent.socket import socket as green_socket  # noqa: E402
 
 from prefork import logs  # noqa: E402
 from prefork.app import AppLoadError, WorkerInfo, load_app  # noqa: E402
+from prefork.proctitle import set_title  # noqa: E402
 from prefork.protocol import Counters, LineConnection, ProtocolSettings  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
@@ -187,12 +188,7 @@ class Worker:
                 os.setgid(gid)
             if os.getuid() != uid:
                 os.setuid(uid)
-        try:
-            from setproctitle import setproctitle
-
-            setproctitle(f"prefork: worker [{self.cfg.server.name}] gen {self.spec.generation}")
-        except ImportError:  # pragma: no cover - a runtime dependency
-            pass
+        set_title(f"prefork: worker [{self.cfg.server.name}] gen {self.spec.generation}")
 
     def _remember_stop(self, how: str) -> None:
         if self._early_stop != "quick":

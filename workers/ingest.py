@@ -50,7 +50,7 @@ import gevent
 import pymysql
 from gevent.event import Event
 
-from prefork.app import Client, WorkerInfo
+from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
 from prefork.pool import Pool, PoolError, is_disconnect
 from workers.outcome import Session, marker_committed, server_of
 from workers.schema import MARKER_TABLE, ensure_table, quote_identifier
@@ -58,7 +58,6 @@ from workers.schema import MARKER_TABLE, ensure_table, quote_identifier
 log = logging.getLogger("workers.ingest")
 
 OK = "OK"
-ERR_UNAVAILABLE = "ERR unavailable"
 ERR_REJECTED = "ERR rejected"
 # Split a batch's INSERT well below max_allowed_packet (16 MiB by default): a character is at most 4 bytes
 # of UTF-8, and escaping can double it.
