@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pidfile.check(cfg.server.pidfile)
         except pidfile.PidfileError as exc:
             raise CommandError(str(exc)) from None
-    logs.setup(cfg.server.log_level, cfg.server.log_file)
+    logs.setup(cfg.server.log_level, cfg.server.log_file, cfg.server.log_format)
     listeners = {}
     try:
         for address in cfg.server.bind:

@@ -206,6 +206,7 @@ _parse_name = _checked("expected a non-empty printable name", lambda t: t and t.
 _parse_optional = _checked("", lambda t: True, lambda t: t or None)  # empty = None
 _parse_log_file = _checked("expected a file path, or - for stderr", bool)
 _parse_log_level = _checked(f"expected one of {', '.join(_LOG_LEVELS)}", lambda t: t.lower() in _LOG_LEVELS, str.lower)
+_parse_log_format = _checked("expected text or json", lambda t: t.lower() in ("text", "json"), str.lower)
 _INGEST_METHODS = ("auto", "load", "insert")
 _parse_ingest_method = _checked(
     f"expected one of {', '.join(_INGEST_METHODS)}", lambda t: t.lower() in _INGEST_METHODS, str.lower
@@ -290,7 +291,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "daemon", "off", _parse_bool, "detach and run in the background", "--daemon"),
     Setting("server", "user", "", _parse_optional, "run workers as this user (empty = unchanged)", "--user"),
     Setting("server", "group", "", _parse_optional, "run workers as this group (empty = unchanged)", "--group"),
-    Setting("server", "log_file", "-", _parse_log_file, "log file, - = stderr; USR1 reopens it", "--log-file"),
+    Setting("server", "log_file", "-", _parse_log_file,
+            "log file, - = stderr, syslog or syslog:ADDRESS (/dev/log, HOST:PORT); USR1 reopens a file",
+            "--log-file"),
+    Setting("server", "log_format", "text", _parse_log_format,
+            "text, or json: one object per line (time, level, logger, pid, generation, message, exception)",
+            "--log-format"),
     Setting("server", "log_level", "info", _parse_log_level,
             "debug, info, warning, error or critical", "--log-level"),
     Setting("server", "runtime_dir", "", _parse_optional,

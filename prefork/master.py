@@ -389,7 +389,7 @@ class Master:
             self.cfg, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
             self.target = pending.config.server.workers
             self.pending = None
-            logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
+            logs.setup(self.cfg.server.log_level, self.cfg.server.log_file, self.cfg.server.log_format)
             set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
             for w in old:
                 self.stop_worker(w, "reload")

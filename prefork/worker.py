@@ -178,7 +178,9 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.valid_signals())  # blocked by the master at fork
         # This generation's logging settings (a reload may have changed them; the master switches its own
         # only once the new generation serves). Opened before dropping privileges, as the master's were.
-        logs.setup(self.cfg.server.log_level, self.cfg.server.log_file)
+        logs.setup(
+            self.cfg.server.log_level, self.cfg.server.log_file, self.cfg.server.log_format, self.spec.generation
+        )
         _dump_stacks_on_abort()
         if self.spec.identity is not None:
             uid, gid = self.spec.identity

@@ -115,7 +115,7 @@ class ServerProcess:
 
     def listening(self) -> list[str]:
         """The addresses from the `Listening at:` log lines."""
-        return re.findall(r"Listening at: (\S+)", self.logs())
+        return re.findall(r"Listening at: ([^\s\"]+)", self.logs())
 
     @property
     def port(self) -> int:

@@ -81,7 +81,7 @@ def test_defaults():
 def test_settings_table_matches_spec_order_and_names():
     names = [s.name for s in SETTINGS]
     assert names[:3] == ["server.bind", "server.workers", "server.worker_connections"]
-    assert names[-1] == "ingest.method" and len(names) == len(set(names)) == 41
+    assert names[-1] == "ingest.method" and len(names) == len(set(names)) == 42
     assert [s.section for s in SETTINGS] == sorted(
         (s.section for s in SETTINGS), key=["server", "pool", "ingest"].index
     )
