@@ -3,8 +3,9 @@
     prefork run [APP] [options]        # foreground; APP defaults to workers.ingest:app
     prefork run --daemon [options]     # returns 0 only once workers are serving
     prefork reload|stop|status [--pidfile PATH | -c FILE] [--json]
-    prefork check [-c FILE]            # validate config, import the app, connect to the database
-    prefork initdb [-c FILE]           # create the ingest table if missing
+    prefork check [-c FILE]            # validate config, import the app, run its check hook
+    prefork initdb [-c FILE]           # run the app's initdb hook (ingest: create its table)
+    prefork config [-c FILE] [--json]  # the effective configuration, each key with its source
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
 prefork.config names them). Errors in the command line or the config: one line on stderr, exit 2.
@@ -13,6 +14,7 @@ prefork.config names them). Errors in the command line or the config: one line o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -67,12 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
             )
 
     for name, text in (
-        ("check", "validate the config, import the app and connect to the database"),
-        ("initdb", "create the ingest table if missing"),
+        ("check", "validate the config, import the app and run its check hook (ingest: connect, find the table)"),
+        ("initdb", "import the app and run its initdb hook (ingest: create the table if missing)"),
+        ("config", "print the effective configuration: every key, its value and where it came from"),
     ):
         p = sub.add_parser(name, help=text)
         _add_config_options(p)
         p.add_argument("--dsn", dest="flag:pool.dsn", help="pool.dsn")
+        if name == "config":
+            p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -298,6 +303,33 @@ def cmd_initdb(args: argparse.Namespace) -> int:
     return initdb(load_from_args(args))
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every key with its value (the DSN's password as ***) and its source."""
+    cfg = load_from_args(args)
+    values = cfg.as_dict()
+    sources = cfg.sources()
+    rows = [(s.name, values[s.section][s.key], sources[s.name]) for s in SETTINGS]
+    if args.json:
+        print(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=1))
+        return 0
+    shown = [(name, _config_text(value), source) for name, value, source in rows]
+    width = max(len(name) + len(text) for name, text, _ in shown) + 3
+    for name, text, source in shown:
+        print(f"{f'{name} = {text}':<{width}}  # {source}")
+    return 0
+
+
+def _config_text(value: object) -> str:
+    """A value as it would be written in the config file."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -315,6 +347,7 @@ COMMANDS = {
     "status": cmd_status,
     "check": cmd_check,
     "initdb": cmd_initdb,
+    "config": cmd_config,
 }
 
 

@@ -470,8 +470,10 @@ class Config:
         path: str | None = None,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, str] | None = None,
+        file_keys: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path  # the INI file, if any
+        self.file_keys = file_keys  # the "section.key" names the file set
         self.env = dict(env or {})  # the PREFORK_* environment used
         self.overrides = dict(overrides or {})  # "section.key" -> raw string given on the command line
         self._values = dict(values)
@@ -487,6 +489,19 @@ class Config:
         result: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         for s in SETTINGS:
             result[s.section][s.key] = _json_safe(self._values[s.name])
+        return result
+
+    def sources(self) -> dict[str, str]:
+        """Where each value came from: ``default``, ``file PATH``, ``env VAR`` or ``command line``."""
+        result = {s.name: "default" for s in SETTINGS}
+        for name in self.file_keys:
+            result[name] = f"file {self.path}"
+        for var in sorted(self.env):
+            item = _env_setting(var)
+            if item is not None:
+                result[item.name] = f"env {var}"
+        for name in self.overrides:
+            result[setting(name).name] = "command line"
         return result
 
     def reload(self) -> Config:
@@ -509,8 +524,11 @@ def load_config(
     used_env = {var: value for var, value in environ.items() if var.startswith(ENV_PREFIX)}
     given = {name: str(value) for name, value in (overrides or {}).items() if value is not None}
     values = {s.name: _convert(s, s.default, "built-in default") for s in SETTINGS}
+    file_keys: frozenset[str] = frozenset()
     if path is not None:
-        for name, raw in _read_file(path).items():
+        from_file = _read_file(path)
+        file_keys = frozenset(from_file)
+        for name, raw in from_file.items():
             values[name] = _convert(_BY_NAME[name], raw, path)
     for var in sorted(used_env):
         item = _env_setting(var)
@@ -524,4 +542,4 @@ def load_config(
             f"(must not exceed pool.max_size = {values['pool.max_size']})",
             "pool.min_size",
         )
-    return Config(values, path=path, env=used_env, overrides=given)
+    return Config(values, path=path, env=used_env, overrides=given, file_keys=file_keys)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from prefork.config import SETTINGS
 from prefork.devdb import free_port
 from tests.server import (
     ServerProcess,
@@ -494,3 +495,22 @@ def test_check_and_initdb_run_the_apps_hooks():
     assert result.returncode == 0 and "created what this app needs" in result.stdout, result.stderr
     line = one_error_line(run_cli("check", "-s", "server.app=testapps:hooked", env={"TESTAPP_HOOK": "fail"}))
     assert "testapps:hooked" in line and "the check hook found something wrong" in line
+
+
+def test_config_prints_every_key_with_its_value_and_source(tmp_path):
+    conf = tmp_path / "prefork.ini"
+    conf.write_text("[pool]\ndsn = mysql://app:sekret@127.0.0.1:3306/test\nmax_size = 7\n[server]\nreuse_port = on\n")
+    args = ("config", "-c", str(conf), "-s", "ingest.batch_size=500")
+    result = run_cli(*args, env={"PREFORK_SERVER_WORKERS": "3"})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines()}
+    assert len(lines) == len(SETTINGS)
+    assert lines["server.workers"].endswith("# env PREFORK_SERVER_WORKERS") and " = 3 " in lines["server.workers"]
+    assert lines["pool.max_size"].endswith(f"# file {conf}")
+    assert lines["server.reuse_port"].split("#")[0].strip().endswith("= on")
+    assert lines["ingest.batch_size"].endswith("# command line")
+    assert lines["server.backlog"].endswith("# default")
+    assert "mysql://app:***@127.0.0.1:3306/test" in lines["pool.dsn"] and "sekret" not in result.stdout
+    as_json = json.loads(run_cli(*args, "--json", env={"PREFORK_SERVER_WORKERS": "3"}).stdout)
+    assert as_json["server.workers"] == {"value": 3, "source": "env PREFORK_SERVER_WORKERS"}
+    assert as_json["pool.dsn"]["value"] == "mysql://app:***@127.0.0.1:3306/test"
