@@ -6,6 +6,7 @@
     prefork check [-c FILE]            # validate config, import the app, run its check hook
     prefork initdb [-c FILE]           # run the app's initdb hook (ingest: create its table)
     prefork config [-c FILE] [--json]  # the effective configuration, each key with its source
+    prefork send [--to HOST:PORT] [--errors FILE] [FILE ...]   # stream lines; exit 0 if every one got OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
 prefork.config names them). Errors in the command line or the config: one line on stderr, exit 2.
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dsn", dest="flag:pool.dsn", help="pool.dsn")
         if name == "config":
             p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    send = sub.add_parser("send", help="send the lines of files (or stdin) and wait for every reply")
+    send.add_argument("files", nargs="*", metavar="FILE", help="files of lines (none or -: stdin)")
+    send.add_argument("--to", default="127.0.0.1:32777", metavar="HOST:PORT", help="the server")
+    send.add_argument("--window", type=int, default=1000, help="lines in flight at most (default 1000)")
+    send.add_argument("--errors", metavar="FILE", help="write each line that got ERR there, after its reason")
     return parser
 
 
@@ -340,6 +347,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    """Stream the files' lines to the server; exit 0 only when every line got OK."""
+    from prefork.sender import send_files
+
+    return send_files(args.files or ["-"], args.to, window=args.window, errors_path=args.errors)
+
+
 COMMANDS = {
     "run": cmd_run,
     "reload": cmd_reload,
@@ -348,6 +362,7 @@ COMMANDS = {
     "check": cmd_check,
     "initdb": cmd_initdb,
     "config": cmd_config,
+    "send": cmd_send,
 }
 
 
