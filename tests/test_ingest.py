@@ -230,54 +230,27 @@ def test_connection_broken_during_commit_never_duplicates(dsn, db):
     assert "the marker says committed" in logs and "the marker says not committed" in logs
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run a prefork command to completion."""
+    return subprocess.run(prefork_cmd(*args), env=test_env(), capture_output=True, text=True, timeout=60)
+
+
 def test_check_and_initdb(dsn, tmp_path):
-    env = test_env()
-    out = subprocess.run(
-        prefork_cmd("initdb", "--dsn", dsn, "-s", "ingest.table=t_initdb"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli("initdb", "--dsn", dsn, "-s", "ingest.table=t_initdb")
     assert out.returncode == 0, out.stderr
     assert query(dsn, "SHOW TABLES LIKE 't_initdb'") == [("t_initdb",)]
-    out = subprocess.run(
-        prefork_cmd("check", "--dsn", dsn, "-s", "ingest.table=t_initdb"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "table `t_initdb` exists" in out.stdout
-    out = subprocess.run(
-        prefork_cmd("check", "--dsn", dsn, "-s", "ingest.table=t_never_made"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli("check", "--dsn", dsn, "-s", "ingest.table=t_initdb")
+    assert out.returncode == 0 and "table `t_initdb` exists" in out.stdout, out.stdout + out.stderr
+    out = cli("check", "--dsn", dsn, "-s", "ingest.table=t_never_made")
     assert out.returncode == 0 and "table `t_never_made` is missing" in out.stdout, out.stdout + out.stderr
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
     port = dead.getsockname()[1]
     dead.close()
-    out = subprocess.run(
-        prefork_cmd("check", "--dsn", f"mysql://root:hunter2@127.0.0.1:{port}/test"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli("check", "--dsn", f"mysql://root:hunter2@127.0.0.1:{port}/test")
     assert out.returncode == 2
     assert "hunter2" not in out.stderr and "***" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run(
-        prefork_cmd("check", "--dsn", dsn, "-s", "server.app=no_such_module:app"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli("check", "--dsn", dsn, "-s", "server.app=no_such_module:app")
     assert out.returncode == 2 and "no_such_module" in out.stderr
 
 
