@@ -44,8 +44,8 @@ bench: $(STAMP) server-binary
 	$(PY) bench/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check prefork workers tests bench scripts
-	$(PY) -m ruff format --check prefork workers tests bench scripts
+	$(PY) -m ruff check prefork workers tests bench scripts devtools
+	$(PY) -m ruff format --check prefork workers tests bench scripts devtools
 
 # Make sure a database answers: the configured DSN, or a private MariaDB with its data under var/.
 db: $(STAMP)

@@ -53,7 +53,7 @@ import pymysql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from prefork.devdb import MariaDBServer, free_port  # noqa: E402
+from devtools.mariadb import MariaDBServer, free_port  # noqa: E402
 from workers.schema import create_table_sql  # noqa: E402
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", len(os.sched_getaffinity(0))))

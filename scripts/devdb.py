@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pymysql
 
-from prefork.devdb import MariaDBServer, ServerBinaryMissing
-from prefork.dsn import parse_dsn
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools/ is not installed: the checkout's
+
+from devtools.mariadb import MariaDBServer, ServerBinaryMissing  # noqa: E402
+from prefork.dsn import parse_dsn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "mariadb"

@@ -11,7 +11,7 @@ import gevent.socket
 import pymysql.connections
 import pytest
 
-from prefork.devdb import MariaDBServer, ServerBinaryMissing
+from devtools.mariadb import MariaDBServer, ServerBinaryMissing
 
 # PyMySQL in this (test) process talks over gevent sockets, as it does in a monkey-patched worker, so that
 # pool tests can run many greenlets against the real server without patching pytest itself.
@@ -20,7 +20,7 @@ pymysql.connections.socket = gevent.socket
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory: pytest.TempPathFactory):
-    """The session's private MariaDB server (a prefork.devdb.MariaDBServer)."""
+    """The session's private MariaDB server (a devtools.mariadb.MariaDBServer)."""
     server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
     try:
         server.start()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mariadb import free_port
 from prefork.config import SETTINGS
-from prefork.devdb import free_port
 from tests.server import (
     ServerProcess,
     cmdline,

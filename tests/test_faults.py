@@ -31,7 +31,7 @@ from pathlib import Path
 import pymysql.cursors
 import pytest
 
-from prefork.devdb import MariaDBServer
+from devtools.mariadb import MariaDBServer
 from tests.helpers import connect as connect_db
 from tests.helpers import query
 from tests.mysql_proxy import FaultProxy, every

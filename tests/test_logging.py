@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from prefork.devdb import free_port
+from devtools.mariadb import free_port
 from tests.server import ServerProcess, roundtrip, wait_for
 
 

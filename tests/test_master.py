@@ -269,7 +269,7 @@ def test_hup_with_a_broken_config_keeps_the_old_workers(tmp_path):
 
 
 def test_hup_opens_added_listeners_and_closes_removed_ones(tmp_path):
-    from prefork.devdb import free_port
+    from devtools.mariadb import free_port
 
     first, second = free_port(), free_port()
     conf = tmp_path / "prefork.ini"

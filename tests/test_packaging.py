@@ -33,3 +33,11 @@ def test_typed_package_and_licence_match_the_metadata():
     assert "py.typed" in setup["options.package_data"]["prefork"]
     licence = (ROOT / "LICENSE").read_text()
     assert setup["metadata"]["license"] == "MIT" and licence.startswith("MIT License")
+
+
+def test_the_private_mariadb_helper_is_not_part_of_the_installed_package():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    packages = {p.strip() for p in setup["options"]["packages"].split(",")}
+    assert packages == {"prefork", "workers"}
+    assert (ROOT / "devtools" / "mariadb.py").exists() and not (ROOT / "prefork" / "devdb.py").exists()
