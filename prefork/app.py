@@ -35,7 +35,9 @@ An application is any object with these methods (only ``handle`` is required)::
             '''Optional: what `prefork initdb` runs (the ingest app creates its tables). Same rules.'''
 
 A future is anything with ``get()`` (blocking the calling greenlet until the reply is known) and
-``ready()``; ``gevent.event.AsyncResult`` is one. A reply that is not one line of text (``None``, a number,
+``ready()``; ``gevent.event.AsyncResult`` is one. A future that also has ``rawlink(callback)`` (as
+AsyncResult does) gets its reply sent from that callback, with no greenlet waiting in ``get()`` for it;
+a future without it costs a greenlet while it is pending. A reply that is not one line of text (``None``, a number,
 a string holding a LF), and an exception from ``handle``, ``handle_lines`` or a future's ``get()``, become
 ``ERR unavailable`` for that line, with a log line naming the app; the connection's other lines go on.
 
