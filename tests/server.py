@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -250,3 +251,26 @@ def roundtrip(port: int, lines: list[bytes], terminator: bytes = b"\n") -> list[
         data = read_all(sock)
     assert data.endswith(b"\n") or not data, data[-100:]
     return data.split(b"\n")[:-1]
+
+
+def client_loop(port: int, index: int, stop: threading.Event, errors: list, counts: list) -> None:
+    """Until `stop`: open a new connection per round, send lines, check every reply (odd clients half-close
+    and read to EOF, even ones read the replies on the open connection); record anything that went wrong
+    in `errors` and the rounds done in `counts[index]`. For reloads under load: nothing may be refused."""
+    n = 0
+    while not stop.is_set():
+        lines = [f"c{index}-r{n}-l{k}".encode() for k in range(5)]
+        try:
+            if index % 2:
+                replies = roundtrip(port, lines)  # half-close, read to EOF
+            else:
+                with connect(port, timeout=30) as sock:
+                    sock.sendall(b"".join(line + b"\n" for line in lines))
+                    replies = read_lines(sock, len(lines))
+        except (OSError, AssertionError) as exc:  # ConnectionRefusedError is an OSError; a reset too
+            errors.append(f"client {index} round {n}: {exc!r}")
+        else:
+            if replies != lines:
+                errors.append(f"client {index} round {n}: sent {lines!r}, got {replies!r}")
+        n += 1
+        counts[index] = n

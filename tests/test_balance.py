@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.server import ServerProcess, connect, is_alive, read_lines, roundtrip, wait_for
+from tests.server import ServerProcess, client_loop, connect, is_alive, read_lines, wait_for
 
 ECHO = "workers.echo:app"
 CLIENTS = 100
@@ -127,21 +127,10 @@ def test_a_reload_under_a_burst_of_connects_refuses_no_connection_and_balances_t
         errors: list[str] = []
         rounds = [0] * 8
 
-        def client(index: int) -> None:
-            n = 0
-            while not stop.is_set():
-                lines = [b"c%d-r%d-l%d" % (index, n, k) for k in range(3)]
-                try:
-                    replies = roundtrip(srv.port, lines)
-                except (OSError, AssertionError) as exc:  # refused or reset
-                    errors.append(f"client {index} round {n}: {exc!r}")
-                else:
-                    if replies != lines:
-                        errors.append(f"client {index} round {n}: sent {lines!r}, got {replies!r}")
-                n += 1
-                rounds[index] = n
-
-        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(rounds))]
+        threads = [
+            threading.Thread(target=client_loop, args=(srv.port, i, stop, errors, rounds), daemon=True)
+            for i in range(len(rounds))
+        ]
         for t in threads:
             t.start()
         try:
@@ -179,14 +168,13 @@ def test_a_reload_under_a_burst_of_connects_refuses_no_connection_and_balances_t
 def test_a_worker_whose_loop_is_blocked_does_not_hold_up_the_others():
     """A worker with fewer clients than the others but a blocked event loop (it stops stamping its slot)
     is left out of the comparison within about a second: the others go on accepting long before the
-    master kills it at `timeout`."""
-    with ServerProcess(["testapps:blocking", "--workers", "2", "--timeout", "30"]) as srv:
+    master kills it at `timeout` (10 s: every client must be answered while it is still alive)."""
+    with ServerProcess(["testapps:blocking", "--workers", "2", "--timeout", "10"]) as srv:
         pids = serving(srv, 2)
         blocker = connect(srv.port)
         try:
             blocker.sendall(b"block\n")
             time.sleep(0.5)  # its worker is stuck in an unpatched sleep from now on
-            started = time.monotonic()
             socks = [connect(srv.port, timeout=20) for _ in range(20)]
             try:
                 for i, sock in enumerate(socks):
@@ -195,9 +183,8 @@ def test_a_worker_whose_loop_is_blocked_does_not_hold_up_the_others():
                     assert read_lines(sock, 1) == [b"after %d" % i]
             finally:
                 close_all(socks)
-            elapsed = time.monotonic() - started
-            assert elapsed < 10, f"20 clients took {elapsed:.1f}s behind a hung worker"
-            assert all(is_alive(p) for p in pids), "no worker should have been killed yet"
+            # Held back until the master killed the hung worker, they would find it dead here.
+            assert all(is_alive(p) for p in pids), "the clients were answered only once the hung worker was killed"
         finally:
             blocker.close()
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.server import (
     ServerProcess,
+    client_loop,
     connect,
     is_alive,
     prefork_cmd,
@@ -156,27 +157,6 @@ def test_ttin_ttou_change_the_number_of_workers_never_below_one():
 # -- reload (HUP) -----------------------------------------------------------------------------------
 
 
-def _client_loop(port: int, index: int, stop: threading.Event, errors: list, counts: list) -> None:
-    """Open a new connection per round, send lines, check every reply; record anything that went wrong."""
-    n = 0
-    while not stop.is_set():
-        lines = [f"c{index}-r{n}-l{k}".encode() for k in range(5)]
-        try:
-            if index % 2:
-                replies = roundtrip(port, lines)  # half-close, read to EOF
-            else:
-                with connect(port, timeout=30) as sock:
-                    sock.sendall(b"".join(line + b"\n" for line in lines))
-                    replies = read_lines(sock, len(lines))
-        except (OSError, AssertionError) as exc:  # ConnectionRefusedError is an OSError
-            errors.append(f"client {index} round {n}: {exc!r}")
-        else:
-            if replies != lines:
-                errors.append(f"client {index} round {n}: sent {lines!r}, got {replies!r}")
-        n += 1
-        counts[index] = n
-
-
 def test_hup_under_load_replaces_the_generation_without_losing_a_client(tmp_path):
     conf = tmp_path / "prefork.ini"
     conf.write_text(f"[server]\napp = {ECHO}\nworkers = 2\nname = one\ngraceful_timeout = 10\n")
@@ -187,7 +167,7 @@ def test_hup_under_load_replaces_the_generation_without_losing_a_client(tmp_path
         errors: list[str] = []
         counts = [0] * 6
         threads = [
-            threading.Thread(target=_client_loop, args=(srv.port, i, stop, errors, counts), daemon=True)
+            threading.Thread(target=client_loop, args=(srv.port, i, stop, errors, counts), daemon=True)
             for i in range(len(counts))
         ]
         for t in threads:
