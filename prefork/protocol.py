@@ -327,12 +327,9 @@ class LineConnection:
         """Send the replies of one dispatch, or queue them; wait for room if too much is queued."""
         count = len(replies)
         # Nothing queued and no writer (which may still be sending older replies): these may go out now.
-        if not self._chunks and self._writer is None and type(replies[0]) is str:
-            try:
-                text = "\n".join(replies)  # every reply known...
-            except TypeError:
-                text = None
-            if text is not None and text.count("\n") == count - 1:  # ...and each one line
+        if not self._chunks and self._writer is None:
+            text = _known_text(replies)
+            if text is not None:
                 _count_replies(text, count, self.counters)
                 if self.settings.ack:
                     self._send((text + "\n").encode("utf-8"))
@@ -485,12 +482,9 @@ class LineConnection:
         while chunks:
             chunk = chunks[0]
             start = self._head
-            if start == 0 and type(chunk[0]) is str:
-                try:
-                    piece = "\n".join(chunk)  # every reply known, in one C call...
-                except TypeError:
-                    piece = ""
-                if piece and piece.count("\n") == len(chunk) - 1:  # ...and each one line
+            if start == 0:
+                piece = _known_text(chunk)
+                if piece is not None:
                     pieces.append(piece)
                     count += len(chunk)
                     self._chunk_done()
@@ -579,6 +573,18 @@ class LineConnection:
             pass
         finally:
             sock.close()
+
+
+def _known_text(replies: list[Any]) -> str | None:
+    """The replies joined with LFs, in a few C calls, if every one is known and one line of text; else None
+    (a future, or a reply to check and resolve one by one)."""
+    if type(replies[0]) is not str:
+        return None
+    try:
+        text = "\n".join(replies)
+    except TypeError:
+        return None
+    return text if text.count("\n") == len(replies) - 1 else None
 
 
 def _count_replies(text: str, count: int, counters: Counters) -> None:

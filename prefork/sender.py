@@ -39,7 +39,7 @@ class _Lines:
             try:
                 for line in handle:
                     self.bytes_read += len(line)
-                    yield line.rstrip(b"\n")
+                    yield line  # the client drops the LF
             finally:
                 if handle is not sys.stdin.buffer:
                     handle.close()

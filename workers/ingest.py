@@ -72,6 +72,7 @@ NO_SUCH_TABLE = 1146
 # The server refuses LOAD DATA LOCAL INFILE: ER_NOT_ALLOWED_COMMAND (older servers), MariaDB's
 # ER_LOAD_INFILE_CAPABILITY_DISABLED (local_infile = OFF), MySQL 8's "loading local data is disabled".
 LOAD_REFUSED_CODES = frozenset({1148, 4166, 3948, 3950})
+MARKER_INSERT = f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)"
 # The file of a LOAD: tab-separated fields, one row per LF, backslash escapes. Hex literals, so that the
 # statement means the same under NO_BACKSLASH_ESCAPES.
 LOAD_FORMAT = "CHARACTER SET utf8mb4 FIELDS TERMINATED BY x'09' ESCAPED BY x'5c' LINES TERMINATED BY x'0a'"
@@ -398,7 +399,7 @@ class IngestApp:
                 server = server_of(conn)
                 cur = conn.cursor()
                 try:
-                    cur.execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
+                    cur.execute(MARKER_INSERT, (marker,))
                 except pymysql.err.IntegrityError as exc:
                     if exc.args and exc.args[0] == DUPLICATE_KEY:
                         return  # an earlier try of this batch did commit: stored once, done
@@ -456,7 +457,7 @@ class IngestApp:
             )
         self._unclean_loads += 1
         conn.rollback()
-        conn.cursor().execute(f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)", (marker,))
+        conn.cursor().execute(MARKER_INSERT, (marker,))
         return False
 
     def _load_data(self, rows: Rows) -> bytes:
