@@ -48,8 +48,14 @@ generation runs new code.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from prefork.config import Config
 
 # The reply for a line that cannot be answered now (the app failed, or could not store it in time): the
 # framework's and the apps' own.
@@ -70,8 +76,8 @@ class WorkerInfo:
     """What an application learns of the worker it runs in."""
 
     pid: int
-    generation: int
-    config: Any  # prefork.config.Config
+    generation: int  # 0 outside a worker (prefork check / initdb)
+    config: Config  # cfg.server, cfg.pool; the app's own sections: config.section(MySettings)
 
 
 @dataclass
@@ -103,3 +109,26 @@ def load_app(spec: str) -> Any:
     if not callable(getattr(app, "handle", None)):
         raise AppLoadError(f"{spec} has no handle(line, client) method")
     return app
+
+
+def start_directory() -> str:
+    """Where prefork was started: $PWD when it names the current directory (it keeps a symlink such as
+    /srv/current, which a deploy may later point at a new release), else the resolved cwd."""
+    cwd = os.getcwd()
+    pwd = os.environ.get("PWD", "")
+    try:
+        if os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
+            return pwd
+    except OSError:
+        pass
+    return cwd
+
+
+def enter_app_dir(app_dir: str, pythonpath: Iterable[str] = ()) -> None:
+    """Make the app importable as a worker does: enter ``app_dir`` (server.chdir, else where prefork
+    started) and put server.pythonpath, then ``app_dir``, first on sys.path. OSError if it cannot enter."""
+    os.chdir(app_dir)
+    for path in reversed([*pythonpath, app_dir]):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)

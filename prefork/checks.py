@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from prefork.config import Config
@@ -23,22 +24,32 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
-def _load(cfg: Config) -> Any:
-    from prefork.app import load_app
+def load(cfg: Config) -> Any:
+    """Import the configured app here, from where a worker would (server.chdir, server.pythonpath)."""
+    from prefork.app import AppLoadError, enter_app_dir, load_app, start_directory
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return load_app(cfg.server.app)
+    app_dir = cfg.server.chdir or start_directory()
+    try:
+        enter_app_dir(app_dir, cfg.server.pythonpath)
+    except OSError as exc:
+        raise AppLoadError(f"server.chdir: cannot enter {app_dir}: {exc.strerror or exc}") from None
+    try:
+        return load_app(cfg.server.app)
+    except SystemExit as exc:
+        raise AppLoadError(f"{cfg.server.app} exited: {exc.code}") from None
 
 
-def _run_hook(cfg: Config, name: str) -> tuple[int, str | None]:
-    """Load the app and run its hook ``name``: (exit code, what the hook said; None if it has none)."""
+def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str | None]:
+    """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
+    if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
     from prefork.app import AppLoadError, WorkerInfo
+    from prefork.appconfig import settle
 
     try:
-        app = _load(cfg)
+        app = load(cfg)
     except AppLoadError as exc:
         return _fail(str(exc)), None
+    cfg = settle(cfg, app, tokens)
     hook = getattr(app, name, None)
     if hook is None:
         return EXIT_OK, None
@@ -49,17 +60,17 @@ def _run_hook(cfg: Config, name: str) -> tuple[int, str | None]:
     return EXIT_OK, str(said or f"its {name} passed")
 
 
-def check(cfg: Config) -> int:
-    """Validate the config (already done by loading it), import the app, run its ``check`` hook."""
-    code, said = _run_hook(cfg, "check")
+def check(cfg: Config, tokens: Sequence[str] = ()) -> int:
+    """Validate the config, import the app, check its settings (``tokens``: its flags), run its ``check``."""
+    code, said = _run_hook(cfg, "check", tokens)
     if code == EXIT_OK:
         print(f"prefork: config ok, app {cfg.server.app} imports" + (f"; {said}" if said else " (no check hook)"))
     return code
 
 
-def initdb(cfg: Config) -> int:
-    """Import the app and run its ``initdb`` hook (the ingest app creates its tables)."""
-    code, said = _run_hook(cfg, "initdb")
+def initdb(cfg: Config, tokens: Sequence[str] = ()) -> int:
+    """Import the app, check its settings and run its ``initdb`` hook (ingest creates its tables)."""
+    code, said = _run_hook(cfg, "initdb", tokens)
     if code == EXIT_OK:
         print(f"prefork: {said}" if said else f"prefork: app {cfg.server.app} has nothing to create (no initdb hook)")
     return code

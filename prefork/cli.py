@@ -3,13 +3,14 @@
     prefork run [APP] [options]        # foreground; APP defaults to workers.ingest:app
     prefork run --daemon [options]     # returns 0 only once workers are serving
     prefork reload|stop|status [--pidfile PATH | -c FILE] [--json]
-    prefork check [-c FILE]            # validate config, import the app, run its check hook
-    prefork initdb [-c FILE]           # run the app's initdb hook (ingest: create its table)
-    prefork config [-c FILE] [--json]  # the effective configuration, each key with its source
+    prefork check [APP] [-c FILE]      # validate config, import the app, run its check hook
+    prefork initdb [APP] [-c FILE]     # run the app's initdb hook (ingest: create its table)
+    prefork config [APP] [-c FILE] [--json]  # the effective configuration, each key with its source
     prefork send [--to HOST:PORT] [--errors FILE] [FILE ...]   # stream lines; exit 0 if every one got OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
-prefork.config names them). Errors in the command line or the config: one line on stderr, exit 2.
+prefork.config names them; an app's sections may declare more, resolved once the app is imported: see
+prefork.appconfig). Errors in the command line or the config: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefork import __version__
-from prefork.config import SETTINGS, Config, ConfigError, load_config, parse_override
+from prefork.config import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
 
 EXIT_USAGE = 2
+EXIT_BOOT = 3
 
 
 class CommandError(Exception):
@@ -45,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the server (foreground, or --daemon)")
     run.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
     _add_config_options(run)
-    for s in SETTINGS:
-        if not s.flag:
-            continue
-        if s.name == "server.daemon":
-            run.add_argument(s.flag, dest="flag:" + s.name, action="store_const", const="on", help=s.help)
-        else:
-            run.add_argument(s.flag, dest="flag:" + s.name, metavar=s.key.upper(), help=f"{s.help} ({s.name})")
+    _add_setting_flags(run)
 
     for name, text in (
         ("reload", "reload the config and the app (SIGHUP)"),
@@ -75,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("config", "print the effective configuration: every key, its value and where it came from"),
     ):
         p = sub.add_parser(name, help=text)
+        p.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
         _add_config_options(p)
-        p.add_argument("--dsn", dest="flag:pool.dsn", help="pool.dsn")
+        _add_setting_flags(p)
         if name == "config":
             p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -101,6 +98,47 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.appconfig).
+    for s in SETTINGS:
+        if not s.flag:
+            continue
+        if s.name == "server.daemon":
+            p.add_argument(s.flag, dest="flag:" + s.name, action="store_const", const="on", help=s.help)
+        else:
+            p.add_argument(s.flag, dest="flag:" + s.name, metavar=s.key.upper(), help=f"{s.help} ({s.name})")
+
+
+# Commands that take the flags of the app's sections, and the long options they have of their own.
+APP_FLAG_COMMANDS = ("run", "check", "initdb", "config")
+_OWN_OPTIONS = frozenset({"--config", "--set", "--help", "--json", *(s.flag for s in SETTINGS if s.flag)})
+
+
+def split_app_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Take the long options prefork does not know out of a run/check/initdb/config command line, each
+    with its value (``--flag VALUE`` or ``--flag=VALUE``): they may be flags of the app's sections, known
+    only once the app is imported. Taken out before argparse, so that a value is never mistaken for APP."""
+    if not argv or argv[0] not in APP_FLAG_COMMANDS:
+        return list(argv), []
+    kept, app_flags = [argv[0]], []
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            kept += argv[i:]
+            break
+        flag = token.partition("=")[0]
+        if token.startswith("--") and flag not in _OWN_OPTIONS:
+            app_flags.append(token)
+            if "=" not in token and i + 1 < len(argv):
+                i += 1
+                app_flags.append(argv[i])
+        else:
+            kept.append(token)
+        i += 1
+    return kept, app_flags
+
+
 def load_from_args(args: argparse.Namespace) -> Config:
     """Build the config from -c, the environment, -s and flags (flags win over -s)."""
     overrides: dict[str, str] = {}
@@ -120,10 +158,17 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from prefork import logs, sockets
+    from prefork.app import AppLoadError, start_directory
+    from prefork.appconfig import needs_probe, probe
     from prefork.daemon import daemonize
     from prefork.master import Master
 
     cfg = load_from_args(args)
+    if needs_probe(cfg, args.extra):  # values for the app's sections: check them before anything starts
+        try:
+            cfg = probe(cfg, cfg.server.chdir or start_directory(), args.extra, cfg.server.timeout)
+        except AppLoadError as exc:
+            raise CommandError(f"workers could not boot: {exc}", EXIT_BOOT) from None
     if cfg.server.pidfile:  # before anything is bound or forked: one line, exit 2
         from prefork import pidfile
 
@@ -301,21 +346,35 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from prefork.checks import check
 
-    return check(load_from_args(args))
+    return check(load_from_args(args), args.extra)
 
 
 def cmd_initdb(args: argparse.Namespace) -> int:
     from prefork.checks import initdb
 
-    return initdb(load_from_args(args))
+    return initdb(load_from_args(args), args.extra)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Every key with its value (the DSN's password as ***) and its source."""
+    """Every key with its value (the DSN's password as ***) and its source, the app's sections included."""
+    from prefork.app import AppLoadError
+    from prefork.appconfig import declared_sections, settle
+    from prefork.checks import load
+
     cfg = load_from_args(args)
-    values = cfg.as_dict()
-    sources = cfg.sources()
-    rows = [(s.name, values[s.section][s.key], sources[s.name]) for s in SETTINGS]
+    try:
+        app = load(cfg)
+    except AppLoadError as exc:
+        if args.extra or cfg.app_values:
+            raise CommandError(f"cannot check the app's settings: {exc}") from None
+        print(f"prefork: warning: the app's own settings are not shown: {exc}", file=sys.stderr)
+        sections = ()
+    else:
+        cfg = settle(cfg, app, args.extra)
+        sections = declared_sections(app)
+    values = cfg.as_dict(sections)
+    sources = cfg.sources(sections)
+    rows = [(s.name, values[s.section][s.key], sources[s.name]) for k in (*FRAMEWORK, *sections) for s in k.settings()]
     if args.json:
         print(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=1))
         return 0
@@ -368,7 +427,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prefork`` console script."""
+    argv, extra = split_app_flags(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.extra = extra
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

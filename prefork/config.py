@@ -7,8 +7,15 @@ Every setting has a built-in default, and a value from a later source replaces o
 so ``PREFORK_POOL_MAX_SIZE=20`` beats ``max_size = 5`` in the file's ``[pool]``, and ``--pool-max 30`` (or
 ``-s pool.max_size=30``) beats both. Every value from every source is validated, even one that a later
 source replaces: a bad file is reported now, not on the first run without the override. Unknown sections,
-keys and ``PREFORK_SERVER_*`` / ``PREFORK_POOL_*`` / ``PREFORK_INGEST_*`` variables are errors, not
-warnings, so a typo never silently leaves a default in force; other ``PREFORK_*`` variables are ignored.
+keys and ``PREFORK_SERVER_*`` / ``PREFORK_POOL_*`` variables are errors, not warnings, so a typo never
+silently leaves a default in force.
+
+The framework owns ``[server]`` and ``[pool]`` (ServerConfig, PoolConfig). Every other section belongs to
+the application, which declares it (prefork.settings): the master never imports the app, so a Config
+keeps those values as raw strings, in the order of their sources, and ``check_sections()`` validates
+them once the app's sections are known (prefork.appconfig does that in a forked probe for the master).
+``PREFORK_<SECTION>_*`` variables of a section the app does not declare are ignored, as are other
+``PREFORK_*`` variables.
 
 Errors are ConfigError: one line naming the key and the bad value. The database password never appears
 in an error message or in ``Config.as_dict()``. SIGHUP calls ``Config.reload()``: the file is read again,
@@ -21,18 +28,47 @@ import configparser
 import difflib
 import ipaddress
 import keyword
-import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, make_dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from prefork.dsn import DSN, DSNError, parse_dsn
+from prefork.settings import (
+    KEY_NAME,
+    SECTION_NAME,
+    Section,
+    Setting,
+    boolean,
+    checked,
+    choice,
+    count,
+    option,
+    optional,
+    positive_int,
+    positive_seconds,
+    seconds,
+)
 
 ENV_PREFIX = "PREFORK_"
-SECTIONS = ("server", "pool", "ingest")
+FRAMEWORK_SECTIONS = ("server", "pool")
+
+__all__ = [
+    "Address",
+    "Config",
+    "ConfigError",
+    "PoolConfig",
+    "RawValue",
+    "SETTINGS",
+    "ServerConfig",
+    "Setting",
+    "load_config",
+    "parse_address",
+    "parse_override",
+    "setting",
+]
 
 
 class ConfigError(Exception):
@@ -60,10 +96,15 @@ class Address:
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_host_port(self.host, self.port)
 
 
-# ---- value parsers: each takes the raw string and raises ValueError(<what was expected>) ----
+def format_host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets: the one way addresses are written."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---- value parsers of the framework's own keys (prefork.settings has the general ones) ----
 
 _PORT = re.compile(r"[0-9]{1,5}")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
@@ -136,58 +177,10 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _checked(expected: str, ok: Callable[[str], Any], convert: Callable[[str], Any] = str) -> Callable[[str], Any]:
-    """A parser of the stripped text: ValueError(expected) unless ok(text), else convert(text)."""
-
-    def parse(text: str) -> Any:
-        text = text.strip()
-        if not ok(text):
-            raise ValueError(expected)
-        return convert(text)
-
-    return parse
-
-
-def _int(minimum: int) -> Callable[[str], int]:
-    # A strict pattern, not int() alone: int() would also take "1_000" and non-ASCII digits.
-    expected = "expected a positive integer" if minimum == 1 else f"expected an integer >= {minimum}"
-    return _checked(expected, lambda t: re.fullmatch(r"\+?[0-9]+", t) and int(t) >= minimum, int)
-
-
 def _parse_workers(text: str) -> int:
     if text.strip().lower() == "auto":
         return _usable_cpus()
-    return _checked("expected a positive integer or 'auto'", lambda t: re.fullmatch(r"\+?0*[1-9][0-9]*", t), int)(text)
-
-
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def _duration(positive: bool) -> Callable[[str], float]:
-    expected = f"expected seconds {'> 0' if positive else '>= 0'}, e.g. 30, 2.5, 500ms, 5m"
-
-    def parse(text: str) -> float:
-        match = _DURATION.fullmatch(text.strip().lower())
-        value = float(match[1]) * _UNITS[match[2]] if match else math.nan
-        if not math.isfinite(value) or (positive and value <= 0):
-            raise ValueError(expected)
-        return value
-
-    return parse
-
-
-_SIZE = re.compile(r"([0-9]+)\s*(k|kb|kib|m|mb|mib|g|gb|gib)?")
-_SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def _parse_size(text: str) -> int:
-    """Bytes, with an optional binary unit: 1048576, 512K, 64MiB, 1G."""
-    match = _SIZE.fullmatch(text.strip().lower())
-    value = int(match[1]) * _SIZE_UNITS[match[2] and match[2][0]] if match else 0
-    if value < 1:
-        raise ValueError("expected a positive size in bytes, e.g. 1048576, 512K, 64MiB, 1G")
-    return value
+    return checked("expected a positive integer or 'auto'", lambda t: re.fullmatch(r"\+?0*[1-9][0-9]*", t), int)(text)
 
 
 def _is_app(text: str) -> bool:
@@ -195,153 +188,123 @@ def _is_app(text: str) -> bool:
     return bool(sep) and all(w.isidentifier() and not keyword.iskeyword(w) for w in [*module.split("."), attribute])
 
 
-_BOOLS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_parse_bool = _checked(
-    "expected on/off, true/false, yes/no or 1/0", lambda t: t.lower() in _BOOLS, lambda t: _BOOLS[t.lower()]
-)
-_parse_app = _checked("expected module.path:attribute", _is_app)
+_parse_app = checked("expected module.path:attribute", _is_app)
 # The name goes into process titles and log lines: no control characters.
-_parse_name = _checked("expected a non-empty printable name", lambda t: t and t.isprintable())
-_parse_optional = _checked("", lambda t: True, lambda t: t or None)  # empty = None
-_parse_log_file = _checked("expected a file path, or - for stderr", bool)
-_parse_log_level = _checked(f"expected one of {', '.join(_LOG_LEVELS)}", lambda t: t.lower() in _LOG_LEVELS, str.lower)
-_parse_log_format = _checked("expected text or json", lambda t: t.lower() in ("text", "json"), str.lower)
-_INGEST_METHODS = ("auto", "load", "insert")
-_parse_ingest_method = _checked(
-    f"expected one of {', '.join(_INGEST_METHODS)}", lambda t: t.lower() in _INGEST_METHODS, str.lower
-)
-_parse_mode = _checked(
+_parse_name = checked("expected a non-empty printable name", lambda t: t and t.isprintable())
+_parse_log_file = checked("expected a file path, or - for stderr", bool)
+_parse_log_level = choice(*_LOG_LEVELS)
+_parse_log_format = choice("text", "json")
+_parse_mode = checked(
     "expected an octal file mode such as 0660, or nothing",
     lambda t: t == "" or re.fullmatch(r"0?[0-7]{3}", t),
     lambda t: int(t, 8) if t else None,
 )
-_parse_paths = _checked(
+_parse_paths = checked(
     "expected directories, comma separated",
     lambda t: True,
     lambda t: tuple(p.strip() for p in t.split(",") if p.strip()),
 )
-_parse_table = _checked(
-    "expected a table name of 1-64 characters without backticks or NUL",
-    lambda t: 1 <= len(t) <= 64 and "`" not in t and "\0" not in t,
-)
 
 
-# ---- the settings, in the spec's order ----
+# ---- the framework's sections, in the spec's order ----
 
-
-@dataclass(frozen=True)
-class Setting:
-    """One configuration key: where it lives, its default (as a string), how to parse it, its help."""
-
-    section: str
-    key: str
-    default: str
-    parse: Callable[[str], Any]  # raw string -> value; raises ValueError (DSNError for pool.dsn)
-    help: str
-    flag: str | None = None  # long command-line flag, e.g. "--bind"
-
-    @property
-    def name(self) -> str:
-        """``section.key``, e.g. ``server.bind``."""
-        return f"{self.section}.{self.key}"
-
-
-_POSITIVE_INT, _COUNT = _int(1), _int(0)
-_POSITIVE_SECONDS, _SECONDS = _duration(True), _duration(False)
 
 # fmt: off
-SETTINGS: tuple[Setting, ...] = (
-    Setting("server", "bind", "127.0.0.1:32777", _parse_bind,
-            "HOST:PORT, [IPv6]:PORT or unix:PATH to listen on, comma separated; port 0 = any free port", "--bind"),
-    Setting("server", "workers", "auto", _parse_workers,
-            "number of worker processes; auto = CPUs usable by this process", "--workers"),
-    Setting("server", "worker_connections", "1000", _POSITIVE_INT,
-            "concurrent clients per worker; more wait in the backlog", "--worker-connections"),
-    Setting("server", "app", "workers.ingest:app", _parse_app, "module:attribute of the line application"),
-    Setting("server", "chdir", "", _parse_optional,
-            "directory workers import the app from (empty = where prefork started, as $PWD names it, so a "
-            "symlinked release directory is followed on reload)", "--chdir"),
-    Setting("server", "pythonpath", "", _parse_paths,
-            "directories put first on the workers' sys.path, comma separated", "--pythonpath"),
-    Setting("server", "timeout", "30", _POSITIVE_SECONDS,
-            "a worker silent (no heartbeat) this many seconds is killed and replaced", "--timeout"),
-    Setting("server", "graceful_timeout", "30", _SECONDS,
-            "seconds a stopping worker gets to finish before it is killed", "--graceful-timeout"),
-    Setting("server", "max_requests", "0", _COUNT,
-            "restart a worker after this many lines (0 = never)", "--max-requests"),
-    Setting("server", "max_requests_jitter", "0", _COUNT,
-            "add a random 0..N to each worker's max_requests, so workers do not restart together",
-            "--max-requests-jitter"),
-    Setting("server", "client_timeout", "300", _POSITIVE_SECONDS,
-            "close a client that sends no complete line for this many seconds", "--client-timeout"),
-    Setting("server", "max_line", "65536", _POSITIVE_INT,
-            "longest accepted line in bytes, terminator (LF or CR LF) excluded", "--max-line"),
-    Setting("server", "ack", "on", _parse_bool, "off: send no replies (fire-and-forget clients)", "--ack"),
-    Setting("server", "backlog", "4096", _POSITIVE_INT,
-            "connections the kernel queues for each listener before refusing (capped by net.core.somaxconn)",
-            "--backlog"),
-    Setting("server", "reuse_port", "off", _parse_bool,
-            "set SO_REUSEPORT on TCP listeners (another process may bind the same port)", "--reuse-port"),
-    Setting("server", "unix_mode", "", _parse_mode,
-            "file mode of unix socket listeners, e.g. 0660 (empty = as the umask leaves it)", "--unix-mode"),
-    Setting("server", "name", "prefork", _parse_name, "shown in process titles, logs and metrics", "--name"),
-    Setting("server", "pidfile", "", _parse_optional,
-            "file holding the master's pid (empty = none); reload/stop/status -c FILE use it", "--pidfile"),
-    Setting("server", "daemon", "off", _parse_bool, "detach and run in the background", "--daemon"),
-    Setting("server", "user", "", _parse_optional, "run workers as this user (empty = unchanged)", "--user"),
-    Setting("server", "group", "", _parse_optional, "run workers as this group (empty = unchanged)", "--group"),
-    Setting("server", "log_file", "-", _parse_log_file,
-            "log file, - = stderr, syslog or syslog:ADDRESS (/dev/log, HOST:PORT); USR1 reopens a file",
-            "--log-file"),
-    Setting("server", "log_format", "text", _parse_log_format,
-            "text, or json: one object per line (time, level, logger, pid, generation, message, exception)",
-            "--log-format"),
-    Setting("server", "log_level", "info", _parse_log_level,
-            "debug, info, warning, error or critical", "--log-level"),
-    Setting("server", "runtime_dir", "", _parse_optional,
-            "where the master keeps its state directory (empty = $RUNTIME_DIRECTORY, else /run/prefork as root, "
-            "else $XDG_RUNTIME_DIR or the temp dir)", "--runtime-dir"),
-    Setting("server", "metrics_bind", "", _parse_metrics_bind,
-            "HOST:PORT where the master serves Prometheus text at /metrics (empty = off)", "--metrics-bind"),
-    Setting("pool", "dsn", "mysql://root@127.0.0.1:3306/test", parse_dsn,
-            "mysql://user:password@host:port/db?unix_socket=...&charset=...", "--dsn"),
-    Setting("pool", "min_size", "1", _COUNT, "connections kept open once the pool is first used", "--pool-min"),
-    Setting("pool", "max_size", "10", _POSITIVE_INT,
-            "hard upper bound of open connections per worker", "--pool-max"),
-    Setting("pool", "timeout", "10", _POSITIVE_SECONDS,
-            "seconds an acquire waits before PoolTimeout", "--pool-timeout"),
-    Setting("pool", "max_uses", "0", _COUNT, "close a connection after this many checkouts (0 = unlimited)"),
-    Setting("pool", "max_idle", "300", _SECONDS, "close connections idle this many seconds, down to min_size"),
-    Setting("pool", "max_lifetime", "3600", _SECONDS, "close a connection this many seconds old at its next return"),
-    Setting("pool", "ping_interval", "30", _SECONDS,
-            "ping a connection on checkout if it was idle longer than this many seconds"),
-    Setting("pool", "leak_timeout", "0", _SECONDS,
-            "warn with the acquirer's stack when a checkout is held longer than this (0 = off)"),
-    Setting("ingest", "table", "received_lines", _parse_table,
-            "target table (always quoted with backticks in SQL)", "--table"),
-    Setting("ingest", "batch_size", "1000", _POSITIVE_INT, "most rows per transaction", "--batch-size"),
-    Setting("ingest", "flushers", "2", _POSITIVE_INT, "concurrent transactions per worker", "--flushers"),
-    Setting("ingest", "commit_timeout", "30", _POSITIVE_SECONDS,
-            "give up on a line (reply ERR unavailable) after this many seconds", "--commit-timeout"),
-    Setting("ingest", "max_pending", "100000", _POSITIVE_INT,
-            "lines buffered per worker before it stops reading from clients", "--max-pending"),
-    Setting("ingest", "max_pending_bytes", "64MiB", _parse_size,
-            "memory of buffered lines per worker before it stops reading from clients (512K, 64MiB, 1G)",
-            "--max-pending-bytes"),
-    Setting("ingest", "method", "auto", _parse_ingest_method,
-            "how batches are sent: load (LOAD DATA LOCAL INFILE from memory), insert (multi-row INSERT), "
-            "auto (load, falling back to insert when the server refuses it)", "--ingest-method"),
-)
+class ServerConfig(Section, name="server"):
+    """``[server]``: the master, the workers and the line protocol."""
+
+    bind: list[Address] = option(
+        "127.0.0.1:32777", _parse_bind,
+        "HOST:PORT, [IPv6]:PORT or unix:PATH to listen on, comma separated; port 0 = any free port", flag="--bind")
+    workers: int = option(
+        "auto", _parse_workers, "number of worker processes; auto = CPUs usable by this process", flag="--workers")
+    worker_connections: int = option(
+        "1000", positive_int, "concurrent clients per worker; more wait in the backlog", flag="--worker-connections")
+    app: str = option("workers.ingest:app", _parse_app, "module:attribute of the line application")
+    chdir: str | None = option(
+        "", optional,
+        "directory workers import the app from (empty = where prefork started, as $PWD names it, so a "
+        "symlinked release directory is followed on reload)", flag="--chdir")
+    pythonpath: tuple[str, ...] = option(
+        "", _parse_paths, "directories put first on the workers' sys.path, comma separated", flag="--pythonpath")
+    timeout: float = option(
+        "30", positive_seconds, "a worker silent (no heartbeat) this many seconds is killed and replaced",
+        flag="--timeout")
+    graceful_timeout: float = option(
+        "30", seconds, "seconds a stopping worker gets to finish before it is killed", flag="--graceful-timeout")
+    max_requests: int = option(
+        "0", count, "restart a worker after this many lines (0 = never)", flag="--max-requests")
+    max_requests_jitter: int = option(
+        "0", count, "add a random 0..N to each worker's max_requests, so workers do not restart together",
+        flag="--max-requests-jitter")
+    client_timeout: float = option(
+        "300", positive_seconds, "close a client that sends no complete line for this many seconds",
+        flag="--client-timeout")
+    max_line: int = option(
+        "65536", positive_int, "longest accepted line in bytes, terminator (LF or CR LF) excluded", flag="--max-line")
+    ack: bool = option("on", boolean, "off: send no replies (fire-and-forget clients)", flag="--ack")
+    backlog: int = option(
+        "4096", positive_int,
+        "connections the kernel queues for each listener before refusing (capped by net.core.somaxconn)",
+        flag="--backlog")
+    reuse_port: bool = option(
+        "off", boolean, "set SO_REUSEPORT on TCP listeners (another process may bind the same port)",
+        flag="--reuse-port")
+    unix_mode: int | None = option(
+        "", _parse_mode, "file mode of unix socket listeners, e.g. 0660 (empty = as the umask leaves it)",
+        flag="--unix-mode")
+    name: str = option("prefork", _parse_name, "shown in process titles, logs and metrics", flag="--name")
+    pidfile: str | None = option(
+        "", optional, "file holding the master's pid (empty = none); reload/stop/status -c FILE use it",
+        flag="--pidfile")
+    daemon: bool = option("off", boolean, "detach and run in the background", flag="--daemon")
+    user: str | None = option("", optional, "run workers as this user (empty = unchanged)", flag="--user")
+    group: str | None = option("", optional, "run workers as this group (empty = unchanged)", flag="--group")
+    log_file: str = option(
+        "-", _parse_log_file,
+        "log file, - = stderr, syslog or syslog:ADDRESS (/dev/log, HOST:PORT); USR1 reopens a file",
+        flag="--log-file")
+    log_format: str = option(
+        "text", _parse_log_format,
+        "text, or json: one object per line (time, level, logger, pid, generation, message, exception)",
+        flag="--log-format")
+    log_level: str = option(
+        "info", _parse_log_level, "debug, info, warning, error or critical", flag="--log-level")
+    runtime_dir: str | None = option(
+        "", optional,
+        "where the master keeps its state directory (empty = $RUNTIME_DIRECTORY, else /run/prefork as root, "
+        "else $XDG_RUNTIME_DIR or the temp dir)", flag="--runtime-dir")
+    metrics_bind: Address | None = option(
+        "", _parse_metrics_bind, "HOST:PORT where the master serves Prometheus text at /metrics (empty = off)",
+        flag="--metrics-bind")
+
+
+class PoolConfig(Section, name="pool"):
+    """``[pool]``: each worker's MySQL connection pool (prefork.pool.Pool.from_config)."""
+
+    dsn: DSN = option(
+        "mysql://root@127.0.0.1:3306/test", parse_dsn,
+        "mysql://user:password@host:port/db?unix_socket=...&charset=...", flag="--dsn")
+    min_size: int = option("1", count, "connections kept open once the pool is first used", flag="--pool-min")
+    max_size: int = option(
+        "10", positive_int, "hard upper bound of open connections per worker", flag="--pool-max")
+    timeout: float = option(
+        "10", positive_seconds, "seconds an acquire waits before PoolTimeout", flag="--pool-timeout")
+    max_uses: int = option("0", count, "close a connection after this many checkouts (0 = unlimited)")
+    max_idle: float = option("300", seconds, "close connections idle this many seconds, down to min_size")
+    max_lifetime: float = option("3600", seconds, "close a connection this many seconds old at its next return")
+    ping_interval: float = option(
+        "30", seconds, "ping a connection on checkout if it was idle longer than this many seconds")
+    leak_timeout: float = option(
+        "0", seconds, "warn with the acquirer's stack when a checkout is held longer than this (0 = off)")
 # fmt: on
+
+FRAMEWORK = (ServerConfig, PoolConfig)
+SETTINGS: tuple[Setting, ...] = ServerConfig.settings() + PoolConfig.settings()
 _BY_NAME = {s.name: s for s in SETTINGS}
-# The values of one section: attribute access (cfg.pool.max_size), read-only, comparable between reloads.
-_SECTION_TYPES = {
-    section: make_dataclass(
-        f"{section.capitalize()}Config", [s.key for s in SETTINGS if s.section == section], frozen=True
-    )
-    for section in SECTIONS
-}
+
+S = TypeVar("S", bound=Section)
 
 
 def _suggest(word: str, candidates: Any) -> str:
@@ -350,11 +313,18 @@ def _suggest(word: str, candidates: Any) -> str:
 
 
 def setting(name: str) -> Setting:
-    """The setting called ``section.key``; ConfigError("unknown setting ...") if there is none."""
+    """The framework setting called ``section.key``; ConfigError("unknown setting ...") if there is none."""
     try:
         return _BY_NAME[name]
     except KeyError:
         raise ConfigError(f"unknown setting {name!r}{_suggest(name, _BY_NAME)}") from None
+
+
+def _check_name(name: str) -> None:
+    """A framework setting, or a well-formed name in an app's section (known only once the app is)."""
+    section, _, key = name.partition(".")
+    if section in FRAMEWORK_SECTIONS or not (SECTION_NAME.fullmatch(section) and KEY_NAME.fullmatch(key)):
+        setting(name)
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -364,7 +334,7 @@ def parse_override(text: str) -> tuple[str, str]:
     if not sep or not name:
         # A mistyped "-s pool.dsn:mysql://u:pw@h" must not show the password.
         raise ConfigError(_hide_password(f"invalid setting {text!r} (expected section.key=value)", text))
-    setting(name)
+    _check_name(name)
     return name, value.strip()
 
 
@@ -392,13 +362,29 @@ def _convert(item: Setting, raw: str, source: str | None) -> Any:
         message = f"{prefix}{item.name}: {exc}"
     except ValueError as exc:
         message = f"{prefix}{item.name}: invalid value {raw!r} ({exc})"
-    if item.name == "pool.dsn":
+    if item.parse is parse_dsn:
         message = _hide_password(message, raw)
     raise ConfigError(message, item.name)
 
 
-def _read_file(path: str) -> dict[str, str]:
-    """The raw ``section.key`` values of an INI file; ConfigError naming the path for anything wrong."""
+@dataclass(frozen=True)
+class RawValue:
+    """A value of an app's section as given, before the app's declaration can parse it."""
+
+    name: str  # section.key
+    raw: str
+    origin: str  # "file", "env" or "command line"
+    where: str | None = None  # the file's path or the variable's name
+
+    @property
+    def source(self) -> str:
+        """As ``prefork config`` shows it: ``file PATH``, ``env VAR`` or ``command line``."""
+        return f"{self.origin} {self.where}" if self.where else self.origin
+
+
+def _read_file(path: str) -> tuple[dict[str, str], list[RawValue]]:
+    """The raw ``section.key`` values of an INI file: the framework's, and the rest (app sections, or
+    unknown ones: checked once the app's sections are known). ConfigError naming the path."""
     # default_section that no header can name: a [DEFAULT] section is then reported as unknown instead of
     # silently feeding its keys into every section.
     parser = configparser.ConfigParser(interpolation=None, default_section="\0")
@@ -422,47 +408,51 @@ def _read_file(path: str) -> dict[str, str]:
     except configparser.Error as exc:
         raise ConfigError(f"{path}: cannot parse config file ({type(exc).__name__})") from None
     values: dict[str, str] = {}
+    others: list[RawValue] = []
     for section in parser.sections():
-        if section not in SECTIONS:
-            hint = _suggest(section, SECTIONS) or " (expected [server], [pool] or [ingest])"
-            raise ConfigError(f"{path}: unknown section [{section}]{hint}")
         for key, raw in parser.items(section):
-            if f"{section}.{key}" not in _BY_NAME:
+            name = f"{section}.{key}"
+            if section not in FRAMEWORK_SECTIONS:
+                others.append(RawValue(name, raw, "file", path))
+            elif name not in _BY_NAME:
                 keys = [s.key for s in SETTINGS if s.section == section]
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]{_suggest(key, keys)}")
-            values[f"{section}.{key}"] = raw
-    return values
+            else:
+                values[name] = raw
+        if not parser.items(section) and section not in FRAMEWORK_SECTIONS:
+            others.append(RawValue(f"{section}.", "", "file", path))  # an empty section is still checked
+    return values, others
 
 
-def _env_setting(var: str) -> Setting | None:
-    """The setting a PREFORK_<SECTION>_<KEY> variable names; None if it is no setting variable at all."""
-    for section in SECTIONS:
-        prefix = f"{ENV_PREFIX}{section.upper()}_"
-        if var.startswith(prefix):
-            name = f"{section}.{var[len(prefix) :].lower()}"
-            if name not in _BY_NAME:
-                raise ConfigError(f"{var}: unknown setting {name!r}{_suggest(name, _BY_NAME)}")
-            return _BY_NAME[name]
-    return None
+def _env_name(var: str) -> str | None:
+    """The ``section.key`` a PREFORK_<SECTION>_<KEY> variable names (None: not a setting variable);
+    ConfigError for an unknown key of a framework section."""
+    section, sep, key = var[len(ENV_PREFIX) :].partition("_")
+    if not var.startswith(ENV_PREFIX) or not sep:
+        return None
+    section, key = section.lower(), key.lower()
+    name = f"{section}.{key}"
+    if section in FRAMEWORK_SECTIONS:
+        if name not in _BY_NAME:
+            raise ConfigError(f"{var}: unknown setting {name!r}{_suggest(name, _BY_NAME)}")
+        return name
+    return name if SECTION_NAME.fullmatch(section) and KEY_NAME.fullmatch(key) else None
 
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, (Address, DSN)):
         return str(value)  # str(DSN) is redacted
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
 
 
 class Config:
-    """Parsed, validated values.
+    """Parsed, validated values: ``cfg.server`` and ``cfg.pool`` (typed sections), and an app's sections
+    through ``cfg.section(TheirClass)``."""
 
-    Attribute access per section: cfg.server.bind, cfg.pool.max_size, cfg.ingest.batch_size.
-    """
-
-    server: Any
-    pool: Any
-    ingest: Any
+    server: ServerConfig
+    pool: PoolConfig
 
     def __init__(
         self,
@@ -471,38 +461,87 @@ class Config:
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, str] | None = None,
         file_keys: frozenset[str] = frozenset(),
+        app_values: Iterable[RawValue] = (),
     ) -> None:
         self.path = path  # the INI file, if any
-        self.file_keys = file_keys  # the "section.key" names the file set
+        self.file_keys = file_keys  # the "section.key" names of the framework the file set
         self.env = dict(env or {})  # the PREFORK_* environment used
         self.overrides = dict(overrides or {})  # "section.key" -> raw string given on the command line
+        self.app_values = tuple(app_values)  # values of the app's sections, in the order of precedence
         self._values = dict(values)
-        for section, kind in _SECTION_TYPES.items():
-            setattr(self, section, kind(**{s.key: self._values[s.name] for s in SETTINGS if s.section == section}))
+        self.server = ServerConfig(**{s.key: self._values[s.name] for s in ServerConfig.settings()})
+        self.pool = PoolConfig(**{s.key: self._values[s.name] for s in PoolConfig.settings()})
 
     def get(self, name: str) -> Any:
-        """The value of ``section.key``, e.g. ``cfg.get("pool.max_size")``; ConfigError if unknown."""
+        """The value of a framework key, e.g. ``cfg.get("pool.max_size")``; ConfigError if unknown."""
         return self._values[setting(name).name]
 
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        """All values, JSON-safe: addresses as strings, the DSN with its password as ``***``."""
-        result: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-        for s in SETTINGS:
-            result[s.section][s.key] = _json_safe(self._values[s.name])
+    def section(self, kind: type[S]) -> S:
+        """The app section ``kind`` (a prefork.settings.Section), its values parsed from every source in
+        order; ConfigError (naming key, value and source) for an unknown key or a bad value."""
+        if kind in FRAMEWORK:
+            return getattr(self, kind.section_name)  # type: ignore[no-any-return]
+        items = {s.key: s for s in kind.settings()}
+        values = {key: _convert(s, s.default, "built-in default") for key, s in items.items()}
+        for value in self.app_values:
+            section, _, key = value.name.partition(".")
+            if section != kind.section_name or not key:
+                continue
+            if key not in items:
+                where = f"{value.where}: " if value.where else ""
+                raise ConfigError(f"{where}unknown key {key!r} in [{section}]{_suggest(key, items)}", value.name)
+            values[key] = _convert(items[key], value.raw, value.where)
+        return kind(**values)
+
+    def check_sections(self, sections: Iterable[type[Section]], app: str = "") -> None:
+        """Validate the app's values against the sections it declares: an unknown section in the file or
+        on the command line, an unknown key or a bad value is a ConfigError; a PREFORK_<SECTION>_* variable
+        of an undeclared section is ignored, like any other PREFORK_* variable."""
+        declared = {kind.section_name: kind for kind in sections}
+        for name in declared:
+            if name in FRAMEWORK_SECTIONS:
+                raise ConfigError(f"{app or 'the app'} declares the section [{name}], which is the framework's")
+        for value in self.app_values:
+            section = value.name.partition(".")[0]
+            if section in declared or value.origin == "env":
+                continue
+            known = ", ".join(f"[{s}]" for s in (*FRAMEWORK_SECTIONS, *declared))
+            hint = _suggest(section, [*FRAMEWORK_SECTIONS, *declared]) or f" (expected {known})"
+            if value.origin == "file":
+                raise ConfigError(f"{value.where}: unknown section [{section}]{hint}")
+            raise ConfigError(f"unknown setting {value.name!r}{hint}", value.name)
+        for kind in declared.values():
+            self.section(kind)
+
+    def as_dict(self, sections: Iterable[type[Section]] = ()) -> dict[str, dict[str, Any]]:
+        """All values, JSON-safe: addresses as strings, the DSN with its password as ``***``; the app's
+        ``sections`` after the framework's."""
+        result: dict[str, dict[str, Any]] = {}
+        for kind in (*FRAMEWORK, *sections):
+            values = self.section(kind)
+            result[kind.section_name] = {s.key: _json_safe(getattr(values, s.key)) for s in kind.settings()}
         return result
 
-    def sources(self) -> dict[str, str]:
+    def sources(self, sections: Iterable[type[Section]] = ()) -> dict[str, str]:
         """Where each value came from: ``default``, ``file PATH``, ``env VAR`` or ``command line``."""
-        result = {s.name: "default" for s in SETTINGS}
+        result = {s.name: "default" for kind in (*FRAMEWORK, *sections) for s in kind.settings()}
         for name in self.file_keys:
             result[name] = f"file {self.path}"
         for var in sorted(self.env):
-            item = _env_setting(var)
-            if item is not None:
-                result[item.name] = f"env {var}"
+            name = _env_name(var)
+            if name in _BY_NAME:
+                result[name] = f"env {var}"
         for name in self.overrides:
-            result[setting(name).name] = "command line"
+            if name in _BY_NAME:
+                result[name] = "command line"
+        for value in self.app_values:
+            if value.name in result:
+                result[value.name] = value.source
         return result
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> Config:
+        """This config with more command-line values (an app's flags, resolved once its sections are known)."""
+        return load_config(self.path, self.env, {**self.overrides, **overrides})
 
     def reload(self) -> Config:
         """A new Config from the file read again; env and overrides stay as given (SIGHUP). Raises ConfigError."""
@@ -518,28 +557,36 @@ def load_config(
     """Defaults < file < environment < overrides, all validated; raise ConfigError on the first problem.
 
     ``env`` defaults to ``os.environ``. ``overrides`` maps ``"section.key"`` to a raw string; a None value
-    means "not given" (handy for unset command-line flags).
+    means "not given" (handy for unset command-line flags). Values of sections other than the framework's
+    are kept raw for the app's declaration (Config.check_sections).
     """
     environ = os.environ if env is None else env
     used_env = {var: value for var, value in environ.items() if var.startswith(ENV_PREFIX)}
     given = {name: str(value) for name, value in (overrides or {}).items() if value is not None}
     values = {s.name: _convert(s, s.default, "built-in default") for s in SETTINGS}
+    app_values: list[RawValue] = []
     file_keys: frozenset[str] = frozenset()
     if path is not None:
-        from_file = _read_file(path)
+        from_file, app_values = _read_file(path)
         file_keys = frozenset(from_file)
         for name, raw in from_file.items():
             values[name] = _convert(_BY_NAME[name], raw, path)
     for var in sorted(used_env):
-        item = _env_setting(var)
-        if item is not None:
-            values[item.name] = _convert(item, used_env[var], var)
+        name = _env_name(var)
+        if name in _BY_NAME:
+            values[name] = _convert(_BY_NAME[name], used_env[var], var)
+        elif name is not None:
+            app_values.append(RawValue(name, used_env[var], "env", var))
     for name, raw in given.items():
-        values[name] = _convert(setting(name), raw, None)
+        _check_name(name)
+        if name in _BY_NAME:
+            values[name] = _convert(_BY_NAME[name], raw, None)
+        else:
+            app_values.append(RawValue(name, raw, "command line"))
     if values["pool.min_size"] > values["pool.max_size"]:
         raise ConfigError(
             f"pool.min_size: invalid value {str(values['pool.min_size'])!r} "
             f"(must not exceed pool.max_size = {values['pool.max_size']})",
             "pool.min_size",
         )
-    return Config(values, path=path, env=used_env, overrides=given, file_keys=file_keys)
+    return Config(values, path=path, env=used_env, overrides=given, file_keys=file_keys, app_values=app_values)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefork import logs, pidfile, sockets
+from prefork.app import AppLoadError, start_directory
+from prefork.appconfig import needs_probe, probe
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
 from prefork.proctitle import set_title
@@ -143,7 +145,7 @@ class Master:
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
-        self.start_dir = _start_directory()
+        self.start_dir = start_directory()
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
         # share of long-lived clients (see AcceptTable). Slots are given at fork and zeroed at reaping.
         self.accept_table = AcceptTable()
@@ -345,7 +347,9 @@ class Master:
             return
         try:
             cfg = self.cfg.reload()
-        except ConfigError as exc:
+            if needs_probe(cfg):  # the app's sections have values: check them with the new code
+                cfg = probe(cfg, cfg.server.chdir or self.start_dir, timeout=cfg.server.timeout)
+        except (ConfigError, AppLoadError) as exc:
             log.error("reload failed, keeping the old config: %s", exc)
             self.reloads["failed"] += 1
             return
@@ -673,19 +677,6 @@ def _raise_fd_limit(needed: int) -> None:
         return
     if target < needed:
         log.warning("open files limit is %d (hard), below the %d that worker_connections needs", target, needed)
-
-
-def _start_directory() -> str:
-    """Where prefork was started: $PWD when it names the current directory (it keeps a symlink such as
-    /srv/current, which a deploy may later point at a new release), else the resolved cwd."""
-    cwd = os.getcwd()
-    pwd = os.environ.get("PWD", "")
-    try:
-        if os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
-            return pwd
-    except OSError:
-        pass
-    return cwd
 
 
 def _remove(path: Path) -> None:

@@ -103,6 +103,18 @@ class PoolConnectError(PoolError):
     """Opening a new connection failed; ``__cause__`` holds the driver's error."""
 
 
+def connect_once(dsn: str | DSN) -> Any:
+    """One plain PyMySQL connection outside any pool, for a command such as an app's ``check`` or
+    ``initdb`` hook; close it yourself. PoolConnectError names the DSN, never its password."""
+    import pymysql
+
+    parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
+    try:
+        return pymysql.connect(**parsed.connect_kwargs())
+    except pymysql.err.MySQLError as exc:
+        raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """Tell whether a driver error means the connection is unusable."""
     import pymysql

@@ -25,7 +25,6 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
@@ -36,7 +35,8 @@ from gevent.server import StreamServer  # noqa: E402
 from gevent.socket import socket as green_socket  # noqa: E402
 
 from prefork import logs  # noqa: E402
-from prefork.app import AppLoadError, WorkerInfo, load_app  # noqa: E402
+from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
+from prefork.config import ConfigError  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
 from prefork.protocol import Counters, LineConnection, ProtocolSettings  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
@@ -202,20 +202,16 @@ class Worker:
         # does. server.pythonpath comes first.
         app_dir = self.spec.app_dir or os.getcwd()
         try:
-            os.chdir(app_dir)
+            enter_app_dir(app_dir, self.cfg.server.pythonpath)
         except OSError as exc:
             log.error("worker failed to boot: server.chdir: cannot enter %s: %s", app_dir, exc.strerror or exc)
             return False
-        for path in reversed([*self.cfg.server.pythonpath, app_dir]):
-            if path in sys.path:
-                sys.path.remove(path)
-            sys.path.insert(0, path)
         try:
             self.app = load_app(self.cfg.server.app)
             setup = getattr(self.app, "setup", None)
             if setup is not None:
                 setup(WorkerInfo(pid=self.pid, generation=self.spec.generation, config=self.cfg))
-        except AppLoadError as exc:
+        except (AppLoadError, ConfigError) as exc:
             log.error("worker failed to boot: %s", exc)
             return False
         except SystemExit as exc:

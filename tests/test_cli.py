@@ -28,6 +28,7 @@ from tests.server import (
     test_env,
     wait_for,
 )
+from workers.ingest import IngestSettings
 
 ECHO = "workers.echo:app"
 
@@ -490,7 +491,7 @@ def test_check_and_initdb_of_an_app_without_hooks_open_no_database_connection():
 def test_check_and_initdb_run_the_apps_hooks():
     result = run_cli("check", "-s", "server.app=testapps:hooked")
     assert result.returncode == 0, result.stderr
-    assert "checked generation 0 with table received_lines" in result.stdout
+    assert "checked generation 0, greeting 'hello' x1" in result.stdout
     result = run_cli("initdb", "-s", "server.app=testapps:hooked")
     assert result.returncode == 0 and "created what this app needs" in result.stdout, result.stderr
     line = one_error_line(run_cli("check", "-s", "server.app=testapps:hooked", env={"TESTAPP_HOOK": "fail"}))
@@ -504,7 +505,7 @@ def test_config_prints_every_key_with_its_value_and_source(tmp_path):
     result = run_cli(*args, env={"PREFORK_SERVER_WORKERS": "3"})
     assert result.returncode == 0, result.stderr
     lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines()}
-    assert len(lines) == len(SETTINGS)
+    assert len(lines) == len(SETTINGS) + len(IngestSettings.settings())  # the default app's section too
     assert lines["server.workers"].endswith("# env PREFORK_SERVER_WORKERS") and " = 3 " in lines["server.workers"]
     assert lines["pool.max_size"].endswith(f"# file {conf}")
     assert lines["server.reuse_port"].split("#")[0].strip().endswith("= on")

@@ -1,4 +1,9 @@
-"""prefork.config: defaults, precedence, validation, error messages, reload and the example file."""
+"""prefork.config: defaults, precedence, validation, error messages, reload and the example file.
+
+Most tests see the config as the default app does: the framework's sections plus the ingest app's
+declared ``[ingest]`` (checked with Config.check_sections, as the CLI does once the app is imported);
+tests/test_app_settings.py covers declaring sections.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,36 @@ from prefork.config import (
     Address,
     Config,
     ConfigError,
-    load_config,
+    PoolConfig,
+    ServerConfig,
     parse_address,
     parse_override,
     setting,
 )
+from prefork.config import load_config as load_framework_config
 from prefork.dsn import DSN
+from workers.ingest import IngestSettings
+
+# Every key the default app's config has, in the order of etc/prefork.ini.
+ALL = SETTINGS + IngestSettings.settings()
+SECTION_OF = {"server": ServerConfig, "pool": PoolConfig, "ingest": IngestSettings}
+
+
+def load_config(*args, **kwargs) -> Config:
+    """load_config, then the [ingest] values checked against the ingest app's section."""
+    cfg = load_framework_config(*args, **kwargs)
+    cfg.check_sections([IngestSettings])
+    return cfg
+
+
+def ingest(cfg: Config) -> IngestSettings:
+    return cfg.section(IngestSettings)
+
+
+def value_of(cfg: Config, name: str):
+    section, key = name.split(".")
+    return getattr(cfg.section(SECTION_OF[section]), key)
+
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "prefork.ini"
 
@@ -68,8 +97,9 @@ def test_defaults():
         30.0,
         0.0,
     )
-    assert cfg.ingest.table == "received_lines"
-    assert (cfg.ingest.batch_size, cfg.ingest.flushers, cfg.ingest.commit_timeout, cfg.ingest.max_pending) == (
+    assert ingest(cfg).table == "received_lines"
+    ing = ingest(cfg)
+    assert (ing.batch_size, ing.flushers, ing.commit_timeout, ing.max_pending) == (
         1000,
         2,
         30.0,
@@ -79,13 +109,12 @@ def test_defaults():
 
 
 def test_settings_table_matches_spec_order_and_names():
-    names = [s.name for s in SETTINGS]
+    names = [s.name for s in ALL]
     assert names[:3] == ["server.bind", "server.workers", "server.worker_connections"]
     assert names[-1] == "ingest.method" and len(names) == len(set(names)) == 42
-    assert [s.section for s in SETTINGS] == sorted(
-        (s.section for s in SETTINGS), key=["server", "pool", "ingest"].index
-    )
-    for s in SETTINGS:
+    assert {s.section for s in SETTINGS} == {"server", "pool"}  # the framework names no app's section
+    assert [s.section for s in ALL] == sorted((s.section for s in ALL), key=["server", "pool", "ingest"].index)
+    for s in ALL:
         s.parse(s.default)  # every default parses
         assert s.help and "\n" not in s.help
         assert s.flag is None or s.flag.startswith("--")
@@ -139,14 +168,14 @@ def test_overrides_beat_env_and_file(tmp_path):
     path = write(tmp_path, "[pool]\nmax_size = 5\n[ingest]\nbatch_size = 7\n")
     env = {"PREFORK_POOL_MAX_SIZE": "20", "PREFORK_INGEST_FLUSHERS": "4"}
     cfg = load_config(path, env=env, overrides={"pool.max_size": "30", "server.ack": "off"})
-    assert cfg.pool.max_size == 30 and cfg.ingest.batch_size == 7 and cfg.ingest.flushers == 4
+    assert cfg.pool.max_size == 30 and ingest(cfg).batch_size == 7 and ingest(cfg).flushers == 4
     assert cfg.server.ack is False
     assert cfg.overrides == {"pool.max_size": "30", "server.ack": "off"}
 
 
 def test_env_defaults_to_os_environ(monkeypatch):
     monkeypatch.setenv("PREFORK_INGEST_BATCH_SIZE", "42")
-    assert load_config().ingest.batch_size == 42
+    assert ingest(load_config()).batch_size == 42
 
 
 def test_other_prefork_variables_are_ignored():
@@ -219,7 +248,7 @@ def test_address_str(address, text):
     ],
 )
 def test_good_values(name, raw, value):
-    assert load_config(env={}, overrides={name: raw}).get(name) == value
+    assert value_of(load_config(env={}, overrides={name: raw}), name) == value
 
 
 def test_metrics_bind_and_multiple_binds():
@@ -355,13 +384,14 @@ def test_as_dict_is_json_safe_and_redacts_the_password():
         env={},
         overrides={"pool.dsn": "mysql://app:s3cr3tpw@db.example:3307/shop", "server.bind": "[::1]:1,unix:/x"},
     )
-    data = cfg.as_dict()
+    data = cfg.as_dict([IngestSettings])
     text = json.dumps(data)
     assert "s3cr3tpw" not in text and "s3cr3tpw" not in repr(cfg) and "s3cr3tpw" not in repr(cfg.pool)
     assert data["pool"]["dsn"] == "mysql://app:***@db.example:3307/shop"
     assert data["server"]["bind"] == ["[::1]:1", "unix:/x"] and data["server"]["metrics_bind"] is None
     assert list(data) == ["server", "pool", "ingest"]
-    assert [(section, key) for section in data for key in data[section]] == [(s.section, s.key) for s in SETTINGS]
+    assert [(section, key) for section in data for key in data[section]] == [(s.section, s.key) for s in ALL]
+    assert list(cfg.as_dict()) == ["server", "pool"]
     assert cfg.pool.dsn.password == "s3cr3tpw"  # the pool still gets the real one
 
 
@@ -464,13 +494,13 @@ def test_parse_override_unknown_key():
 def test_reload_rereads_the_file_but_keeps_env_and_overrides(tmp_path, monkeypatch):
     path = write(tmp_path, "[pool]\nmax_size = 5\nmin_size = 2\n[ingest]\nbatch_size = 10\nflushers = 3\n")
     cfg = load_config(path, env={"PREFORK_INGEST_FLUSHERS": "4"}, overrides={"pool.min_size": "1"})
-    assert (cfg.pool.max_size, cfg.pool.min_size, cfg.ingest.batch_size, cfg.ingest.flushers) == (5, 1, 10, 4)
+    assert (cfg.pool.max_size, cfg.pool.min_size, ingest(cfg).batch_size, ingest(cfg).flushers) == (5, 1, 10, 4)
 
     write(tmp_path, "[pool]\nmax_size = 6\nmin_size = 3\n[ingest]\nbatch_size = 20\nflushers = 5\n")
     monkeypatch.setenv("PREFORK_INGEST_FLUSHERS", "9")  # the environment as given at start stays
     new = cfg.reload()
     assert isinstance(new, Config) and new is not cfg
-    assert (new.pool.max_size, new.pool.min_size, new.ingest.batch_size, new.ingest.flushers) == (6, 1, 20, 4)
+    assert (new.pool.max_size, new.pool.min_size, ingest(new).batch_size, ingest(new).flushers) == (6, 1, 20, 4)
     assert cfg.pool.max_size == 5  # the old config is unchanged
     assert new.env == cfg.env and new.overrides == cfg.overrides and new.path == path
 
@@ -496,13 +526,14 @@ def test_reload_without_file():
 
 def test_example_file_parses_and_lists_exactly_the_settings():
     cfg = load_config(str(EXAMPLE), env={})
-    assert cfg.as_dict() == load_config(env={}).as_dict()  # every value is the default
+    # every value is the default
+    assert cfg.as_dict([IngestSettings]) == load_config(env={}).as_dict([IngestSettings])
 
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(EXAMPLE, encoding="utf-8")
     listed = [f"{section}.{key}" for section in parser.sections() for key in parser[section]]
-    assert listed == [s.name for s in SETTINGS]
-    for s in SETTINGS:
+    assert listed == [s.name for s in ALL]
+    for s in ALL:
         assert parser[s.section][s.key] == s.default
 
 
@@ -515,11 +546,11 @@ def test_example_file_comments_each_key_with_its_help():
         elif line and not line.startswith("#"):
             key, _, value = line.partition("=")
             found.append((section, key.strip(), value.strip(), lines[number - 1]))
-    assert found == [(s.section, s.key, s.default, f"# {s.help}") for s in SETTINGS]
+    assert found == [(s.section, s.key, s.default, f"# {s.help}") for s in ALL]
 
 
 @pytest.mark.parametrize(
     "raw, value", [("1048576", 1 << 20), ("512K", 512 << 10), ("64MiB", 64 << 20), ("1g", 1 << 30), ("2 MB", 2 << 20)]
 )
 def test_sizes_take_binary_units(raw, value):
-    assert load_config(env={}, overrides={"ingest.max_pending_bytes": raw}).ingest.max_pending_bytes == value
+    assert ingest(load_config(env={}, overrides={"ingest.max_pending_bytes": raw})).max_pending_bytes == value

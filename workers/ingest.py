@@ -51,7 +51,8 @@ import pymysql
 from gevent.event import Event
 
 from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
-from prefork.pool import Pool, PoolError, is_disconnect
+from prefork.pool import Pool, PoolError, connect_once, is_disconnect
+from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
 from workers.outcome import Session, marker_committed, server_of
 from workers.schema import MARKER_TABLE, ensure_table, quote_identifier
 
@@ -196,6 +197,31 @@ class UnknownOutcome(Exception):
         self.session = session
 
 
+# fmt: off
+class IngestSettings(Section, name="ingest"):
+    """``[ingest]``: where and how the lines are stored."""
+
+    table: str = option(
+        "received_lines", table_name, "target table (always quoted with backticks in SQL)", flag="--table")
+    batch_size: int = option("1000", positive_int, "most rows per transaction", flag="--batch-size")
+    flushers: int = option("2", positive_int, "concurrent transactions per worker", flag="--flushers")
+    commit_timeout: float = option(
+        "30", positive_seconds, "give up on a line (reply ERR unavailable) after this many seconds",
+        flag="--commit-timeout")
+    max_pending: int = option(
+        "100000", positive_int, "lines buffered per worker before it stops reading from clients",
+        flag="--max-pending")
+    max_pending_bytes: int = option(
+        "64MiB", size,
+        "memory of buffered lines per worker before it stops reading from clients (512K, 64MiB, 1G)",
+        flag="--max-pending-bytes")
+    method: str = option(
+        "auto", choice("auto", "load", "insert"),
+        "how batches are sent: load (LOAD DATA LOCAL INFILE from memory), insert (multi-row INSERT), "
+        "auto (load, falling back to insert when the server refuses it)", flag="--ingest-method")
+# fmt: on
+
+
 class Rejected(Exception):
     """The database refused a value of these lines (DATA_ERROR_CODES): retrying them as they are is futile."""
 
@@ -203,16 +229,19 @@ class Rejected(Exception):
 class IngestApp:
     """Store each line as a row of ``ingest.table``."""
 
+    settings = IngestSettings
+
     def setup(self, worker: WorkerInfo) -> None:
         """Build this worker's pool (it connects lazily) and start the flushers."""
         cfg = worker.config
+        ingest = cfg.section(IngestSettings)
         self.pid = worker.pid
-        self.table = cfg.ingest.table
-        self.batch_size = cfg.ingest.batch_size
-        self.commit_timeout = cfg.ingest.commit_timeout
-        self.max_pending = cfg.ingest.max_pending
-        self.max_pending_bytes = cfg.ingest.max_pending_bytes
-        self.method = cfg.ingest.method
+        self.table = ingest.table
+        self.batch_size = ingest.batch_size
+        self.commit_timeout = ingest.commit_timeout
+        self.max_pending = ingest.max_pending
+        self.max_pending_bytes = ingest.max_pending_bytes
+        self.method = ingest.method
         self._use_load = self.method != "insert"
         self._unclean_loads = 0
         self.pool = Pool.from_config(cfg.pool)
@@ -234,7 +263,7 @@ class IngestApp:
         self.batches_committed = 0
         self.rows_committed = 0
         self.rejected = 0
-        self._flushers = [gevent.spawn(self._flush_loop) for _ in range(cfg.ingest.flushers)]
+        self._flushers = [gevent.spawn(self._flush_loop) for _ in range(ingest.flushers)]
         self._expirer = gevent.spawn(self._expire_loop)
         gevent.spawn(self._ensure_tables_quietly)
 
@@ -555,8 +584,8 @@ class IngestApp:
     def check(self, worker: WorkerInfo) -> str:
         """``prefork check``: connect to the database and look for the table."""
         cfg = worker.config
-        table = cfg.ingest.table
-        conn = _connect_once(cfg.pool.dsn)
+        table = cfg.section(IngestSettings).table
+        conn = connect_once(cfg.pool.dsn)
         try:
             cur = conn.cursor()
             cur.execute(
@@ -572,14 +601,15 @@ class IngestApp:
     def initdb(self, worker: WorkerInfo) -> str:
         """``prefork initdb``: create the table (and the marker tables) if missing."""
         cfg = worker.config
-        conn = _connect_once(cfg.pool.dsn)
+        table = cfg.section(IngestSettings).table
+        conn = connect_once(cfg.pool.dsn)
         try:
-            ensure_table(conn, cfg.ingest.table)
+            ensure_table(conn, table)
         except pymysql.err.MySQLError as exc:
-            raise RuntimeError(f"cannot create table `{cfg.ingest.table}` in {cfg.pool.dsn.redacted}: {exc}") from None
+            raise RuntimeError(f"cannot create table `{table}` in {cfg.pool.dsn.redacted}: {exc}") from None
         finally:
             conn.close()
-        return f"table `{cfg.ingest.table}` ready in {cfg.pool.dsn.redacted}"
+        return f"table `{table}` ready in {cfg.pool.dsn.redacted}"
 
     def ensure_tables(self) -> None:
         """Create the ingest table and the marker table if they are missing."""
@@ -627,14 +657,6 @@ class IngestApp:
         gevent.joinall(self._flushers, timeout=timeout)
         self._expirer.kill(block=False)
         self.pool.close()
-
-
-def _connect_once(dsn: Any) -> Any:
-    """One plain connection for a command (check, initdb); the error names the DSN, never its password."""
-    try:
-        return pymysql.connect(**dsn.connect_kwargs())
-    except pymysql.err.MySQLError as exc:
-        raise RuntimeError(f"cannot connect to {dsn.redacted}: {exc}") from None
 
 
 def _escape_field(text: str) -> str:

@@ -6,6 +6,12 @@ import os
 
 from gevent.monkey import get_original
 
+from prefork.settings import Section, option, positive_int, string
+
+if os.environ.get("TESTAPP_IMPORT_LOG"):  # who imported this module: the master never may
+    with open(os.environ["TESTAPP_IMPORT_LOG"], "a") as _log:
+        _log.write(f"{os.getpid()}\n")
+
 _real_sleep = get_original("time", "sleep")
 
 
@@ -229,16 +235,30 @@ class Grouped:
 grouped = Grouped()
 
 
+class HookedSettings(Section, name="hooked"):
+    """``[hooked]``: the settings section the Hooked test app declares."""
+
+    greeting: str = option("hello", string, "the word put before each line", flag="--greeting")
+    repeat: int = option("1", positive_int, "how many times each line is said")
+
+
 class Hooked:
-    """Echo, with check and initdb hooks that report or fail as $TESTAPP_HOOK says."""
+    """Replies '<greeting> <line>' (repeated) from its own [hooked] section, with check and initdb hooks
+    that report or fail as $TESTAPP_HOOK says."""
+
+    settings = HookedSettings
+
+    def setup(self, worker) -> None:
+        self.conf = worker.config.section(HookedSettings)
 
     def handle(self, line: str, client) -> str:
-        return line
+        return " ".join([f"{self.conf.greeting} {line}"] * self.conf.repeat)
 
     def check(self, worker) -> str:
         if os.environ.get("TESTAPP_HOOK") == "fail":
             raise RuntimeError("the check hook found something wrong")
-        return f"checked generation {worker.generation} with table {worker.config.ingest.table}"
+        conf = worker.config.section(HookedSettings)
+        return f"checked generation {worker.generation}, greeting {conf.greeting!r} x{conf.repeat}"
 
     def initdb(self, worker) -> str:
         return "created what this app needs"
