@@ -279,12 +279,13 @@ def find_master_pid(args: argparse.Namespace) -> int:
 
 
 def _pid_from(pidfile: str) -> int:
-    try:
-        pid = int(open(pidfile).read().strip())
-    except FileNotFoundError:
-        raise CommandError(f"no master running (no pidfile {pidfile})", 1) from None
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read pidfile {pidfile}: {exc}", 1) from None
+    from prefork.pidfile import read_pid
+
+    pid = read_pid(pidfile)
+    if pid is None:
+        if not os.path.lexists(pidfile):
+            raise CommandError(f"no master running (no pidfile {pidfile})", 1)
+        raise CommandError(f"cannot read pidfile {pidfile}: no pid in it, or not readable", 1)
     if not _alive(pid):
         raise CommandError(f"no master running (stale pidfile {pidfile}, pid {pid})", 1)
     return pid

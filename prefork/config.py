@@ -33,9 +33,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
-from prefork.dsn import DSN, DSNError, parse_dsn
+from prefork.dsn import DSN, DSNError, hide_password, parse_dsn
 from prefork.settings import (
     KEY_NAME,
     SECTION_NAME,
@@ -333,24 +332,12 @@ def parse_override(text: str) -> tuple[str, str]:
     name = name.strip()
     if not sep or not name:
         # A mistyped "-s pool.dsn:mysql://u:pw@h" must not show the password.
-        raise ConfigError(_hide_password(f"invalid setting {text!r} (expected section.key=value)", text))
+        raise ConfigError(hide_password(f"invalid setting {text!r} (expected section.key=value)", text))
     _check_name(name)
     return name, value.strip()
 
 
 # ---- loading ----
-
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
-
-
-def _hide_password(message: str, raw: str) -> str:
-    """Mask whatever could be the password of a DSN, even of one too broken to parse."""
-    userinfo = raw.strip().rpartition("@")[0]
-    match = _SCHEME.match(userinfo)
-    password = userinfo[match.end() if match else 0 :].partition(":")[2]
-    for form in {password, unquote(password), repr(password)[1:-1]} - {""}:
-        message = message.replace(form, "***")
-    return message
 
 
 def _convert(item: Setting, raw: str, source: str | None) -> Any:
@@ -363,7 +350,7 @@ def _convert(item: Setting, raw: str, source: str | None) -> Any:
     except ValueError as exc:
         message = f"{prefix}{item.name}: invalid value {raw!r} ({exc})"
     if item.parse is parse_dsn:
-        message = _hide_password(message, raw)
+        message = hide_password(message, raw)
     raise ConfigError(message, item.name)
 
 

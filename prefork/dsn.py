@@ -10,6 +10,7 @@ timeouts so that no call on a dead network can hang forever.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -105,8 +106,22 @@ def parse_dsn(text: str) -> DSN:
     )
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
+
+
+def hide_password(message: str, raw: str) -> str:
+    """``message`` with whatever could be the password of the DSN text ``raw`` masked as ``***``, even when
+    ``raw`` is too broken to parse or not a DSN at all (a mistyped ``-s pool.dsn:mysql://u:pw@h``)."""
+    userinfo = raw.strip().rpartition("@")[0]
+    match = _SCHEME.match(userinfo)
+    password = userinfo[match.end() if match else 0 :].partition(":")[2]
+    for form in {password, unquote(password), repr(password)[1:-1]} - {""}:
+        message = message.replace(form, "***")
+    return message
+
+
 def _redact_raw(text: str) -> str:
-    """Hide the password of a DSN that may not even parse."""
+    """The DSN text with its password (if it has one) as ``***``, even when it does not parse."""
     scheme, sep, rest = text.partition("://")
     if not sep or "@" not in rest:
         return text

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefork import __version__
-from prefork.config import Address
+from prefork.config import Address, format_host_port
 from prefork.status import build_report
 
 log = logging.getLogger("prefork.metrics")
@@ -136,7 +136,7 @@ class MetricsServer:
     @property
     def address(self) -> str:
         host, port = self.sock.getsockname()[:2]
-        return f"[{host}]:{port}" if self.sock.family == socket.AF_INET6 else f"{host}:{port}"
+        return format_host_port(host, port)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -7,6 +7,8 @@ import os
 import socket
 import stat
 
+from prefork.config import format_host_port
+
 
 class BindError(Exception):
     """A listener could not be bound; the message names the address."""
@@ -86,7 +88,7 @@ def address_of(sock: socket.socket) -> str:
     if sock.family == socket.AF_UNIX:
         return f"unix:{name}"
     host, port = name[0], name[1]
-    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+    return format_host_port(host, port)
 
 
 def close(sock: socket.socket) -> None:
