@@ -5,7 +5,8 @@ Every code block of the guide carries a marker comment saying what to do with it
 - ``<!-- guide-file: NAME -->``: save the block as NAME in the reader's directory;
 - ``<!-- guide-run: SESSION -->``: a ``prefork run ...`` command, started there (on a free port);
 - ``<!-- guide-python: SESSION -->``: Python run against that server (port 32777 replaced by the real
-  one), whose output must be what its ``# -> ...`` comments say;
+  one), whose output must be what its ``# -> ...`` comments say; without SESSION, Python on its own
+  (the default DSN replaced by the private MariaDB's);
 - ``<!-- guide-shell -->``: ``prefork`` commands, each followed by ``# -> text`` lines its output must hold.
 
 A block without a marker fails the test: nothing in the guide goes untried. The database is the private
@@ -25,6 +26,9 @@ from tests.helpers import query
 from tests.server import ROOT, ServerProcess, prefork_cmd, test_env
 
 BLOCK = re.compile(r"(?:<!-- guide-(file|run|python|shell)(?::\s*(\S+))?\s*-->\n)?```(\w*)\n(.*?)```", re.S)
+
+
+DEFAULT_DSN = "mysql://root@127.0.0.1:3306/test"
 
 
 def guide_blocks() -> list[tuple[str | None, str | None, str]]:
@@ -47,6 +51,7 @@ def test_every_block_of_the_guide_is_tried():
 @pytest.mark.timeout(180)
 def test_the_guide_works_as_written(tmp_path, dsn):
     query(dsn, "DROP TABLE IF EXISTS `word_counts`")
+    query(dsn, "DROP TABLE IF EXISTS `lookup_values`")
     env = test_env({"PREFORK_POOL_DSN": dsn})
     servers: dict[str, ServerProcess] = {}
     ran = []
@@ -59,7 +64,9 @@ def test_the_guide_works_as_written(tmp_path, dsn):
                 assert argv[:2] == ["prefork", "run"], body
                 servers[name] = ServerProcess(argv[2:], env={"PREFORK_POOL_DSN": dsn}, cwd=tmp_path).start()
             elif kind == "python":
-                code = body.replace("127.0.0.1:32777", f"127.0.0.1:{servers[name].port}")
+                code = body.replace(DEFAULT_DSN, dsn)
+                if name:
+                    code = code.replace("127.0.0.1:32777", f"127.0.0.1:{servers[name].port}")
                 result = subprocess.run(
                     [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
                 )
