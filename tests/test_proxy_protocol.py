@@ -1,0 +1,153 @@
+"""prefork.proxy_protocol: PROXY v1 and v2 headers parsed exactly, read from a socket without eating the
+client's first bytes, with a deadline and a size bound."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from prefork.proxy_protocol import (
+    V2_SIGNATURE,
+    ProxyHeader,
+    ProxyHeaderError,
+    allowed,
+    header_length,
+    looks_like_header,
+    parse,
+    parse_networks,
+    read_header,
+)
+
+
+def v2(command: int, family: int, body: bytes) -> bytes:
+    return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(body)) + body
+
+
+V2_TCP4 = v2(1, 0x11, socket.inet_aton("203.0.113.7") + socket.inet_aton("192.0.2.1") + struct.pack("!HH", 5000, 80))
+V2_TCP6 = v2(
+    1,
+    0x21,
+    socket.inet_pton(socket.AF_INET6, "2001:db8::7")
+    + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    + struct.pack("!HH", 6000, 443),
+)
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 32777\r\n", (1, ("203.0.113.7", 56324), False)),
+        (b"PROXY TCP6 2001:db8::7 2001:db8::1 1 65535\r\n", (1, ("2001:db8::7", 1), False)),
+        (b"PROXY UNKNOWN\r\n", (1, None, False)),
+        (b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", (1, None, False)),
+        (V2_TCP4, (2, ("203.0.113.7", 5000), False)),
+        (V2_TCP6, (2, ("2001:db8::7", 6000), False)),
+        (v2(0, 0x00, b""), (2, None, True)),  # LOCAL: HAProxy's own health check
+        (v2(0, 0x11, b"\x00" * 12), (2, None, True)),
+        (v2(1, 0x00, b""), (2, None, False)),  # PROXY over an unspecified family
+        (v2(1, 0x11, V2_TCP4[16:] + b"\x04\x00\x01x"), (2, ("203.0.113.7", 5000), False)),  # a TLV, skipped
+    ],
+)
+def test_valid_headers(header, expected):
+    assert header_length(header + b"hello\n") == len(header)
+    found = parse(header)
+    assert (found.version, found.source, found.local) == expected and found.length == len(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 56324\r\n",  # a port missing
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 056324 1\r\n",  # a leading zero
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 65536 1\r\n",  # past 65535
+        b"PROXY TCP4 2001:db8::7 192.0.2.1 1 1\r\n",  # not TCP4
+        b"PROXY TCP4 203.0.113.300 192.0.2.1 1 1\r\n",
+        b"PROXY TCP5 203.0.113.7 192.0.2.1 1 1\r\n",
+        b"PROXY  TCP4 203.0.113.7 192.0.2.1 1 1\r\n",  # two spaces
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 \xd9\xa1 1\r\n",  # a non-ASCII digit
+        V2_SIGNATURE + bytes([0x11, 0x11]) + struct.pack("!H", 12) + b"\x00" * 12,  # version 1 in v2
+        V2_SIGNATURE + bytes([0x22, 0x11]) + struct.pack("!H", 12) + b"\x00" * 12,  # command 2
+        v2(1, 0x11, b"\x00" * 11),  # too short for IPv4
+    ],
+)
+def test_invalid_headers(header):
+    with pytest.raises(ProxyHeaderError):
+        parse(header)
+
+
+def test_header_length_asks_for_more_or_refuses():
+    assert header_length(b"") is None and header_length(b"PRO") is None and header_length(b"PROXY TCP4 1") is None
+    assert header_length(V2_TCP4[:5]) is None and header_length(V2_TCP4[:15]) is None
+    assert header_length(V2_TCP4[:16]) == len(V2_TCP4)
+    with pytest.raises(ProxyHeaderError, match="expected a PROXY header"):
+        header_length(b"hello\n")
+    with pytest.raises(ProxyHeaderError, match="expected a PROXY v2 header"):
+        header_length(b"PROXY TCP4 1.2.3.4 1.2.3.4 1 1\r\n", "v2")
+    with pytest.raises(ProxyHeaderError, match="expected a PROXY v1 header"):
+        header_length(V2_TCP4, "v1")
+    with pytest.raises(ProxyHeaderError, match="no CR LF in the first 107 bytes"):
+        header_length(b"PROXY " + b"x" * 200)
+    with pytest.raises(ProxyHeaderError, match="too long"):
+        header_length(V2_SIGNATURE + b"\x21\x11\xff\xff")
+    assert looks_like_header(b"PROX") and looks_like_header(V2_TCP4[:3]) and not looks_like_header(b"hello")
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    return a, b
+
+
+@pytest.mark.parametrize("header", [b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 32777\r\n", V2_TCP4, V2_TCP6])
+@pytest.mark.parametrize("step", [1, 3, 17, 1000])
+def test_read_header_takes_exactly_the_header_however_it_is_split(header, step):
+    server, client = pair()
+    data = header + b"first line\nsecond\n"
+
+    def send() -> None:
+        for i in range(0, len(data), step):
+            client.sendall(data[i : i + step])
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    found = read_header(server, "auto", timeout=10)
+    sender.join()
+    assert isinstance(found, ProxyHeader) and found.source is not None and found.length == len(header)
+    rest = b""
+    while len(rest) < len(b"first line\nsecond\n"):
+        rest += server.recv(100)
+    assert rest == b"first line\nsecond\n"  # the client's bytes are all still there
+    server.close()
+    client.close()
+
+
+def test_read_header_has_a_deadline_and_sees_a_bare_close():
+    server, client = pair()
+    client.sendall(b"PROXY TCP4 203.0.113.7")  # and then nothing
+    started = time.monotonic()
+    with pytest.raises(ProxyHeaderError, match="within 0.3s"):
+        read_header(server, "auto", timeout=0.3)
+    assert time.monotonic() - started < 5
+    server, client = pair()
+    client.close()  # a TCP health check: connect, close
+    with pytest.raises(EOFError):
+        read_header(server, "auto", timeout=5)
+    server, client = pair()
+    client.sendall(b"hello\n")  # a client speaking before (or instead of) a header
+    with pytest.raises(ProxyHeaderError, match="expected a PROXY header"):
+        read_header(server, "auto", timeout=5)
+
+
+def test_allowed_networks():
+    networks = parse_networks("127.0.0.1/32, ::1/128,10.0.0.0/8")
+    assert allowed("127.0.0.1", networks) and allowed("10.1.2.3", networks) and allowed("::1", networks)
+    assert allowed("::ffff:127.0.0.1", networks)  # an IPv4 client on a dual-stack listener
+    assert not allowed("127.0.0.2", networks) and not allowed("unix", networks)
+    with pytest.raises(ValueError, match="not a network"):
+        parse_networks("127.0.0.1/33")
