@@ -1,5 +1,9 @@
 """Parse ``mysql://user:password@host:port/db?param=value`` DSNs into PyMySQL connect arguments.
 
+Several hosts may be listed, comma separated (``mysql://u:p@db1:3306,db2:3306,db3/test``): the nodes of a
+MariaDB Galera cluster, say. A new connection goes to the first that answers, in the order given
+(``prefork.pool``), so every worker writes to the same node while it is up.
+
 The password never leaves this module in readable form: ``str(dsn)``, ``repr(dsn)`` and
 ``dsn.redacted`` all show it as ``***``, so a DSN can be logged or put in an error message safely.
 
@@ -34,6 +38,12 @@ class DSN:
     password: str = field(default="", repr=False)
     database: str = ""
     params: tuple[tuple[str, str], ...] = ()
+    failover: tuple[tuple[str, int], ...] = ()  # the hosts listed after the first, in order
+
+    @property
+    def hosts(self) -> tuple[tuple[str, int], ...]:
+        """Every (host, port) of the DSN, in the order to try them."""
+        return ((self.host, self.port), *self.failover)
 
     @property
     def redacted(self) -> str:
@@ -41,9 +51,9 @@ class DSN:
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":***"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts)
         query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in self.params)
-        return f"mysql://{auth}@{host}:{self.port}/{self.database}" + (f"?{query}" if query else "")
+        return f"mysql://{auth}@{hosts}/{self.database}" + (f"?{query}" if query else "")
 
     def __str__(self) -> str:
         return self.redacted
@@ -51,12 +61,12 @@ class DSN:
     def __repr__(self) -> str:
         return f"DSN({self.redacted!r})"
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``pymysql.connect``."""
+    def connect_kwargs(self, host: int = 0) -> dict[str, Any]:
+        """Keyword arguments for ``pymysql.connect`` to the ``host``-th host of the DSN (0: the first)."""
         params = dict(self.params)
         kwargs: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
+            "host": self.hosts[host][0],
+            "port": self.hosts[host][1],
             "user": self.user,
             "password": self.password,
             "database": self.database or None,
@@ -74,9 +84,17 @@ def parse_dsn(text: str) -> DSN:
     """Parse a ``mysql://`` DSN; raise DSNError naming what is wrong (never the password)."""
     try:
         parts = urlsplit(text.strip())
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        # Each host of a list is read as a netloc of its own, so brackets and ports mean the same.
+        others = [urlsplit(f"//{item.strip()}") for item in hostlist.split(",")[1:]]
+        if others:
+            parts = urlsplit(text.strip().replace(parts.netloc, f"{userinfo}@{hostlist.split(',')[0]}", 1))
         port = parts.port
+        failover = tuple((other.hostname or "", other.port or DEFAULT_PORT) for other in others)
     except ValueError as exc:
         raise DSNError(f"bad DSN {_redact_raw(text)!r}: {exc}") from None
+    if any(not host for host, _ in failover):
+        raise DSNError(f"bad DSN {_redact_raw(text)!r}: an empty host in the list")
     if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
         raise DSNError(f"bad DSN {_redact_raw(text)!r}: the scheme must be mysql://")
     params = tuple(parse_qsl(parts.query, keep_blank_values=True))
@@ -103,6 +121,7 @@ def parse_dsn(text: str) -> DSN:
         password=unquote(parts.password) if parts.password else "",
         database=database,
         params=params,
+        failover=failover,
     )
 
 

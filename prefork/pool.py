@@ -76,6 +76,7 @@ _Lock = get_original("threading", "Lock")
 # Errors that mean the connection is gone: server shutdown in progress (1053), connection killed (1927),
 # server gone away, lost connection, commands out of sync, network read error, lost connection during
 # handshake, and PyMySQL's own "(0, '')".
+UNKNOWN_SYSTEM_VARIABLE = 1193
 DISCONNECT_CODES = frozenset({0, 1053, 1927, 2006, 2013, 2014, 2045, 2055})
 CLOSE_REASONS = ("max_uses", "max_idle", "max_lifetime", "broken", "closed")
 _IN_TRANS = 1  # SERVER_STATUS_IN_TRANS
@@ -113,6 +114,46 @@ def connect_once(dsn: str | DSN) -> Any:
         return pymysql.connect(**parsed.connect_kwargs())
     except pymysql.err.MySQLError as exc:
         raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
+
+
+def _connect_first(targets: list[dict[str, Any]]) -> Any:
+    """A connection to the first of ``targets`` that answers (and, in a cluster, is ready for queries)."""
+    import pymysql
+
+    for i, kwargs in enumerate(targets):
+        last = i == len(targets) - 1
+        try:
+            conn = _connection_class()(**kwargs, local_infile=True)
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError):
+            if last:
+                raise
+            continue
+        if last or _node_ready(conn):
+            return conn
+        conn.close()
+    raise AssertionError("unreachable")
+
+
+def _node_ready(conn: Any) -> bool:
+    """False for a Galera node that accepts connections but not queries yet (joining, or cut off from the
+    primary component); True for any other server, a standalone MariaDB (wsrep_on = 0) included."""
+    import pymysql
+
+    cur = conn.cursor()
+    try:
+        try:
+            cur.execute("SELECT @@wsrep_on")
+        except pymysql.err.MySQLError as exc:
+            return bool(exc.args) and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE  # a server without Galera
+        if not int(cur.fetchone()[0]):
+            return True
+        cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
+        row = cur.fetchone()
+        return row is not None and str(row[1]).upper() == "ON"
+    except Exception:
+        return False
+    finally:
+        cur.close()
 
 
 def is_disconnect(exc: BaseException) -> bool:
@@ -232,10 +273,12 @@ class Pool:
     def from_dsn(cls, dsn: str | DSN, **kwargs: Any) -> Pool:
         """Create a pool of PyMySQL connections to ``dsn`` (a string or a parsed DSN)."""
         parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
-        connect_kwargs = parsed.connect_kwargs()
+        targets = [parsed.connect_kwargs(i) for i in range(len(parsed.hosts))]
 
         def connect() -> Any:
-            return _connection_class()(**connect_kwargs, local_infile=True)
+            # Several hosts (a Galera cluster): the first that answers and is ready, in the DSN's order, so
+            # that every connection of every worker goes to the same node while it is up.
+            return _connect_first(targets)
 
         kwargs.setdefault("name", parsed.redacted)
         return cls(connect, **kwargs)

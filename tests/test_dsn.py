@@ -47,3 +47,27 @@ def test_errors_never_show_the_password(bad):
     with pytest.raises(DSNError) as info:
         parse_dsn(bad)
     assert "topsecret" not in str(info.value) and "bad DSN" in str(info.value)
+
+
+def test_several_hosts_in_order():
+    dsn = parse_dsn("mysql://app:pw@127.0.0.11:3307,127.0.0.12,[::1]:3309/test?connect_timeout=2")
+    assert dsn.hosts == (("127.0.0.11", 3307), ("127.0.0.12", 3306), ("::1", 3309))
+    assert (dsn.host, dsn.port) == ("127.0.0.11", 3307)  # the first, as for one host
+    assert [dsn.connect_kwargs(i)["host"] for i in range(3)] == ["127.0.0.11", "127.0.0.12", "::1"]
+    assert all(dsn.connect_kwargs(i)["connect_timeout"] == 2.0 for i in range(3))
+    assert str(dsn) == "mysql://app:***@127.0.0.11:3307,127.0.0.12:3306,[::1]:3309/test?connect_timeout=2"
+    assert parse_dsn(str(dsn).replace("***", "pw")) == dsn
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("mysql://u:sekret@a,,b/x", "an empty host"),
+        ("mysql://u:sekret@a:1,b:99999/x", "out of range"),
+        ("mysql://u:sekret@a,b:x/t", "could not be cast"),
+    ],
+)
+def test_bad_host_lists(raw, expected):
+    with pytest.raises(DSNError, match=expected) as info:
+        parse_dsn(raw)
+    assert "sekret" not in str(info.value)

@@ -13,6 +13,7 @@ import gevent
 import pymysql
 import pytest
 
+from devtools.mariadb import free_port
 from prefork.pool import (
     Pool,
     PoolClosed,
@@ -579,3 +580,25 @@ def test_failing_on_connect_closes_the_connection_and_fails_the_acquire(dsn):
         assert not pool_thread_ids(dsn) - before, "the connection on_connect refused is still open"
     finally:
         pool.close()
+
+
+def test_several_hosts_the_first_that_answers_in_order(db):
+    """A DSN listing hosts (a Galera cluster): connections go to the first host that answers; a standalone
+    server (wsrep off) counts as ready. Here the first host is a port nobody listens on."""
+    dead = f"127.0.0.1:{free_port()}"
+    live = db.dsn.split("@", 1)[1].split("/", 1)[0]
+    pool = make_pool(db.dsn.replace(live, f"{dead},{live}"), max_size=2)
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT @@port")
+        assert cur.fetchone()[0] == int(live.rsplit(":", 1)[1])
+    pool.close()
+    pool = make_pool(db.dsn.replace(live, f"{live},{dead}"), max_size=1)  # the live one first: it is used
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT 1")
+    pool.close()
+    only_dead = make_pool(db.dsn.replace(live, f"{dead},{dead.replace('127.0.0.1', '127.0.0.2')}"), timeout=2)
+    with pytest.raises((PoolTimeout, PoolConnectError)):
+        with only_dead.connection():
+            pass
+    only_dead.close()

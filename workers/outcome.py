@@ -9,7 +9,12 @@ transaction, so the answer is in the marker table, provided that:
   old session died with it, and its thread id may now belong to an unrelated session that must not be
   killed (a token in a MEMORY table, empty after each restart, tells the runs apart);
 - the lookup reads the newest committed data: it runs in a fresh transaction, since a read view opened
-  before the old COMMIT landed would not see the marker, and the batch would be stored twice.
+  before the old COMMIT landed would not see the marker, and the batch would be stored twice;
+- in a Galera cluster the lookup may run on another node than the COMMIT did (that node died, and the pool
+  moved on to the next host of the DSN). The run token tells the nodes apart as it tells runs apart (a
+  MEMORY table is not replicated), so no session is killed on the wrong node; and the lookup waits for
+  its node to have applied every write set the cluster certified before it (``wsrep_sync_wait``): a
+  COMMIT that the dead node got certified is then visible, one that it did not never will be.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pymysql
 from workers.schema import MARKER_TABLE, SERVER_RUN_TABLE
 
 UNKNOWN_THREAD = 1094
+UNKNOWN_SYSTEM_VARIABLE = 1193
 NOT_OWNER = 1095  # "you are not owner of thread": not a session of ours
 SESSION_GONE_WAIT_S = 10.0
 
@@ -71,10 +77,24 @@ def marker_committed(conn: Any, marker: bytes, session: Session | None) -> bool:
     if session is not None and server_of(conn) == session.server:
         _end_session(cur, session.thread_id)
     conn.rollback()  # a fresh read view for the lookup
+    causal = _wait_for_the_cluster(cur, True)
     cur.execute(f"SELECT 1 FROM `{MARKER_TABLE}` WHERE batch_id = %s", (marker,))
     found = cur.fetchone() is not None
     conn.rollback()
+    if causal:
+        _wait_for_the_cluster(cur, False)
     return found
+
+
+def _wait_for_the_cluster(cur: Any, on: bool) -> bool:
+    """Turn Galera's causal reads on (or off again) for this session; False on a server without Galera."""
+    try:
+        cur.execute(f"SET SESSION wsrep_sync_wait = {1 if on else 0}")
+    except pymysql.err.MySQLError as exc:
+        if exc.args and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE:
+            return False
+        raise
+    return True
 
 
 def _end_session(cur: Any, thread_id: int) -> None:
