@@ -18,12 +18,17 @@ the header is consumed exactly and the client's first line stays in the socket f
 from __future__ import annotations
 
 import ipaddress
+import logging
 import select
 import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
+log = logging.getLogger("prefork.proxy")
+
+HEADER_TIMEOUT = 5.0  # seconds a balancer gets to send the header of a connection it opened
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest v1 header, CR LF included (the spec's figure)
@@ -185,3 +190,58 @@ def allowed(peer: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def client_address(sock: socket.socket, addr: Any, mode: str, trusted: Networks) -> Any | None:
+    """The address to serve a new connection as, on a listener whose ``server.proxy_protocol`` is
+    ``mode``; None when the connection is to be closed (each reason logged once, a bare health check
+    quietly).
+
+    A peer in ``trusted`` (``server.proxy_allow_from``; a unix socket peer always) must begin with a valid
+    header: the client it names is the address (a LOCAL or UNKNOWN header: the peer itself). Any other peer
+    is a direct client, served as itself, unless it begins with a header: a client must not choose the
+    address it is stored under.
+    """
+    if mode == "off":
+        return addr
+    unix = sock.family == socket.AF_UNIX
+    peer = "unix" if unix else str(addr[0])
+    if unix or allowed(peer, trusted):
+        try:
+            header = read_header(sock, mode, HEADER_TIMEOUT)
+        except EOFError:
+            log.debug("connection from %s closed before its PROXY header (a health check?)", peer)
+            return None
+        except (ProxyHeaderError, OSError) as exc:
+            log.warning("closing a connection from %s: %s", peer, exc)
+            return None
+        return header.source or addr
+    if _begins_with_header(sock):
+        log.warning("closing a connection from %s: a PROXY header from outside server.proxy_allow_from", peer)
+        return None
+    return addr
+
+
+def _begins_with_header(sock: socket.socket) -> bool:
+    """Whether an untrusted peer's first bytes are a PROXY header; a peer that sends nothing for
+    HEADER_TIMEOUT, or bytes that cannot begin one, is a client (its bytes stay unread)."""
+    deadline = time.monotonic() + HEADER_TIMEOUT
+    seen = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return False
+        try:
+            data = sock.recv(len(V2_SIGNATURE), socket.MSG_PEEK)
+        except OSError:
+            return False
+        if not data or not looks_like_header(data):
+            return False
+        if len(data) >= len(V1_PREFIX) and data.startswith(V1_PREFIX) or len(data) == len(V2_SIGNATURE):
+            return True
+        if len(data) == seen:  # a prefix such as "PRO", and nothing more yet: look again shortly
+            time.sleep(0.01)
+        seen = len(data)

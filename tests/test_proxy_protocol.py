@@ -15,6 +15,7 @@ from prefork.proxy_protocol import (
     ProxyHeader,
     ProxyHeaderError,
     allowed,
+    client_address,
     header_length,
     looks_like_header,
     parse,
@@ -151,3 +152,61 @@ def test_allowed_networks():
     assert not allowed("127.0.0.2", networks) and not allowed("unix", networks)
     with pytest.raises(ValueError, match="not a network"):
         parse_networks("127.0.0.1/33")
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket, tuple]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    server, addr = listener.accept()
+    server.settimeout(10)
+    listener.close()
+    return server, client, addr
+
+
+TRUSTED = parse_networks("127.0.0.1/32")
+ELSEWHERE = parse_networks("10.0.0.0/8")
+V1_HEADER = b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 32777\r\n"
+
+
+@pytest.mark.parametrize(
+    "mode, trusted, sent, expected",
+    [
+        ("auto", TRUSTED, V1_HEADER + b"line\n", ("203.0.113.7", 56324)),
+        ("v2", TRUSTED, V2_TCP4 + b"line\n", ("203.0.113.7", 5000)),
+        ("auto", TRUSTED, v2(0, 0, b"") + b"line\n", "peer"),  # LOCAL: the balancer itself
+        ("auto", TRUSTED, b"PROXY UNKNOWN\r\nline\n", "peer"),
+        ("auto", TRUSTED, b"line\n", None),  # a trusted peer must send a header
+        ("v1", TRUSTED, V2_TCP4 + b"line\n", None),  # of the version the listener takes
+        ("auto", TRUSTED, b"", None),  # a bare TCP health check
+        ("auto", ELSEWHERE, b"line\n", "peer"),  # a direct client
+        ("auto", ELSEWHERE, V1_HEADER + b"line\n", None),  # a direct client may not spoof an address
+        ("auto", ELSEWHERE, V2_TCP4 + b"line\n", None),
+        ("off", TRUSTED, V1_HEADER, "peer"),  # off: nothing is read
+    ],
+)
+def test_client_address(mode, trusted, sent, expected):
+    server, client, addr = tcp_pair()
+    if sent:
+        client.sendall(sent)
+    else:
+        client.close()
+    found = client_address(server, addr, mode, trusted)
+    assert found == (addr if expected == "peer" else expected)
+    if found is not None and mode != "off":
+        assert server.recv(100) == b"line\n"  # the client's bytes are left for the line reader
+    server.close()
+    client.close()
+
+
+def test_an_untrusted_header_sent_in_pieces_is_still_refused():
+    server, client, addr = tcp_pair()
+
+    def send() -> None:
+        client.sendall(b"PRO")
+        time.sleep(0.2)
+        client.sendall(V1_HEADER[3:])
+
+    threading.Thread(target=send).start()
+    assert client_address(server, addr, "auto", ELSEWHERE) is None
+    server.close()
+    client.close()
