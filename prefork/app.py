@@ -41,6 +41,13 @@ a future without it costs a greenlet while it is pending. A reply that is not on
 a string holding a LF), and an exception from ``handle``, ``handle_lines`` or a future's ``get()``, become
 ``ERR unavailable`` for that line, with a log line naming the app; the connection's other lines go on.
 
+Line ids (``server.line_ids = on``): an app opts in with the class attribute ``accepts_line_ids = True``
+and a ``handle_lines(lines, client, ids=None)``; it then gets ``ids``, a list of one client-chosen id (str)
+or None per line, the ``@ID `` already taken off the line, and must store each id at most once (a line
+whose id is already stored gets ``OK`` without being stored again: resends become exactly-once). With
+``server.line_ids`` off it is called as before, without ``ids``. With it on, a worker whose app has not
+opted in does not boot.
+
 The master never imports the application: each worker imports it after the fork, so a SIGHUP's new
 generation runs new code.
 """

@@ -243,6 +243,9 @@ class ServerConfig(Section, name="server"):
     max_line: int = option(
         "65536", positive_int, "longest accepted line in bytes, terminator (LF or CR LF) excluded", flag="--max-line")
     ack: bool = option("on", boolean, "off: send no replies (fire-and-forget clients)", flag="--ack")
+    line_ids: bool = option(
+        "off", boolean, "on: a line may begin with @ID and a space, a client-chosen id the app stores once (the app "
+        "must accept ids)", flag="--line-ids")
     backlog: int = option(
         "4096", positive_int,
         "connections the kernel queues for each listener before refusing (capped by net.core.somaxconn)",

@@ -29,11 +29,19 @@ sends them itself with one non-blocking send; otherwise (futures, or a client no
 they wait in the queue of a writer greenlet, started when a reply must wait and ended when the queue is
 empty: an idle connection, or one whose app answers at once, costs one greenlet. A read with a bad line
 (bad UTF-8, empty, too long) takes the line-by-line path.
+
+Line ids (``server.line_ids = on``, off by default): a line ``@ID PAYLOAD`` carries a client-chosen id (1-64
+characters of ``[A-Za-z0-9._:-]``, one space, a non-empty payload), which the app gets beside the payload
+(``handle_lines(lines, client, ids)``) and stores once whatever the resends; a line that begins with ``@``
+without a valid id gets ``ERR bad-id``. The line ``@\xff`` (not UTF-8, so a server without ids answers it
+``ERR bad-utf8``) is the capability probe: answered ``OK ids`` by the framework, never seen by the app. Ids
+are split off per read, with one search for a ``@`` at a line start; with ids off nothing is looked at.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -56,6 +64,12 @@ STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may 
 ERR_TOO_LONG = "ERR too-long"
 ERR_BAD_UTF8 = "ERR bad-utf8"
 ERR_EMPTY = "ERR empty"
+ERR_BAD_ID = "ERR bad-id"
+# The capability probe (invalid UTF-8, so a v1 server without ids answers ERR bad-utf8) and its answer.
+ID_PROBE = b"@\xff"
+OK_IDS = "OK ids"
+MAX_ID = 64
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # With server.max_line = 65536, lines of up to 16384 characters are surely short enough (4 bytes at most
 # per character in UTF-8) without counting their bytes.
 UTF8_MAX_BYTES = 4
@@ -70,6 +84,7 @@ class ProtocolSettings:
     max_line: int = 65536
     client_timeout: float = 300.0
     ack: bool = True
+    line_ids: bool = False
 
 
 class Counters:
@@ -262,17 +277,25 @@ class LineConnection:
             lines = text.split("\n")
             lines.pop()  # after the last LF
             if max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line and "" not in lines:
-                self.counters.lines_in += len(lines)
-                self._queue(self._answer(lines))
-                return
+                if not self.settings.line_ids:
+                    self.counters.lines_in += len(lines)
+                    self._queue(self._answer(lines))
+                    return
+                ids = _split_ids(text, lines)
+                if ids is not None:  # else a bad id: its line gets ERR bad-id on the slow path
+                    self.counters.lines_in += len(lines)
+                    self._queue(self._answer(lines, ids))
+                    return
         self._dispatch_slowly(chunk[:-1].split(b"\n"))
 
     def _dispatch_slowly(self, lines: list[bytes]) -> None:
         """The line-by-line path, for a read with a line that is not valid (or may be too long)."""
         max_line = self.settings.max_line
+        line_ids = self.settings.line_ids
         self.counters.lines_in += len(lines)
         replies: list[Any] = []
         valid: list[str] = []
+        ids: list[str | None] | None = [] if line_ids else None
         where: list[int] = []
         for line in lines:
             if line[-1:] == b"\r":
@@ -281,25 +304,41 @@ class LineConnection:
                 replies.append(ERR_TOO_LONG)
             elif not line:
                 replies.append(ERR_EMPTY)
+            elif line_ids and line == ID_PROBE:
+                replies.append(OK_IDS)
             else:
                 try:
-                    valid.append(line.decode("utf-8"))
+                    text = line.decode("utf-8")
                 except UnicodeDecodeError:
                     replies.append(ERR_BAD_UTF8)
-                else:
-                    where.append(len(replies))
-                    replies.append(None)
+                    continue
+                ident = None
+                if ids is not None and text[0] == "@":
+                    parsed = parse_id(text)
+                    if parsed is None:
+                        replies.append(ERR_BAD_ID)
+                        continue
+                    ident, text = parsed
+                valid.append(text)
+                if ids is not None:
+                    ids.append(ident)
+                where.append(len(replies))
+                replies.append(None)
         if valid:
-            for i, reply in zip(where, self._answer(valid), strict=True):
+            for i, reply in zip(where, self._answer(valid, ids), strict=True):
                 replies[i] = reply
         self._queue(replies)
 
-    def _answer(self, lines: list[str]) -> list[Any]:
-        """The app's replies (text or futures) to valid lines, one per line."""
+    def _answer(self, lines: list[str], ids: list[str | None] | None = None) -> list[Any]:
+        """The app's replies (text or futures) to valid lines, one per line; ``ids`` (line ids on) goes to
+        the app's ``handle_lines`` beside them (the worker only boots an app that accepts them)."""
         client = self.client
         if self._handle_lines is not None:
             try:
-                replies = self._handle_lines(lines, client)
+                if ids is None:
+                    replies = self._handle_lines(lines, client)
+                else:
+                    replies = self._handle_lines(lines, client, ids)
             except Exception:
                 log.exception("application %s failed on %d lines from %s", _name(self.app), len(lines), client.addr)
                 return [ERR_UNAVAILABLE] * len(lines)
@@ -573,6 +612,43 @@ class LineConnection:
             pass
         finally:
             sock.close()
+
+
+def parse_id(line: str) -> tuple[str, str] | None:
+    """``(id, payload)`` of a line ``@ID PAYLOAD``; None if it does not have that form (ERR bad-id)."""
+    # The separating space comes right after 1..MAX_ID characters of id: at index 2..MAX_ID + 1.
+    space = line.find(" ", 2, MAX_ID + 2)
+    if space < 0 or space == len(line) - 1 or line[0] != "@" or not _ID.fullmatch(line, 1, space):
+        return None
+    return line[1:space], line[space + 1 :]
+
+
+def _split_ids(text: str, lines: list[str]) -> list[str | None] | None:
+    """The ids of the lines of ``text`` (one per line, None where a line has none), each line with an id
+    replaced in ``lines`` by its payload; None if a line that begins with ``@`` has no valid id."""
+    ids: list[str | None] = [None] * len(lines)
+    if text[0] != "@" and "\n@" not in text:
+        return ids  # one C search per read: no line starts with @
+    for i, line in enumerate(lines):
+        if line[0] == "@":
+            parsed = parse_id(line)
+            if parsed is None:
+                return None
+            ids[i], lines[i] = parsed
+    return ids
+
+
+def accepts_line_ids(app: Any) -> bool:
+    """Whether ``app`` opted in to line ids: ``accepts_line_ids = True`` and a ``handle_lines`` to take them."""
+    return getattr(app, "accepts_line_ids", False) is True and callable(getattr(app, "handle_lines", None))
+
+
+def line_ids_refused(app_spec: str) -> str:
+    """The one line saying why an app that does not accept line ids cannot serve with them on."""
+    return (
+        f"server.line_ids is on, but the app {app_spec} does not accept line ids "
+        "(it needs accepts_line_ids = True and handle_lines(lines, client, ids))"
+    )
 
 
 def _known_text(replies: list[Any]) -> str | None:

@@ -38,7 +38,7 @@ from prefork import logs  # noqa: E402
 from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
 from prefork.config import ConfigError  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol import Counters, LineConnection, ProtocolSettings  # noqa: E402
+from prefork.protocol import Counters, LineConnection, ProtocolSettings, accepts_line_ids, line_ids_refused  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
 
@@ -132,7 +132,10 @@ class Worker:
         self._quick = False
         self.counters = Counters()
         self.settings = ProtocolSettings(
-            max_line=self.cfg.server.max_line, client_timeout=self.cfg.server.client_timeout, ack=self.cfg.server.ack
+            max_line=self.cfg.server.max_line,
+            client_timeout=self.cfg.server.client_timeout,
+            ack=self.cfg.server.ack,
+            line_ids=self.cfg.server.line_ids,
         )
         if not self._boot_app():
             return False
@@ -208,6 +211,10 @@ class Worker:
             return False
         try:
             self.app = load_app(self.cfg.server.app)
+            if self.cfg.server.line_ids and not accepts_line_ids(self.app):
+                # Serving it would hand ids to an app that ignores them: resends stored twice, silently.
+                log.error("worker failed to boot: %s", line_ids_refused(self.cfg.server.app))
+                return False
             setup = getattr(self.app, "setup", None)
             if setup is not None:
                 setup(WorkerInfo(pid=self.pid, generation=self.spec.generation, config=self.cfg))

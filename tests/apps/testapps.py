@@ -265,3 +265,21 @@ class Hooked:
 
 
 hooked = Hooked()
+
+
+class IdEcho:
+    """Accepts line ids: replies '<id> <line>' for each line, '- <line>' for one without an id, and
+    'noids <line>' when it is called without ids (server.line_ids off)."""
+
+    accepts_line_ids = True
+
+    def handle(self, line: str, client) -> str:
+        return f"noids {line}"
+
+    def handle_lines(self, lines: list[str], client, ids=None) -> list[str]:
+        if ids is None:
+            return [f"noids {line}" for line in lines]
+        return [f"{ident or '-'} {line}" for ident, line in zip(ids, lines, strict=True)]
+
+
+id_echo = IdEcho()
