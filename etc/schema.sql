@@ -19,3 +19,7 @@ CREATE TABLE IF NOT EXISTS `prefork_server_run` (
   id    TINYINT    NOT NULL PRIMARY KEY,
   token BINARY(16) NOT NULL
 ) ENGINE=MEMORY;
+
+-- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
+-- the ingest table (left out while it is off):
+-- ALTER TABLE `received_lines` ADD COLUMN IF NOT EXISTS line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY IF NOT EXISTS line_id (line_id);

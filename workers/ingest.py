@@ -34,12 +34,22 @@ Failures (SPEC section 6):
 - With ``ingest.max_pending`` lines or ``ingest.max_pending_bytes`` of them waiting, ``handle`` blocks its
   reader: the worker stops reading from clients until batches drain, and memory stays bounded however
   long the outage.
+
+Line ids (``server.line_ids = on``): the table gets a ``line_id`` column with a unique key (added if
+missing), and each line's client-chosen id is stored with it (NULL for a line without one). A batch with
+ids first looks its ids up, in its own transaction: a line whose id is already stored is answered ``OK``
+and not written again, and lines of one batch with the same id are written once. When another transaction
+commits one of the ids meanwhile (another worker, another flusher), the INSERT waits for it and fails with
+a duplicate key on ``line_id`` (a LOAD skips the row with a warning, and is redone with INSERT, which
+fails so): that is no rejected value, the batch is rolled back and tried again, and its lookup then finds
+the id. So a line resent after a lost reply is stored once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -54,7 +64,7 @@ from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
 from prefork.pool import Pool, PoolError, connect_once, is_disconnect
 from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
 from workers.outcome import Session, marker_committed, server_of
-from workers.schema import MARKER_TABLE, ensure_table, quote_identifier
+from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, quote_identifier
 
 log = logging.getLogger("workers.ingest")
 
@@ -78,6 +88,11 @@ MARKER_INSERT = f"INSERT INTO `{MARKER_TABLE}` (batch_id) VALUES (%s)"
 # statement means the same under NO_BACKSLASH_ESCAPES.
 LOAD_FORMAT = "CHARACTER SET utf8mb4 FIELDS TERMINATED BY x'09' ESCAPED BY x'5c' LINES TERMINATED BY x'0a'"
 DUPLICATE_KEY = 1062
+BAD_FIELD = 1054  # unknown column: line_id not added yet (line ids just turned on)
+# A duplicate on the line id key ("for key 'line_id'", MySQL 8: "'table.line_id'"): the id was committed
+# by another transaction meanwhile. An id never holds a quote, so the key's name is the last quoted part.
+LINE_ID_TAKEN = re.compile(rf"for key '(?:[^']*\.)?{LINE_ID_COLUMN}'$")
+ID_LOOKUP_CHUNK = 1000  # ids per SELECT ... IN (...), well below max_allowed_packet
 # Errors about a value, which the same rows get every time: bad column value, cannot be NULL, duplicate
 # key (a unique index an operator added), out of range, data too long, incorrect string value (charset),
 # invalid characters, foreign key, CHECK constraint.
@@ -92,11 +107,14 @@ class Batch:
     rows are written, and their replies are one ``Share`` of the batch.
     """
 
-    __slots__ = ("texts", "runs", "nbytes", "taken", "first_at", "reply", "replies", "_done")
+    __slots__ = ("texts", "runs", "ids", "nbytes", "taken", "first_at", "reply", "replies", "_done")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.runs: list[Run] = []
+        # One id (or None) per text, made only once a line with an id joins: a batch without ids keeps
+        # nothing per line.
+        self.ids: list[str | None] | None = None
         self.nbytes = 0  # memory held by the texts
         self.taken = False  # a flusher owns it (or it expired): no more lines join
         self.first_at = time.monotonic()
@@ -156,14 +174,16 @@ class Share:
 
 
 class Rows:
-    """Some consecutive lines of a batch, as they are written: texts, runs, and their place in the batch."""
+    """Some consecutive lines of a batch, as they are written: texts, runs, their place in the batch, and
+    their ids (None when none of them has one)."""
 
-    __slots__ = ("texts", "runs", "offset")
+    __slots__ = ("texts", "runs", "offset", "ids")
 
-    def __init__(self, texts: list[str], runs: list[Run], offset: int = 0):
+    def __init__(self, texts: list[str], runs: list[Run], offset: int = 0, ids: list[str | None] | None = None):
         self.texts = texts
         self.runs = runs
         self.offset = offset
+        self.ids = ids
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -183,10 +203,29 @@ class Rows:
                 first.append((received, addr, half - seen))
                 second.append((received, addr, seen + count - half))
             seen += count
+        ids = self.ids
         return (
-            Rows(self.texts[:half], first, self.offset),
-            Rows(self.texts[half:], second, self.offset + half),
+            Rows(self.texts[:half], first, self.offset, None if ids is None else ids[:half]),
+            Rows(self.texts[half:], second, self.offset + half, None if ids is None else ids[half:]),
         )
+
+    def only(self, keep: list[bool]) -> Rows:
+        """The rows whose place in ``keep`` is True, runs cut to match (for writing; no place in the batch)."""
+        texts: list[str] = []
+        ids: list[str | None] = []
+        runs: list[Run] = []
+        i = 0
+        for received, addr, count in self.runs:
+            kept = 0
+            for j in range(i, i + count):
+                if keep[j]:
+                    texts.append(self.texts[j])
+                    ids.append(self.ids[j] if self.ids is not None else None)
+                    kept += 1
+            if kept:
+                runs.append((received, addr, kept))
+            i += count
+        return Rows(texts, runs, self.offset, ids)
 
 
 class UnknownOutcome(Exception):
@@ -226,10 +265,15 @@ class Rejected(Exception):
     """The database refused a value of these lines (DATA_ERROR_CODES): retrying them as they are is futile."""
 
 
+class LineIdTaken(Exception):
+    """Another transaction committed one of the batch's line ids meanwhile: try again, the lookup finds it."""
+
+
 class IngestApp:
     """Store each line as a row of ``ingest.table``."""
 
     settings = IngestSettings
+    accepts_line_ids = True  # handle_lines takes the ids; each is stored once (server.line_ids)
 
     def setup(self, worker: WorkerInfo) -> None:
         """Build this worker's pool (it connects lazily) and start the flushers."""
@@ -242,6 +286,7 @@ class IngestApp:
         self.max_pending = ingest.max_pending
         self.max_pending_bytes = ingest.max_pending_bytes
         self.method = ingest.method
+        self.line_ids = cfg.server.line_ids
         self._use_load = self.method != "insert"
         self._unclean_loads = 0
         self.pool = Pool.from_config(cfg.pool)
@@ -249,6 +294,12 @@ class IngestApp:
         columns = "(received_at, client_addr, worker_pid, payload)"
         self._insert_head = f"INSERT INTO {quoted} {columns} VALUES "
         self._load_sql = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {columns}"
+        # Rows with ids name the line id column too; rows without any keep the statements above, so that
+        # with line ids off nothing differs from a table without the column.
+        with_id = f"(received_at, client_addr, worker_pid, payload, {LINE_ID_COLUMN})"
+        self._insert_head_ids = f"INSERT INTO {quoted} {with_id} VALUES "
+        self._load_sql_ids = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {with_id}"
+        self._id_lookup = f"SELECT {LINE_ID_COLUMN} FROM {quoted} WHERE {LINE_ID_COLUMN} IN "
         self._load_fields: dict[str, str] = {}  # client address -> its escaped field in a LOAD file
         self._batches: deque[Batch] = deque()
         self._work = Event()
@@ -263,6 +314,7 @@ class IngestApp:
         self.batches_committed = 0
         self.rows_committed = 0
         self.rejected = 0
+        self.already_stored = 0  # lines answered OK because their id was stored before
         self._flushers = [gevent.spawn(self._flush_loop) for _ in range(ingest.flushers)]
         self._expirer = gevent.spawn(self._expire_loop)
         gevent.spawn(self._ensure_tables_quietly)
@@ -273,9 +325,11 @@ class IngestApp:
         """Queue one line; return the future of its reply, known once its batch is committed."""
         return self.handle_lines([line], client)[0]
 
-    def handle_lines(self, lines: list[str], client: Client) -> list[Share]:
+    def handle_lines(self, lines: list[str], client: Client, ids: list[str | None] | None = None) -> list[Share]:
         """Queue the lines of one read; return the futures of their replies, one per line (lines that join
-        the same batch share one)."""
+        the same batch share one). ``ids`` (server.line_ids): each line's id or None."""
+        if ids is not None and ids.count(None) == len(ids):
+            ids = None  # no line of this read has an id: nothing to keep per line
         while self.pending >= self.max_pending or self.pending_bytes >= self.max_pending_bytes:
             # Backpressure: this reader waits, so the worker stops reading from clients.
             self._room.clear()
@@ -293,6 +347,12 @@ class IngestApp:
             count = min(len(lines) - done, self.batch_size - len(batch.texts))
             part = lines if count == len(lines) else lines[done : done + count]
             size = sum(map(sys.getsizeof, part))
+            if ids is not None or batch.ids is not None:
+                if batch.ids is None:
+                    batch.ids = [None] * len(batch.texts)
+                id_part = ids[done : done + count] if ids is not None else [None] * count
+                batch.ids += id_part
+                size += sum(map(sys.getsizeof, id_part))
             replies += [Share(batch, len(batch.texts), count)] * count
             batch.texts += part
             batch.runs.append((received, addr, count))
@@ -317,7 +377,7 @@ class IngestApp:
             deadline = batch.first_at + self.commit_timeout
             try:
                 # A batch already past its deadline is answered without being sent.
-                rows = Rows(batch.texts, batch.runs)
+                rows = Rows(batch.texts, batch.runs, ids=batch.ids)
                 reply = self._commit(rows, deadline) if time.monotonic() < deadline else ERR_UNAVAILABLE
             except Rejected as exc:
                 batch.replies = [ERR_UNAVAILABLE] * len(rows)
@@ -335,6 +395,7 @@ class IngestApp:
         self.pending_bytes -= batch.nbytes
         batch.texts = []  # answered: the texts are not needed any more
         batch.runs = []
+        batch.ids = None
         if not self._room.is_set() and self.pending < self.max_pending and self.pending_bytes < self.max_pending_bytes:
             self._room.set()
 
@@ -371,12 +432,19 @@ class IngestApp:
         failures = 0
         while True:
             try:
-                self._write(lines, marker, deadline)
+                skipped = self._write(lines, marker, deadline)
                 self.batches_committed += 1
-                self.rows_committed += len(lines)
+                self.rows_committed += len(lines) - skipped
+                self.already_stored += skipped
                 if failures:
                     log.info("ingest: batch of %d lines committed after %d failed tries", len(lines), failures)
                 return OK
+            except LineIdTaken as exc:
+                # Not a failure: the other transaction has committed (the INSERT waited for it), so the
+                # next try's lookup finds the id. Each try finds at least one more id: no delay needed.
+                log.debug("ingest: %s (%s); the batch is tried again", exc, exc.__cause__)
+                if time.monotonic() < deadline:
+                    continue
             except UnknownOutcome as unknown:
                 if self._resolve_unknown(marker, unknown.session):
                     self.batches_committed += 1
@@ -420,7 +488,9 @@ class IngestApp:
             batch.replies[part.offset : part.offset + len(part)] = [reply] * len(part)
         return OK
 
-    def _write(self, lines: Rows, marker: bytes, deadline: float) -> None:
+    def _write(self, lines: Rows, marker: bytes, deadline: float) -> int:
+        """One try at storing the lines with their marker; return how many were not written because their
+        id was stored already (or earlier in the same lines)."""
         timeout = max(0.05, min(self.pool.timeout, deadline - time.monotonic()))
         session: Session | None = None  # known once the COMMIT is about to be sent
         try:
@@ -431,10 +501,11 @@ class IngestApp:
                     cur.execute(MARKER_INSERT, (marker,))
                 except pymysql.err.IntegrityError as exc:
                     if exc.args and exc.args[0] == DUPLICATE_KEY:
-                        return  # an earlier try of this batch did commit: stored once, done
+                        return 0  # an earlier try of this batch did commit: stored once, done
                     raise
-                if not self._load(conn, lines, marker):
-                    for sql in self._statements(conn, lines):
+                rows = lines if lines.ids is None else self._unstored(conn, lines)
+                if rows.texts and not self._load(conn, rows, marker):
+                    for sql in self._statements(conn, rows):
                         cur.execute(sql)
                 session = Session(server, conn.thread_id())
                 try:
@@ -449,9 +520,36 @@ class IngestApp:
             # failure itself to discard the connection rather than roll it back and reuse it.
             if session is not None:
                 raise UnknownOutcome(session) from exc
+            if lines.ids is not None and _line_id_taken(exc):
+                raise LineIdTaken(f"a line id of a batch of {len(lines)} lines was committed meanwhile") from exc
             if isinstance(exc, pymysql.err.MySQLError) and exc.args and exc.args[0] in DATA_ERROR_CODES:
                 raise Rejected(f"{len(lines)} lines refused: {exc}") from exc
             raise
+        return len(lines) - len(rows)
+
+    def _unstored(self, conn: Any, lines: Rows) -> Rows:
+        """The lines to write, in this transaction: not those whose id is stored already, nor a second line
+        with the same id. A plain (consistent) read: an id another transaction has not committed yet is
+        not seen, and the INSERT then waits for that transaction (LineIdTaken if it commits)."""
+        ids = lines.ids
+        wanted = list({ident for ident in ids if ident is not None})
+        seen: set[str] = set()
+        cur = conn.cursor()
+        escape = conn.escape
+        for start in range(0, len(wanted), ID_LOOKUP_CHUNK):
+            listed = ",".join(map(escape, wanted[start : start + ID_LOOKUP_CHUNK]))
+            cur.execute(f"{self._id_lookup}({listed})")
+            seen.update(row[0].decode() if isinstance(row[0], bytes) else row[0] for row in cur.fetchall())
+        keep = []
+        for ident in ids:
+            if ident is None:
+                keep.append(True)
+            elif ident in seen:
+                keep.append(False)
+            else:
+                seen.add(ident)
+                keep.append(True)
+        return lines if all(keep) else lines.only(keep)
 
     def _load(self, conn: Any, lines: Rows, marker: bytes) -> bool:
         """Write the rows with LOAD DATA LOCAL INFILE if the method says so; True if they are written.
@@ -460,8 +558,9 @@ class IngestApp:
         """
         if not self._use_load:
             return False
+        sql = self._load_sql if lines.ids is None else self._load_sql_ids
         try:
-            stored, warnings = conn.load_local_data(self._load_sql, self._load_data(lines))
+            stored, warnings = conn.load_local_data(sql, self._load_data(lines))
         except pymysql.err.MySQLError as exc:
             if not (exc.args and exc.args[0] in LOAD_REFUSED_CODES):
                 raise
@@ -498,6 +597,12 @@ class IngestApp:
         joined = "\n".join(texts)  # a payload never holds LF
         if "\\" in joined or "\t" in joined or "\0" in joined:
             texts = _escape_field(joined).split("\n")
+        if rows.ids is not None:
+            # One more field, the id (\N: NULL); ids hold no character that needs escaping.
+            texts = [
+                f"{text}\t{ident}" if ident is not None else f"{text}\t\\N"
+                for text, ident in zip(texts, rows.ids, strict=True)
+            ]
         parts = []
         done = 0
         for received, addr, count in rows.runs:
@@ -528,17 +633,22 @@ class IngestApp:
         values: list[str] = []
         size = 0
         texts = iter(rows.texts)
+        if rows.ids is None:
+            insert_head, ends = self._insert_head, None
+        else:
+            insert_head = self._insert_head_ids
+            ends = iter([f",{escape(ident)})" if ident is not None else ",NULL)" for ident in rows.ids])
         for received, addr, count in rows.runs:
             head = f"('{self._stamp(received)}',{escape(addr)},{self.pid},"
             for _ in range(count):
                 text = next(texts)
                 if size + len(text) > STATEMENT_CHARS and values:
-                    yield self._insert_head + ",".join(values)
+                    yield insert_head + ",".join(values)
                     values, size = [], 0
-                values.append(f"{head}{escape(text)})")
+                values.append(f"{head}{escape(text)}{next(ends) if ends is not None else ')'}")
                 size += len(text)
         if values:
-            yield self._insert_head + ",".join(values)
+            yield insert_head + ",".join(values)
 
     def _stamp(self, ts: float) -> str:
         """A DATETIME(6) value in UTC for an epoch timestamp (the second's text is cached)."""
@@ -552,7 +662,7 @@ class IngestApp:
         if isinstance(exc, PoolError) or is_disconnect(exc):
             return True
         if isinstance(exc, pymysql.err.MySQLError) and exc.args:
-            if exc.args[0] == NO_SUCH_TABLE:
+            if exc.args[0] == NO_SUCH_TABLE or (exc.args[0] == BAD_FIELD and self.line_ids):
                 self._ensure_tables_quietly()
                 return True
             return exc.args[0] in RETRYABLE_CODES
@@ -582,7 +692,8 @@ class IngestApp:
     # -- tables and housekeeping --------------------------------------------------------------------
 
     def check(self, worker: WorkerInfo) -> str:
-        """``prefork check``: connect to the database and look for the table."""
+        """``prefork check``: connect to the database and look for the table (and, with line ids on, its
+        line id column)."""
         cfg = worker.config
         table = cfg.section(IngestSettings).table
         conn = connect_once(cfg.pool.dsn)
@@ -593,18 +704,22 @@ class IngestApp:
                 (table,),
             )
             found = cur.fetchone() is not None
+            ids_missing = found and cfg.server.line_ids and not has_line_id(conn, table)
         finally:
             conn.close()
         state = "exists" if found else "is missing (the workers create it at start, `prefork initdb` now)"
+        if ids_missing:
+            state += f" without its unique {LINE_ID_COLUMN} column (the workers add it at start, `prefork initdb` now)"
         return f"database {cfg.pool.dsn.redacted} answers, table `{table}` {state}"
 
     def initdb(self, worker: WorkerInfo) -> str:
-        """``prefork initdb``: create the table (and the marker tables) if missing."""
+        """``prefork initdb``: create the table (and the marker tables) if missing; with server.line_ids on,
+        add the line id column and its unique key if missing."""
         cfg = worker.config
         table = cfg.section(IngestSettings).table
         conn = connect_once(cfg.pool.dsn)
         try:
-            ensure_table(conn, table)
+            ensure_table(conn, table, line_ids=cfg.server.line_ids)
         except pymysql.err.MySQLError as exc:
             raise RuntimeError(f"cannot create table `{table}` in {cfg.pool.dsn.redacted}: {exc}") from None
         finally:
@@ -612,9 +727,10 @@ class IngestApp:
         return f"table `{table}` ready in {cfg.pool.dsn.redacted}"
 
     def ensure_tables(self) -> None:
-        """Create the ingest table and the marker table if they are missing."""
+        """Create the ingest table and the marker table if they are missing (and the line id column, with
+        server.line_ids on)."""
         with self.pool.connection() as conn:
-            ensure_table(conn, self.table)
+            ensure_table(conn, self.table, line_ids=self.line_ids)
 
     def _ensure_tables_quietly(self) -> None:
         try:
@@ -648,6 +764,7 @@ class IngestApp:
             "batches": self.batches_committed,
             "rows": self.rows_committed,
             "rejected": self.rejected,
+            "already_stored": self.already_stored,
         }
 
     def close(self, timeout: float) -> None:
@@ -657,6 +774,17 @@ class IngestApp:
         gevent.joinall(self._flushers, timeout=timeout)
         self._expirer.kill(block=False)
         self.pool.close()
+
+
+def _line_id_taken(exc: Exception) -> bool:
+    """A duplicate key error on the line id key (not on a unique key an operator added)."""
+    args = getattr(exc, "args", ())
+    return (
+        isinstance(exc, pymysql.err.MySQLError)
+        and len(args) > 1
+        and args[0] == DUPLICATE_KEY
+        and LINE_ID_TAKEN.search(str(args[1])) is not None
+    )
 
 
 def _escape_field(text: str) -> str:

@@ -21,14 +21,47 @@ def create_table_sql(table: str) -> str:
 ) ENGINE=InnoDB"""
 
 
-def ensure_table(conn: Any, table: str) -> None:
-    """Create the ingest table, the marker table and the server run table if they are missing."""
+# With server.line_ids on: the client-chosen id of each line (NULL for a line without one), unique, so that
+# a line resent after a lost reply is found instead of stored again. Case-sensitive, as ids are.
+LINE_ID_COLUMN = "line_id"
+LINE_ID_TYPE = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL"
+
+
+def add_line_id_sql(table: str) -> str:
+    """The ALTER TABLE that adds the line id column and its unique key, each if missing (MariaDB)."""
+    return (
+        f"ALTER TABLE {quote_identifier(table)} ADD COLUMN IF NOT EXISTS {LINE_ID_COLUMN} {LINE_ID_TYPE}, "
+        f"ADD UNIQUE KEY IF NOT EXISTS {LINE_ID_COLUMN} ({LINE_ID_COLUMN})"
+    )
+
+
+def has_line_id(conn: Any, table: str) -> bool:
+    """Whether the table has the line id column with a unique key on it alone."""
+    cur = conn.cursor()
+    cur.execute(
+        "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+        "AND INDEX_NAME = %s AND COLUMN_NAME = %s AND NON_UNIQUE = 0",
+        (table, LINE_ID_COLUMN, LINE_ID_COLUMN),
+    )
+    found = cur.fetchone()[0] > 0
+    cur.close()
+    return bool(found)
+
+
+def ensure_table(conn: Any, table: str, line_ids: bool = False) -> None:
+    """Create the ingest table, the marker table and the server run table if they are missing; with
+    ``line_ids``, add the line id column and its unique key to the ingest table if they are missing."""
     cur = conn.cursor()
     cur.execute(create_table_sql(table))
     cur.execute(create_marker_table_sql())
     cur.execute(create_server_run_table_sql())
     cur.close()
     conn.commit()
+    # Looked up first: even an ALTER with nothing to do waits for the table's metadata lock, and the
+    # statements of every other session on the table would queue behind it meanwhile.
+    if line_ids and not has_line_id(conn, table):
+        conn.cursor().execute(add_line_id_sql(table))
+        conn.commit()
 
 
 # One marker row per committed batch, written in the batch's transaction: after a connection broke during
