@@ -6,7 +6,7 @@
     prefork check [APP] [-c FILE]      # validate config, import the app, run its check hook
     prefork initdb [APP] [-c FILE]     # run the app's initdb hook (ingest: create its table)
     prefork config [APP] [-c FILE] [--json]  # the effective configuration, each key with its source
-    prefork send [--to HOST:PORT] [--errors FILE] [FILE ...]   # stream lines; exit 0 if every one got OK
+    prefork send [--to HOST:PORT] [--errors FILE] [--no-ids] [--id-prefix TEXT] [FILE ...]   # exit 0: all OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
 prefork.config names them; an app's sections may declare more, resolved once the app is imported: see
@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--to", default="127.0.0.1:32777", metavar="HOST:PORT", help="the server")
     send.add_argument("--window", type=int, default=1000, help="lines in flight at most (default 1000)")
     send.add_argument("--errors", metavar="FILE", help="write each line that got ERR there, after its reason")
+    send.add_argument(
+        "--no-ids",
+        dest="ids",
+        action="store_false",
+        help="send no line ids, even to a server that offers them (a resent line may then be stored twice)",
+    )
+    send.add_argument(
+        "--id-prefix",
+        metavar="TEXT",
+        help="stable ids for stdin's lines (TEXT:LINE_NUMBER), so that a re-run stores nothing twice; files' ids "
+        "come from their real path",
+    )
     return parser
 
 
@@ -411,7 +423,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Stream the files' lines to the server; exit 0 only when every line got OK."""
     from prefork.sender import send_files
 
-    return send_files(args.files or ["-"], args.to, window=args.window, errors_path=args.errors)
+    return send_files(
+        args.files or ["-"],
+        args.to,
+        window=args.window,
+        errors_path=args.errors,
+        ids=args.ids,
+        id_prefix=args.id_prefix,
+    )
 
 
 COMMANDS = {

@@ -10,9 +10,20 @@
 ``stream`` keeps up to ``window`` lines in flight on one connection and yields each line with its reply,
 in the order the lines were given. When the connection breaks (the server restarted, a worker died, a
 balancer moved), it reconnects with capped exponential backoff and sends again every line that had no
-reply yet: a line without a reply may or may not have been stored (SPEC: at-least-once), so a resent line
-may be stored twice; ``resent`` counts them. A reply of ``ERR ...`` is final and yielded as it is (``ERR``
-means not stored; sending it again is the caller's choice).
+reply yet: a line without a reply may or may not have been stored, so without line ids a resent line may
+be stored twice (at-least-once); ``resent`` counts them. A reply of ``ERR ...`` is final and yielded as it
+is (``ERR`` means not stored; sending it again is the caller's choice).
+
+Line ids make it exactly-once. With ``ids=None`` (the default) the client asks the server at each
+(re)connect whether it takes them (the probe line ``@\xff``: ``OK ids`` from a server with
+``server.line_ids`` on, ``ERR bad-utf8`` from one without) and uses them when it does; ``ids=True`` requires
+them (ClientError if the server does not offer them), ``ids=False`` never sends them (nor probes; a line
+that begins with ``@`` then goes as it is, which a server with ids on reads as carrying an id). With ids,
+each line goes as ``@ID LINE``: ``ID`` is ``id_prefix`` and a sequence number (the prefix is random per
+client unless given), or the caller's own id when ``stream`` gets ``(id, line)`` pairs. A line resent after
+a reconnect keeps its id, so the server stores it once (and answers ``OK`` if it already had). A caller's
+ids are what makes a re-run of the same input after a crash idempotent; the server stores each id once for
+as long as its row exists.
 
 Plain blocking sockets and ``selectors``: under gevent's monkey-patching the same code cooperates with
 other greenlets. One ``Client`` is not meant to be shared by threads or greenlets at once.
@@ -20,18 +31,42 @@ other greenlets. One ``Client`` is not meant to be shared by threads or greenlet
 
 from __future__ import annotations
 
+import re
+import secrets
 import selectors
 import socket
+import string
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
+# The capability probe and the server's answer when it takes line ids (prefork.protocol).
+ID_PROBE = b"@\xff\n"
+OK_IDS = "OK ids"
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# At most 40 characters: a sequence number of up to 24 digits still fits the 64 of an id.
+_ID_PREFIX = re.compile(r"[A-Za-z0-9._:-]{0,40}")
+
+Item = str | bytes | tuple[str, str | bytes]  # a line, or (id, line)
 
 
 class ClientError(Exception):
-    """The server could not be reached within the client's ``give_up_after``."""
+    """The server could not be reached within the client's ``give_up_after``, or does not take line ids
+    when they are required."""
+
+
+def random_id_prefix() -> str:
+    """A prefix for a client's ids: 12 random characters (62**12 choices) and ``:``."""
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(12)) + ":"
+
+
+def check_id(ident: str) -> str:
+    """``ident`` if it is a valid line id (1-64 characters of ``[A-Za-z0-9._:-]``), else ValueError."""
+    if not isinstance(ident, str) or not _ID.fullmatch(ident):
+        raise ValueError(f"bad line id {ident!r}: expected 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return ident
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -57,12 +92,19 @@ class Client:
         reply_timeout: float = 60.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         give_up_after: float = 300.0,
+        ids: bool | None = None,
+        id_prefix: str | None = None,
     ):
         """``window``: lines in flight at most; ``reply_timeout``: a connection on which nothing comes back
         for this long while replies are due is treated as broken; ``backoff``: first and longest wait
-        between connection attempts; ``give_up_after``: ClientError after this long without a connection."""
+        between connection attempts; ``give_up_after``: ClientError after this long without a connection;
+        ``ids``: line ids when the server offers them (None), always (True) or never (False);
+        ``id_prefix``: what the ids of lines without an id of the caller's begin with (at most 40 characters
+        of ``[A-Za-z0-9._:-]``; default: random)."""
         if window < 1:
             raise ValueError("window must be at least 1")
+        if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
+            raise ValueError(f"bad id prefix {id_prefix!r}: expected at most 40 characters of A-Z a-z 0-9 . _ : -")
         self.host, self.port = parse_address(address)
         self.window = window
         self.connect_timeout = connect_timeout
@@ -74,6 +116,10 @@ class Client:
         self.errors = 0  # replies other than OK... that start with ERR
         self.resent = 0  # lines sent again after a connection broke before their reply
         self.reconnects = 0
+        self.ids = ids
+        self.id_prefix = random_id_prefix() if id_prefix is None else id_prefix
+        self.using_ids: bool | None = None  # whether the current (or last) connection sends ids; None: none yet
+        self._sequence = 0  # the number of the last id made from id_prefix
         self._sock: socket.socket | None = None
 
     # -- the connection -----------------------------------------------------------------------------
@@ -84,14 +130,39 @@ class Client:
         while True:
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setblocking(False)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self.using_ids = self._probe(sock) if self.ids is not False else False
+                    sock.setblocking(False)
+                except BaseException:
+                    sock.close()
+                    raise
                 return sock
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
                     raise ClientError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
                 time.sleep(delay)
                 delay = min(longest, delay * 2)
+
+    def _probe(self, sock: socket.socket) -> bool:
+        """Ask the server whether it takes line ids: True if it does; ClientError if it does not and
+        ``ids`` requires them. The probe is the first line on the connection, so its reply is the first."""
+        sock.sendall(ID_PROBE)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            data = sock.recv(256)
+            if not data:
+                raise ConnectionResetError("the server closed the connection before answering the id probe")
+            reply += data
+        text = reply.decode("utf-8", "replace")
+        if reply.count(b"\n") != 1:
+            raise ConnectionError(f"more than one reply to the id probe: {text!r}")
+        offered = text[:-1] == OK_IDS
+        if self.ids and not offered:
+            raise ClientError(
+                f"{self.host}:{self.port} does not take line ids (the probe got {text[:-1]!r}; server.line_ids is off?)"
+            )
+        return offered
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -113,15 +184,21 @@ class Client:
 
     # -- sending ------------------------------------------------------------------------------------
 
-    def send_all(self, lines: Iterable[str | bytes]) -> list[str]:
-        """Send every line and return their replies, in order."""
+    def send_all(self, lines: Iterable[Item]) -> list[str]:
+        """Send every line (or ``(id, line)`` pair) and return their replies, in order."""
         return [reply for _, reply in self.stream(lines)]
 
-    def stream(self, lines: Iterable[str | bytes]) -> Iterator[tuple[bytes, str]]:
-        """Send the lines, pipelined, and yield ``(line, reply)`` for each, in order (see the module)."""
+    def stream(self, lines: Iterable[Item]) -> Iterator[tuple[bytes, str]]:
+        """Send the lines, pipelined, and yield ``(line, reply)`` for each, in order (see the module).
+
+        An item is a line (str or bytes, one trailing LF dropped) or a pair ``(id, line)`` giving the
+        line's own id (1-64 characters of ``[A-Za-z0-9._:-]``), used when the connection sends ids. The
+        line yielded is the line's bytes, without an id."""
         source = iter(lines)
         exhausted = False
-        in_flight: deque[bytes] = deque()  # lines written (or to be written) whose reply is due, in order
+        # Lines written (or to be written) whose reply is due, in order, each with its id (None: without).
+        in_flight: deque[tuple[bytes, str | None]] = deque()
+        unwritten: list[tuple[bytes, str | None]] = []  # the newest of them, encoded once a connection says how
         out = bytearray()  # bytes still to write
         tail = b""  # an incomplete reply line
         last_progress = time.monotonic()
@@ -132,12 +209,12 @@ class Client:
             while True:
                 while not exhausted and len(in_flight) < self.window:
                     try:
-                        line = _encode(next(source))
+                        item = self._take(next(source))
                     except StopIteration:
                         exhausted = True
                         break
-                    in_flight.append(line)
-                    out += line + b"\n"
+                    in_flight.append(item)
+                    unwritten.append(item)
                     self.sent += 1
                 if not in_flight:
                     return
@@ -145,6 +222,13 @@ class Client:
                     self._sock = self._connect()
                     selector = _fresh(selector, self._sock)
                     last_progress = time.monotonic()
+                if unwritten:
+                    # Encoded for this connection: with or without ids, as its probe said.
+                    if self.using_ids:
+                        out += b"".join(b"@%s %s\n" % (ident.encode(), line) for line, ident in unwritten)
+                    else:
+                        out += b"".join(line + b"\n" for line, _ in unwritten)
+                    unwritten.clear()
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
                 selector.modify(self._sock, events)
                 ready = selector.select(timeout=1.0)
@@ -165,20 +249,36 @@ class Client:
                             self.acked += 1
                             if text.startswith("ERR"):
                                 self.errors += 1
-                            yield in_flight.popleft(), text
+                            yield in_flight.popleft()[0], text
                     elif time.monotonic() - last_progress > self.reply_timeout:
                         raise TimeoutError(f"no reply for {self.reply_timeout:g}s")
                 except (OSError, IndexError):
                     # The connection broke (or answered more than it was sent): every line without a
-                    # reply goes again on a new connection, in the same order.
+                    # reply goes again on a new connection, in the same order and with the same id.
                     self._drop()
                     self.reconnects += 1
                     self.resent += len(in_flight)
                     self.sent += len(in_flight)
-                    out = bytearray(b"".join(line + b"\n" for line in in_flight))
+                    unwritten = list(in_flight)
+                    out = bytearray()
                     tail = b""
         finally:
             selector.close()
+
+    def _take(self, item: Item) -> tuple[bytes, str | None]:
+        """A line as sent: its bytes and its id (the caller's, else the next of id_prefix; None without ids)."""
+        if isinstance(item, tuple):
+            ident, line = item
+            check_id(ident)
+        else:
+            ident, line = None, item
+        data = _encode(line)
+        if self.ids is False:
+            return data, None
+        if ident is None:
+            self._sequence += 1
+            ident = f"{self.id_prefix}{self._sequence}"
+        return data, ident
 
 
 def _encode(line: str | bytes) -> bytes:

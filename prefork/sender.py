@@ -3,28 +3,48 @@
 On a terminal a progress line (lines/s, acked, errors, ETA from the files' sizes) is redrawn on stderr;
 otherwise only the summary is printed. Exit 0 only when every line got ``OK``; ``--errors FILE`` gets each
 line that got ``ERR``, after its reason and a tab.
+
+Line ids are used whenever the server offers them (``--no-ids``: never), and they are stable, so that a
+re-run of an interrupted send stores nothing twice: the id of a file's line is ``<hash>:<line number>``,
+``<hash>`` a short hash of the file's real path (so a re-run must name the same file at the same path;
+another file later at that path would have its first lines taken for already stored); stdin's lines are
+``<TEXT>:<line number>`` with ``--id-prefix TEXT``, else random ids (exactly-once within one run only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from typing import IO
 
-from prefork.client import Client, ClientError
+from prefork.client import Client, ClientError, Item
 
 EXIT_OK = 0
 EXIT_NOT_ALL_OK = 1
+EXIT_USAGE = 2
 PROGRESS_INTERVAL_S = 0.2
+PATH_HASH_CHARS = 16  # 64 bits of the path's hash: distinct files never share ids in practice
+_ID_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,40}")  # with ":" and a line number, within the 64 of an id
+
+
+def path_id_prefix(path: str) -> str:
+    """The prefix of the ids of a file's lines: a short hash of its real path (symlinks resolved)."""
+    real = os.path.realpath(path).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(real).hexdigest()[:PATH_HASH_CHARS]
 
 
 class _Lines:
-    """The lines of the files in turn, counting the bytes read (for the ETA)."""
+    """The lines of the files in turn, counting the bytes read (for the ETA); with ``ids``, each with its
+    stable id (``<prefix>:<line number>``) where it has one."""
 
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], ids: bool = False, stdin_prefix: str | None = None):
         self.paths = paths
+        self.ids = ids
+        self.stdin_prefix = stdin_prefix
         self.bytes_read = 0
         self.total_bytes = 0
         for path in paths:
@@ -33,30 +53,57 @@ class _Lines:
             except OSError:
                 pass
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Item]:
         for path in self.paths:
             handle: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
+            prefix = None
+            if self.ids:
+                prefix = self.stdin_prefix if path == "-" else path_id_prefix(path)
             try:
-                for line in handle:
+                for number, line in enumerate(handle, 1):
                     self.bytes_read += len(line)
-                    yield line  # the client drops the LF
+                    # The client drops the LF; without a prefix it numbers the line itself (random ids).
+                    yield line if prefix is None else (f"{prefix}:{number}", line)
             finally:
                 if handle is not sys.stdin.buffer:
                     handle.close()
 
 
-def send_files(paths: list[str], address: str, *, window: int = 1000, errors_path: str | None = None) -> int:
-    """Send every line of ``paths`` to ``address``; print a summary; 0 if every line got OK."""
-    lines = _Lines(paths)
-    errors_file = open(errors_path, "wb") if errors_path else None
+def send_files(
+    paths: list[str],
+    address: str,
+    *,
+    window: int = 1000,
+    errors_path: str | None = None,
+    ids: bool = True,
+    id_prefix: str | None = None,
+) -> int:
+    """Send every line of ``paths`` to ``address``; print a summary; 0 if every line got OK.
+
+    ``ids``: use line ids when the server offers them (stable ones: see the module); ``id_prefix``: the
+    prefix of stdin's ids (without it, stdin's ids are random)."""
+    if id_prefix is not None:
+        if not _ID_PREFIX.fullmatch(id_prefix):
+            print(
+                f"prefork: error: --id-prefix: {id_prefix!r}: expected 1-40 characters of A-Z a-z 0-9 . _ : -",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if "-" not in paths:
+            print(
+                "prefork: error: --id-prefix: names stdin's ids (-); a file's ids come from its path", file=sys.stderr
+            )
+            return EXIT_USAGE
+    lines = _Lines(paths, ids, id_prefix)
     tty = sys.stderr.isatty()
-    start = last_drawn = time.monotonic()
     not_ok = 0  # replies other than OK: ERR, or an app's own reply
     try:
-        client = Client(address, window=window)
+        client = Client(address, window=window, ids=None if ids else False)
     except ValueError as exc:
         print(f"prefork: error: --to: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    errors_file = open(errors_path, "wb") if errors_path else None
+    start = last_drawn = time.monotonic()
     try:
         with client:
             for line, reply in client.stream(lines):
@@ -81,10 +128,16 @@ def send_files(paths: list[str], address: str, *, window: int = 1000, errors_pat
     if tty:
         sys.stderr.write("\r\033[K")
     other = f", {not_ok - client.errors:,} other replies" if not_ok > client.errors else ""
+    if not ids:
+        used = "no (--no-ids)"
+    elif client.using_ids is False:
+        used = "no (the server does not offer them)"
+    else:
+        used = "yes" if client.using_ids else "no (nothing was sent)"
     print(
         f"prefork send: {client.acked:,} lines, {client.acked - not_ok:,} OK, {client.errors:,} ERR{other}, "
         f"{client.resent:,} resent after {client.reconnects} reconnects, {elapsed:.1f} s "
-        f"({client.acked / max(elapsed, 1e-9):,.0f} lines/s)"
+        f"({client.acked / max(elapsed, 1e-9):,.0f} lines/s), line ids: {used}"
     )
     return EXIT_OK if not_ok == 0 else EXIT_NOT_ALL_OK
 
