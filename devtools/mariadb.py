@@ -40,11 +40,61 @@ def find_binaries() -> tuple[str, str]:
     return server, install
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on host (127.0.0.1 by default) that nobody listens on right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def install_datadir(datadir: Path, user: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    """Create a fresh datadir with mariadb-install-db, owned by user (root's own server runs as root).
+
+    root logs in with an empty password (normal authentication, not unix_socket), so that tests can connect
+    over TCP; extra_args are server options for the bootstrap (mariadb-install-db passes them on)."""
+    server, install = find_binaries()
+    datadir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        install,
+        "--no-defaults",
+        f"--datadir={datadir}",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+        "--skip-name-resolve",
+    ]
+    if user is not None:
+        cmd.append(f"--user={user}")
+    basedir = Path(server).resolve().parent.parent
+    cmd.append(f"--basedir={basedir}")
+    cmd.extend(extra_args)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"mariadb-install-db failed ({out.returncode}):\n{out.stdout[-2000:]}")
+
+
+def kill_leftover(pidfile: Path, marker: str) -> None:
+    """SIGKILL the server an earlier run left behind (found by its pid file, and recognised by marker, an
+    argument of its command line), and wait until it is gone: a new server could not lock the datadir, and
+    the old one would answer in its place."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if marker.encode() not in cmdline.split(b"\0"):
+        return  # the pid was recycled by another process
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def file_tail(path: Path, lines: int = 30) -> str:
+    """Return the last lines of a log file, or "(no log)"."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 class MariaDBServer:
@@ -77,23 +127,7 @@ class MariaDBServer:
         """Create the datadir (once)."""
         if (self.datadir / "mysql").is_dir():
             return
-        server, install = find_binaries()
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            install,
-            "--no-defaults",
-            f"--datadir={self.datadir}",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-            "--skip-name-resolve",
-        ]
-        if os.geteuid() == 0:
-            cmd.append("--user=root")
-        basedir = Path(server).resolve().parent.parent
-        cmd.append(f"--basedir={basedir}")
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"mariadb-install-db failed ({out.returncode}):\n{out.stdout[-2000:]}")
+        install_datadir(self.datadir, user="root" if os.geteuid() == 0 else None)
 
     def _command(self) -> list[str]:
         server, _ = find_binaries()
@@ -123,7 +157,7 @@ class MariaDBServer:
         """Start the server (installing the datadir first if needed) and wait until it answers."""
         self.install()
         self.basedir.mkdir(parents=True, exist_ok=True)
-        self._kill_leftover()
+        kill_leftover(self.pidfile, f"--datadir={self.datadir}")
         self.portfile.write_text(str(self.port))
         log = open(self.basedir / "stdout.log", "ab")
         self.proc = subprocess.Popen(
@@ -132,21 +166,6 @@ class MariaDBServer:
         log.close()
         self._wait_ready(timeout)
         self._create_database()
-
-    def _kill_leftover(self) -> None:
-        """Stop a server an earlier run left on this datadir: the new one could not lock it, and the old
-        one would answer in its place."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return
-        if f"--datadir={self.datadir}".encode() not in cmdline:
-            return  # the pid was recycled by another process
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def _wait_ready(self, timeout: float) -> None:
         import pymysql
@@ -174,10 +193,7 @@ class MariaDBServer:
 
     def log_tail(self, lines: int = 30) -> str:
         """Return the end of the server's error log."""
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return file_tail(self.logfile, lines)
 
     def is_running(self) -> bool:
         """Tell whether the server process is alive."""

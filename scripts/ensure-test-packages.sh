@@ -1,13 +1,37 @@
 #!/bin/sh
-# Debian packages the test suite needs besides MariaDB: faketime (the wall-clock step test). Installed when
-# root and missing; otherwise one clear line (the test that needs it then fails and says the same).
+# Debian packages the test suite needs besides MariaDB: faketime (the wall-clock step test), haproxy,
+# galera-4 and rsync (the cluster suite: prefork behind HAProxy, a Galera cluster whose joiners take their
+# state by rsync). Installed when root and missing; otherwise one clear line naming what to install and a
+# non-zero exit, so `make test` stops before pytest instead of tests failing one by one.
 set -eu
 have_faketime() { ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; }
-have_faketime && exit 0
+have_haproxy() { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }
+have_galera_4() {
+    for f in /usr/lib/galera/libgalera_smm.so /usr/lib/*/galera*/libgalera_smm.so; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
+}
+have_rsync() { command -v rsync >/dev/null 2>&1; }
+
+missing() {
+    out=""
+    have_faketime || out="$out faketime"
+    have_haproxy || out="$out haproxy"
+    have_galera_4 || out="$out galera-4"
+    have_rsync || out="$out rsync"
+    echo "${out# }"
+}
+
+need=$(missing)
+[ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "prefork: installing the Debian package faketime for the tests" >&2
+    echo "prefork: installing the Debian packages $need for the tests" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
-    have_faketime && exit 0
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+    need=$(missing)
+    [ -z "$need" ] && exit 0
 fi
-echo "prefork: libfaketime is missing; install it with: sudo apt-get install faketime" >&2
+echo "prefork: the tests need the Debian packages: $need; install them with: sudo apt-get install $need" >&2
+exit 1

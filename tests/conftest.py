@@ -7,10 +7,15 @@ a loud failure that says what to install, never a skip.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import gevent.socket
 import pymysql.connections
 import pytest
 
+from devtools.galera import GaleraCluster, GaleraMissing
 from devtools.mariadb import MariaDBServer, ServerBinaryMissing
 
 # PyMySQL in this (test) process talks over gevent sockets, as it does in a monkey-patched worker, so that
@@ -42,3 +47,57 @@ def db(mariadb: MariaDBServer) -> MariaDBServer:
 def dsn(db: MariaDBServer) -> str:
     """The DSN of the private server's test database."""
     return db.dsn
+
+
+@pytest.fixture(scope="session")
+def show(request: pytest.FixtureRequest):
+    """show(message): write a line to the terminal now, whatever the capture mode (timings a test reports)."""
+    config = request.config
+
+    def write(message: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
+            print(message)
+            return
+        with capture.global_and_fixture_disabled():
+            if reporter._tw.width_of_current_line:  # after a test's progress dot: a line of its own
+                reporter.write("\n")
+            reporter.write_line(message)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def galera_cluster(request: pytest.FixtureRequest, show):
+    """The session's 3-node MariaDB Galera cluster (a devtools.galera.GaleraCluster), formed on first use.
+
+    Its nodes run as the mysql user when the tests run as root, so it lives in a directory of its own under
+    /tmp (pytest's temporary directories are private to root). Every node is killed at the end; the directory
+    is removed unless the cluster failed to form or a test failed (then its logs are kept and named)."""
+    base = Path(tempfile.mkdtemp(prefix="prefork-galera-"))
+    cluster = GaleraCluster(base)
+    failed_before = request.session.testsfailed
+    clean = False
+    try:
+        try:
+            seconds = cluster.start()
+        except (ServerBinaryMissing, GaleraMissing) as exc:
+            clean = True
+            pytest.fail(f"{exc} (the cluster tests need a Galera cluster)", pytrace=False)
+        show(f"galera: {len(cluster.nodes)}-node cluster on {cluster.hosts()} formed in {seconds:.1f} s")
+        yield cluster
+        clean = request.session.testsfailed == failed_before
+    finally:
+        cluster.kill_all()
+        if clean:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            show(f"galera: node logs kept in {base}")
+
+
+@pytest.fixture
+def galera(galera_cluster: GaleraCluster) -> GaleraCluster:
+    """The session's Galera cluster with every node running (a node an earlier test left down rejoins)."""
+    galera_cluster.heal()
+    return galera_cluster
