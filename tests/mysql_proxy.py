@@ -12,6 +12,9 @@ A plan decides, for the n-th COMMIT that passes through (n = 1, 2, ...), what ha
   a disconnect, after a COMMIT that landed).
 - ``"bad-sequence"``: the server commits; its OK reaches the client with a wrong sequence number (the
   driver raises a packet-sequence InternalError and closes its socket).
+- ``"reply-held"``: the server commits; its OK is kept back for good and the connection stays open: the
+  client waits for it until the connection is closed (say, the process is killed: stored, never answered).
+  ``held`` counts the replies kept back so far.
 
 ``refuse = True`` makes the proxy close every new connection at once; connections already open are
 untouched. ``down()`` also cuts every open connection (the database is unreachable), ``up()`` ends that;
@@ -30,7 +33,8 @@ from collections import Counter
 from collections.abc import Callable
 
 COMMIT_PACKET = b"\x03COMMIT"
-FAULTS = ("reply-lost", "cut-before", "error-after", "error-open", "bad-sequence")
+FAULTS = ("reply-lost", "cut-before", "error-after", "error-open", "bad-sequence", "reply-held")
+KEEP_OPEN = ("error-open", "reply-held")  # faults after which the connection stays open
 ERROR_TEXT = {1927: (b"70100", b"Connection was killed"), 1053: (b"08S01", b"Server shutdown in progress")}
 
 
@@ -65,6 +69,7 @@ class FaultProxy:
         self.commits = 0
         self.counts: Counter[str] = Counter()
         self.fault_threads: list[int | None] = []
+        self.held = 0  # COMMIT replies kept back ("reply-held"): the server has committed
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._listener = socket.socket()
@@ -159,7 +164,7 @@ class FaultProxy:
                             link.on_reply = fault
                             server.sendall(out + packet)
                             out = b""
-                            if fault != "error-open":
+                            if fault not in KEEP_OPEN:
                                 keep_server = True  # the relay closes it once the reply has come
                                 return
                             continue
@@ -209,8 +214,13 @@ class FaultProxy:
                         out = b""
                     elif fault == "bad-sequence":
                         client.sendall(out + packet[:3] + bytes([(packet[3] + 7) % 256]) + packet[4:])
+                    elif fault == "reply-held":
+                        client.sendall(out)  # what came before the COMMIT's reply; the reply itself never
+                        out = b""
+                        with self._lock:
+                            self.held += 1
                     self._after_fault()
-                    if fault != "error-open":
+                    if fault not in KEEP_OPEN:
                         return
                 if out:
                     client.sendall(out)

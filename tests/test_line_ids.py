@@ -1,0 +1,389 @@
+"""Line ids (server.line_ids): the syntax, the probe, the app's opt-in, exactly-once storage by the ingest
+app (resends, the same id twice, the same id from two connections at once, for method=load and insert),
+prefork.client's ids through a worker kill, and `prefork send` killed midway and run again.
+
+The two kill tests hold back the reply of a COMMIT the server has carried out (tests.mysql_proxy,
+"reply-held") and kill while it is held: those lines are stored but never answered, so they are resent,
+and without ids they would be stored twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from prefork.client import Client, ClientError
+from tests.helpers import connect as db_connect
+from tests.helpers import query
+from tests.mysql_proxy import FaultProxy
+from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
+
+ID_ECHO = "testapps:id_echo"
+ID_64 = "i" * 64
+
+
+def ingest(dsn: str, table: str, *extra: str, workers: int = 1, method: str = "auto") -> ServerProcess:
+    return ServerProcess(
+        ["--dsn", dsn, "--table", table, "--workers", str(workers), "--line-ids", "on"]
+        + ["-s", f"ingest.method={method}", *extra]
+    )
+
+
+def rows_of(dsn: str, table: str) -> list[tuple[str, str | None]]:
+    return [(r[0], r[1]) for r in query(dsn, f"SELECT payload, line_id FROM `{table}` ORDER BY id")]
+
+
+def columns_of(dsn: str, table: str) -> list[str]:
+    sql = "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+    return sorted(r[0] for r in query(dsn, sql, (table,)))
+
+
+# ---- syntax and probe ----
+
+
+def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on"]) as srv:
+        # Only good lines in one write: the fast path.
+        good = [
+            b"@a x",
+            b"plain",
+            b"@A.b_c:d-9 payload with  spaces ",
+            b"@id @begins with @",
+            b"@%s y" % ID_64.encode(),
+        ]
+        assert roundtrip(srv.port, good) == [
+            b"a x",
+            b"- plain",
+            b"A.b_c:d-9 payload with  spaces ",
+            b"id @begins with @",
+            b"%s y" % ID_64.encode(),
+        ]
+        # Bad ids among good lines: each bad one answered alone, the others reach the app with their ids.
+        lines = [
+            b"@first one",
+            b"@" + b"i" * 65 + b" too long an id",
+            b"@a/b bad character",
+            "@é bad character".encode(),
+            b"@nospace",
+            b"@empty ",
+            b"@",
+            b"@ no id",
+            b"@\xff",  # the probe
+            b"@crlf line\r",
+            b"no id",
+            b"@last one",
+        ]
+        assert roundtrip(srv.port, lines) == [
+            b"first one",
+            b"ERR bad-id",
+            b"ERR bad-id",
+            b"ERR bad-id",
+            b"ERR bad-id",
+            b"ERR bad-id",
+            b"ERR bad-id",
+            b"ERR bad-id",
+            b"OK ids",
+            b"crlf line",
+            b"- no id",
+            b"last one",
+        ]
+        # The probe alone, as a client sends it first on a connection.
+        assert roundtrip(srv.port, [b"@\xff", b"@p q"]) == [b"OK ids", b"p q"]
+
+
+def test_with_line_ids_off_nothing_changes(dsn):
+    """An app that accepts ids is called without them; `@x y` is a payload like any other, the probe
+    gets ERR bad-utf8, and the ingest table has no line_id column."""
+    with ServerProcess([ID_ECHO, "--workers", "1"]) as srv:
+        assert roundtrip(srv.port, [b"@x y", b"@\xff", b"@"]) == [b"noids @x y", b"ERR bad-utf8", b"noids @"]
+    table = "t_ids_off"
+    with ServerProcess(["--dsn", dsn, "--table", table, "--workers", "1"]) as srv:
+        assert roundtrip(srv.port, [b"@x y", b"@\xff", b"@x y"]) == [b"OK", b"ERR bad-utf8", b"OK"]
+    assert [r[0] for r in query(dsn, f"SELECT payload FROM `{table}` ORDER BY id")] == ["@x y", "@x y"]
+    assert columns_of(dsn, table) == ["client_addr", "id", "payload", "received_at", "worker_pid"]
+
+
+def test_an_app_that_does_not_accept_ids_does_not_boot():
+    out = subprocess.run(
+        prefork_cmd("run", "workers.echo:app", "--line-ids", "on", "--bind", "127.0.0.1:0", "--workers", "1"),
+        env=test_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 3, out.stderr
+    line = "server.line_ids is on, but the app workers.echo:app does not accept line ids"
+    assert line in out.stderr, out.stderr
+    check = subprocess.run(
+        prefork_cmd("check", "workers.echo:app", "--line-ids", "on"),
+        env=test_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 2 and line in check.stderr, check.stderr
+
+
+# ---- the ingest app ----
+
+
+@pytest.mark.parametrize("method", ["load", "insert"])
+def test_the_same_id_twice_is_stored_once(dsn, method):
+    table = f"t_ids_twice_{method}"
+    with ingest(dsn, table, method=method) as srv:
+        # Twice in one batch, and lines without an id beside them (each stored, line_id NULL).
+        replies = roundtrip(srv.port, [b"@dup-1 first", b"no id", b"@dup-1 second", b"no id", b"@solo alone"])
+        assert replies == [b"OK"] * 5
+        # Again later, on other connections: already stored.
+        assert roundtrip(srv.port, [b"@dup-1 third", b"@solo again", b"@new-1 new"]) == [b"OK"] * 3
+        assert roundtrip(srv.port, [b"@dup-1 fourth"]) == [b"OK"]
+        logs = srv.logs()
+    assert rows_of(dsn, table) == [
+        ("first", "dup-1"),
+        ("no id", None),
+        ("no id", None),
+        ("alone", "solo"),
+        ("new", "new-1"),
+    ]
+    assert "sent again with INSERT" not in logs  # ids already stored never reach the LOAD
+    assert "line_id" in columns_of(dsn, table)
+
+
+@pytest.mark.parametrize("other", ["commit", "rollback"])
+@pytest.mark.parametrize("method", ["load", "insert"])
+def test_an_id_committed_meanwhile_by_another_transaction(dsn, method, other):
+    """Another transaction (this test's, standing for another worker) holds the same id uncommitted: the
+    batch waits for it; once it commits, the batch is tried again and answers OK without a second row
+    (with load, LOCAL skips the row with a warning and INSERT then hits the duplicate key); once it rolls
+    back, the batch stores the line."""
+    table = f"t_ids_race_{method}_{other}"
+    with ingest(dsn, table, "--log-level", "debug", method=method) as srv:
+        assert roundtrip(srv.port, [b"@warm-up the table exists"]) == [b"OK"]
+        holder = db_connect(dsn, autocommit=False)
+        try:
+            holder.cursor().execute(
+                f"INSERT INTO `{table}` (received_at, client_addr, worker_pid, payload, line_id) "
+                "VALUES (UTC_TIMESTAMP(6), 'test', 0, 'from the test', 'race-1')"
+            )
+            with connect(srv.port) as sock:
+                sock.sendall(b"@race-1 from prefork\n@race-2 beside it\n")
+                wait_for(
+                    lambda: query(
+                        dsn, "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+                    )[0][0],
+                    30,
+                    what="the batch to wait for the test's transaction",
+                )
+                holder.commit() if other == "commit" else holder.rollback()
+                assert read_lines(sock, 2) == [b"OK", b"OK"]
+        finally:
+            holder.close()
+        logs = srv.logs()
+    stored = rows_of(dsn, table)
+    winner = "from the test" if other == "commit" else "from prefork"
+    assert [r for r in stored if r[1] == "race-1"] == [(winner, "race-1")]
+    assert [r for r in stored if r[1] == "race-2"] == [("beside it", "race-2")]
+    assert "Traceback" not in logs and "rejected" not in logs, logs[-3000:]
+    if other == "commit":  # the batch was tried again: after the INSERT's duplicate key, and for load after
+        assert "was committed meanwhile (" in logs, logs[-3000:]
+        assert ("sent again with INSERT" in logs) == (method == "load"), logs[-3000:]  # a LOAD with a warning
+
+
+@pytest.mark.parametrize("method", ["load", "insert"])
+def test_the_same_ids_from_two_connections_at_once_are_stored_once(dsn, method):
+    table = f"t_ids_two_{method}"
+    count = 3000
+    with ingest(dsn, table, workers=2, method=method) as srv:
+        assert roundtrip(srv.port, [b"@warm-up x"]) == [b"OK"]
+        socks = [connect(srv.port), connect(srv.port)]
+        start = threading.Barrier(2)
+        replies: list[list[bytes]] = [[], []]
+
+        def send(k: int) -> None:
+            data = b"".join(b"@same-%d from %d\n" % (i, k) for i in range(count))
+            start.wait()
+            socks[k].sendall(data)
+            replies[k] = read_lines(socks[k], count)
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for sock in socks:
+            sock.close()
+    assert replies == [[b"OK"] * count, [b"OK"] * count]
+    stored = rows_of(dsn, table)
+    ids = [line_id for _, line_id in stored if line_id != "warm-up"]
+    assert sorted(ids) == sorted(f"same-{i}" for i in range(count))  # each once
+    print(f"{count} ids sent by 2 connections at once ({method}): {len(ids)} rows")
+
+
+# ---- prefork.client ----
+
+
+def test_client_sends_ids_when_the_server_offers_them():
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on"]) as srv:
+        with Client(f"127.0.0.1:{srv.port}", id_prefix="run7:") as client:
+            assert client.send_all(["a", "@b", ("mine", "c"), b"d\n"]) == [
+                "run7:1 a",
+                "run7:2 @b",
+                "mine c",
+                "run7:3 d",
+            ]
+            assert client.using_ids is True
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            (reply,) = client.send_all(["x"])
+            prefix = client.id_prefix
+            assert reply == f"{prefix}1 x" and len(prefix) == 13 and prefix.endswith(":")
+        with Client(f"127.0.0.1:{srv.port}", ids=False) as client:
+            assert client.send_all(["plain", "@own z"]) == ["- plain", "own z"]  # as they are, no probe
+            assert client.using_ids is False
+    with ServerProcess([ID_ECHO, "--workers", "1"]) as srv:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            assert client.send_all(["a", "@b", ("mine", "c")]) == ["noids a", "noids @b", "noids c"]
+            assert client.using_ids is False and client.errors == 0  # the probe's ERR is not counted
+        with pytest.raises(ClientError, match="does not take line ids"):
+            Client(f"127.0.0.1:{srv.port}", ids=True).send_all(["a"])
+    with pytest.raises(ValueError, match="bad line id"):
+        Client("127.0.0.1:1").send_all([("bad id", "x")])
+    with pytest.raises(ValueError, match="bad id prefix"):
+        Client("127.0.0.1:1", id_prefix="x" * 41)
+
+
+def hold_a_commit(db, number: int) -> FaultProxy:
+    """A proxy to the private server that holds back the reply of its `number`-th COMMIT (the setup of the
+    workers commits a few times first: later ones are batches)."""
+    return FaultProxy(("127.0.0.1", db.port), lambda n: "reply-held" if n == number else None)
+
+
+def test_client_resent_lines_are_stored_once_after_the_workers_die(db):
+    """A batch is committed but its reply held back; every worker is SIGKILLed meanwhile. The client
+    reconnects and resends every line without a reply (the held batch and those behind it) with the same
+    ids: each line is stored exactly once."""
+    table = "t_ids_client_kill"
+    lines = [f"kill-{i}" for i in range(30_000)]
+    with hold_a_commit(db, 12) as proxy, ingest(proxy.dsn, table, workers=2) as srv:
+        failures: list[BaseException] = []
+
+        def kill_when_held() -> None:
+            try:
+                wait_for(lambda: proxy.held, 60, what="a COMMIT reply held back")
+                for pid in srv.worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+            except BaseException as exc:
+                failures.append(exc)
+
+        killer = threading.Thread(target=kill_when_held)
+        killer.start()
+        with Client(f"127.0.0.1:{srv.port}", window=2000, backoff=(0.05, 0.5)) as client:
+            replies = list(client.stream(lines))
+        killer.join()
+        assert not failures, failures
+    assert client.using_ids and client.reconnects >= 1 and client.resent >= 1
+    assert [line.decode() for line, _ in replies] == lines
+    assert {reply for _, reply in replies} == {"OK"}
+    stored = [payload for payload, _ in rows_of(db.dsn, table)]
+    duplicates = len(stored) - len(set(stored))
+    print(f"{client.resent} lines resent after {client.reconnects} reconnects; {len(stored)} rows, {duplicates} twice")
+    assert sorted(stored) == sorted(lines)
+
+
+def test_prefork_send_killed_midway_and_run_again_stores_every_line_once(db, tmp_path):
+    """`prefork send` is SIGKILLed while a reply is held back (lines stored, lines in flight, lines not
+    sent yet), then run again on the same file: every line is stored exactly once."""
+    table = "t_ids_send_kill"
+    source = tmp_path / "lines.txt"
+    count = 50_000
+    source.write_bytes(b"".join(b"send-%d\n" % i for i in range(count)))
+    with hold_a_commit(db, 12) as proxy, ingest(proxy.dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        first = subprocess.Popen(
+            prefork_cmd("send", "--to", to, str(source)),
+            env=test_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: proxy.held or first.poll() is not None, 60, what="a COMMIT reply held back")
+            assert first.poll() is None, first.communicate()[0]
+            first.kill()
+        finally:
+            first.wait(30)
+        before = query(db.dsn, f"SELECT COUNT(*) FROM `{table}`")[0][0]
+        assert 0 < before < count
+        again = subprocess.run(
+            prefork_cmd("send", "--to", to, str(source)), env=test_env(), capture_output=True, text=True, timeout=90
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"{count:,} lines, {count:,} OK, 0 ERR" in again.stdout and "line ids: yes" in again.stdout, again.stdout
+    stored = [payload for payload, _ in rows_of(db.dsn, table)]
+    duplicates = len(stored) - len(set(stored))
+    print(f"{before:,} rows stored before the kill; after the re-run {len(stored):,} rows, {duplicates} twice")
+    assert sorted(stored) == sorted(f"send-{i}" for i in range(count))
+
+
+def test_prefork_send_stdin_ids_with_a_prefix_and_without_ids(dsn):
+    table = "t_ids_send_stdin"
+    text = "".join(f"stdin-{i}\n" for i in range(100))
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+
+        def send(*args: str) -> subprocess.CompletedProcess:
+            out = subprocess.run(
+                prefork_cmd("send", "--to", to, *args),
+                env=test_env(),
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            return out
+
+        assert "line ids: yes" in send("--id-prefix", "batch-7").stdout
+        send("--id-prefix", "batch-7", "-")  # the same ids: nothing stored again
+        assert query(dsn, f"SELECT COUNT(*), COUNT(DISTINCT line_id) FROM `{table}`")[0] == (100, 100)
+        assert query(dsn, f"SELECT line_id FROM `{table}` WHERE payload = 'stdin-41'") == [("batch-7:42",)]
+        assert "line ids: no (--no-ids)" in send("--no-ids").stdout
+        assert query(dsn, f"SELECT COUNT(*), COUNT(line_id) FROM `{table}`")[0] == (200, 100)
+        usage = subprocess.run(
+            prefork_cmd("send", "--to", to, "--id-prefix", "x", "some-file"),
+            env=test_env(),
+            capture_output=True,
+            timeout=60,
+        )
+        assert usage.returncode == 2 and b"--id-prefix" in usage.stderr
+
+
+def test_initdb_adds_the_line_id_column_only_with_line_ids_on(dsn):
+    from workers.schema import add_line_id_sql
+
+    table = "t_ids_initdb"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+
+    def prefork(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            prefork_cmd(*args, "--dsn", dsn, "--table", table),
+            env=test_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert prefork("initdb").returncode == 0
+    assert "line_id" not in columns_of(dsn, table)
+    check = prefork("check", "--line-ids", "on")
+    assert check.returncode == 0 and "without its unique line_id column" in check.stdout, check.stdout
+    for _ in range(2):  # and again: nothing to add
+        out = prefork("initdb", "--line-ids", "on")
+        assert out.returncode == 0, out.stderr
+    unique = "SELECT NON_UNIQUE FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+    assert query(dsn, unique + "AND COLUMN_NAME = 'line_id'", (table,)) == [(0,)]
+    check = prefork("check", "--line-ids", "on")
+    assert check.returncode == 0 and "without" not in check.stdout, check.stdout
+    assert "-- " + add_line_id_sql("received_lines") + ";" in (ROOT / "etc" / "schema.sql").read_text()
