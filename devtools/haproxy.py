@@ -69,9 +69,16 @@ class Frontend:
 class HAProxy:
     """One haproxy process in the foreground with a generated configuration."""
 
-    def __init__(self, base_dir: str | os.PathLike, frontends: list[Frontend], timeout: str = "1h") -> None:
+    def __init__(
+        self,
+        base_dir: str | os.PathLike,
+        frontends: list[Frontend] | None = None,
+        timeout: str = "1h",
+        text: str | None = None,
+    ) -> None:
         self.base_dir = Path(base_dir).resolve()
-        self.frontends = list(frontends)
+        self.frontends = list(frontends or [])
+        self.text = text  # a whole configuration (etc/haproxy.cfg, say) instead of frontends
         self.timeout = timeout  # client and server inactivity timeout: long-lived clients stay connected
         self.config = self.base_dir / "haproxy.cfg"
         self.stats_socket = self.base_dir / "haproxy.sock"
@@ -82,7 +89,13 @@ class HAProxy:
             raise ValueError(f"server names must be unique across frontends: {names}")
 
     def render(self) -> str:
-        """The configuration text."""
+        """The configuration text: ``text`` with a stats socket added to its global section, or one made
+        from ``frontends``."""
+        if self.text is not None:
+            head, sep, rest = self.text.partition("\nglobal\n")
+            if not sep:
+                raise ValueError("the configuration has no global section")
+            return f"{head}\nglobal\n    stats socket {self.stats_socket} mode 600 level admin\n{rest}"
         lines = [
             "global",
             f"    stats socket {self.stats_socket} mode 600 level admin",

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prefork.dsn import DSN, DSNError, hide_password, parse_dsn
+from prefork.proxy_protocol import MODES as PROXY_MODES
+from prefork.proxy_protocol import parse_networks
 from prefork.settings import (
     KEY_NAME,
     SECTION_NAME,
@@ -206,6 +208,20 @@ _parse_paths = checked(
 )
 
 
+def _parse_proxy_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(item.strip().lower() for item in text.split(","))
+    if not all(mode in PROXY_MODES for mode in modes):
+        raise ValueError(f"expected {', '.join(PROXY_MODES)}, or one of them per listener, comma separated")
+    return modes
+
+
+def _parse_networks(text: str) -> tuple[Any, ...]:
+    networks = parse_networks(text)
+    if not networks:
+        raise ValueError("expected one or more networks, e.g. 127.0.0.1/32,10.0.0.0/8")
+    return networks
+
+
 # ---- the framework's sections, in the spec's order ----
 
 
@@ -246,6 +262,15 @@ class ServerConfig(Section, name="server"):
     line_ids: bool = option(
         "off", boolean, "on: a line may begin with @ID and a space, a client-chosen id the app stores once (the app "
         "must accept ids)", flag="--line-ids")
+    proxy_protocol: tuple[str, ...] = option(
+        "off", _parse_proxy_modes,
+        "a PROXY protocol header (HAProxy send-proxy) begins each connection from proxy_allow_from: off, v1, v2 "
+        "or auto (either); one for all listeners, or one per server.bind address, comma separated",
+        flag="--proxy-protocol")
+    proxy_allow_from: tuple[Any, ...] = option(
+        "127.0.0.1/32,::1/128", _parse_networks,
+        "networks whose connections must begin with a PROXY header (any other peer sending one is closed)",
+        flag="--proxy-allow-from")
     backlog: int = option(
         "4096", positive_int,
         "connections the kernel queues for each listener before refusing (capped by net.core.somaxconn)",
@@ -430,7 +455,7 @@ def _env_name(var: str) -> str | None:
 
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, (Address, DSN)):
+    if isinstance(value, (Address, DSN, ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return str(value)  # str(DSN) is redacted
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
@@ -573,6 +598,13 @@ def load_config(
             values[name] = _convert(_BY_NAME[name], raw, None)
         else:
             app_values.append(RawValue(name, raw, "command line"))
+    modes, binds = values["server.proxy_protocol"], values["server.bind"]
+    if len(modes) not in (1, len(binds)):
+        raise ConfigError(
+            f"server.proxy_protocol: {len(modes)} values for the {len(binds)} addresses of server.bind "
+            "(give one for all, or one per address)",
+            "server.proxy_protocol",
+        )
     if values["pool.min_size"] > values["pool.max_size"]:
         raise ConfigError(
             f"pool.min_size: invalid value {str(values['pool.min_size'])!r} "

@@ -460,6 +460,7 @@ class Master:
             WorkerSpec(
                 config=cfg,
                 listeners=list(listeners.values()),
+                proxy_modes=proxy_modes(cfg, listeners),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
@@ -677,6 +678,13 @@ def _raise_fd_limit(needed: int) -> None:
         return
     if target < needed:
         log.warning("open files limit is %d (hard), below the %d that worker_connections needs", target, needed)
+
+
+def proxy_modes(cfg: Config, listeners: dict[str, socket.socket]) -> list[str]:
+    """server.proxy_protocol for each listener (keyed by its configured address), in the listeners' order."""
+    modes = cfg.server.proxy_protocol
+    by_address = {str(a): modes[i if len(modes) > 1 else 0] for i, a in enumerate(cfg.server.bind)}
+    return [by_address.get(key, "off") for key in listeners]
 
 
 def _remove(path: Path) -> None:

@@ -21,6 +21,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import faulthandler  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -39,6 +40,7 @@ from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noq
 from prefork.config import ConfigError  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
 from prefork.protocol import Counters, LineConnection, ProtocolSettings, accepts_line_ids, line_ids_refused  # noqa: E402
+from prefork.proxy_protocol import client_address  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
 
@@ -234,9 +236,11 @@ class Worker:
         # One connection pool across all listeners: worker_connections is per worker. When it is full
         # the servers stop accepting and further clients wait in the listen backlog.
         pool = Pool(self.cfg.server.worker_connections)
-        for sock in self.spec.listeners:
+        modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
+        for sock, mode in zip(self.spec.listeners, modes, strict=True):
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-            server = GatedStreamServer(listener, self._handle, spawn=pool)
+            handle = self._handle if mode == "off" else functools.partial(self._handle_proxied, mode)
+            server = GatedStreamServer(listener, handle, spawn=pool)
             server.gate = self.gate
             server.start()
             self.servers.append(server)
@@ -244,6 +248,15 @@ class Worker:
         self.gate.open()
 
     # -- serving ------------------------------------------------------------------------------------
+
+    def _handle_proxied(self, mode: str, sock: Any, addr: Any) -> None:
+        # A balancer's header first (server.proxy_protocol): the client it names is the one served.
+        client = client_address(sock, addr, mode, self.cfg.server.proxy_allow_from)
+        if client is None:
+            sock.close()
+            self.gate.released()
+            return
+        self._handle(sock, client)
 
     def _handle(self, sock: Any, addr: Any) -> None:
         try:

@@ -27,3 +27,4 @@ class WorkerSpec:
     identity: tuple[int, int] | None = None  # (uid, gid) to run as
     accept_table: Any = None  # prefork.state.AcceptTable shared by all workers: client counts per worker
     accept_slot: int | None = None  # this worker's slot in it (None: takes no part in balancing)
+    proxy_modes: list[str] = field(default_factory=list)  # server.proxy_protocol of each listener, in order

@@ -3,7 +3,8 @@
 Each client binds its own loopback address (127.0.0.100 + i), so that the address a server stores is
 checkably the client's own. It sends windows of lines, reads their replies in order, and on any
 connection error reconnects (with a short backoff) and resends the lines of the window that got no
-reply. Per payload it keeps the list of replies of every attempt (None: the reply was lost), the time of
+reply (with ``ids``, each line carries its payload as its line id, so a resend is stored once). Per
+payload it keeps the list of replies of every attempt (None: the reply was lost), the time of
 each OK, and it never resends a line that got a reply: ERR is final.
 
 ``verify(stored)`` then holds the server to its promise: every OK stored, nothing stored whose every
@@ -27,13 +28,16 @@ class Record:
 class RecordingClient(threading.Thread):
     """One client: windows of `window` lines to `target` from 127.0.0.(100 + index) until stopped."""
 
-    def __init__(self, index: int, target: tuple[str, int], stop: threading.Event, window: int = 50) -> None:
+    def __init__(
+        self, index: int, target: tuple[str, int], stop: threading.Event, window: int = 50, ids: bool = False
+    ) -> None:
         super().__init__(daemon=True, name=f"client-{index}")
         self.index = index
         self.source = f"127.0.0.{100 + index}"
         self.target = target
         self.stop = stop
         self.window = window
+        self.ids = ids  # send each line as "@PAYLOAD PAYLOAD": its id, so that a resend is stored once
         self.records: dict[str, Record] = {}
         self.ok_times: list[float] = []
         self.reconnects = 0
@@ -85,7 +89,10 @@ class RecordingClient(threading.Thread):
                 window.append(self._new_payload())
             answered = 0
             try:
-                sock.sendall(b"".join(p.encode() + b"\n" for p in window))
+                if self.ids:
+                    sock.sendall(b"".join(b"@%s %s\n" % (p.encode(), p.encode()) for p in window))
+                else:
+                    sock.sendall(b"".join(p.encode() + b"\n" for p in window))
                 while answered < len(window):
                     while b"\n" not in buf:
                         chunk = sock.recv(65536)
@@ -136,8 +143,11 @@ def verify(clients: list[RecordingClient], stored: dict[str, int]) -> dict[str, 
 
 
 def longest_gap(clients: list[RecordingClient], start: float, end: float) -> float:
-    """The longest time between two OKs (of any client) inside [start, end]: how long acks stopped."""
-    times = sorted(t for c in clients for t in c.ok_times if start <= t <= end)
-    if len(times) < 2:
-        return end - start
-    return max(b - a for a, b in zip([start, *times], [*times, end], strict=True))
+    """The longest time, in [start, end], that some client went without an OK: how long a failover held
+    up the clients it hit."""
+    longest = 0.0
+    for client in clients:
+        times = [t for t in client.ok_times if start <= t <= end]
+        edges = [start, *times, end]
+        longest = max(longest, *(b - a for a, b in zip(edges, edges[1:], strict=False)))
+    return longest

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from devtools.mariadb import free_port
 from prefork.proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
@@ -22,6 +23,9 @@ from prefork.proxy_protocol import (
     parse_networks,
     read_header,
 )
+from tests.helpers import query
+from tests.server import ServerProcess, read_lines, wait_for
+from tests.test_cli import one_error_line, run_cli
 
 
 def v2(command: int, family: int, body: bytes) -> bytes:
@@ -210,3 +214,72 @@ def test_an_untrusted_header_sent_in_pieces_is_still_refused():
     assert client_address(server, addr, "auto", ELSEWHERE) is None
     server.close()
     client.close()
+
+
+# ---- a real server: server.proxy_protocol and server.proxy_allow_from ----
+
+
+def closed(sock: socket.socket) -> bool:
+    """The server closed the connection without a reply (a reset, as unread bytes were left, counts)."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def lines_via(port: int, data: bytes, count: int) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return read_lines(sock, count)
+
+
+def test_the_app_sees_the_client_the_header_names():
+    with ServerProcess(["testapps:client_addr", "--workers", "1", "--proxy-protocol", "auto"]) as srv:
+        assert lines_via(srv.port, V1_HEADER + b"a\nb\n", 2) == [b"203.0.113.7 a", b"203.0.113.7 b"]
+        assert lines_via(srv.port, V2_TCP6 + b"c\n", 1) == [b"2001:db8::7 c"]
+        assert lines_via(srv.port, v2(0, 0, b"") + b"d\n", 1) == [b"127.0.0.1 d"]  # LOCAL: the peer itself
+        # A trusted peer without a header, and a health check that only connects: closed, logged or not.
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"no header\n")
+            assert closed(sock)
+        socket.create_connection(("127.0.0.1", srv.port), timeout=10).close()
+        wait_for(lambda: "closing a connection from 127.0.0.1: expected a PROXY header" in srv.logs())
+        assert srv.logs().count("closing a connection") == 1
+
+
+def test_proxy_protocol_per_listener_and_untrusted_peers():
+    direct, proxied = free_port(), free_port()
+    args = ["testapps:client_addr", "--workers", "1", "--proxy-protocol", "off,v2"]
+    bind = f"127.0.0.1:{direct},127.0.0.1:{proxied}"
+    with ServerProcess(args, bind=bind) as srv:
+        assert lines_via(direct, b"plain\n", 1) == [b"127.0.0.1 plain"]
+        assert lines_via(proxied, V2_TCP4 + b"x\n", 1) == [b"203.0.113.7 x"]
+    # 127.0.0.1 outside the trusted networks: a direct client is served as itself, a spoofed header closed.
+    args = ["testapps:client_addr", "--workers", "1", "--proxy-protocol", "auto", "--proxy-allow-from", "10.0.0.0/8"]
+    with ServerProcess(args) as srv:
+        assert lines_via(srv.port, b"direct\n", 1) == [b"127.0.0.1 direct"]
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(V1_HEADER + b"spoofed\n")
+            assert closed(sock)
+        wait_for(lambda: "a PROXY header from outside server.proxy_allow_from" in srv.logs())
+
+
+def test_ingest_stores_the_original_client_address(dsn):
+    table = "proxied_lines"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    args = ["--dsn", dsn, "--table", table, "--workers", "1", "--proxy-protocol", "v1"]
+    with ServerProcess(args) as srv:
+        assert lines_via(srv.port, V1_HEADER + b"stored\n", 1) == [b"OK"]
+    assert query(dsn, f"SELECT client_addr, payload FROM `{table}`") == [("203.0.113.7", "stored")]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--proxy-protocol", "v3"], "server.proxy_protocol: invalid value 'v3'"),
+        (["--proxy-protocol", "v1,v2"], "server.proxy_protocol: 2 values for the 1 addresses of server.bind"),
+        (["--proxy-allow-from", "10.0.0.0/33"], "server.proxy_allow_from: invalid value '10.0.0.0/33'"),
+    ],
+)
+def test_bad_proxy_settings(args, expected):
+    assert expected in one_error_line(run_cli("check", "workers.echo:app", *args))

@@ -283,3 +283,13 @@ class IdEcho:
 
 
 id_echo = IdEcho()
+
+
+class ClientAddr:
+    """Reply '<client address> <line>': the address the framework serves the connection as."""
+
+    def handle(self, line: str, client) -> str:
+        return f"{client.addr} {line}"
+
+
+client_addr = ClientAddr()
