@@ -142,12 +142,20 @@ def send_files(
     return EXIT_OK if not_ok == 0 else EXIT_NOT_ALL_OK
 
 
+BAR_WIDTH = 24
+
+
 def _draw(client: Client, lines: _Lines, elapsed: float) -> None:
+    """Redraw the progress line: a bar and percentage of the files' bytes (when their sizes are known),
+    lines acked, errors, lines/s and the ETA."""
     rate = client.acked / max(elapsed, 1e-9)
-    eta = ""
-    if lines.total_bytes and lines.bytes_read:
-        left = elapsed * (lines.total_bytes - lines.bytes_read) / lines.bytes_read
-        eta = f", ETA {int(left // 60)}:{int(left % 60):02d}"
-    done = f" {100 * lines.bytes_read / lines.total_bytes:.0f}%" if lines.total_bytes else ""
-    sys.stderr.write(f"\r\033[K{client.acked:,} acked{done}, {client.errors:,} errors, {rate:,.0f} lines/s{eta}")
+    head = eta = ""
+    if lines.total_bytes:
+        share = min(1.0, lines.bytes_read / lines.total_bytes)
+        filled = int(share * BAR_WIDTH)
+        head = f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {100 * share:3.0f}%  "
+        if lines.bytes_read:
+            left = elapsed * (lines.total_bytes - lines.bytes_read) / lines.bytes_read
+            eta = f", ETA {int(left // 60)}:{int(left % 60):02d}"
+    sys.stderr.write(f"\r\033[K{head}{client.acked:,} acked, {client.errors:,} errors, {rate:,.0f} lines/s{eta}")
     sys.stderr.flush()

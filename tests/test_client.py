@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 
@@ -83,3 +84,37 @@ def test_prefork_send_streams_a_file_and_reports_errors(dsn, tmp_path):
             timeout=60,
         )
         assert ok.returncode == 0 and "3 lines, 3 OK, 0 ERR" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_prefork_send_draws_a_progress_bar_on_a_terminal(tmp_path):
+    """stderr on a terminal (a pty here): the progress line is redrawn with a bar, the share of the file,
+    acked lines, lines/s and an ETA; then cleared for the summary. Not on a pipe (the test above)."""
+    source = tmp_path / "lines.txt"
+    source.write_bytes(b"".join(b"line-%d\n" % i for i in range(3000)))
+    with ServerProcess(["testapps:slow_ok", "--workers", "1"]) as srv:
+        master, slave = os.openpty()
+        try:
+            out = subprocess.run(
+                prefork_cmd("send", "--to", f"127.0.0.1:{srv.port}", str(source)),
+                env=test_env(),
+                stdout=subprocess.PIPE,
+                stderr=slave,
+                text=True,
+                timeout=60,
+            )
+            os.close(slave)
+            drawn = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's other side is closed and drained
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+        finally:
+            os.close(master)
+    assert out.returncode == 0 and "3,000 lines, 3,000 OK" in out.stdout, out.stdout
+    frames = [f for f in drawn.decode().split("\r\x1b[K") if f]
+    assert len(frames) >= 2, drawn  # redrawn while it ran
+    assert re.fullmatch(r"\[[#-]{24}\] +\d+%  [\d,]+ acked, 0 errors, [\d,]+ lines/s, ETA \d+:\d\d", frames[0]), frames

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import gevent
 from gevent.monkey import get_original
 
 from prefork.settings import Section, option, positive_int, string
@@ -293,3 +294,14 @@ class ClientAddr:
 
 
 client_addr = ClientAddr()
+
+
+class SlowOk:
+    """Answer OK to every line, a millisecond later each (a slow store, for prefork send's progress bar)."""
+
+    def handle(self, line: str, client) -> str:
+        gevent.sleep(0.001)
+        return "OK"
+
+
+slow_ok = SlowOk()
