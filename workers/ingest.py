@@ -64,7 +64,7 @@ from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
 from prefork.pool import Pool, PoolError, connect_once, is_disconnect
 from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
 from workers.outcome import Session, marker_committed, server_of
-from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, quote_identifier
+from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, quote_identifier, table_exists
 
 log = logging.getLogger("workers.ingest")
 
@@ -698,12 +698,7 @@ class IngestApp:
         table = cfg.section(IngestSettings).table
         conn = connect_once(cfg.pool.dsn)
         try:
-            cur = conn.cursor()
-            cur.execute(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
-                (table,),
-            )
-            found = cur.fetchone() is not None
+            found = table_exists(conn, table)
             ids_missing = found and cfg.server.line_ids and not has_line_id(conn, table)
         finally:
             conn.close()

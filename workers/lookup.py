@@ -34,7 +34,7 @@ from gevent.event import AsyncResult, Event
 from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
 from prefork.pool import Pool, connect_once
 from prefork.settings import Section, option, positive_int, positive_seconds, table_name
-from workers.schema import quote_identifier
+from workers.schema import quote_identifier, table_exists
 
 log = logging.getLogger("workers.lookup")
 
@@ -170,12 +170,7 @@ class LookupApp:
         conf, dsn = worker.config.section(LookupSettings), worker.config.pool.dsn
         conn = connect_once(dsn)
         try:
-            cur = conn.cursor()
-            cur.execute(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
-                (conf.table,),
-            )
-            found = cur.fetchone() is not None
+            found = table_exists(conn, conf.table)
         finally:
             conn.close()
         if not found:

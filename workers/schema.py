@@ -10,6 +10,15 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def table_exists(conn: Any, table: str) -> bool:
+    """Whether the connection's database has this table (what an app's ``check`` hook looks for)."""
+    cur = conn.cursor()
+    cur.execute("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table,))
+    found = cur.fetchone() is not None
+    cur.close()
+    return found
+
+
 def create_table_sql(table: str) -> str:
     """The CREATE TABLE statement of the ingest table."""
     return f"""CREATE TABLE IF NOT EXISTS {quote_identifier(table)} (
