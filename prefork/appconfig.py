@@ -15,7 +15,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefork.app import AppLoadError, enter_app_dir, load_app
@@ -66,23 +66,37 @@ def needs_probe(cfg: Config, tokens: Sequence[str] = ()) -> bool:
     return bool(tokens or cfg.app_values)
 
 
-def probe(cfg: Config, app_dir: str, tokens: Sequence[str] = (), timeout: float = 30.0) -> Config:
+class ProbeInterrupted(AppLoadError):
+    """The master was told to stop while the probe ran: the probe was killed, its question left open."""
+
+
+def probe(
+    cfg: Config,
+    app_dir: str,
+    tokens: Sequence[str] = (),
+    timeout: float = 30.0,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> Config:
     """``settle()`` run in a forked child that imports the app from ``app_dir``; the master stays free of
     it. Raises ConfigError (a bad value: exit 2, or a reload kept back) or AppLoadError (the app does not
-    import, or the probe took longer than ``timeout`` seconds)."""
+    import, or the probe took longer than ``timeout`` seconds). ``interrupted()`` is asked every 0.1 s
+    while the probe runs: True (a stop signal came) kills it and raises ProbeInterrupted."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the probe: never returns
         os.close(r)
         _probe_child(cfg, app_dir, tokens, w)
     os.close(w)
+    data: bytes | None = None
     try:
-        data = _read_all(r, timeout)
+        data = _read_all(r, timeout, interrupted)
     finally:
         os.close(r)
         if data is None:
             _kill(pid)
         os.waitpid(pid, 0)
+    if data is None and interrupted():
+        raise ProbeInterrupted(f"stopped while importing {cfg.server.app} to check its settings")
     if data is None:
         raise AppLoadError(f"importing {cfg.server.app} to check its settings took longer than {timeout:g}s")
     try:
@@ -126,16 +140,16 @@ def _probe_child(cfg: Config, app_dir: str, tokens: Sequence[str], w: int) -> No
         os._exit(0)  # never the master's atexit handlers or finally blocks
 
 
-def _read_all(fd: int, timeout: float) -> bytes | None:
-    """Everything until EOF, or None once ``timeout`` passed."""
+def _read_all(fd: int, timeout: float, interrupted: Callable[[], bool]) -> bytes | None:
+    """Everything until EOF, or None once ``timeout`` passed or ``interrupted()`` says so."""
     deadline = time.monotonic() + timeout
     chunks = []
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or interrupted():
             return None
         try:
-            readable, _, _ = select.select([fd], [], [], left)
+            readable, _, _ = select.select([fd], [], [], min(left, 0.1))
         except InterruptedError:
             continue
         if readable:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from prefork import logs, pidfile, sockets
 from prefork.app import AppLoadError, start_directory
-from prefork.appconfig import needs_probe, probe
+from prefork.appconfig import ProbeInterrupted, needs_probe, probe
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
 from prefork.proctitle import set_title
@@ -183,6 +183,10 @@ class Master:
         if self.metrics is not None:
             log.info("Metrics at: http://%s/metrics", self.metrics.address)
         log.info("Using app %s with %d workers", self.cfg.server.app, self.target)
+
+    def _stopping(self) -> bool:
+        """Whether a stop signal (TERM, INT, QUIT) waits in the queue: what a reload's probe gives way to."""
+        return any(signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) for signum in self.sig_queue)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.sig_queue.append(signum)  # no logging, just queue: the loop acts on it
@@ -348,7 +352,12 @@ class Master:
         try:
             cfg = self.cfg.reload()
             if needs_probe(cfg):  # the app's sections have values: check them with the new code
-                cfg = probe(cfg, cfg.server.chdir or self.start_dir, timeout=cfg.server.timeout)
+                cfg = probe(
+                    cfg, cfg.server.chdir or self.start_dir, timeout=cfg.server.timeout, interrupted=self._stopping
+                )
+        except ProbeInterrupted as exc:
+            log.info("reload abandoned: %s", exc)
+            return
         except (ConfigError, AppLoadError) as exc:
             log.error("reload failed, keeping the old config: %s", exc)
             self.reloads["failed"] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,27 @@ def test_run_and_reload_use_the_apps_section_and_the_master_never_imports_it(tmp
         master = srv.pid
     importers = {int(pid) for pid in Path(imports).read_text().split()}
     assert importers and master not in importers
+
+
+def test_a_stop_during_a_hanging_reload_probe_is_not_held_up(tmp_path):
+    """SIGHUP starts the probe, whose import hangs; SIGTERM then stops the master at once (the probe is
+    killed), instead of after the probe's deadline (server.timeout, 60 s here)."""
+    marker = tmp_path / "hang"
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
+    with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1", "--timeout", "60"], env=env) as srv:
+        marker.touch()
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "Hang up: reloading" in srv.logs(), what="the reload to begin")
+        time.sleep(0.5)  # the probe is in its import
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(timeout=20) == 0, srv.logs()
+        assert "reload failed" in srv.logs() or "reload abandoned" in srv.logs(), srv.logs()
+
+
+def test_a_start_whose_probe_hangs_is_exit_3_after_the_timeout(tmp_path):
+    marker = tmp_path / "hang"
+    marker.touch()
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
+    result = run_cli("run", "slowimport:app", "-s", "slow.word=y", "--timeout", "1", "--bind", "127.0.0.1:0", env=env)
+    assert result.returncode == 3, result.stderr
+    assert "took longer than 1s" in result.stderr
