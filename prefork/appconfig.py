@@ -76,15 +76,23 @@ def probe(
     tokens: Sequence[str] = (),
     timeout: float = 30.0,
     interrupted: Callable[[], bool] = lambda: False,
+    close_fds: Sequence[int] = (),
 ) -> Config:
     """``settle()`` run in a forked child that imports the app from ``app_dir``; the master stays free of
     it. Raises ConfigError (a bad value: exit 2, or a reload kept back) or AppLoadError (the app does not
     import, or the probe took longer than ``timeout`` seconds). ``interrupted()`` is asked every 0.1 s
-    while the probe runs: True (a stop signal came) kills it and raises ProbeInterrupted."""
+    while the probe runs: True (a stop signal came) kills it and raises ProbeInterrupted. ``close_fds``
+    (the master's listeners) are closed in the probe first: a probe outliving its master must not keep a
+    port bound."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the probe: never returns
         os.close(r)
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         _probe_child(cfg, app_dir, tokens, w)
     os.close(w)
     data: bytes | None = None

@@ -353,7 +353,11 @@ class Master:
             cfg = self.cfg.reload()
             if needs_probe(cfg):  # the app's sections have values: check them with the new code
                 cfg = probe(
-                    cfg, cfg.server.chdir or self.start_dir, timeout=cfg.server.timeout, interrupted=self._stopping
+                    cfg,
+                    cfg.server.chdir or self.start_dir,
+                    timeout=cfg.server.timeout,
+                    interrupted=self._stopping,
+                    close_fds=[sock.fileno() for sock in self.listeners.values()],
                 )
         except ProbeInterrupted as exc:
             log.info("reload abandoned: %s", exc)

@@ -4,7 +4,9 @@ reload, all without the master ever importing the app (tests/apps/testapps.py: H
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -256,3 +258,26 @@ def test_a_start_whose_probe_hangs_is_exit_3_after_the_timeout(tmp_path):
     result = run_cli("run", "slowimport:app", "-s", "slow.word=y", "--timeout", "1", "--bind", "127.0.0.1:0", env=env)
     assert result.returncode == 3, result.stderr
     assert "took longer than 1s" in result.stderr
+
+
+def test_a_probe_outliving_its_master_does_not_keep_the_port(tmp_path):
+    """The master is SIGKILLed while a reload's probe hangs in the app's import: once the workers notice
+    and exit, nothing listens on the port any more (the probe closed its copy of the listener first)."""
+    marker = tmp_path / "hang"
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
+    with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1"], env=env) as srv:
+        port = srv.port
+        marker.touch()
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "Hang up: reloading" in srv.logs(), what="the reload to begin")
+        time.sleep(0.5)  # the probe is in its import
+        os.kill(srv.pid, signal.SIGKILL)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        wait_for(refused, timeout=30, what="the port to be free of listeners")
