@@ -1,6 +1,6 @@
 """``prefork send``: stream the lines of files (or stdin) with ``prefork.client`` and report.
 
-On a terminal a progress line (lines/s, acked, errors, ETA from the files' sizes) is redrawn on stderr;
+On a terminal a progress bar (share of the files sent, acked, errors, lines/s, ETA) is redrawn on stderr;
 otherwise only the summary is printed. Exit 0 only when every line got ``OK``; ``--errors FILE`` gets each
 line that got ``ERR``, after its reason and a tab.
 
