@@ -46,6 +46,7 @@ bench: $(STAMP) server-binary
 lint: $(STAMP)
 	$(PY) -m ruff check prefork workers tests bench scripts devtools
 	$(PY) -m ruff format --check prefork workers tests bench scripts devtools
+	$(PY) -m mypy
 
 # Make sure a database answers: the configured DSN, or a private MariaDB with its data under var/.
 db: $(STAMP)
@@ -53,5 +54,5 @@ db: $(STAMP)
 
 clean:
 	-$(PY) scripts/devdb.py stop 2>/dev/null
-	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

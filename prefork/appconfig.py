@@ -151,7 +151,7 @@ def _probe_child(cfg: Config, app_dir: str, tokens: Sequence[str], w: int) -> No
 def _read_all(fd: int, timeout: float, interrupted: Callable[[], bool]) -> bytes | None:
     """Everything until EOF, or None once ``timeout`` passed or ``interrupted()`` says so."""
     deadline = time.monotonic() + timeout
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         left = deadline - time.monotonic()
         if left <= 0 or interrupted():

@@ -373,6 +373,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from prefork.app import AppLoadError
     from prefork.appconfig import declared_sections, settle
     from prefork.checks import load
+    from prefork.settings import Section
 
     cfg = load_from_args(args)
     try:
@@ -381,13 +382,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         if args.extra or cfg.app_values:
             raise CommandError(f"cannot check the app's settings: {exc}") from None
         print(f"prefork: warning: the app's own settings are not shown: {exc}", file=sys.stderr)
-        sections = ()
+        sections: tuple[type[Section], ...] = ()
     else:
         cfg = settle(cfg, app, args.extra)
         sections = declared_sections(app)
     values = cfg.as_dict(sections)
     sources = cfg.sources(sections)
-    rows = [(s.name, values[s.section][s.key], sources[s.name]) for k in (*FRAMEWORK, *sections) for s in k.settings()]
+    kinds: tuple[type[Section], ...] = (*FRAMEWORK, *sections)
+    rows = [(s.name, values[s.section][s.key], sources[s.name]) for k in kinds for s in k.settings()]
     if args.json:
         print(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=1))
         return 0

@@ -202,7 +202,7 @@ class Client:
         out = bytearray()  # bytes still to write
         tail = b""  # an incomplete reply line
         last_progress = time.monotonic()
-        selector = selectors.DefaultSelector()
+        selector: selectors.BaseSelector = selectors.DefaultSelector()
         if self._sock is not None:  # the connection of an earlier stream
             selector.register(self._sock, selectors.EVENT_READ)
         try:
@@ -225,7 +225,7 @@ class Client:
                 if unwritten:
                     # Encoded for this connection: with or without ids, as its probe said.
                     if self.using_ids:
-                        out += b"".join(b"@%s %s\n" % (ident.encode(), line) for line, ident in unwritten)
+                        out += b"".join(b"@%s %s\n" % (str(ident).encode(), line) for line, ident in unwritten)
                     else:
                         out += b"".join(line + b"\n" for line, _ in unwritten)
                     unwritten.clear()

@@ -497,7 +497,7 @@ class Config:
         if kind in FRAMEWORK:
             return getattr(self, kind.section_name)  # type: ignore[no-any-return]
         items = {s.key: s for s in kind.settings()}
-        values = {key: _convert(s, s.default, "built-in default") for key, s in items.items()}
+        values: dict[str, Any] = {key: _convert(s, s.default, "built-in default") for key, s in items.items()}
         for value in self.app_values:
             section, _, key = value.name.partition(".")
             if section != kind.section_name or not key:
@@ -532,20 +532,22 @@ class Config:
         """All values, JSON-safe: addresses as strings, the DSN with its password as ``***``; the app's
         ``sections`` after the framework's."""
         result: dict[str, dict[str, Any]] = {}
-        for kind in (*FRAMEWORK, *sections):
+        kinds: tuple[type[Section], ...] = (*FRAMEWORK, *sections)
+        for kind in kinds:
             values = self.section(kind)
             result[kind.section_name] = {s.key: _json_safe(getattr(values, s.key)) for s in kind.settings()}
         return result
 
     def sources(self, sections: Iterable[type[Section]] = ()) -> dict[str, str]:
         """Where each value came from: ``default``, ``file PATH``, ``env VAR`` or ``command line``."""
-        result = {s.name: "default" for kind in (*FRAMEWORK, *sections) for s in kind.settings()}
+        kinds: tuple[type[Section], ...] = (*FRAMEWORK, *sections)
+        result = {s.name: "default" for kind in kinds for s in kind.settings()}
         for name in self.file_keys:
             result[name] = f"file {self.path}"
         for var in sorted(self.env):
-            name = _env_name(var)
-            if name in _BY_NAME:
-                result[name] = f"env {var}"
+            env_name = _env_name(var)
+            if env_name in _BY_NAME:
+                result[env_name] = f"env {var}"
         for name in self.overrides:
             if name in _BY_NAME:
                 result[name] = "command line"
@@ -587,11 +589,11 @@ def load_config(
         for name, raw in from_file.items():
             values[name] = _convert(_BY_NAME[name], raw, path)
     for var in sorted(used_env):
-        name = _env_name(var)
-        if name in _BY_NAME:
-            values[name] = _convert(_BY_NAME[name], used_env[var], var)
-        elif name is not None:
-            app_values.append(RawValue(name, used_env[var], "env", var))
+        env_name = _env_name(var)
+        if env_name in _BY_NAME:
+            values[env_name] = _convert(_BY_NAME[env_name], used_env[var], var)
+        elif env_name is not None:
+            app_values.append(RawValue(env_name, used_env[var], "env", var))
     for name, raw in given.items():
         _check_name(name)
         if name in _BY_NAME:

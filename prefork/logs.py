@@ -105,7 +105,7 @@ def reopen(*_: object) -> None:
         _handler.reopenIfNeeded()
 
 
-def stream() -> object:
+def stream() -> Any:
     """The stream log records go to (for faulthandler's stack dumps; stderr when there is none)."""
     return getattr(_handler, "stream", None) or sys.stderr
 

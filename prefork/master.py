@@ -28,6 +28,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefork import logs, pidfile, sockets
 from prefork.app import AppLoadError, start_directory
@@ -141,7 +142,7 @@ class Master:
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
-        self.retired = {"lines": 0, "ok": 0, "err_by_reason": {}}
+        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}}
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
@@ -219,21 +220,23 @@ class Master:
         self._scrape_waiting = False
         if self.sig_queue:
             return
-        waiting = [self._pipe[0]] if self.metrics is None else [self._pipe[0], self.metrics]
+        assert self._pipe is not None  # start() made it
+        wakeup = self._pipe[0]
+        waiting: list[Any] = [wakeup] if self.metrics is None else [wakeup, self.metrics]
         try:
             readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
         except InterruptedError:
             readable = []
         self._scrape_waiting = self.metrics is not None and self.metrics in readable
         try:
-            while os.read(self._pipe[0], 4096):
+            while os.read(wakeup, 4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
 
     def serve_metrics(self) -> None:
         """Answer a waiting /metrics scrape."""
-        if self._scrape_waiting:
+        if self._scrape_waiting and self.metrics is not None:
             self.metrics.serve_one()
 
     def dispatch_signals(self) -> None:
@@ -454,7 +457,7 @@ class Master:
         """Fork one worker; the child never returns from here."""
         heartbeat = Heartbeat(f"prefork-worker-gen{generation}")
         close_fds = self._fds_not_for(listeners)
-        slot = self.accept_table.claim({w.slot for w in self.workers.values()})
+        slot = self.accept_table.claim({w.slot for w in self.workers.values() if w.slot is not None})
         pid = os.fork()
         if pid:
             self.workers[pid] = WorkerProc(pid, generation, cfg.server.graceful_timeout, heartbeat, slot=slot)
@@ -592,7 +595,7 @@ class Master:
                     w.stop_deadline = float("inf")  # killed once; reaped on the next pass
                 continue
             pending = self.pending is not None and w.generation == self.pending.generation
-            timeout = (self.pending.config if pending else self.cfg).server.timeout
+            timeout = (self.pending.config if pending and self.pending else self.cfg).server.timeout
             if w.silent_s > timeout:
                 log.error(
                     "worker %s timed out (no heartbeat for %.1fs): dumping its stack (SIGABRT), then killed",

@@ -93,9 +93,9 @@ def render(state: dict[str, Any]) -> str:
     per_worker("rss_bytes", "gauge", "worker resident memory", lambda w: w["rss_bytes"])
     per_worker("loop_lag_seconds", "gauge", "event loop lag", lambda w: (w["loop_lag_ms"] or 0) / 1000)
     for key in ("size", "idle", "in_use", "waiting", "max_size"):
-        per_worker(f"pool_{key}", "gauge", f"pool connections: {key}", lambda w, k=key: w["pool"][k])
+        per_worker(f"pool_{key}", "gauge", f"pool connections: {key}", _pool_figure(key))
     for key in ("created", "acquires", "timeouts"):
-        per_worker(f"pool_{key}_total", "counter", f"pool {key}", lambda w, k=key: w["pool"][k])
+        per_worker(f"pool_{key}_total", "counter", f"pool {key}", _pool_figure(key))
     per_worker(
         "pool_wait_seconds_total", "counter", "time spent waiting to acquire", lambda w: w["pool"]["wait_total_s"]
     )
@@ -194,3 +194,8 @@ class MetricsServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _pool_figure(key: str) -> Callable[[dict], Any]:
+    """The getter of one figure of a worker's pool."""
+    return lambda w: w["pool"][key]

@@ -214,8 +214,9 @@ class LineConnection:
             sock.settimeout(remaining)
             self._in_recv = True
             try:
-                if drained and wait is not None and sock._read_event is not None:
-                    wait(sock._read_event)  # raises socket.timeout (a TimeoutError) as recv would
+                read_event = sock._read_event if drained and wait is not None else None  # type: ignore[attr-defined]
+                if read_event is not None:
+                    wait(read_event)  # type: ignore[misc]  # raises socket.timeout (a TimeoutError) as recv would
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
                 return
@@ -380,11 +381,12 @@ class LineConnection:
                 size = count
         else:
             size = count  # futures count as one byte until they resolve
-        if self._chunks is None:
-            self._chunks = deque()
-            self._chunk_bytes = deque()
-        self._chunks.append(replies)
-        self._chunk_bytes.append(size)
+        chunks, chunk_bytes = self._chunks, self._chunk_bytes
+        if chunks is None or chunk_bytes is None:
+            chunks = self._chunks = deque()
+            chunk_bytes = self._chunk_bytes = deque()
+        chunks.append(replies)
+        chunk_bytes.append(size)
         self._queued += count
         self._queued_bytes += size
         self._pump()
@@ -540,8 +542,9 @@ class LineConnection:
         return pieces, count
 
     def _chunk_done(self) -> None:
-        self._chunks.popleft()
-        self._queued_bytes -= self._chunk_bytes.popleft()
+        # Only ever called with a chunk queued: both deques exist.
+        self._chunks.popleft()  # type: ignore[union-attr]
+        self._queued_bytes -= self._chunk_bytes.popleft()  # type: ignore[union-attr]
         self._head = 0
 
     def _resolve(self, chunk: list[Any], start: int, wait: bool) -> int:

@@ -23,15 +23,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-try:
+if sys.version_info >= (3, 11):
     from typing import dataclass_transform
-except ImportError:  # Python 3.10: type checkers then see plain classes
+else:  # Python 3.10: type checkers then see plain classes
 
-    def dataclass_transform(**kwargs: Any) -> Callable[[Any], Any]:  # type: ignore[no-redef]
+    def dataclass_transform(**kwargs: Any) -> Callable[[Any], Any]:
         return lambda cls: cls
 
 

@@ -286,7 +286,7 @@ class Worker:
 
     def _write_state(self) -> None:
         c = self.counters
-        app_stats = {}
+        app_stats: dict[str, Any] = {}
         stats = getattr(self.app, "stats", None)
         if stats is not None:
             try:
@@ -429,6 +429,7 @@ class AcceptGate:
                 self._resume()
 
     def _ahead(self) -> bool:
+        assert self.table is not None and self.slot is not None  # only asked of a worker with a slot
         fewest = self.table.fewest_clients(self.slot, ACCEPT_STALE_NS)
         return self.clients > fewest + max(ACCEPT_SLACK, fewest // ACCEPT_SLACK_PART)
 

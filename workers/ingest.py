@@ -471,8 +471,10 @@ class IngestApp:
     def _bisect(self, batch: Batch, rows: Rows, deadline: float, exc: Rejected) -> str:
         """Store the rows of a rejected batch in halves until the offending lines are alone; give those
         ERR rejected. Sets each line's own reply in ``batch.replies``; returns the batch's reply."""
+        replies = batch.replies
+        assert replies is not None  # made by the caller before bisecting
         if len(rows) == 1:
-            batch.replies[rows.offset] = ERR_REJECTED
+            replies[rows.offset] = ERR_REJECTED
             self.rejected += 1
             log.warning("ingest: a line from %s was rejected by the database: %s", rows.runs[0][1], exc.__cause__)
             return ERR_REJECTED
@@ -485,7 +487,7 @@ class IngestApp:
             except Exception:
                 log.exception("ingest: part of a rejected batch failed")
                 reply = ERR_UNAVAILABLE
-            batch.replies[part.offset : part.offset + len(part)] = [reply] * len(part)
+            replies[part.offset : part.offset + len(part)] = [reply] * len(part)
         return OK
 
     def _write(self, lines: Rows, marker: bytes, deadline: float) -> int:
@@ -532,6 +534,7 @@ class IngestApp:
         with the same id. A plain (consistent) read: an id another transaction has not committed yet is
         not seen, and the INSERT then waits for that transaction (LineIdTaken if it commits)."""
         ids = lines.ids
+        assert ids is not None  # asked only of lines with ids
         wanted = list({ident for ident in ids if ident is not None})
         seen: set[str] = set()
         cur = conn.cursor()
@@ -773,7 +776,7 @@ class IngestApp:
 
 def _line_id_taken(exc: Exception) -> bool:
     """A duplicate key error on the line id key (not on a unique key an operator added)."""
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     return (
         isinstance(exc, pymysql.err.MySQLError)
         and len(args) > 1
