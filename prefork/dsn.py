@@ -1,8 +1,8 @@
 """Parse ``mysql://user:password@host:port/db?param=value`` DSNs into PyMySQL connect arguments.
 
 Several hosts may be listed, comma separated (``mysql://u:p@db1:3306,db2:3306,db3/test``): the nodes of a
-MariaDB Galera cluster, say. A new connection goes to the first that answers, in the order given
-(``prefork.pool``), so every worker writes to the same node while it is up.
+MariaDB Galera cluster, say. A pool's new connections go to the host in use while it answers, else to the
+first of the others in the order given (``prefork.pool``), so a worker writes to one node at a time.
 
 The password never leaves this module in readable form: ``str(dsn)``, ``repr(dsn)`` and
 ``dsn.redacted`` all show it as ``***``, so a DSN can be logged or put in an error message safely.

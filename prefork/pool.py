@@ -116,22 +116,33 @@ def connect_once(dsn: str | DSN) -> Any:
         raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
 
 
-def _connect_first(targets: list[dict[str, Any]]) -> Any:
-    """A connection to the first of ``targets`` that answers (and, in a cluster, is ready for queries)."""
-    import pymysql
+class _Hosts:
+    """The hosts of a DSN (a Galera cluster's nodes, say) for new connections: the one in use while it
+    answers and is ready, else the others in the DSN's order; the first that does becomes the one in use.
+    So every connection of a pool goes to one node, and after a failover stays on the new node even when
+    the old one is back (two nodes written at once would only make certification conflicts)."""
 
-    for i, kwargs in enumerate(targets):
-        last = i == len(targets) - 1
-        try:
-            conn = _connection_class()(**kwargs, local_infile=True)
-        except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError):
-            if last:
-                raise
-            continue
-        if last or _node_ready(conn):
-            return conn
-        conn.close()
-    raise AssertionError("unreachable")
+    def __init__(self, targets: list[dict[str, Any]]) -> None:
+        self.targets = targets
+        self.current = 0
+
+    def connect(self) -> Any:
+        import pymysql
+
+        order = [self.current, *(i for i in range(len(self.targets)) if i != self.current)]
+        for n, i in enumerate(order):
+            last = n == len(order) - 1
+            try:
+                conn = _connection_class()(**self.targets[i], local_infile=True)
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError):
+                if last:
+                    raise
+                continue
+            if last or len(self.targets) == 1 or _node_ready(conn):
+                self.current = i
+                return conn
+            conn.close()
+        raise AssertionError("unreachable")
 
 
 def _node_ready(conn: Any) -> bool:
@@ -273,15 +284,10 @@ class Pool:
     def from_dsn(cls, dsn: str | DSN, **kwargs: Any) -> Pool:
         """Create a pool of PyMySQL connections to ``dsn`` (a string or a parsed DSN)."""
         parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
-        targets = [parsed.connect_kwargs(i) for i in range(len(parsed.hosts))]
-
-        def connect() -> Any:
-            # Several hosts (a Galera cluster): the first that answers and is ready, in the DSN's order, so
-            # that every connection of every worker goes to the same node while it is up.
-            return _connect_first(targets)
+        hosts = _Hosts([parsed.connect_kwargs(i) for i in range(len(parsed.hosts))])
 
         kwargs.setdefault("name", parsed.redacted)
-        return cls(connect, **kwargs)
+        return cls(hosts.connect, **kwargs)
 
     @classmethod
     def from_config(cls, pool_config: Any, **kwargs: Any) -> Pool:

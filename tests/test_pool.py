@@ -22,6 +22,7 @@ from prefork.pool import (
     PoolTimeout,
 )
 from tests.helpers import connect, query
+from tests.mysql_proxy import FaultProxy
 
 
 def make_pool(dsn: str, **kwargs) -> Pool:
@@ -602,3 +603,24 @@ def test_several_hosts_the_first_that_answers_in_order(db):
         with only_dead.connection():
             pass
     only_dead.close()
+
+
+def test_several_hosts_stay_on_the_host_they_failed_over_to(db):
+    """Two hosts (two proxies in front of the private server): connections go to the first; when it goes
+    down they go to the second, and stay there when the first is back (a Galera cluster written on one
+    node at a time has no certification conflicts)."""
+    upstream = ("127.0.0.1", int(db.dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]))
+    with FaultProxy(upstream, lambda count: None) as first, FaultProxy(upstream, lambda count: None) as second:
+        pool = make_pool(f"mysql://root@127.0.0.1:{first.port},127.0.0.1:{second.port}/test", max_size=1, max_uses=1)
+
+        def used() -> tuple[int, int]:
+            with pool.connection() as conn:
+                conn.cursor().execute("SELECT 1")
+            return len(first._links), len(second._links)
+
+        assert used() == (1, 0)
+        first.down()
+        assert used() == (1, 1)  # max_uses=1: each checkout a new connection
+        first.up()
+        assert used() == (1, 2) and used() == (1, 3)  # still the second
+        pool.close()
