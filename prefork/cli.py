@@ -29,6 +29,7 @@ from prefork.config import FRAMEWORK, SETTINGS, Config, ConfigError, load_config
 
 EXIT_USAGE = 2
 EXIT_BOOT = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a command killed by SIGINT
 
 
 class CommandError(Exception):
@@ -460,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"prefork: error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except KeyboardInterrupt:  # Ctrl-C before a master handles signals (say, in the app probe), or in send
+        print("prefork: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

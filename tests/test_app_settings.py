@@ -4,9 +4,11 @@ reload, all without the master ever importing the app (tests/apps/testapps.py: H
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from prefork.appconfig import resolve_flags, settle
 from prefork.config import Config, ConfigError, load_config
 from prefork.settings import Section, choice, option, positive_int, sections_of
-from tests.server import APPS, ServerProcess, roundtrip, wait_for
+from tests.server import APPS, ServerProcess, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
 
 HOOKED = "testapps:hooked"
@@ -281,3 +283,26 @@ def test_a_probe_outliving_its_master_does_not_keep_the_port(tmp_path):
             return False
 
         wait_for(refused, timeout=30, what="the port to be free of listeners")
+
+
+def test_ctrl_c_during_the_start_probe_is_one_line_and_leaves_no_probe(tmp_path):
+    marker = tmp_path / "hang"
+    marker.touch()
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120", "TESTAPP_IMPORT_LOG": str(tmp_path / "log")}
+    proc = subprocess.Popen(
+        prefork_cmd("run", "slowimport:app", "-s", "slow.word=y", "--bind", "127.0.0.1:0"),
+        env=test_env(env),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(1.5)  # the probe is in its import
+        proc.send_signal(signal.SIGINT)  # to the command alone, as a terminal's Ctrl-C reaches it first
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130 and err.strip() == "prefork: interrupted", err
+        leftovers = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert not leftovers, leftovers  # the probe was killed with it
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
