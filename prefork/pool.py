@@ -77,7 +77,9 @@ _Lock = get_original("threading", "Lock")
 # server gone away, lost connection, commands out of sync, network read error, lost connection during
 # handshake, and PyMySQL's own "(0, '')".
 UNKNOWN_SYSTEM_VARIABLE = 1193
-DISCONNECT_CODES = frozenset({0, 1053, 1927, 2006, 2013, 2014, 2045, 2055})
+# 1047: a Galera node outside the primary component (cut off, or still joining) refuses every statement
+# until it is back: as useless as a broken connection, and a new one goes to a ready host of the DSN.
+DISCONNECT_CODES = frozenset({0, 1047, 1053, 1927, 2006, 2013, 2014, 2045, 2055})
 CLOSE_REASONS = ("max_uses", "max_idle", "max_lifetime", "broken", "closed")
 _IN_TRANS = 1  # SERVER_STATUS_IN_TRANS
 _LIFETIME_JITTER = 0.05  # up to 5% shorter, so connections opened together do not retire together

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from devtools.haproxy import HAProxy
 from devtools.mariadb import free_port
 from tests.cluster_load import RecordingClient, longest_gap, verify
 from tests.helpers import query
-from tests.server import ROOT, ServerProcess, wait_for
+from tests.server import ROOT, ServerProcess, read_lines, wait_for
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.cluster
@@ -32,30 +33,48 @@ def stored_on(galera, i: int, table: str) -> dict[str, int]:
     return {payload: count for payload, count in rows}
 
 
+def isolate(galera, i: int, on: bool) -> None:
+    """Cut node i off from the others (Galera's gmcast.isolate, a partition without touching the network):
+    it leaves the primary component and refuses queries (1047) while the others go on; off: it rejoins."""
+    galera.query(i, f"SET GLOBAL wsrep_provider_options = 'gmcast.isolate={int(on)}'")
+
+
 @pytest.mark.timeout(300)
-def test_a_galera_node_killed_under_load_loses_and_doubles_nothing(galera, show):
-    """One prefork host writes through a multi-host DSN to the first node; that node is SIGKILLed mid-load
-    (the pool moves to the next, unknown COMMIT outcomes are looked up there), later restarted to rejoin."""
-    table = "cluster_data_tier"
+@pytest.mark.parametrize("fault", ["kill", "partition"])
+def test_the_galera_node_written_to_fails_under_load_and_nothing_is_lost_or_doubled(galera, show, fault):
+    """One prefork host writes through a multi-host DSN to the first node; that node is SIGKILLed, or cut off
+    from the others, mid-load (the pool moves to the next ready node, unknown COMMIT outcomes are looked up
+    there); later it rejoins."""
+    table = f"cluster_data_tier_{fault}"
     galera.query(0, f"DROP TABLE IF EXISTS `{table}`")
     dsn = f"mysql://root@{galera.hosts()}/test?connect_timeout=2&read_timeout=10&write_timeout=10"
     result = run_cli("initdb", "--dsn", dsn, "--table", table)
     assert result.returncode == 0, result.stderr
     port = free_port("127.0.0.31")
     args = ["--dsn", dsn, "--table", table, "--workers", "2", "--commit-timeout", "30", "--pool-timeout", "5"]
+    args += ["--pool-min", "4"]  # idle connections to the failing node too, as a pool usually has
     with ServerProcess(args, bind=f"127.0.0.31:{port}") as srv:
         stop = threading.Event()
         clients = [RecordingClient(i, ("127.0.0.31", port), stop) for i in range(CLIENTS)]
         for client in clients:
             client.start()
         wait_for(lambda: sum(len(c.ok_times) for c in clients) > 2000, timeout=60, what="load to flow")
-        killed_at = time.monotonic()
-        galera.kill(0)
-        acked_at_kill = sum(len(c.ok_times) for c in clients)
-        wait_for(lambda: sum(len(c.ok_times) for c in clients) > acked_at_kill + 2000, timeout=90, what="acks again")
+        failed_at = time.monotonic()
+        if fault == "kill":
+            galera.kill(0)
+        else:
+            isolate(galera, 0, True)
+        acked_at_fault = sum(len(c.ok_times) for c in clients)
+        wait_for(lambda: sum(len(c.ok_times) for c in clients) > acked_at_fault + 2000, timeout=90, what="acks again")
         recovered_at = time.monotonic()
-        rejoin = galera.restart(0)
-        time.sleep(2)  # load with the node back (new connections go to it again)
+        if fault == "kill":
+            rejoin = galera.restart(0)
+        else:
+            started = time.monotonic()
+            isolate(galera, 0, False)
+            galera.wait_synced(0, size=len(galera.nodes), timeout=120)
+            rejoin = time.monotonic() - started
+        time.sleep(2)  # load with the node back
         stop.set()
         for client in clients:
             client.join(180)
@@ -66,13 +85,13 @@ def test_a_galera_node_killed_under_load_loses_and_doubles_nothing(galera, show)
         figures = verify(clients, stored_on(galera, i, table))
         assert figures["lost"] == 0
     assert figures["duplicates"] == 0  # the prefork host lost no reply: nothing had to be resent
-    gap = longest_gap(clients, killed_at, recovered_at)
+    assert figures["err"] == 0  # two nodes still form the cluster: the failover ends within commit_timeout
+    gap = longest_gap(clients, failed_at, recovered_at)
     unknown = logs.count("COMMIT outcome was unknown")
     show(
-        f"galera failover: {figures['lines']} lines, {figures['ok']} OK, {figures['err']} ERR, "
-        f"{figures['duplicates']} stored twice, {figures['lost']} lost; 1 failover, acks stopped "
-        f"{gap:.1f} s, {unknown} unknown COMMIT outcomes looked up on another node; the killed node "
-        f"rejoined in {rejoin:.1f} s"
+        f"galera {fault}: {figures['lines']} lines, {figures['ok']} OK, {figures['err']} ERR, "
+        f"{figures['duplicates']} stored twice, {figures['lost']} lost; acks stopped {gap:.1f} s, "
+        f"{unknown} unknown COMMIT outcomes looked up on another node; the node was back in {rejoin:.1f} s"
     )
     assert "Traceback" not in logs, logs[-3000:]
 
@@ -150,3 +169,39 @@ def test_a_prefork_host_killed_behind_haproxy_loses_and_doubles_nothing(db, tmp_
         f"{figures['duplicates']} stored twice, {figures['lost']} lost; host1 DOWN after {down:.1f} s, "
         f"acks stopped {gap:.1f} s, host1 back UP {up:.1f} s after its restart began"
     )
+
+
+@pytest.mark.timeout(240)
+def test_a_node_cut_off_while_the_pool_is_idle_costs_no_err(galera, show):
+    """The node a prefork host writes to is cut off while every pooled connection to it sits idle: the next
+    batches find those connections refused (1047, not ready) and must move to a ready node, not answer
+    ERR, although the cluster (two nodes) is healthy."""
+    table = "cluster_idle_cut"
+    galera.query(0, f"DROP TABLE IF EXISTS `{table}`")
+    dsn = f"mysql://root@{galera.hosts()}/test?connect_timeout=2&read_timeout=10&write_timeout=10"
+    assert run_cli("initdb", "--dsn", dsn, "--table", table).returncode == 0
+    port = free_port("127.0.0.31")
+    args = ["--dsn", dsn, "--table", table, "--workers", "1", "--pool-min", "4", "--flushers", "4"]
+    with ServerProcess(args, bind=f"127.0.0.31:{port}") as srv:
+        before = [f"before-{i}".encode() for i in range(2000)]
+        assert set(roundtrip_at(("127.0.0.31", port), before)) == {b"OK"}
+        wait_for(lambda: srv.status()["workers"][0]["pool"]["idle"] >= 4, what="four idle connections")
+        try:
+            isolate(galera, 0, True)
+            wait_for(lambda: galera.status(0).get("wsrep_ready") == "OFF", timeout=30, what="node 0 cut off")
+            after = [f"after-{i}".encode() for i in range(2000)]
+            replies = roundtrip_at(("127.0.0.31", port), after)
+        finally:
+            isolate(galera, 0, False)
+        logs = srv.logs()
+    assert replies == [b"OK"] * len(after), sorted(set(replies))
+    stored = stored_on(galera, 1, table)
+    assert all(stored.get(p.decode()) == 1 for p in before + after)
+    assert "Traceback" not in logs, logs[-3000:]
+    galera.wait_synced(0, size=len(galera.nodes), timeout=120)
+
+
+def roundtrip_at(target: tuple[str, int], lines: list[bytes]) -> list[bytes]:
+    with socket.create_connection(target, timeout=60) as sock:
+        sock.sendall(b"".join(line + b"\n" for line in lines))
+        return read_lines(sock, len(lines))
