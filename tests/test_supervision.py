@@ -275,7 +275,8 @@ def test_losing_the_state_directory_kills_no_worker(tmp_path):
     with ServerProcess([ECHO, "--workers", "2", "--timeout", "2"], env=env) as srv:
         workers = serving(srv, 2)
         state_dir = tmp_path / f"prefork-{srv.pid}"
-        assert (state_dir / "master.json").exists()
+        # The master writes its state on its own beat: the workers may be up a moment before it.
+        wait_for(lambda: (state_dir / "master.json").exists(), what="the master's state file")
         shutil.rmtree(state_dir)
         time.sleep(4)  # twice `timeout`
         assert srv.worker_pids() == workers, srv.logs()
