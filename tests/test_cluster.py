@@ -112,11 +112,14 @@ def prefork_host(address: str, port: int, dsn: str, table: str) -> ServerProcess
 
 
 @pytest.mark.timeout(240)
-def test_a_prefork_host_killed_behind_haproxy_loses_and_doubles_nothing(db, tmp_path, show):
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+def test_a_prefork_host_failing_behind_haproxy_loses_and_doubles_nothing(db, tmp_path, show, fault):
     """Two prefork hosts (127.0.0.21, .22) behind HAProxy (127.0.0.20, etc/haproxy.cfg); one host's master
-    and workers are SIGKILLed mid-load: HAProxy takes it out, the clients reconnect through HAProxy to the
-    survivor and resend what had no reply (with line ids: stored once); later the host comes back."""
-    table = "cluster_front_tier"
+    and workers are SIGKILLed mid-load, or frozen (SIGSTOP: its kernel still accepts connections, only the
+    health check's probe line finds it dead): HAProxy takes it out and closes its sessions, the clients
+    reconnect through HAProxy to the survivor and resend what had no reply (with line ids: stored once,
+    also when the frozen host wakes up and commits what it held); later the host comes back."""
+    table = f"cluster_front_tier_{fault}"
     query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
     assert run_cli("initdb", "--dsn", db.dsn, "--table", table, "--line-ids", "on").returncode == 0
     front, port = free_port("127.0.0.20"), free_port("127.0.0.21")
@@ -133,14 +136,18 @@ def test_a_prefork_host_killed_behind_haproxy_loses_and_doubles_nothing(db, tmp_
                 client.start()
             wait_for(lambda: sum(len(c.ok_times) for c in clients) > 5000, timeout=60, what="load to flow")
             killed_at = time.monotonic()
-            os.killpg(hosts[0].proc.pid, signal.SIGKILL)  # the host's master and workers, at once
+            # The host's master and workers, at once.
+            os.killpg(hosts[0].proc.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
             down = haproxy.wait_state("host1", "DOWN", timeout=10)
             acked = sum(len(c.ok_times) for c in clients)
             wait_for(lambda: sum(len(c.ok_times) for c in clients) > acked + 5000, timeout=60, what="acks again")
             recovered_at = time.monotonic()
-            hosts[0].stop()
             restarted_at = time.monotonic()
-            hosts[0] = prefork_host("127.0.0.21", port, db.dsn, table).start()
+            if fault == "kill":
+                hosts[0].stop()
+                hosts[0] = prefork_host("127.0.0.21", port, db.dsn, table).start()
+            else:
+                os.killpg(hosts[0].proc.pid, signal.SIGCONT)
             haproxy.wait_state("host1", "UP", timeout=20)
             up = time.monotonic() - restarted_at
             time.sleep(1)
@@ -159,15 +166,15 @@ def test_a_prefork_host_killed_behind_haproxy_loses_and_doubles_nothing(db, tmp_
     )
     figures = verify(clients, {payload: count for payload, count, _, _ in rows})
     assert figures["lost"] == 0 and figures["duplicates"] == 0  # line ids: a resend is never stored twice
-    assert figures["resent"] > 0  # the kill did cut lines off from their replies
+    assert figures["resent"] > 0  # the fault did cut lines off from their replies
     for payload, _, low, high in rows:  # the client's own address, from HAProxy's header
         assert low == high == f"127.0.0.{100 + int(payload[1:].split('-')[0])}", (payload, low, high)
     assert "closing a connection" not in logs and "Traceback" not in logs, logs[-3000:]
     gap = longest_gap(clients, killed_at, recovered_at)
     show(
-        f"haproxy failover: {figures['lines']} lines, {figures['ok']} OK, {figures['resent']} resent, "
+        f"haproxy {fault}: {figures['lines']} lines, {figures['ok']} OK, {figures['resent']} resent, "
         f"{figures['duplicates']} stored twice, {figures['lost']} lost; host1 DOWN after {down:.1f} s, "
-        f"acks stopped {gap:.1f} s, host1 back UP {up:.1f} s after its restart began"
+        f"acks stopped {gap:.1f} s, host1 back UP {up:.1f} s after it {'was restarted' if fault == 'kill' else 'woke up'}"
     )
 
 

@@ -78,8 +78,19 @@ RETRY_DELAY_MAX = 2.0
 MARKER_RETENTION_S = 3600.0
 PRUNE_INTERVAL_S = 60.0
 EXPIRE_INTERVAL_S = 0.25
-RETRYABLE_CODES = frozenset({1205, 1213})  # lock wait timeout, deadlock
+# Lock wait timeout, deadlock, and "failed to read auto-increment value": a wait for the table's AUTO-INC
+# lock (which a LOAD holds for its whole statement) that timed out.
+RETRYABLE_CODES = frozenset({1205, 1213, 1467})
+# How long the server waits for a stalled worker of ours on ingest's connections, in a statement
+# (net_read_timeout) and between the statements of a transaction (MariaDB's
+# idle_write_transaction_timeout), before it drops the session and so rolls its transaction back. A worker
+# that hangs (frozen, starved of CPU, cut off) would otherwise hold its locks for as long as it hangs:
+# the table's AUTO-INC lock, which a LOAD holds until its last data packet (innodb_autoinc_lock_mode = 1,
+# the default), and the row locks of its line ids, which the same lines resent elsewhere must wait for.
+# The statements of a batch follow each other within milliseconds, and our data is in memory.
+STALLED_CLIENT_S = 5
 NO_SUCH_TABLE = 1146
+UNKNOWN_SYSTEM_VARIABLE = 1193
 # The server refuses LOAD DATA LOCAL INFILE: ER_NOT_ALLOWED_COMMAND (older servers), MariaDB's
 # ER_LOAD_INFILE_CAPABILITY_DISABLED (local_infile = OFF), MySQL 8's "loading local data is disabled".
 LOAD_REFUSED_CODES = frozenset({1148, 4166, 3948, 3950})
@@ -289,7 +300,7 @@ class IngestApp:
         self.line_ids = cfg.server.line_ids
         self._use_load = self.method != "insert"
         self._unclean_loads = 0
-        self.pool = Pool.from_config(cfg.pool)
+        self.pool = Pool.from_config(cfg.pool, on_connect=_session_setup)
         quoted = quote_identifier(self.table)
         columns = "(received_at, client_addr, worker_pid, payload)"
         self._insert_head = f"INSERT INTO {quoted} {columns} VALUES "
@@ -783,6 +794,18 @@ def _line_id_taken(exc: Exception) -> bool:
         and args[0] == DUPLICATE_KEY
         and LINE_ID_TAKEN.search(str(args[1])) is not None
     )
+
+
+def _session_setup(conn: Any) -> None:
+    """Each new connection of ingest's pool: the server gives up on a stalled statement of ours soon."""
+    cur = conn.cursor()
+    cur.execute(f"SET SESSION net_read_timeout = {STALLED_CLIENT_S}")
+    try:
+        cur.execute(f"SET SESSION idle_write_transaction_timeout = {STALLED_CLIENT_S}")
+    except pymysql.err.MySQLError as exc:
+        if not (exc.args and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE):  # MySQL has no such variable
+            raise
+    cur.close()
 
 
 def _escape_field(text: str) -> str:
