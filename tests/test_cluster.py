@@ -171,10 +171,11 @@ def test_a_prefork_host_failing_behind_haproxy_loses_and_doubles_nothing(db, tmp
         assert low == high == f"127.0.0.{100 + int(payload[1:].split('-')[0])}", (payload, low, high)
     assert "closing a connection" not in logs and "Traceback" not in logs, logs[-3000:]
     gap = longest_gap(clients, killed_at, recovered_at)
+    back = "was restarted" if fault == "kill" else "woke up"
     show(
         f"haproxy {fault}: {figures['lines']} lines, {figures['ok']} OK, {figures['resent']} resent, "
         f"{figures['duplicates']} stored twice, {figures['lost']} lost; host1 DOWN after {down:.1f} s, "
-        f"acks stopped {gap:.1f} s, host1 back UP {up:.1f} s after it {'was restarted' if fault == 'kill' else 'woke up'}"
+        f"acks stopped {gap:.1f} s, host1 back UP {up:.1f} s after it {back}"
     )
 
 
