@@ -147,6 +147,20 @@ class _Hosts:
         raise AssertionError("unreachable")
 
 
+def set_session_variable(cur: Any, name: str, value: int) -> bool:
+    """``SET SESSION name = value`` on a cursor; False, and nothing set, when the server has no such
+    variable (MySQL lacks MariaDB's own, a server without Galera its wsrep_*); other errors are raised."""
+    import pymysql
+
+    try:
+        cur.execute(f"SET SESSION {name} = {int(value)}")
+    except pymysql.err.MySQLError as exc:
+        if exc.args and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE:
+            return False
+        raise
+    return True
+
+
 def _node_ready(conn: Any) -> bool:
     """False for a Galera node that accepts connections but not queries yet (joining, or cut off from the
     primary component); True for any other server, a standalone MariaDB (wsrep_on = 0) included."""

@@ -587,12 +587,12 @@ def test_several_hosts_the_first_that_answers_in_order(db):
     """A DSN listing hosts (a Galera cluster): connections go to the first host that answers; a standalone
     server (wsrep off) counts as ready. Here the first host is a port nobody listens on."""
     dead = f"127.0.0.1:{free_port()}"
-    live = db.dsn.split("@", 1)[1].split("/", 1)[0]
+    live = f"127.0.0.1:{db.port}"
     pool = make_pool(db.dsn.replace(live, f"{dead},{live}"), max_size=2)
     with pool.connection() as conn:
         cur = conn.cursor()
         cur.execute("SELECT @@port")
-        assert cur.fetchone()[0] == int(live.rsplit(":", 1)[1])
+        assert cur.fetchone()[0] == db.port
     pool.close()
     pool = make_pool(db.dsn.replace(live, f"{live},{dead}"), max_size=1)  # the live one first: it is used
     with pool.connection() as conn:
@@ -609,7 +609,7 @@ def test_several_hosts_stay_on_the_host_they_failed_over_to(db):
     """Two hosts (two proxies in front of the private server): connections go to the first; when it goes
     down they go to the second, and stay there when the first is back (a Galera cluster written on one
     node at a time has no certification conflicts)."""
-    upstream = ("127.0.0.1", int(db.dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]))
+    upstream = ("127.0.0.1", db.port)
     with FaultProxy(upstream, lambda count: None) as first, FaultProxy(upstream, lambda count: None) as second:
         pool = make_pool(f"mysql://root@127.0.0.1:{first.port},127.0.0.1:{second.port}/test", max_size=1, max_uses=1)
 

@@ -61,7 +61,7 @@ import pymysql
 from gevent.event import Event
 
 from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
-from prefork.pool import Pool, PoolError, connect_once, is_disconnect
+from prefork.pool import Pool, PoolError, connect_once, is_disconnect, set_session_variable
 from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
 from workers.outcome import Session, marker_committed, server_of
 from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, quote_identifier, table_exists
@@ -90,7 +90,6 @@ RETRYABLE_CODES = frozenset({1205, 1213, 1467})
 # The statements of a batch follow each other within milliseconds, and our data is in memory.
 STALLED_CLIENT_S = 5
 NO_SUCH_TABLE = 1146
-UNKNOWN_SYSTEM_VARIABLE = 1193
 # The server refuses LOAD DATA LOCAL INFILE: ER_NOT_ALLOWED_COMMAND (older servers), MariaDB's
 # ER_LOAD_INFILE_CAPABILITY_DISABLED (local_infile = OFF), MySQL 8's "loading local data is disabled".
 LOAD_REFUSED_CODES = frozenset({1148, 4166, 3948, 3950})
@@ -799,12 +798,8 @@ def _line_id_taken(exc: Exception) -> bool:
 def _session_setup(conn: Any) -> None:
     """Each new connection of ingest's pool: the server gives up on a stalled statement of ours soon."""
     cur = conn.cursor()
-    cur.execute(f"SET SESSION net_read_timeout = {STALLED_CLIENT_S}")
-    try:
-        cur.execute(f"SET SESSION idle_write_transaction_timeout = {STALLED_CLIENT_S}")
-    except pymysql.err.MySQLError as exc:
-        if not (exc.args and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE):  # MySQL has no such variable
-            raise
+    set_session_variable(cur, "net_read_timeout", STALLED_CLIENT_S)
+    set_session_variable(cur, "idle_write_transaction_timeout", STALLED_CLIENT_S)  # MariaDB only
     cur.close()
 
 

@@ -26,10 +26,10 @@ from typing import Any
 import gevent
 import pymysql
 
+from prefork.pool import set_session_variable
 from workers.schema import MARKER_TABLE, SERVER_RUN_TABLE
 
 UNKNOWN_THREAD = 1094
-UNKNOWN_SYSTEM_VARIABLE = 1193
 NOT_OWNER = 1095  # "you are not owner of thread": not a session of ours
 SESSION_GONE_WAIT_S = 10.0
 
@@ -77,24 +77,14 @@ def marker_committed(conn: Any, marker: bytes, session: Session | None) -> bool:
     if session is not None and server_of(conn) == session.server:
         _end_session(cur, session.thread_id)
     conn.rollback()  # a fresh read view for the lookup
-    causal = _wait_for_the_cluster(cur, True)
+    # Galera: wait until this node has applied every write set the cluster certified before the lookup.
+    causal = set_session_variable(cur, "wsrep_sync_wait", 1)
     cur.execute(f"SELECT 1 FROM `{MARKER_TABLE}` WHERE batch_id = %s", (marker,))
     found = cur.fetchone() is not None
     conn.rollback()
     if causal:
-        _wait_for_the_cluster(cur, False)
+        set_session_variable(cur, "wsrep_sync_wait", 0)
     return found
-
-
-def _wait_for_the_cluster(cur: Any, on: bool) -> bool:
-    """Turn Galera's causal reads on (or off again) for this session; False on a server without Galera."""
-    try:
-        cur.execute(f"SET SESSION wsrep_sync_wait = {1 if on else 0}")
-    except pymysql.err.MySQLError as exc:
-        if exc.args and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE:
-            return False
-        raise
-    return True
 
 
 def _end_session(cur: Any, thread_id: int) -> None:
