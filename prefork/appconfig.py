@@ -56,7 +56,7 @@ def settle(cfg: Config, app: Any, tokens: Sequence[str] = ()) -> Config:
     """``cfg`` with the app's flags folded in, its sections validated; ConfigError on the first problem."""
     sections = declared_sections(app)
     if tokens:
-        cfg = cfg.with_overrides(resolve_flags(tokens, sections))
+        cfg = cfg.with_app_flags(resolve_flags(tokens, sections))
     cfg.check_sections(sections, cfg.server.app)
     return cfg
 
@@ -115,7 +115,7 @@ def probe(
         raise ConfigError(report["config_error"], report.get("key"))
     if "import_error" in report:
         raise AppLoadError(report["import_error"])
-    return cfg.with_overrides(report["overrides"]) if tokens else cfg
+    return cfg.with_app_flags(report["overrides"]) if tokens else cfg
 
 
 def _probe_child(cfg: Config, app_dir: str, tokens: Sequence[str], w: int) -> None:

@@ -556,9 +556,24 @@ class Config:
                 result[value.name] = value.source
         return result
 
-    def with_overrides(self, overrides: Mapping[str, str]) -> Config:
-        """This config with more command-line values (an app's flags, resolved once its sections are known)."""
-        return load_config(self.path, self.env, {**self.overrides, **overrides})
+    def with_app_flags(self, overrides: Mapping[str, str]) -> Config:
+        """This config with command-line values of the app's sections (its flags, resolved once its
+        sections are known), after every other source. The file is not read again: the config stays the
+        one that was checked."""
+        added = []
+        for name, raw in overrides.items():
+            _check_name(name)
+            if name in _BY_NAME:
+                raise ConfigError(f"{name}: not a key of the app's sections", name)
+            added.append(RawValue(name, raw, "command line"))
+        return Config(
+            self._values,
+            path=self.path,
+            env=self.env,
+            overrides={**self.overrides, **overrides},
+            file_keys=self.file_keys,
+            app_values=(*self.app_values, *added),
+        )
 
     def reload(self) -> Config:
         """A new Config from the file read again; env and overrides stay as given (SIGHUP). Raises ConfigError."""
