@@ -9,6 +9,7 @@ talks to a worker or to the database.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import socket
 import time
@@ -24,6 +25,7 @@ _PY = platform.python_version()
 
 CLIENT_DEADLINE = 0.5  # seconds a scraper gets to send its request line: the master must not wait longer
 MAX_REQUEST = 8192
+MAX_APP_SERIES = 100  # per worker, of the numbers an app reports: a scrape stays small whatever it reports
 
 
 def render(state: dict[str, Any]) -> str:
@@ -109,7 +111,39 @@ def render(state: dict[str, Any]) -> str:
             for reason, n in (w["pool"]["closed"] or {}).items()
         ],
     )
+    family(
+        "app_stat",
+        "gauge",
+        "a number the app reports in its stats(), by its dotted key (the pool's figures are above)",
+        [
+            ({"pid": w["pid"], "generation": w["generation"], "key": key}, value)
+            for w in workers
+            for key, value in app_numbers(w.get("app"))
+        ],
+    )
     return "\n".join(out) + "\n"
+
+
+def app_numbers(stats: Any, limit: int = MAX_APP_SERIES) -> list[tuple[str, int | float]]:
+    """The finite numbers in an app's stats as (dotted key, value), depth first, at most ``limit`` of them;
+    the ``pool`` key is left out (its figures have series of their own). Any other JSON is skipped."""
+    found: list[tuple[str, int | float]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if key or k != "pool":
+                    walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}" if key else str(i))
+        elif (type(value) is int or type(value) is float) and math.isfinite(value):
+            found.append((key, value))
+
+    walk(stats, "")
+    return found
 
 
 def _sum(live: list[dict[str, Any]], retired: dict[str, Any], key: str, retired_key: str) -> int:

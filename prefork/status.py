@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ POOL_KEYS = (
     "wait_total_s",
     "wait_max_s",
 )
+APP_LINE = 100  # characters of an app's stats shown per worker in the table
 WORKER_KEYS = (
     "pid",
     "generation",
@@ -47,8 +50,9 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
     for state in master.get("workers", []):
         entry = {key: state.get(key) for key in WORKER_KEYS}
         entry["age_s"] = round(now - state.get("started_ts", now), 3)
-        pool = state.get("pool") or {}
-        entry["pool"] = {key: pool.get(key, {} if key == "closed" else 0) for key in POOL_KEYS}
+        app = state.get("app")
+        entry["pool"] = pool_figures(app.get("pool") if isinstance(app, dict) else state.get("pool"))
+        entry["app"] = app
         workers.append(entry)
     master = dict(master)
     if "started_at" in master:
@@ -67,6 +71,25 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
     }
     return {"master": master, "workers": workers, "totals": totals}
+
+
+def pool_figures(pool: Any) -> dict[str, Any]:
+    """The pool columns of a worker from what its app reported under "pool": numbers where numbers are
+    expected (0 otherwise) and ``closed`` as {reason: count}, whatever shape the app gave them. The app's
+    own JSON is shown as it is beside them (``app``), so nothing it reports is lost."""
+    pool = pool if isinstance(pool, dict) else {}
+    figures: dict[str, Any] = {key: _number(pool.get(key)) for key in POOL_KEYS if key != "closed"}
+    closed = pool.get("closed")
+    closed = closed if isinstance(closed, dict) else {}
+    figures["closed"] = {str(k): v for k, v in closed.items() if type(v) is int}
+    return {key: figures[key] for key in POOL_KEYS}
+
+
+def _number(value: Any) -> int | float:
+    """``value`` if it is a finite number (not a bool), else 0."""
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return value
+    return 0
 
 
 def render_table(report: dict[str, Any]) -> str:
@@ -91,7 +114,23 @@ def render_table(report: dict[str, Any]) -> str:
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
         f"{t['err']:>8} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
     )
+    # What the apps report besides their pool, one line per worker (the whole of it is in --json).
+    extra = [(w["pid"], _without_pool(w.get("app"))) for w in report["workers"]]
+    if any(app is not None for _, app in extra):
+        lines.append("")
+        for pid, app in extra:
+            if app is not None:
+                text = json.dumps(app, separators=(", ", ": "))
+                lines.append(f"{pid:>8} app: {text if len(text) <= APP_LINE else text[: APP_LINE - 3] + '...'}")
     return "\n".join(lines)
+
+
+def _without_pool(app: Any) -> Any:
+    """An app's stats less the pool figures the table already shows; None when nothing else is left."""
+    if isinstance(app, dict):
+        app = {k: v for k, v in app.items() if k != "pool"}
+        return app or None
+    return app
 
 
 def _duration(seconds: float | None) -> str:

@@ -22,6 +22,7 @@ monkey.patch_all()
 
 import faulthandler  # noqa: E402
 import functools  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -45,6 +46,7 @@ from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
 
 HEARTBEAT_INTERVAL = 1.0
+MAX_APP_STATS_BYTES = 64 << 10  # of an app's stats() as JSON, well within what the master reads of a state
 
 # Accept balancing (AcceptGate below; the shared counts are prefork.state.AcceptTable).
 # Clients a worker may hold above the least loaded accepting worker before it pauses: 2, or 1/16 of that
@@ -286,15 +288,6 @@ class Worker:
 
     def _write_state(self) -> None:
         c = self.counters
-        app_stats: dict[str, Any] = {}
-        stats = getattr(self.app, "stats", None)
-        if stats is not None:
-            try:
-                app_stats = stats() or {}
-            except Exception:
-                log.exception("app stats failed")
-            if not isinstance(app_stats, dict):
-                app_stats = {}
         now = time.time()
         state = {
             "pid": self.pid,
@@ -311,18 +304,34 @@ class Worker:
             "err_by_reason": c.err_by_reason,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
-            "pool": app_stats.get("pool"),
+            "app": self._app_stats(),
         }
+        beat(self.spec.heartbeat_fd, state)
+
+    def _app_stats(self) -> Any:
+        """The app's stats() as JSON-ready data, or None when it has none or they cannot be reported.
+
+        Whatever the shape, the heartbeat goes out (a missed one would get this worker killed as hung):
+        stats that strict JSON cannot hold, or that are too large for the master to read, are left out
+        and said so once. How status and /metrics use them is theirs to decide (prefork.status)."""
+        stats = getattr(self.app, "stats", None)
+        if stats is None:
+            return None
         try:
-            beat(self.spec.heartbeat_fd, state)
-        except (TypeError, ValueError) as exc:
-            # The app's stats are not JSON: report without them (a missed heartbeat would get this
-            # worker killed as hung), and say so once.
-            if not self._bad_stats_logged:
-                log.warning("the app's stats() cannot be reported (%s); reporting without them", exc)
-                self._bad_stats_logged = True
-            state["pool"] = None
-            beat(self.spec.heartbeat_fd, state)
+            value = stats()
+            size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+        except Exception as exc:  # the app's own bug, or data JSON cannot hold
+            self._bad_stats(f"{type(exc).__name__}: {exc}")
+            return None
+        if size > MAX_APP_STATS_BYTES:
+            self._bad_stats(f"{size} bytes of JSON, more than {MAX_APP_STATS_BYTES}")
+            return None
+        return value
+
+    def _bad_stats(self, why: str) -> None:
+        if not self._bad_stats_logged:
+            log.warning("the app's stats() cannot be reported (%s); reporting without them", why)
+            self._bad_stats_logged = True
 
     # -- stopping -----------------------------------------------------------------------------------
 

@@ -464,6 +464,7 @@ WORKER_KEYS = {
     "rss_bytes",
     "loop_lag_ms",
     "pool",
+    "app",  # the app's stats() as it reported them (echo has none: null)
 }
 POOL_KEYS = {
     "size",

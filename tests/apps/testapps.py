@@ -148,16 +148,28 @@ staged = Staged()
 
 
 class OddStats:
-    """Echo, whose stats() the master cannot use: $TESTAPP_STATS = "object" (not JSON at all) or
-    "bad-pool" (JSON, but a pool figure of the wrong type)."""
+    """Echo, whose stats() take the shape named by $TESTAPP_STATS (see SHAPES): JSON the master cannot
+    use as pool figures, or no JSON at all."""
+
+    SHAPES = {
+        "object": lambda: {"pool": {"size": object()}},  # not JSON
+        "nan": lambda: {"ratio": float("nan")},  # not strict JSON
+        "huge": lambda: {"blob": "x" * (2 << 20)},  # larger than a state file may be
+        "bad-pool": lambda: {"pool": {"size": 1, "closed": "not a mapping"}},
+        "pool-number": lambda: {"pool": 5},
+        "pool-none": lambda: {"pool": None},
+        "pool-strings": lambda: {"pool": {"size": "three", "idle": None, "closed": {"idle": "x", "age": 2}}},
+        "none": lambda: None,
+        "number": lambda: 5,
+        "list": lambda: [1, "two", {"three": 3}],
+        "extra": lambda: {"pool": {"size": 2, "idle": 1}, "queue": {"depth": 7, "name": "q"}, "note": "hi"},
+    }
 
     def handle(self, line: str, client) -> str:
         return line
 
-    def stats(self) -> dict:
-        if os.environ.get("TESTAPP_STATS") == "object":
-            return {"pool": {"size": object()}}
-        return {"pool": {"size": 1, "closed": "not a mapping"}}
+    def stats(self):
+        return self.SHAPES[os.environ.get("TESTAPP_STATS", "bad-pool")]()
 
 
 odd_stats = OddStats()
