@@ -23,9 +23,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefork import __version__
 from prefork.config import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
+
+if TYPE_CHECKING:
+    from prefork.privileges import Identity
 
 EXIT_USAGE = 2
 EXIT_BOOT = 3
@@ -177,9 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefork.master import Master
 
     cfg = load_from_args(args)
+    identity = resolve_identity(cfg)
     if needs_probe(cfg, args.extra):  # values for the app's sections: check them before anything starts
         try:
-            cfg = probe(cfg, cfg.server.chdir or start_directory(), args.extra, cfg.server.timeout)
+            cfg = probe(cfg, cfg.server.chdir or start_directory(), args.extra, cfg.server.timeout, identity=identity)
         except AppLoadError as exc:
             raise CommandError(f"workers could not boot: {exc}", EXIT_BOOT) from None
     if cfg.server.pidfile:  # before anything is bound or forked: one line, exit 2
@@ -210,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"cannot bind server.metrics_bind={cfg.server.metrics_bind}: {exc.strerror or exc}"
             ) from None
-    master = Master(cfg, listeners, metrics=metrics, identity=resolve_identity(cfg))
+    master = Master(cfg, listeners, metrics=metrics, identity=identity)
     if not cfg.server.daemon:
         return master.run()
     report = daemonize(master)  # the launching process exits inside, with the start's outcome
@@ -219,29 +224,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def resolve_identity(cfg: Config) -> tuple[int, int] | None:
-    """The (uid, gid) of server.user / server.group, or None when neither is set."""
-    import grp
-    import pwd
+def resolve_identity(cfg: Config) -> Identity | None:
+    """Who the workers run as (server.user / server.group), or None when neither is set."""
+    from prefork.privileges import PrivilegeError, resolve
 
-    user, group = cfg.server.user, cfg.server.group
-    if not user and not group:
-        return None
-    uid, gid = os.getuid(), os.getgid()
-    if user:
-        try:
-            entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
-        except KeyError:
-            raise CommandError(f"server.user: no such user {user!r}") from None
-        uid, gid = entry.pw_uid, entry.pw_gid
-    if group:
-        try:
-            gid = (grp.getgrnam(group) if not group.isdigit() else grp.getgrgid(int(group))).gr_gid
-        except KeyError:
-            raise CommandError(f"server.group: no such group {group!r}") from None
-    if (uid, gid) != (os.getuid(), os.getgid()) and os.geteuid() != 0:
-        raise CommandError(f"server.user/server.group: only root can switch to user {user!r} group {group!r}")
-    return uid, gid
+    try:
+        return resolve(cfg.server.user, cfg.server.group)
+    except PrivilegeError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def find_master(args: argparse.Namespace) -> tuple[int, Path]:

@@ -32,9 +32,10 @@ from typing import Any
 
 from prefork import logs, pidfile, sockets
 from prefork.app import AppLoadError, start_directory
-from prefork.appconfig import ProbeInterrupted, needs_probe, probe
+from prefork.appconfig import Probe, needs_probe
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
+from prefork.privileges import Identity
 from prefork.proctitle import set_title
 from prefork.state import (
     MASTER_FILE,
@@ -114,18 +115,19 @@ class Master:
         config: Config,
         listeners: dict[str, socket.socket],
         metrics: MetricsServer | None = None,
-        identity: tuple[int, int] | None = None,
+        identity: Identity | None = None,
     ):
         self.cfg = config
         self.listeners = listeners  # configured address -> bound socket
         self.metrics = metrics
-        self.identity = identity  # (uid, gid) the workers run as, or None
+        self.identity = identity  # who the workers and the app probe run as (server.user/group), or None
         self.pid = 0  # set by start(): daemon mode forks after the master is built
         self.generation = 1
         self.last_generation = 1  # never reused, even when a reload is abandoned
         self.target = config.server.workers
         self.workers: dict[int, WorkerProc] = {}
         self.pending: PendingReload | None = None
+        self.probing: Probe | None = None  # a reload's app probe, checking the new config (see check_probe)
         self.reload_queued = False  # a HUP came during a reload: reload again once it is over
         self.sig_queue: list[int] = []
         self.state_dir = Path()
@@ -185,10 +187,6 @@ class Master:
             log.info("Metrics at: http://%s/metrics", self.metrics.address)
         log.info("Using app %s with %d workers", self.cfg.server.app, self.target)
 
-    def _stopping(self) -> bool:
-        """Whether a stop signal (TERM, INT, QUIT) waits in the queue: what a reload's probe gives way to."""
-        return any(signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) for signum in self.sig_queue)
-
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.sig_queue.append(signum)  # no logging, just queue: the loop acts on it
 
@@ -205,6 +203,7 @@ class Master:
                 self.serve_metrics()
                 self.reap_workers()
                 self.poll_workers()
+                self.check_probe()
                 self.check_reload()
                 self.murder_workers()
                 self.manage_workers()
@@ -216,13 +215,13 @@ class Master:
             return self.halt("unhandled error", EXIT_RUNTIME)
 
     def wait_for_events(self) -> None:
-        """Sleep up to LOOP_INTERVAL, waking early for a signal or a metrics scrape."""
+        """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape or a probe's report."""
         self._scrape_waiting = False
         if self.sig_queue:
             return
         assert self._pipe is not None  # start() made it
         wakeup = self._pipe[0]
-        waiting: list[Any] = [wakeup] if self.metrics is None else [wakeup, self.metrics]
+        waiting: list[Any] = [wakeup, *(x for x in (self.metrics, self.probing) if x is not None)]
         try:
             readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
         except InterruptedError:
@@ -312,6 +311,10 @@ class Master:
 
         An INT or QUIT that comes during a graceful stop turns it into a quick one.
         """
+        if self.probing is not None:
+            self.probing.kill()
+            log.info("reload abandoned: stopped while importing %s to check its settings", self.probing.cfg.server.app)
+            self.probing = None
         # A reload shares the unchanged listeners with the running generation: close each socket once.
         distinct = {id(sock): sock for sock in self.listeners.values()}
         if self.pending is not None:
@@ -347,28 +350,60 @@ class Master:
     # -- reload -------------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Start a new generation with the re-read config; check_reload retires the old one when it is ready."""
-        if self.pending is not None:
-            log.info("reload already in progress (generation %d): reloading again after it", self.pending.generation)
+        """Re-read the config; start a new generation with it (check_reload retires the old one when it is
+        ready), after the app's probe approved it when the app's sections have values (check_probe)."""
+        if self.pending is not None or self.probing is not None:
+            what = f"generation {self.pending.generation}" if self.pending else "checking the app's settings"
+            log.info("reload already in progress (%s): reloading again after it", what)
             self.reload_queued = True
             return
         try:
             cfg = self.cfg.reload()
-            if needs_probe(cfg):  # the app's sections have values: check them with the new code
-                cfg = probe(
-                    cfg,
-                    cfg.server.chdir or self.start_dir,
-                    timeout=cfg.server.timeout,
-                    interrupted=self._stopping,
-                    close_fds=[sock.fileno() for sock in self.listeners.values()],
-                )
-        except ProbeInterrupted as exc:
-            log.info("reload abandoned: %s", exc)
+        except ConfigError as exc:
+            self.reload_failed(exc)
             return
+        if needs_probe(cfg):  # the app's sections have values: check them with the new code, in a probe
+            app_dir = cfg.server.chdir or self.start_dir
+            self.probing = Probe(cfg, app_dir, timeout=cfg.server.timeout, identity=self.identity)
+            return
+        self.start_generation(cfg)
+
+    def check_probe(self) -> None:
+        """Go on with a reload once its probe reported; refuse it if the probe failed or overran
+        server.timeout. Meanwhile the loop goes on: workers are reaped and replaced, /metrics answers."""
+        probe = self.probing
+        if probe is None:
+            return
+        if not probe.poll():
+            if not probe.overdue():
+                return
+            probe.kill()
+            self.probing = None
+            self.reload_failed(probe.timed_out())
+            return
+        self.probing = None
+        try:
+            cfg = probe.result()
         except (ConfigError, AppLoadError) as exc:
-            log.error("reload failed, keeping the old config: %s", exc)
-            self.reloads["failed"] += 1
+            self.reload_failed(exc)
             return
+        self.start_generation(cfg)
+
+    def reload_failed(self, exc: Exception) -> None:
+        """Keep the old config and generation after a reload that cannot go on."""
+        log.error("reload failed, keeping the old config: %s", exc)
+        self.reloads["failed"] += 1
+        self.reload_queued_now()
+
+    def reload_queued_now(self) -> None:
+        """Run the reload a HUP asked for while another was under way, now that that one is over."""
+        if self.reload_queued:
+            self.reload_queued = False
+            log.info("Hang up (queued during the reload): reloading")
+            self.reload()
+
+    def start_generation(self, cfg: Config) -> None:
+        """Open the new config's listeners and fork its generation beside the running one."""
         listeners: dict[str, socket.socket] = {}
         opened: list[str] = []
         try:
@@ -381,10 +416,9 @@ class Master:
                     opened.append(key)
                     log.info("Listening at: %s", sockets.address_of(listeners[key]))
         except sockets.BindError as exc:
-            log.error("reload failed, keeping the old config: %s", exc)
-            self.reloads["failed"] += 1
             for key in opened:
                 sockets.close(listeners[key])
+            self.reload_failed(exc)
             return
         self.last_generation += 1
         generation = self.last_generation
@@ -427,10 +461,7 @@ class Master:
         else:
             return
         self.notify.ready(self.summary())
-        if self.reload_queued:
-            self.reload_queued = False
-            log.info("Hang up (queued during the reload): reloading")
-            self.reload()
+        self.reload_queued_now()
 
     # -- worker management --------------------------------------------------------------------------
 
@@ -455,7 +486,8 @@ class Master:
 
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
-        heartbeat = Heartbeat(f"prefork-worker-gen{generation}")
+        owner = (self.identity.uid, self.identity.gid) if self.identity else None
+        heartbeat = Heartbeat(f"prefork-worker-gen{generation}", owner)
         close_fds = self._fds_not_for(listeners)
         slot = self.accept_table.claim({w.slot for w in self.workers.values() if w.slot is not None})
         pid = os.fork()
@@ -511,6 +543,9 @@ class Master:
                 return
             if not pid:
                 return
+            if self.probing is not None and pid == self.probing.pid:
+                self.probing.reaped = True  # check_probe reads its report; it must not wait for it again
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue

@@ -8,7 +8,8 @@ both through its own descriptor. So:
 - a wall-clock step (NTP, a resumed VM) neither kills every worker nor hides a hung one;
 - a tmp cleaner or logind removing the state directory, or a full disk, cannot stop a heartbeat;
 - a worker writes only to its own file and never needs write access to any directory of the master's,
-  even when it runs as another user.
+  even when it runs as another user (``server.user``): the master gives the file to that user before the
+  fork, since only a file's owner may set its times to arbitrary values (root's master still reads it).
 
 The master writes ``master.json`` (its own figures and every worker's last state) in its state directory,
 ``<runtime_dir>/prefork-PID``, which it creates itself (mode 0755, refused if someone else owns it) and
@@ -126,8 +127,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
 class Heartbeat:
     """The master's side of one worker's heartbeat file (see the module docstring)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, owner: tuple[int, int] | None = None):
         self.fd = os.memfd_create(name)  # the forked worker inherits it (close-on-exec only matters to exec)
+        if owner is not None:  # (uid, gid) the worker runs as: `beat` sets the mtime, which only the owner may
+            os.fchown(self.fd, *owner)
         self.last: dict[str, Any] = {}
         self._seen_mtime = 0.0
         now = time.monotonic()

@@ -39,6 +39,7 @@ from gevent.socket import socket as green_socket  # noqa: E402
 from prefork import logs  # noqa: E402
 from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
 from prefork.config import ConfigError  # noqa: E402
+from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
 from prefork.protocol import Counters, LineConnection, ProtocolSettings, accepts_line_ids, line_ids_refused  # noqa: E402
 from prefork.proxy_protocol import client_address  # noqa: E402
@@ -189,14 +190,7 @@ class Worker:
             self.cfg.server.log_level, self.cfg.server.log_file, self.cfg.server.log_format, self.spec.generation
         )
         _dump_stacks_on_abort()
-        if self.spec.identity is not None:
-            uid, gid = self.spec.identity
-            # Group first: once the user is dropped, the group can no longer be changed.
-            if os.getgid() != gid:
-                os.setgroups([gid])
-                os.setgid(gid)
-            if os.getuid() != uid:
-                os.setuid(uid)
+        drop_privileges(self.spec.identity)  # server.user/group, before any of the app's code runs
         set_title(f"prefork: worker [{self.cfg.server.name}] gen {self.spec.generation}")
 
     def _remember_stop(self, how: str) -> None:

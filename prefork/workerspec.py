@@ -10,6 +10,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefork.privileges import Identity
+
 WORKER_BOOT_ERROR = 3  # a worker's exit code when its app cannot be imported or set up
 
 
@@ -24,7 +26,7 @@ class WorkerSpec:
     master_pid: int
     close_fds: list[int] = field(default_factory=list)
     app_dir: str = ""  # the directory to import the app from (server.chdir, else where prefork started)
-    identity: tuple[int, int] | None = None  # (uid, gid) to run as
+    identity: Identity | None = None  # who to run as (server.user/group), or None: unchanged
     accept_table: Any = None  # prefork.state.AcceptTable shared by all workers: client counts per worker
     accept_slot: int | None = None  # this worker's slot in it (None: takes no part in balancing)
     proxy_modes: list[str] = field(default_factory=list)  # server.proxy_protocol of each listener, in order

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"  # test applications, importable by the workers
 
 
-def prefork_cmd(*args: str) -> list[str]:
-    """The command line of the prefork CLI in this interpreter."""
-    return [sys.executable, "-m", "prefork.cli", *args]
+def prefork_cmd(*args: str, python: str | None = None) -> list[str]:
+    """The command line of the prefork CLI in this interpreter (or in `python`)."""
+    return [python or sys.executable, "-m", "prefork.cli", *args]
 
 
 def test_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -67,12 +67,14 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike | None = None,
         bind: str | None = "127.0.0.1:0",
+        python: str | None = None,
     ):
         self.args = list(args)
         if bind and "--bind" not in self.args:
             self.args += ["--bind", bind]
         self.env = test_env(env)
         self.cwd = str(cwd or ROOT)
+        self.python = python  # another interpreter than this one (tests/unprivileged.py)
         self.tmp = tempfile.mkdtemp(prefix="prefork-test-")
         self.log_path = Path(self.tmp) / "master.log"
         self.proc: subprocess.Popen | None = None
@@ -82,7 +84,7 @@ class ServerProcess:
         """Start the master; with wait, return once it listens and its workers are serving."""
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            prefork_cmd("run", *self.args),
+            prefork_cmd("run", *self.args, python=self.python),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

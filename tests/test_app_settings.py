@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,9 @@ import pytest
 from prefork.appconfig import resolve_flags, settle
 from prefork.config import Config, ConfigError, load_config
 from prefork.settings import Section, choice, option, positive_int, sections_of
-from tests.server import APPS, ServerProcess, prefork_cmd, roundtrip, test_env, wait_for
+from tests.server import APPS, ServerProcess, is_alive, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
+from tests.test_supervision import metrics_port, scrape
 
 HOOKED = "testapps:hooked"
 
@@ -238,19 +239,41 @@ def test_run_and_reload_use_the_apps_section_and_the_master_never_imports_it(tmp
     assert importers and master not in importers
 
 
+def hanging_probe(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """The marker that makes slowimport's import wait (while it exists), the file where each import that
+    waits writes its pid, and the environment for the server."""
+    marker, started = tmp_path / "hang", tmp_path / "started"
+    return marker, started, {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_STARTED": str(started)}
+
+
+def probe_in_its_import(started: Path, count: int = 1) -> int:
+    """Wait until `count` imports are waiting in slowimport; the pid of the last one."""
+    pids = wait_for(
+        lambda: started.exists() and len(started.read_text().split()) >= count and started.read_text().split(),
+        what="the probe to wait in its import",
+    )
+    return int(pids[count - 1])
+
+
+def workers_of(srv: ServerProcess, generation: int) -> list[int]:
+    """The live workers of one generation, from the master's log (the probe is a child of the master too)."""
+    booted = re.findall(rf"Booting worker (\d+) \(generation {generation}\)", srv.logs())
+    return [int(pid) for pid in booted if is_alive(int(pid))]
+
+
 def test_a_stop_during_a_hanging_reload_probe_is_not_held_up(tmp_path):
     """SIGHUP starts the probe, whose import hangs; SIGTERM then stops the master at once (the probe is
     killed), instead of after the probe's deadline (server.timeout, 60 s here)."""
-    marker = tmp_path / "hang"
-    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
+    marker, started, env = hanging_probe(tmp_path)
+    env["SLOWIMPORT_SECONDS"] = "120"
     with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1", "--timeout", "60"], env=env) as srv:
         marker.touch()
         srv.signal(signal.SIGHUP)
-        wait_for(lambda: "Hang up: reloading" in srv.logs(), what="the reload to begin")
-        time.sleep(0.5)  # the probe is in its import
+        probe = probe_in_its_import(started)
         srv.signal(signal.SIGTERM)
         assert srv.wait(timeout=20) == 0, srv.logs()
-        assert "reload failed" in srv.logs() or "reload abandoned" in srv.logs(), srv.logs()
+        assert "reload abandoned: stopped while importing slowimport:app" in srv.logs(), srv.logs()
+        wait_for(lambda: not is_alive(probe), what="the probe to be gone")
 
 
 def test_a_start_whose_probe_hangs_is_exit_3_after_the_timeout(tmp_path):
@@ -262,33 +285,99 @@ def test_a_start_whose_probe_hangs_is_exit_3_after_the_timeout(tmp_path):
     assert "took longer than 1s" in result.stderr
 
 
-def test_a_probe_outliving_its_master_does_not_keep_the_port(tmp_path):
-    """The master is SIGKILLed while a reload's probe hangs in the app's import: once the workers notice
-    and exit, nothing listens on the port any more (the probe closed its copy of the listener first)."""
-    marker = tmp_path / "hang"
-    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
-    with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1"], env=env) as srv:
-        port = srv.port
+def test_the_master_supervises_while_a_reload_probe_runs(tmp_path):
+    """Before: the master waited in the reload's probe. A worker killed meanwhile stayed dead and /metrics
+    did not answer until the import was over (a 12 s import: a one-worker service down 11.7 s). Now a
+    worker killed while the probe waits in its import is replaced while it still waits, /metrics answers,
+    a second HUP is queued and applied after the first reload."""
+    marker, started, env = hanging_probe(tmp_path)
+    args = [
+        "slowimport:app",
+        "-s",
+        "slow.word=y",
+        "--workers",
+        "2",
+        "--timeout",
+        "120",
+        "--metrics-bind",
+        "127.0.0.1:0",
+    ]
+    with ServerProcess(args, env=env) as srv:
+        metrics = metrics_port(srv)
         marker.touch()
         srv.signal(signal.SIGHUP)
-        wait_for(lambda: "Hang up: reloading" in srv.logs(), what="the reload to begin")
-        time.sleep(0.5)  # the probe is in its import
+        probe = probe_in_its_import(started)
+        victim = workers_of(srv, 1)[0]
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_for(
+            lambda: len(set(workers_of(srv, 1)) - {victim}) == 2, what="the killed worker's replacement"
+        )
+        assert replaced and is_alive(probe), "the probe must still be in its import"
+        assert scrape(metrics)[0].endswith("200 OK") and is_alive(probe)
+
+        srv.signal(signal.SIGHUP)  # during the probe: queued, applied once this reload is over
+        wait_for(lambda: "reloading again after it" in srv.logs(), what="the second HUP to be queued")
+        assert is_alive(probe) and "Reloaded" not in srv.logs()
+        marker.unlink()  # the probe's import ends
+        wait_for(lambda: "Reloaded: generation 2" in srv.logs(), what="the first reload")
+        wait_for(lambda: "Reloaded: generation 3" in srv.logs(), what="the queued reload")
+        assert roundtrip(srv.port, [b"a"]) == [b"a"]
+        assert "reload failed" not in srv.logs(), srv.logs()
+
+
+def test_a_reload_probe_past_the_timeout_is_killed_and_the_reload_refused(tmp_path):
+    marker, started, env = hanging_probe(tmp_path)
+    env["SLOWIMPORT_SECONDS"] = "120"
+    with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1", "--timeout", "2"], env=env) as srv:
+        (worker,) = workers_of(srv, 1)
+        marker.touch()
+        srv.signal(signal.SIGHUP)
+        probe = probe_in_its_import(started)
+        wait_for(lambda: "reload failed" in srv.logs(), what="the reload to be refused")
+        wait_for(lambda: not is_alive(probe), what="the probe to be killed")
+        failed = [line for line in srv.logs().splitlines() if "reload failed" in line]
+        assert len(failed) == 1 and "slowimport:app to check its settings took longer than 2s" in failed[0], failed
+        assert workers_of(srv, 1) == [worker] and roundtrip(srv.port, [b"a"]) == [b"a"]
+
+
+def test_a_probe_dies_with_its_master_and_holds_neither_its_pidfile_nor_its_metrics_port(tmp_path):
+    """The master is SIGKILLed while a reload's probe waits in the app's import. Before: the probe kept
+    the pidfile's lock and the metrics port (restarts all exited 2 naming the dead master) and the
+    listeners. Now it dies with the master, and a new master with the same pidfile and metrics port
+    starts at once."""
+    marker, started, env = hanging_probe(tmp_path)
+    env["SLOWIMPORT_SECONDS"] = "120"
+    pidfile = tmp_path / "prefork.pid"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics = f"127.0.0.1:{sock.getsockname()[1]}"
+    args = [
+        "slowimport:app",
+        "-s",
+        "slow.word=y",
+        "--workers",
+        "1",
+        "--pidfile",
+        str(pidfile),
+        "--metrics-bind",
+        metrics,
+    ]
+    with ServerProcess(args, env=env) as srv:
+        marker.touch()
+        srv.signal(signal.SIGHUP)
+        probe = probe_in_its_import(started)
         os.kill(srv.pid, signal.SIGKILL)
-
-        def refused() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-
-        wait_for(refused, timeout=30, what="the port to be free of listeners")
+        wait_for(lambda: not is_alive(probe), what="the probe to die with its master")
+        marker.unlink()
+        with ServerProcess(args, env=env) as again:  # starts (and serves) or fails the test
+            assert again.proc.poll() is None
+            assert scrape(metrics_port(again))[0].endswith("200 OK")
 
 
 def test_ctrl_c_during_the_start_probe_is_one_line_and_leaves_no_probe(tmp_path):
-    marker = tmp_path / "hang"
+    marker, started, env = hanging_probe(tmp_path)
     marker.touch()
-    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120", "TESTAPP_IMPORT_LOG": str(tmp_path / "log")}
+    env.update({"SLOWIMPORT_SECONDS": "120", "TESTAPP_IMPORT_LOG": str(tmp_path / "log")})
     proc = subprocess.Popen(
         prefork_cmd("run", "slowimport:app", "-s", "slow.word=y", "--bind", "127.0.0.1:0"),
         env=test_env(env),
@@ -297,7 +386,7 @@ def test_ctrl_c_during_the_start_probe_is_one_line_and_leaves_no_probe(tmp_path)
         start_new_session=True,
     )
     try:
-        time.sleep(1.5)  # the probe is in its import
+        probe_in_its_import(started)
         proc.send_signal(signal.SIGINT)  # to the command alone, as a terminal's Ctrl-C reaches it first
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 130 and err.strip() == "prefork: interrupted", err
