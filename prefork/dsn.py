@@ -2,24 +2,32 @@
 
 Several hosts may be listed, comma separated (``mysql://u:p@db1:3306,db2:3306,db3/test``): the nodes of a
 MariaDB Galera cluster, say. A pool's new connections go to the host in use while it answers, else to the
-first of the others in the order given (``prefork.pool``), so a worker writes to one node at a time.
+first of the others in the order given (``prefork.hosts``), so a worker writes to one node at a time.
 
 The password never leaves this module in readable form: ``str(dsn)``, ``repr(dsn)`` and
 ``dsn.redacted`` all show it as ``***``, so a DSN can be logged or put in an error message safely.
 
+The user and password are percent-decoded; a password may also hold ``@``, ``:`` and ``/`` as they are (the
+host list starts after the last ``@``), but ``?`` must be written ``%3F``. A host is a name, an IPv4 address
+or an IPv6 address in brackets (``[::1]``, ``[fe80::1%25eth0]`` with a zone), each with an optional
+``:port`` (3306 when absent or empty).
+
 Query parameters: ``unix_socket``, ``charset`` (default utf8mb4), ``connect_timeout`` (10),
 ``read_timeout`` (60) and ``write_timeout`` (60), in seconds. Every connection gets read and write
-timeouts so that no call on a dead network can hang forever.
+timeouts so that no call on a dead network can hang forever; the pool's connections (``prefork.pool``)
+read the server's greeting and the login within ``connect_timeout`` too, not only the TCP connect.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote
 
 DEFAULT_PORT = 3306
+MIN_PORT, MAX_PORT = 1, 65535
 _TIMEOUT_PARAMS = {"connect_timeout": 10.0, "read_timeout": 60.0, "write_timeout": 60.0}
 _KNOWN_PARAMS = {"unix_socket", "charset", *_TIMEOUT_PARAMS}
 
@@ -51,7 +59,9 @@ class DSN:
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":***"
-        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts)
+        hosts = ",".join(
+            f"[{quote(host, safe=':')}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts
+        )
         query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in self.params)
         return f"mysql://{auth}@{hosts}/{self.database}" + (f"?{query}" if query else "")
 
@@ -82,49 +92,97 @@ class DSN:
 
 def parse_dsn(text: str) -> DSN:
     """Parse a ``mysql://`` DSN; raise DSNError naming what is wrong (never the password)."""
-    try:
-        parts = urlsplit(text.strip())
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        # Each host of a list is read as a netloc of its own, so brackets and ports mean the same.
-        others = [urlsplit(f"//{item.strip()}") for item in hostlist.split(",")[1:]]
-        if others:
-            parts = urlsplit(text.strip().replace(parts.netloc, f"{userinfo}@{hostlist.split(',')[0]}", 1))
-        port = parts.port
-        failover = tuple((other.hostname or "", other.port or DEFAULT_PORT) for other in others)
-    except ValueError as exc:
-        raise DSNError(f"bad DSN {_redact_raw(text)!r}: {exc}") from None
-    if any(not host for host, _ in failover):
-        raise DSNError(f"bad DSN {_redact_raw(text)!r}: an empty host in the list")
-    if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
-        raise DSNError(f"bad DSN {_redact_raw(text)!r}: the scheme must be mysql://")
-    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    raw = text.strip()
+
+    def bad(reason: str) -> DSNError:
+        return DSNError(f"bad DSN {_redact_raw(raw)!r}: {reason}")
+
+    match = _URL_SCHEME.match(raw)
+    if not match or match.group(1).lower() not in _SCHEMES:
+        raise bad("the scheme must be mysql://")
+    # Read by hand, not by urllib.parse: the urlsplit of some Pythons (Debian 12's 3.11.2) rejects a host
+    # list holding a bracketed IPv6 address ("Invalid IPv6 URL").
+    head, _, query = raw[match.end() :].partition("?")
+    userinfo, _, location = head.rpartition("@")  # the last "@": a password may hold "@", ":" and "/"
+    hostlist, _, path = location.partition("/")
+    user, _, password = userinfo.partition(":")
+    params = tuple(parse_qsl(query, keep_blank_values=True))
     for key, value in params:
         if key not in _KNOWN_PARAMS:
-            known = ", ".join(sorted(_KNOWN_PARAMS))
-            raise DSNError(f"bad DSN {_redact_raw(text)!r}: unknown parameter {key!r} (known: {known})")
+            raise bad(f"unknown parameter {key!r} (known: {', '.join(sorted(_KNOWN_PARAMS))})")
         if key in _TIMEOUT_PARAMS:
             try:
                 if float(value) <= 0:
                     raise ValueError
             except ValueError:
-                raise DSNError(f"bad DSN {_redact_raw(text)!r}: {key} must be a positive number") from None
-    database = unquote(parts.path.lstrip("/"))
+                raise bad(f"{key} must be a positive number") from None
+    database = unquote(path)
     if "/" in database:
-        raise DSNError(f"bad DSN {_redact_raw(text)!r}: the path must be a single database name")
-    has_socket = any(k == "unix_socket" for k, _ in params)
-    if not parts.hostname and not has_socket:
-        raise DSNError(f"bad DSN {_redact_raw(text)!r}: no host")
+        raise bad("the path must be a single database name")
+    try:
+        hosts = _parse_hosts(hostlist)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if not hosts:
+        if not any(key == "unix_socket" for key, _ in params):
+            raise bad("no host")
+        hosts = [("localhost", DEFAULT_PORT)]
     return DSN(
-        host=parts.hostname or "localhost",
-        port=port or DEFAULT_PORT,
-        user=unquote(parts.username) if parts.username else "root",
-        password=unquote(parts.password) if parts.password else "",
+        host=hosts[0][0],
+        port=hosts[0][1],
+        user=unquote(user) or "root",
+        password=unquote(password),
         database=database,
         params=params,
-        failover=failover,
+        failover=tuple(hosts[1:]),
     )
 
 
+def _parse_hosts(hostlist: str) -> list[tuple[str, int]]:
+    """``host1:port,[v6]:port,host3`` as (host, port) pairs; [] for an empty list; ValueError naming the
+    culprit (host names and ports are not secret)."""
+    if not hostlist.strip():
+        return []
+    items = [item.strip() for item in hostlist.split(",")]
+    if not all(items):
+        raise ValueError("an empty host in the list")
+    return [_parse_host(item) for item in items]
+
+
+def _parse_host(item: str) -> tuple[str, int]:
+    """One ``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (an empty port is the default one)."""
+    if item.startswith("["):
+        address, bracket, port = item[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"{item!r}: an IPv6 address is written [address] or [address]:port")
+        host = unquote(address)  # a zone is written %25: [fe80::1%25eth0]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{item!r}: {host!r} is not an IPv6 address") from None
+        port = port[1:]
+    else:
+        if item.count(":") > 1:
+            raise ValueError(f"{item!r}: an IPv6 address must be in brackets, as [{item}]")
+        host, _, port = item.partition(":")
+        if not host:
+            raise ValueError(f"{item!r}: no host name before the port")
+    return host, _parse_port(port, item)
+
+
+def _parse_port(port: str, item: str) -> int:
+    """A port number, or DEFAULT_PORT when the port is empty (``host:``)."""
+    if not port:
+        return DEFAULT_PORT
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"{item!r}: the port {port!r} is not a number")
+    if not MIN_PORT <= int(port) <= MAX_PORT:
+        raise ValueError(f"{item!r}: the port {port} is out of range {MIN_PORT}-{MAX_PORT}")
+    return int(port)
+
+
+_SCHEMES = ("mysql", "mariadb", "mysql+pymysql")
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 

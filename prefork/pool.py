@@ -16,7 +16,10 @@ Parameters (all keyword-only, with their defaults):
     Hard upper bound of open (or opening) connections.
 ``timeout=10``
     Seconds one acquire may take in all: waiting for a slot, connecting and pinging. Then ``PoolTimeout``,
-    whose message gives the pool's state.
+    whose message gives the pool's state. With several hosts in the DSN, each host gets
+    ``min(connect_timeout, timeout / number of hosts)`` to connect, greet and log in, so that every host is
+    tried within one acquire; a host that did not answer in time is tried last for the next 30 s
+    (``prefork.hosts``).
 ``max_uses=0``
     Close a connection after this many checkouts (0 = unlimited).
 ``max_idle=300``
@@ -66,6 +69,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 
 from prefork.dsn import DSN, parse_dsn
+from prefork.hosts import HostList
 
 log = logging.getLogger("prefork.pool")
 
@@ -113,38 +117,9 @@ def connect_once(dsn: str | DSN) -> Any:
 
     parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
     try:
-        return pymysql.connect(**parsed.connect_kwargs())
+        return _connection_class()(**parsed.connect_kwargs())
     except pymysql.err.MySQLError as exc:
         raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
-
-
-class _Hosts:
-    """The hosts of a DSN (a Galera cluster's nodes, say) for new connections: the one in use while it
-    answers and is ready, else the others in the DSN's order; the first that does becomes the one in use.
-    So every connection of a pool goes to one node, and after a failover stays on the new node even when
-    the old one is back (two nodes written at once would only make certification conflicts)."""
-
-    def __init__(self, targets: list[dict[str, Any]]) -> None:
-        self.targets = targets
-        self.current = 0
-
-    def connect(self) -> Any:
-        import pymysql
-
-        order = [self.current, *(i for i in range(len(self.targets)) if i != self.current)]
-        for n, i in enumerate(order):
-            last = n == len(order) - 1
-            try:
-                conn = _connection_class()(**self.targets[i], local_infile=True)
-            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError):
-                if last:
-                    raise
-                continue
-            if last or len(self.targets) == 1 or _node_ready(conn):
-                self.current = i
-                return conn
-            conn.close()
-        raise AssertionError("unreachable")
 
 
 def set_session_variable(cur: Any, name: str, value: int) -> bool:
@@ -300,10 +275,11 @@ class Pool:
     def from_dsn(cls, dsn: str | DSN, **kwargs: Any) -> Pool:
         """Create a pool of PyMySQL connections to ``dsn`` (a string or a parsed DSN)."""
         parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
-        hosts = _Hosts([parsed.connect_kwargs(i) for i in range(len(parsed.hosts))])
-
+        hosts = HostList([parsed.connect_kwargs(i) for i in range(len(parsed.hosts))], _open_connection, _node_ready)
         kwargs.setdefault("name", parsed.redacted)
-        return cls(hosts.connect, **kwargs)
+        pool = cls(hosts.connect, **kwargs)
+        hosts.walk_within(pool.timeout)
+        return pool
 
     @classmethod
     def from_config(cls, pool_config: Any, **kwargs: Any) -> Pool:
@@ -685,6 +661,11 @@ class Pool:
             self._release(record, None)
 
 
+def _open_connection(**kwargs: Any) -> Any:
+    """A new PyMySQL connection of the pool's own class, LOAD DATA LOCAL answered from memory only."""
+    return _connection_class()(**kwargs, local_infile=True)
+
+
 _CONNECTION_CLASS: Any = None
 # LOAD DATA LOCAL data goes out in packets of this size (below any server's max_allowed_packet).
 LOCAL_DATA_PACKET = 256 * 1024
@@ -697,6 +678,10 @@ def _connection_class() -> Any:
     PyMySQL updates ``server_status`` from OK packets only: after an error reply (a duplicate key, a
     deadlock) or a result set it still holds what an earlier reply said, which may be "no transaction"
     while one is open. ``status_current`` is true only right after an OK packet was read.
+
+    The server's greeting and the login are read with ``connect_timeout`` as the socket's timeout, like the
+    TCP connect, rather than ``read_timeout`` (PyMySQL 1.1-1.2: a server that accepts but never greets held
+    a connect for read_timeout, 60 s by default).
 
     ``load_local_data(sql, data)`` runs a ``LOAD DATA LOCAL INFILE`` statement and sends ``data`` when the
     server asks for the file. PyMySQL itself would open whatever file name the server asks for; this class
@@ -728,6 +713,14 @@ def _connection_class() -> Any:
             status_current = False
             offered_data: bytes | None = None
             last_warning_count = 0
+
+            def connect(self, sock: Any = None) -> None:
+                read_timeout = self._read_timeout  # type: ignore[has-type]
+                self._read_timeout = self.connect_timeout  # PyMySQL reads the greeting with _read_timeout
+                try:
+                    super().connect(sock)
+                finally:
+                    self._read_timeout = read_timeout  # the next packet read sets it on the socket
 
             def _execute_command(self, command: int, sql: Any) -> None:
                 self.status_current = False

@@ -20,9 +20,11 @@ from prefork.pool import (
     PoolConnectError,
     PoolForkError,
     PoolTimeout,
+    connect_once,
 )
 from tests.helpers import connect, query
 from tests.mysql_proxy import FaultProxy
+from tests.silent_server import SilentServer
 
 
 def make_pool(dsn: str, **kwargs) -> Pool:
@@ -624,3 +626,60 @@ def test_several_hosts_stay_on_the_host_they_failed_over_to(db):
         first.up()
         assert used() == (1, 2) and used() == (1, 3)  # still the second
         pool.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_first_host_that_never_greets_is_passed_within_the_acquire_timeout(db):
+    """The first host accepts TCP and never sends its greeting (a hung server, a half-dead proxy): the
+    pool moves on to the second within one acquire timeout, though the DSN gives each connection 60 s of
+    read_timeout and 10 s of connect_timeout; before, the acquire spent its whole timeout on the first."""
+    with SilentServer("127.0.0.31") as silent:
+        pool = make_pool(f"mysql://root@{silent.address},127.0.0.1:{db.port}/test", timeout=4, max_size=2)
+        try:
+            with pool.connection() as conn:
+                cur = conn.cursor()
+                cur.execute("SELECT @@port")
+                assert cur.fetchone()[0] == db.port
+            assert silent.accepted == 1
+            assert assert_consistent(pool)["timeouts"] == 0
+        finally:
+            pool.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_host_that_did_not_answer_in_time_is_tried_last(db):
+    """Hosts: a silent one, then two proxies to the private server. The first acquire passes the silent
+    host and uses the first proxy; when that proxy goes down, the next connection goes to the second proxy
+    without trying the silent host again (it is tried last for a while), as the silent listener's count of
+    accepted connections tells."""
+    upstream = ("127.0.0.1", db.port)
+    with (
+        SilentServer("127.0.0.32") as silent,
+        FaultProxy(upstream, lambda count: None) as first,
+        FaultProxy(upstream, lambda count: None) as second,
+    ):
+        hosts = f"{silent.address},127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        pool = make_pool(f"mysql://root@{hosts}/test", timeout=6, max_size=1, max_uses=1)
+
+        def used() -> tuple[int, int, int]:
+            with pool.connection() as conn:
+                conn.cursor().execute("SELECT 1")
+            return silent.accepted, len(first._links), len(second._links)
+
+        try:
+            assert used() == (1, 1, 0)
+            first.down()
+            assert used() == (1, 1, 1)
+        finally:
+            pool.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_greeting_is_read_within_connect_timeout():
+    """One host that never greets, connect_timeout=1 and the default read_timeout of 60 s: the connect
+    fails after connect_timeout (the driver alone would wait read_timeout for the greeting; this test's
+    deadline is half of that)."""
+    with SilentServer("127.0.0.33") as silent:
+        with pytest.raises(PoolConnectError, match="127.0.0.33"):
+            connect_once(f"mysql://root:pw@{silent.address}/test?connect_timeout=1")
+        assert silent.accepted == 1
