@@ -69,9 +69,8 @@ def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
             b"@a/b bad character",
             "@é bad character".encode(),
             b"@nospace",
-            b"@empty ",
             b"@",
-            b"@ no id",
+            b"@@",
             b"@\xff",  # the probe
             b"@crlf line\r",
             b"no id",
@@ -85,7 +84,6 @@ def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
             b"ERR bad-id",
             b"ERR bad-id",
             b"ERR bad-id",
-            b"ERR bad-id",
             b"OK ids",
             b"crlf line",
             b"- no id",
@@ -93,6 +91,67 @@ def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
         ]
         # The probe alone, as a client sends it first on a connection.
         assert roundtrip(srv.port, [b"@\xff", b"@p q"]) == [b"OK ids", b"p q"]
+
+
+def test_the_escape_for_a_payload_that_begins_with_at_and_empty_payloads():
+    """`@ PAYLOAD` is a line without an id whose payload is everything after the first space; `@ID ` and `@ `
+    (an empty payload) get ERR empty; on the fast path (a read of good lines only) and the slow one."""
+    escaped = [b"@ @alice logged out", b"@ x", b"@  two spaces", b"@ @", b"@ @@", b"@ @id x", b"@ \xc3\xa9"]
+    stored = [b"- @alice logged out", b"- x", b"-  two spaces", b"- @", b"- @@", b"- @id x", "- é".encode()]
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on"]) as srv:
+        assert roundtrip(srv.port, escaped) == stored  # one read of good lines: the fast path
+        lines = [b"@ ", b"@id ", b"@ \r", b"@id \r", *escaped, b"@\xff", b"@id@ x", b"@ \xff", b"@id \xff"]
+        assert roundtrip(srv.port, lines) == [
+            b"ERR empty",
+            b"ERR empty",
+            b"ERR empty",
+            b"ERR empty",
+            *stored,
+            b"OK ids",
+            b"ERR bad-id",
+            b"ERR bad-utf8",
+            b"ERR bad-utf8",
+        ]
+
+
+def test_max_line_limits_the_payload_not_the_id_prefix():
+    """With ids on a line is too long only when its payload is: an id prefix of up to 66 bytes comes on top
+    of server.max_line, also when the line arrives in pieces; a line that begins with @ without a valid
+    prefix is measured whole."""
+    max_line = 16
+    payload = b"p" * max_line
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on", "--max-line", str(max_line)]) as srv:
+        lines = [
+            b"@%s %s" % (ID_64.encode(), payload),
+            b"@%s %s\r" % (ID_64.encode(), payload),
+            b"@ " + payload,
+            payload,
+            b"@%s %sx" % (ID_64.encode(), payload),
+            b"@ " + payload + b"x",
+            payload + b"x",
+            b"@%s/ %s" % (ID_64.encode(), payload),  # no valid prefix: measured whole
+            b"@bad/ x",
+        ]
+        expected = [
+            b"%s %s" % (ID_64.encode(), payload),
+            b"%s %s" % (ID_64.encode(), payload),
+            b"- " + payload,
+            b"- " + payload,
+            b"ERR too-long",
+            b"ERR too-long",
+            b"ERR too-long",
+            b"ERR too-long",
+            b"ERR bad-id",
+        ]
+        assert roundtrip(srv.port, lines) == expected
+        # Alone in their reads (the fast path), and a byte at a time (the partial line held between reads).
+        for line, reply in zip(lines, expected, strict=True):
+            assert roundtrip(srv.port, [line]) == [reply]
+            with connect(srv.port) as sock:
+                for i in range(len(line)):
+                    sock.sendall(line[i : i + 1])
+                sock.sendall(b"\n")
+                assert read_lines(sock, 1) == [reply]
 
 
 def test_with_line_ids_off_nothing_changes(dsn):
