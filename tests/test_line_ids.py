@@ -300,8 +300,9 @@ def test_client_sends_ids_when_the_server_offers_them():
             prefix = client.id_prefix
             assert reply == f"{prefix}1 x" and len(prefix) == 13 and prefix.endswith(":")
         with Client(f"127.0.0.1:{srv.port}", ids=False) as client:
-            assert client.send_all(["plain", "@own z"]) == ["- plain", "own z"]  # as they are, no probe
-            assert client.using_ids is False
+            # Without ids, but the server reads them: a line that begins with @ goes escaped, stored as given.
+            assert client.send_all(["plain", "@own z"]) == ["- plain", "- @own z"]
+            assert client.using_ids is False and client.server_ids is True
     with ServerProcess([ID_ECHO, "--workers", "1"]) as srv:
         with Client(f"127.0.0.1:{srv.port}") as client:
             assert client.send_all(["a", "@b", ("mine", "c")]) == ["noids a", "noids @b", "noids c"]
