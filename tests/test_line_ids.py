@@ -387,6 +387,97 @@ def test_prefork_send_killed_midway_and_run_again_stores_every_line_once(db, tmp
     assert sorted(stored) == sorted(f"send-{i}" for i in range(count))
 
 
+def send_files(to: str, *paths: object) -> str:
+    """`prefork send` of the files; its summary, after checking that every line got OK with line ids."""
+    out = subprocess.run(
+        prefork_cmd("send", "--to", to, *map(str, paths)), env=test_env(), capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0 and "line ids: yes" in out.stdout, out.stdout + out.stderr
+    return out.stdout
+
+
+def payloads_of(dsn: str, table: str) -> list[str]:
+    return sorted(r[0] for r in query(dsn, f"SELECT payload FROM `{table}`"))
+
+
+def numbered(name: str, count: int) -> bytes:
+    return b"".join(b"%s-%d\n" % (name.encode(), i) for i in range(count))
+
+
+def test_prefork_send_of_a_rotated_log_at_the_same_path_sends_it_in_full(dsn, tmp_path):
+    """Ids come from the file (device, inode, first line), not its path: a new log at the same path after a
+    rotation (rename, copytruncate, delete and create) is stored in full, and a re-run of any of them,
+    under any of its names, stores nothing twice. Before, 3,000 of the new file's lines were taken for the
+    old one's: answered OK, not stored, exit 0."""
+    table = "t_ids_send_rotated"
+    log = tmp_path / "app.log"
+    expected: list[bytes] = []
+
+    def write(name: str, count: int) -> None:
+        data = numbered(name, count)
+        log.write_bytes(data)  # truncates in place when the file exists (copytruncate keeps the inode)
+        expected.extend(data.splitlines())
+
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        write("first", 3000)
+        assert "3,000 lines, 3,000 OK" in send_files(to, log)
+        log.rename(tmp_path / "app.log.1")  # rotation by rename: a new file at the same path
+        write("second", 5000)
+        assert "5,000 lines, 5,000 OK" in send_files(to, log)
+        assert payloads_of(dsn, table) == sorted(p.decode() for p in expected)
+        # copytruncate: the same inode, other content.
+        first_inode = log.stat().st_ino
+        write("third", 4000)
+        assert log.stat().st_ino == first_inode
+        send_files(to, log)
+        # Deleted and created again (the file system may give it the deleted file's inode).
+        (tmp_path / "app.log.1").unlink()
+        log.unlink()
+        write("fourth", 2000)
+        send_files(to, log)
+        assert payloads_of(dsn, table) == sorted(p.decode() for p in expected)
+        send_files(to, log)  # a re-run: nothing again
+    assert payloads_of(dsn, table) == sorted(p.decode() for p in expected)
+
+
+def test_prefork_send_of_one_file_under_several_names_stores_each_line_once(dsn, tmp_path):
+    """The same file named twice in one run, a hard link and a symlink to it: the same ids, each line once."""
+    table = "t_ids_send_names"
+    source = tmp_path / "lines.txt"
+    source.write_bytes(numbered("named", 2000))
+    os.link(source, tmp_path / "hard-link.txt")
+    (tmp_path / "symlink.txt").symlink_to(source)
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        out = send_files(to, source, source, tmp_path / "hard-link.txt")
+        assert "6,000 lines, 6,000 OK" in out, out
+        send_files(to, tmp_path / "symlink.txt")
+        send_files(to, tmp_path / "hard-link.txt")
+    assert payloads_of(dsn, table) == sorted(f"named-{i}" for i in range(2000))
+
+
+def test_prefork_send_of_a_growing_file_stores_each_line_once_and_a_completed_last_line(dsn, tmp_path):
+    """A short file (under 1 KiB) that grows between runs keeps its ids, and its last line sent without a LF
+    is stored again once completed (it is another line: before, it was answered OK and not stored)."""
+    table = "t_ids_send_growing"
+    source = tmp_path / "growing.log"
+    source.write_bytes(b"first\nsecond\npart")
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        send_files(to, source)
+        with source.open("ab") as f:
+            f.write(b"ial\nthird\n")
+        assert "4 lines, 4 OK" in send_files(to, source)
+        send_files(to, source)
+        with source.open("ab") as f:
+            f.write(numbered("more", 100))
+        send_files(to, source)
+    assert payloads_of(dsn, table) == sorted(
+        ["first", "second", "part", "partial", "third", *(f"more-{i}" for i in range(100))]
+    )
+
+
 def test_prefork_send_stdin_ids_with_a_prefix_and_without_ids(dsn):
     table = "t_ids_send_stdin"
     text = "".join(f"stdin-{i}\n" for i in range(100))
