@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--id-prefix",
         metavar="TEXT",
-        help="stable ids for stdin's lines (TEXT:LINE_NUMBER), so that a re-run stores nothing twice; files' ids "
-        "come from their real path",
+        help="stable ids for stdin's lines (TEXT:LINE_NUMBER), so that a re-run stores nothing twice; a file's ids "
+        "come from the file itself (its device, inode and first line)",
     )
     return parser
 

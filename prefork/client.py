@@ -14,16 +14,23 @@ reply yet: a line without a reply may or may not have been stored, so without li
 be stored twice (at-least-once); ``resent`` counts them. A reply of ``ERR ...`` is final and yielded as it
 is (``ERR`` means not stored; sending it again is the caller's choice).
 
-Line ids make it exactly-once. With ``ids=None`` (the default) the client asks the server at each
-(re)connect whether it takes them (the probe line ``@\xff``: ``OK ids`` from a server with
-``server.line_ids`` on, ``ERR bad-utf8`` from one without) and uses them when it does; ``ids=True`` requires
-them (ClientError if the server does not offer them), ``ids=False`` never sends them (nor probes; a line
-that begins with ``@`` then goes as it is, which a server with ids on reads as carrying an id). With ids,
-each line goes as ``@ID LINE``: ``ID`` is ``id_prefix`` and a sequence number (the prefix is random per
-client unless given), or the caller's own id when ``stream`` gets ``(id, line)`` pairs. A line resent after
-a reconnect keeps its id, so the server stores it once (and answers ``OK`` if it already had). A caller's
-ids are what makes a re-run of the same input after a crash idempotent; the server stores each id once for
-as long as its row exists.
+Line ids make it exactly-once. At each (re)connect the client asks the server whether it reads them (the
+probe line ``@\xff``: ``OK ids`` from a server with ``server.line_ids`` on, ``ERR bad-utf8`` from one
+without), whatever ``ids`` says: a server that reads ids reads a line that begins with ``@`` as carrying one,
+so the client must know. With ``ids=None`` (the default) it uses ids when the server reads them;
+``ids=True`` requires them (ClientError if the server does not offer them); ``ids=False`` never sends them.
+With ids, each line goes as ``@ID LINE``: ``ID`` is ``id_prefix`` and a sequence number (the prefix is random
+per client unless given), or the caller's own id when ``stream`` gets ``(id, line)`` pairs. A line resent
+after a reconnect keeps its id, so the server stores it once (and answers ``OK`` if it already had). A
+caller's ids are what makes a re-run of the same input after a crash idempotent; the server stores each id
+once for as long as its row exists. Without ids, to a server that reads them, a line that begins with ``@``
+goes as ``@ LINE`` (the protocol's escape: no id, the payload verbatim after the space).
+
+Nothing is answered ``OK`` and stored other than as given: an item's terminator (one LF, or CR LF) is
+dropped, and a line that still ends with a CR goes with one more (the server drops one CR before the LF).
+A server with ``server.ack = off`` never answers, not even the probe: the connection attempt then times out
+after ``connect_timeout`` and, after ``give_up_after``, ClientError says so; nothing is sent before the
+probe's reply.
 
 Plain blocking sockets and ``selectors``: under gevent's monkey-patching the same code cooperates with
 other greenlets. One ``Client`` is not meant to be shared by threads or greenlets at once.
@@ -119,6 +126,7 @@ class Client:
         self.ids = ids
         self.id_prefix = random_id_prefix() if id_prefix is None else id_prefix
         self.using_ids: bool | None = None  # whether the current (or last) connection sends ids; None: none yet
+        self.server_ids: bool | None = None  # whether that connection's server reads ids (its probe said OK ids)
         self._sequence = 0  # the number of the last id made from id_prefix
         self._sock: socket.socket | None = None
 
@@ -132,7 +140,8 @@ class Client:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self.using_ids = self._probe(sock) if self.ids is not False else False
+                    self.server_ids = self._probe(sock)
+                    self.using_ids = self.server_ids and self.ids is not False
                     sock.setblocking(False)
                 except BaseException:
                     sock.close()
@@ -145,12 +154,18 @@ class Client:
                 delay = min(longest, delay * 2)
 
     def _probe(self, sock: socket.socket) -> bool:
-        """Ask the server whether it takes line ids: True if it does; ClientError if it does not and
+        """Ask the server whether it reads line ids: True if it does; ClientError if it does not and
         ``ids`` requires them. The probe is the first line on the connection, so its reply is the first."""
         sock.sendall(ID_PROBE)
         reply = b""
         while not reply.endswith(b"\n"):
-            data = sock.recv(256)
+            try:
+                data = sock.recv(256)
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"no reply to the line-ids probe within {self.connect_timeout:g} s "
+                    "(a server with server.ack = off answers nothing, and this client needs replies)"
+                ) from exc
             if not data:
                 raise ConnectionResetError("the server closed the connection before answering the id probe")
             reply += data
@@ -191,7 +206,7 @@ class Client:
     def stream(self, lines: Iterable[Item]) -> Iterator[tuple[bytes, str]]:
         """Send the lines, pipelined, and yield ``(line, reply)`` for each, in order (see the module).
 
-        An item is a line (str or bytes, one trailing LF dropped) or a pair ``(id, line)`` giving the
+        An item is a line (str or bytes, one trailing LF or CR LF dropped) or a pair ``(id, line)`` giving the
         line's own id (1-64 characters of ``[A-Za-z0-9._:-]``), used when the connection sends ids. The
         line yielded is the line's bytes, without an id."""
         source = iter(lines)
@@ -223,11 +238,8 @@ class Client:
                     selector = _fresh(selector, self._sock)
                     last_progress = time.monotonic()
                 if unwritten:
-                    # Encoded for this connection: with or without ids, as its probe said.
-                    if self.using_ids:
-                        out += b"".join(b"@%s %s\n" % (str(ident).encode(), line) for line, ident in unwritten)
-                    else:
-                        out += b"".join(line + b"\n" for line, _ in unwritten)
+                    # Encoded for this connection: with or without ids (or the escape), as its probe said.
+                    out += _wire(unwritten, bool(self.using_ids), bool(self.server_ids))
                     unwritten.clear()
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
                 selector.modify(self._sock, events)
@@ -266,7 +278,7 @@ class Client:
             selector.close()
 
     def _take(self, item: Item) -> tuple[bytes, str | None]:
-        """A line as sent: its bytes and its id (the caller's, else the next of id_prefix; None without ids)."""
+        """A line as given: its bytes and its id (the caller's, else the next of id_prefix; None without ids)."""
         if isinstance(item, tuple):
             ident, line = item
             check_id(ident)
@@ -282,11 +294,27 @@ class Client:
 
 
 def _encode(line: str | bytes) -> bytes:
+    """The bytes of a line, without its terminator (one LF, or CR LF); ValueError if it holds another LF."""
     data = line.encode("utf-8") if isinstance(line, str) else bytes(line)
-    data = data.rstrip(b"\n")
+    if data[-1:] == b"\n":
+        data = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
     if b"\n" in data:
         raise ValueError(f"a line holds a LF: {data[:80]!r}")
     return data
+
+
+def _wire(lines: list[tuple[bytes, str | None]], ids: bool, escape: bool) -> bytes:
+    """Lines as they go on the wire, so that each is stored exactly as given: ``@ID LINE`` with ``ids``;
+    without, ``@ LINE`` for a line that begins with ``@`` when the server reads ids (``escape``); and one more
+    CR after a line that ends with one (the server drops one CR before the LF)."""
+    wire = []
+    for line, ident in lines:
+        if ids:
+            line = b"@%s %s" % (str(ident).encode(), line)
+        elif escape and line[:1] == b"@":
+            line = b"@ " + line
+        wire.append(line + b"\r\n" if line[-1:] == b"\r" else line + b"\n")
+    return b"".join(wire)
 
 
 def _fresh(selector: selectors.BaseSelector, sock: socket.socket) -> selectors.BaseSelector:

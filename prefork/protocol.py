@@ -10,7 +10,8 @@ reply to be written (pipelining). Rules (SPEC section 5):
 - A half-closed client still gets every reply, then the server closes.
 - ``client_timeout``: a client that sends no complete line for this long is closed; a partial line it
   had started is dropped without a reply (replies for its complete lines are still sent).
-- Memory per connection is bounded: the read buffer never holds more than ``max_line`` plus one read,
+- Memory per connection is bounded: the read buffer never holds more than ``max_line`` (plus ``MAX_PREFIX``
+  with line ids) plus one read,
   and at most ``MAX_IN_FLIGHT`` lines plus those of one read (and about ``MAX_IN_FLIGHT_BYTES`` of reply
   text) await their reply; past that the reader stops reading, so a client that never reads its replies
   stalls only itself.
@@ -30,12 +31,23 @@ they wait in the queue of a writer greenlet, started when a reply must wait and 
 empty: an idle connection, or one whose app answers at once, costs one greenlet. A read with a bad line
 (bad UTF-8, empty, too long) takes the line-by-line path.
 
-Line ids (``server.line_ids = on``, off by default): a line ``@ID PAYLOAD`` carries a client-chosen id (1-64
-characters of ``[A-Za-z0-9._:-]``, one space, a non-empty payload), which the app gets beside the payload
-(``handle_lines(lines, client, ids)``) and stores once whatever the resends; a line that begins with ``@``
-without a valid id gets ``ERR bad-id``. The line ``@\xff`` (not UTF-8, so a server without ids answers it
-``ERR bad-utf8``) is the capability probe: answered ``OK ids`` by the framework, never seen by the app. Ids
-are split off per read, with one search for a ``@`` at a line start; with ids off nothing is looked at.
+Line ids (``server.line_ids = on``, off by default; with it off a line that begins with ``@`` is a payload like
+any other and none of this applies). A line that begins with ``@`` has a prefix:
+
+- ``@ID PAYLOAD``: a client-chosen id (1-64 characters of ``[A-Za-z0-9._:-]``), one space, and the payload,
+  everything after that space as sent. The app gets the id beside the payload (``handle_lines(lines,
+  client, ids)``) and stores it once whatever the resends.
+- ``@ PAYLOAD``: ``@`` and one space, no id: the payload is everything after that space, as sent. This is
+  how a payload that itself begins with ``@`` is sent without an id (``@ @alice`` stores ``@alice``).
+- ``@ID `` and ``@ `` (an empty payload) get ``ERR empty``; any other line that begins with ``@`` gets ``ERR
+  bad-id``. The line ``@\xff`` (not UTF-8, so a server without ids answers it ``ERR bad-utf8``) is the
+  capability probe: answered ``OK ids`` by the framework, never seen by the app.
+- ``max_line`` limits the payload, not the prefix: a line is too long when the bytes after its prefix (the
+  whole line when it has none) are more than ``max_line``. A partial line is kept up to ``max_line`` plus
+  the longest prefix (``MAX_PREFIX``, 66 bytes) before it is skipped.
+
+Checks in this order: the probe, too long, empty, bad UTF-8, bad id. Ids are split off per read, with one
+search for a ``@`` at a line start; with ids off nothing is looked at.
 """
 
 from __future__ import annotations
@@ -69,7 +81,10 @@ ERR_BAD_ID = "ERR bad-id"
 ID_PROBE = b"@\xff"
 OK_IDS = "OK ids"
 MAX_ID = 64
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_PREFIX = MAX_ID + 2  # "@", the id, the space: the bytes of a line that max_line does not count
+# The prefix of a line with ids on: "@ID " or, for a payload without an id, "@ " (group 1 empty).
+_PREFIX = re.compile(r"@([A-Za-z0-9._:-]{0,64}) ")
+_PREFIX_BYTES = re.compile(_PREFIX.pattern.encode())
 # With server.max_line = 65536, lines of up to 16384 characters are surely short enough (4 bytes at most
 # per character in UTF-8) without counting their bytes.
 UTF8_MAX_BYTES = 4
@@ -196,7 +211,9 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        max_line = self.settings.max_line
+        # A partial line longer than this is too long whatever follows (one more byte for a CR before the LF;
+        # with ids, the limit is on the payload, so a prefix may come on top).
+        longest = self.settings.max_line + 1 + (MAX_PREFIX if self.settings.line_ids else 0)
         timeout = self.settings.client_timeout
         buf = bytearray()
         skipping = False  # inside a too-long line: discard up to the next LF
@@ -260,8 +277,7 @@ class LineConnection:
                 del buf[: last + 1]
                 deadline = clock.now() + timeout
                 self._dispatch(chunk)
-            # The line being read is already too long (one more byte allowed for a CR before the LF).
-            if len(buf) > max_line + 1:
+            if len(buf) > longest:  # the line being read is already too long
                 buf.clear()
                 skipping = True
 
@@ -277,16 +293,20 @@ class LineConnection:
                 text = text.replace("\r\n", "\n")  # one pass: exactly one CR before each LF goes
             lines = text.split("\n")
             lines.pop()  # after the last LF
-            if max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line and "" not in lines:
+            if "" not in lines:
                 if not self.settings.line_ids:
-                    self.counters.lines_in += len(lines)
-                    self._queue(self._answer(lines))
-                    return
-                ids = _split_ids(text, lines)
-                if ids is not None:  # else a bad id: its line gets ERR bad-id on the slow path
-                    self.counters.lines_in += len(lines)
-                    self._queue(self._answer(lines, ids))
-                    return
+                    if max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line:
+                        self.counters.lines_in += len(lines)
+                        self._queue(self._answer(lines))
+                        return
+                else:
+                    # Each line with a prefix is replaced by its payload, which max_line then limits; None: a
+                    # bad prefix or an empty payload, answered on the slow path.
+                    ids = _split_ids(text, lines)
+                    if ids is not None and max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line:
+                        self.counters.lines_in += len(lines)
+                        self._queue(self._answer(lines, ids))
+                        return
         self._dispatch_slowly(chunk[:-1].split(b"\n"))
 
     def _dispatch_slowly(self, lines: list[bytes]) -> None:
@@ -301,25 +321,31 @@ class LineConnection:
         for line in lines:
             if line[-1:] == b"\r":
                 line = line[:-1]
+            ident = None
+            bad_id = False
+            if line_ids and line[:1] == b"@":
+                if line == ID_PROBE:
+                    replies.append(OK_IDS)
+                    continue
+                prefix = _PREFIX_BYTES.match(line)
+                if prefix is None:
+                    bad_id = True  # measured and checked whole, and then ERR bad-id
+                else:
+                    ident = prefix[1].decode("ascii") or None
+                    line = line[prefix.end() :]
             if len(line) > max_line:
                 replies.append(ERR_TOO_LONG)
             elif not line:
                 replies.append(ERR_EMPTY)
-            elif line_ids and line == ID_PROBE:
-                replies.append(OK_IDS)
             else:
                 try:
                     text = line.decode("utf-8")
                 except UnicodeDecodeError:
                     replies.append(ERR_BAD_UTF8)
                     continue
-                ident = None
-                if ids is not None and text[0] == "@":
-                    parsed = parse_id(text)
-                    if parsed is None:
-                        replies.append(ERR_BAD_ID)
-                        continue
-                    ident, text = parsed
+                if bad_id:
+                    replies.append(ERR_BAD_ID)
+                    continue
                 valid.append(text)
                 if ids is not None:
                     ids.append(ident)
@@ -617,27 +643,30 @@ class LineConnection:
             sock.close()
 
 
-def parse_id(line: str) -> tuple[str, str] | None:
-    """``(id, payload)`` of a line ``@ID PAYLOAD``; None if it does not have that form (ERR bad-id)."""
-    # The separating space comes right after 1..MAX_ID characters of id: at index 2..MAX_ID + 1.
-    space = line.find(" ", 2, MAX_ID + 2)
-    if space < 0 or space == len(line) - 1 or line[0] != "@" or not _ID.fullmatch(line, 1, space):
+def parse_id(line: str) -> tuple[str | None, str] | None:
+    """``(id, payload)`` of a line that begins with ``@`` (line ids on): ``@ID PAYLOAD`` gives ``(ID, PAYLOAD)``,
+    ``@ PAYLOAD`` gives ``(None, PAYLOAD)``; None if it has neither form (ERR bad-id). The payload is
+    everything after the prefix's space, and may be empty (ERR empty)."""
+    prefix = _PREFIX.match(line)
+    if prefix is None:
         return None
-    return line[1:space], line[space + 1 :]
+    return prefix[1] or None, line[prefix.end() :]
 
 
 def _split_ids(text: str, lines: list[str]) -> list[str | None] | None:
-    """The ids of the lines of ``text`` (one per line, None where a line has none), each line with an id
-    replaced in ``lines`` by its payload; None if a line that begins with ``@`` has no valid id."""
+    """The ids of the lines of ``text`` (one per line, None where a line has none), each line with a prefix
+    replaced in ``lines`` by its payload; None if a line that begins with ``@`` has no valid prefix or an
+    empty payload (the slow path answers it)."""
     ids: list[str | None] = [None] * len(lines)
     if text[0] != "@" and "\n@" not in text:
         return ids  # one C search per read: no line starts with @
     for i, line in enumerate(lines):
         if line[0] == "@":
-            parsed = parse_id(line)
-            if parsed is None:
+            prefix = _PREFIX.match(line)
+            if prefix is None or prefix.end() == len(line):
                 return None
-            ids[i], lines[i] = parsed
+            ids[i] = prefix[1] or None
+            lines[i] = line[prefix.end() :]
     return ids
 
 

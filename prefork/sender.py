@@ -5,15 +5,28 @@ otherwise only the summary is printed. Exit 0 only when every line got ``OK``; `
 line that got ``ERR``, after its reason and a tab.
 
 Line ids are used whenever the server offers them (``--no-ids``: never), and they are stable, so that a
-re-run of an interrupted send stores nothing twice: the id of a file's line is ``<hash>:<line number>``,
-``<hash>`` a short hash of the file's real path (so a re-run must name the same file at the same path;
-another file later at that path would have its first lines taken for already stored); stdin's lines are
-``<TEXT>:<line number>`` with ``--id-prefix TEXT``, else random ids (exactly-once within one run only).
+re-run of an interrupted send stores nothing twice. They identify the file, not its name, the way log
+shippers fingerprint files: the id of a file's line is ``<fingerprint>:<line number>``, ``<fingerprint>`` a
+short hash of the file's device and inode and of its first line (up to ``FINGERPRINT_BYTES`` of it). So:
+
+- a re-run stores each line once, under any name of the file (a hard link, a rename, the same file named
+  twice in one run: the same ids);
+- a rotated log, a new file at the same path, has other ids and is sent in full (a new inode; and when
+  ``copytruncate`` keeps the inode, or a deleted file's inode is reused, another first line);
+- appending keeps every id: a complete first line never changes. The last line of a file without its LF
+  (still being written, perhaps) gets ``<fingerprint>:<line number>.<hash of the line>``, so that once it
+  is completed the whole line is stored too, not taken for the part sent before.
+
+The limit of this: a file truncated in place and rewritten from the same first line (a fixed header, no
+timestamp) has the old ids and would have its lines taken for already stored; send it with ``--no-ids``.
+Stdin's lines are ``<TEXT>:<line number>`` with ``--id-prefix TEXT``, else random ids (exactly-once within
+one run only).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import sys
@@ -27,14 +40,25 @@ EXIT_OK = 0
 EXIT_NOT_ALL_OK = 1
 EXIT_USAGE = 2
 PROGRESS_INTERVAL_S = 0.2
-PATH_HASH_CHARS = 16  # 64 bits of the path's hash: distinct files never share ids in practice
+FINGERPRINT_BYTES = 1024  # of a file's first line: with its device and inode, what tells files apart
+FINGERPRINT_CHARS = 16  # 64 bits of hash: distinct files never share ids in practice
+PARTIAL_LINE_HASH_CHARS = 8  # in the id of a last line without its LF
 _ID_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,40}")  # with ":" and a line number, within the 64 of an id
 
 
-def path_id_prefix(path: str) -> str:
-    """The prefix of the ids of a file's lines: a short hash of its real path (symlinks resolved)."""
-    real = os.path.realpath(path).encode("utf-8", "surrogateescape")
-    return hashlib.sha256(real).hexdigest()[:PATH_HASH_CHARS]
+def file_fingerprint(st: os.stat_result, first_line: bytes) -> str:
+    """The prefix of the ids of a file's lines: a short hash of its device, inode and first line (up to
+    FINGERPRINT_BYTES of it), which appending to the file never changes."""
+    identity = b"%d:%d:" % (st.st_dev, st.st_ino) + first_line[:FINGERPRINT_BYTES]
+    return hashlib.sha256(identity).hexdigest()[:FINGERPRINT_CHARS]
+
+
+def line_id(prefix: str, number: int, line: bytes) -> str:
+    """The id of a file's line: ``<prefix>:<number>``, and a hash of the line when it has no LF (the last
+    line of a file still being written may be completed later: then it is another line)."""
+    if line[-1:] == b"\n":
+        return f"{prefix}:{number}"
+    return f"{prefix}:{number}.{hashlib.sha256(line).hexdigest()[:PARTIAL_LINE_HASH_CHARS]}"
 
 
 class _Lines:
@@ -55,18 +79,27 @@ class _Lines:
 
     def __iter__(self) -> Iterator[Item]:
         for path in self.paths:
-            handle: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
-            prefix = None
-            if self.ids:
-                prefix = self.stdin_prefix if path == "-" else path_id_prefix(path)
-            try:
-                for number, line in enumerate(handle, 1):
+            if path == "-":
+                yield from self._numbered(sys.stdin.buffer, self.stdin_prefix if self.ids else None)
+                continue
+            with open(path, "rb") as handle:
+                if not self.ids:
+                    yield from self._numbered(handle, None)
+                    continue
+                # Read, not peeked: the file may be a pipe. The identity is taken from the open file, so a
+                # rename or a rotation meanwhile cannot mix two files.
+                first = handle.readline()
+                prefix = file_fingerprint(os.fstat(handle.fileno()), first)
+                for number, line in enumerate(itertools.chain([first] if first else [], handle), 1):
                     self.bytes_read += len(line)
-                    # The client drops the LF; without a prefix it numbers the line itself (random ids).
-                    yield line if prefix is None else (f"{prefix}:{number}", line)
-            finally:
-                if handle is not sys.stdin.buffer:
-                    handle.close()
+                    yield line_id(prefix, number, line), line
+
+    def _numbered(self, handle: IO[bytes], prefix: str | None) -> Iterator[Item]:
+        """Lines of stdin (ids ``<prefix>:<number>``), or of any file without ids (prefix None)."""
+        for number, line in enumerate(handle, 1):
+            self.bytes_read += len(line)
+            # The client drops the LF; without a prefix it numbers the line itself (random ids).
+            yield line if prefix is None else (f"{prefix}:{number}", line)
 
 
 def send_files(
@@ -91,7 +124,8 @@ def send_files(
             return EXIT_USAGE
         if "-" not in paths:
             print(
-                "prefork: error: --id-prefix: names stdin's ids (-); a file's ids come from its path", file=sys.stderr
+                "prefork: error: --id-prefix: names stdin's ids (-); a file's ids come from the file itself",
+                file=sys.stderr,
             )
             return EXIT_USAGE
     lines = _Lines(paths, ids, id_prefix)

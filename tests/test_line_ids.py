@@ -69,9 +69,8 @@ def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
             b"@a/b bad character",
             "@é bad character".encode(),
             b"@nospace",
-            b"@empty ",
             b"@",
-            b"@ no id",
+            b"@@",
             b"@\xff",  # the probe
             b"@crlf line\r",
             b"no id",
@@ -85,7 +84,6 @@ def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
             b"ERR bad-id",
             b"ERR bad-id",
             b"ERR bad-id",
-            b"ERR bad-id",
             b"OK ids",
             b"crlf line",
             b"- no id",
@@ -93,6 +91,67 @@ def test_ids_are_split_off_and_bad_ones_get_err_bad_id():
         ]
         # The probe alone, as a client sends it first on a connection.
         assert roundtrip(srv.port, [b"@\xff", b"@p q"]) == [b"OK ids", b"p q"]
+
+
+def test_the_escape_for_a_payload_that_begins_with_at_and_empty_payloads():
+    """`@ PAYLOAD` is a line without an id whose payload is everything after the first space; `@ID ` and `@ `
+    (an empty payload) get ERR empty; on the fast path (a read of good lines only) and the slow one."""
+    escaped = [b"@ @alice logged out", b"@ x", b"@  two spaces", b"@ @", b"@ @@", b"@ @id x", b"@ \xc3\xa9"]
+    stored = [b"- @alice logged out", b"- x", b"-  two spaces", b"- @", b"- @@", b"- @id x", "- é".encode()]
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on"]) as srv:
+        assert roundtrip(srv.port, escaped) == stored  # one read of good lines: the fast path
+        lines = [b"@ ", b"@id ", b"@ \r", b"@id \r", *escaped, b"@\xff", b"@id@ x", b"@ \xff", b"@id \xff"]
+        assert roundtrip(srv.port, lines) == [
+            b"ERR empty",
+            b"ERR empty",
+            b"ERR empty",
+            b"ERR empty",
+            *stored,
+            b"OK ids",
+            b"ERR bad-id",
+            b"ERR bad-utf8",
+            b"ERR bad-utf8",
+        ]
+
+
+def test_max_line_limits_the_payload_not_the_id_prefix():
+    """With ids on a line is too long only when its payload is: an id prefix of up to 66 bytes comes on top
+    of server.max_line, also when the line arrives in pieces; a line that begins with @ without a valid
+    prefix is measured whole."""
+    max_line = 16
+    payload = b"p" * max_line
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on", "--max-line", str(max_line)]) as srv:
+        lines = [
+            b"@%s %s" % (ID_64.encode(), payload),
+            b"@%s %s\r" % (ID_64.encode(), payload),
+            b"@ " + payload,
+            payload,
+            b"@%s %sx" % (ID_64.encode(), payload),
+            b"@ " + payload + b"x",
+            payload + b"x",
+            b"@%s/ %s" % (ID_64.encode(), payload),  # no valid prefix: measured whole
+            b"@bad/ x",
+        ]
+        expected = [
+            b"%s %s" % (ID_64.encode(), payload),
+            b"%s %s" % (ID_64.encode(), payload),
+            b"- " + payload,
+            b"- " + payload,
+            b"ERR too-long",
+            b"ERR too-long",
+            b"ERR too-long",
+            b"ERR too-long",
+            b"ERR bad-id",
+        ]
+        assert roundtrip(srv.port, lines) == expected
+        # Alone in their reads (the fast path), and a byte at a time (the partial line held between reads).
+        for line, reply in zip(lines, expected, strict=True):
+            assert roundtrip(srv.port, [line]) == [reply]
+            with connect(srv.port) as sock:
+                for i in range(len(line)):
+                    sock.sendall(line[i : i + 1])
+                sock.sendall(b"\n")
+                assert read_lines(sock, 1) == [reply]
 
 
 def test_with_line_ids_off_nothing_changes(dsn):
@@ -241,8 +300,9 @@ def test_client_sends_ids_when_the_server_offers_them():
             prefix = client.id_prefix
             assert reply == f"{prefix}1 x" and len(prefix) == 13 and prefix.endswith(":")
         with Client(f"127.0.0.1:{srv.port}", ids=False) as client:
-            assert client.send_all(["plain", "@own z"]) == ["- plain", "own z"]  # as they are, no probe
-            assert client.using_ids is False
+            # Without ids, but the server reads them: a line that begins with @ goes escaped, stored as given.
+            assert client.send_all(["plain", "@own z"]) == ["- plain", "- @own z"]
+            assert client.using_ids is False and client.server_ids is True
     with ServerProcess([ID_ECHO, "--workers", "1"]) as srv:
         with Client(f"127.0.0.1:{srv.port}") as client:
             assert client.send_all(["a", "@b", ("mine", "c")]) == ["noids a", "noids @b", "noids c"]
@@ -325,6 +385,97 @@ def test_prefork_send_killed_midway_and_run_again_stores_every_line_once(db, tmp
     duplicates = len(stored) - len(set(stored))
     print(f"{before:,} rows stored before the kill; after the re-run {len(stored):,} rows, {duplicates} twice")
     assert sorted(stored) == sorted(f"send-{i}" for i in range(count))
+
+
+def send_files(to: str, *paths: object) -> str:
+    """`prefork send` of the files; its summary, after checking that every line got OK with line ids."""
+    out = subprocess.run(
+        prefork_cmd("send", "--to", to, *map(str, paths)), env=test_env(), capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0 and "line ids: yes" in out.stdout, out.stdout + out.stderr
+    return out.stdout
+
+
+def payloads_of(dsn: str, table: str) -> list[str]:
+    return sorted(r[0] for r in query(dsn, f"SELECT payload FROM `{table}`"))
+
+
+def numbered(name: str, count: int) -> bytes:
+    return b"".join(b"%s-%d\n" % (name.encode(), i) for i in range(count))
+
+
+def test_prefork_send_of_a_rotated_log_at_the_same_path_sends_it_in_full(dsn, tmp_path):
+    """Ids come from the file (device, inode, first line), not its path: a new log at the same path after a
+    rotation (rename, copytruncate, delete and create) is stored in full, and a re-run of any of them,
+    under any of its names, stores nothing twice. Before, 3,000 of the new file's lines were taken for the
+    old one's: answered OK, not stored, exit 0."""
+    table = "t_ids_send_rotated"
+    log = tmp_path / "app.log"
+    expected: list[bytes] = []
+
+    def write(name: str, count: int) -> None:
+        data = numbered(name, count)
+        log.write_bytes(data)  # truncates in place when the file exists (copytruncate keeps the inode)
+        expected.extend(data.splitlines())
+
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        write("first", 3000)
+        assert "3,000 lines, 3,000 OK" in send_files(to, log)
+        log.rename(tmp_path / "app.log.1")  # rotation by rename: a new file at the same path
+        write("second", 5000)
+        assert "5,000 lines, 5,000 OK" in send_files(to, log)
+        assert payloads_of(dsn, table) == sorted(p.decode() for p in expected)
+        # copytruncate: the same inode, other content.
+        first_inode = log.stat().st_ino
+        write("third", 4000)
+        assert log.stat().st_ino == first_inode
+        send_files(to, log)
+        # Deleted and created again (the file system may give it the deleted file's inode).
+        (tmp_path / "app.log.1").unlink()
+        log.unlink()
+        write("fourth", 2000)
+        send_files(to, log)
+        assert payloads_of(dsn, table) == sorted(p.decode() for p in expected)
+        send_files(to, log)  # a re-run: nothing again
+    assert payloads_of(dsn, table) == sorted(p.decode() for p in expected)
+
+
+def test_prefork_send_of_one_file_under_several_names_stores_each_line_once(dsn, tmp_path):
+    """The same file named twice in one run, a hard link and a symlink to it: the same ids, each line once."""
+    table = "t_ids_send_names"
+    source = tmp_path / "lines.txt"
+    source.write_bytes(numbered("named", 2000))
+    os.link(source, tmp_path / "hard-link.txt")
+    (tmp_path / "symlink.txt").symlink_to(source)
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        out = send_files(to, source, source, tmp_path / "hard-link.txt")
+        assert "6,000 lines, 6,000 OK" in out, out
+        send_files(to, tmp_path / "symlink.txt")
+        send_files(to, tmp_path / "hard-link.txt")
+    assert payloads_of(dsn, table) == sorted(f"named-{i}" for i in range(2000))
+
+
+def test_prefork_send_of_a_growing_file_stores_each_line_once_and_a_completed_last_line(dsn, tmp_path):
+    """A short file (under 1 KiB) that grows between runs keeps its ids, and its last line sent without a LF
+    is stored again once completed (it is another line: before, it was answered OK and not stored)."""
+    table = "t_ids_send_growing"
+    source = tmp_path / "growing.log"
+    source.write_bytes(b"first\nsecond\npart")
+    with ingest(dsn, table) as srv:
+        to = f"127.0.0.1:{srv.port}"
+        send_files(to, source)
+        with source.open("ab") as f:
+            f.write(b"ial\nthird\n")
+        assert "4 lines, 4 OK" in send_files(to, source)
+        send_files(to, source)
+        with source.open("ab") as f:
+            f.write(numbered("more", 100))
+        send_files(to, source)
+    assert payloads_of(dsn, table) == sorted(
+        ["first", "second", "part", "partial", "third", *(f"more-{i}" for i in range(100))]
+    )
 
 
 def test_prefork_send_stdin_ids_with_a_prefix_and_without_ids(dsn):
