@@ -227,6 +227,7 @@ class LineConnection:
         while not self._stopping:
             remaining = deadline - clock.now()
             if remaining <= 0:
+                log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
                 return  # no complete line for client_timeout: any partial line is dropped
             sock.settimeout(remaining)
             self._in_recv = True
@@ -236,6 +237,7 @@ class LineConnection:
                     wait(read_event)  # type: ignore[misc]  # raises socket.timeout (a TimeoutError) as recv would
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
+                log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
                 return
             finally:
                 self._in_recv = False

@@ -4,17 +4,20 @@ Every test runs one hostile behaviour inside `hostile(srv, label)`, which keeps 
 client holding one connection to EACH worker (found through /proc, so a behaviour that lands on either
 worker is caught) that sends a line on each every 0.1 s and times the reply. When the behaviour is over:
 
-- the probe's replies all came back, each within PROBE_BOUND (1 s);
+- the probe's replies all came back, right and in order; a behaviour that lasts as long as the test wants
+  (idle and stalled clients, an endless stream) is held until the probe has made PROBE_MIN_ROUNDS round
+  trips on every worker meanwhile (`Watch.served_meanwhile`): a worker monopolised by a hostile client
+  would hold the probe's replies back until the behaviour ends, and the test would wait in vain;
 - `prefork status` shows every closed connection gone (clients back to the probe's own connections), polled
   for a few seconds because the workers rewrite their state files every second;
 - the workers are the processes that were there before (none crashed and was replaced), their RSS stayed
   under RSS_BOUND, and nothing new in the log is a traceback.
 
-The figures (max probe round trip, max RSS per worker) are printed: run with `-s` to see them.
-
-The only timing assertions are the probe bound and, for the two slow-loris tests, "closed by
-client_timeout plus CLOSE_MARGIN". Clients are plain blocking sockets and threads: this process is not
-monkey-patched, and a probe in its own thread keeps timing replies whatever the main thread is blocked in.
+The figures (max probe round trip, max RSS per worker) are printed: run with `-s` to see them. No
+assertion is a timing: progress is counted in round trips, and the slow-loris tests check that the server
+logged the close as a client_timeout one (its debug log) rather than how long it took. Clients are plain
+blocking sockets and threads: this process is not monkey-patched, and a probe in its own thread keeps
+timing replies whatever the main thread is blocked in.
 """
 
 from __future__ import annotations
@@ -43,10 +46,11 @@ ECHO = "workers.echo:app"
 MiB = 1024 * 1024
 MAX_LINE = 1024  # small, so that random garbage and streams hit ERR too-long often
 CLIENT_TIMEOUT = 1.0  # of the `impatient` server
-CLOSE_MARGIN = 2.0  # how late after client_timeout a slow-loris client may still be closed
+CLOSE_PATIENCE = 30.0  # how long a slow-loris client keeps going before the test gives up on the close
+TIMEOUT_CLOSE_LOG = "closed: client_timeout"  # the worker's debug line for a close by client_timeout
 PROBE_INTERVAL = 0.1
-PROBE_BOUND = 1.0  # the longest round trip the normal client may see
-PROBE_MIN_ROUNDS = 5  # a quick behaviour still has the probe running beside it for about half a second
+PROBE_MIN_ROUNDS = 5  # round trips per probe connection beside a behaviour (after it, or while it lasts)
+SERVED_PATIENCE = 60.0  # how long a held behaviour waits for the probe's rounds before the test fails
 RSS_BOUND = 200 * MiB  # per worker
 SETTLE_TIMEOUT = 6.0  # state files are rewritten every second; a closing connection may drain for 2 s
 
@@ -64,8 +68,9 @@ def server() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def impatient() -> Iterator[ServerProcess]:
-    """client_timeout of 1 s, for the slow-loris clients."""
+    """client_timeout of 1 s, for the slow-loris clients; debug log, which names the reason of each close."""
     args = [ECHO, "--workers", "2", "--max-line", str(MAX_LINE), "--client-timeout", str(CLIENT_TIMEOUT)]
+    args += ["--log-level", "debug"]
     with ServerProcess(args) as srv:
         yield srv
 
@@ -140,6 +145,7 @@ class Probe:
         self.srv = srv
         self.socks: list[socket.socket] = []
         self.rtts: list[float] = []
+        self.rounds = 0  # rounds done: one round trip on every connection each
         self.error: BaseException | None = None
         self.error_after = 0.0  # seconds from the probe's start to its error
         self._started = 0.0
@@ -158,12 +164,8 @@ class Probe:
     def __exit__(self, *exc: object) -> None:
         try:
             # Enough rounds that even a hostile behaviour over in a few milliseconds had a probe beside it.
-            deadline = time.monotonic() + 10
-            while (
-                len(self.rtts) < PROBE_MIN_ROUNDS * len(self.socks)
-                and self._thread.is_alive()
-                and time.monotonic() < deadline
-            ):
+            deadline = time.monotonic() + SERVED_PATIENCE
+            while self.rounds < PROBE_MIN_ROUNDS and self._thread.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
             self._stop.set()
@@ -201,6 +203,7 @@ class Probe:
                     reply = read_lines(sock, 1)[0]
                     self.rtts.append(time.monotonic() - started)
                     assert reply == line, f"the probe got {reply[:100]!r} for {line!r}"
+                self.rounds += 1
                 self._sample_rss()
                 # A late round is not made up for with a burst: the next one starts one interval later.
                 next_round = max(next_round + PROBE_INTERVAL, time.monotonic())
@@ -214,11 +217,7 @@ class Probe:
             f"the normal client failed {self.error_after:.2f} s after it started, "
             f"after {len(self.rtts)} round trips: {self.error!r}"
         )
-        assert self.rtts, "the normal client never got a reply"
-        assert self.max_rtt < PROBE_BOUND, (
-            f"the normal client waited {self.max_rtt:.3f} s for a reply (bound {PROBE_BOUND} s); "
-            f"round trips over 0.1 s: {sorted(round(r, 3) for r in self.rtts if r > 0.1)}"
-        )
+        assert self.rounds >= PROBE_MIN_ROUNDS, f"the normal client made only {self.rounds} rounds"
 
 
 # -- the frame of every test ------------------------------------------------------------------------------
@@ -230,6 +229,17 @@ class Watch:
     def __init__(self, srv: ServerProcess, probe: Probe):
         self.srv = srv
         self.probe = probe
+
+    def served_meanwhile(self, rounds: int = PROBE_MIN_ROUNDS) -> None:
+        """Wait until the probe has made `rounds` more round trips on every worker: call it while a hostile
+        behaviour is in place, to see that the behaviour holds up no other client of its worker."""
+        target = self.probe.rounds + rounds
+
+        def served() -> bool:
+            assert self.probe.error is None, f"the normal client failed: {self.probe.error!r}"
+            return self.probe.rounds >= target
+
+        wait_for(served, timeout=SERVED_PATIENCE, what=f"{rounds} probe round trips on each worker meanwhile")
 
     def wait_clients(self, still_open: int) -> dict:
         """Poll `prefork status` until the workers serve exactly the probe's connections plus `still_open`."""
@@ -342,6 +352,7 @@ def test_5000_idle_connections_are_all_served(server):
                 # Served, not waiting in the backlog: the workers count every one of them as a client.
                 status = watch.wait_clients(still_open=count)
                 print(f"\n[hostile] idle clients per worker: {[w['clients'] for w in status['workers']]}")
+                watch.served_meanwhile()
                 # Every 50th one still answers after all that idling.
                 for sock in idle[::50]:
                     sock.sendall(b"still here\n")
@@ -356,22 +367,31 @@ def test_5000_idle_connections_are_all_served(server):
 # -- 2, 3. slow loris -------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+def closed_by_client_timeout(srv: ServerProcess, log_start: int) -> None:
+    """The one connection the server closed since `log_start` was closed by client_timeout: the workers
+    log the reason (debug), and the probe's connections, which keep sending, are never closed."""
+    closes = srv.logs()[log_start:].count(TIMEOUT_CLOSE_LOG)
+    assert closes == 1, f"{closes} closes by client_timeout logged, expected 1:\n{srv.logs()[log_start:][-2000:]}"
+
+
+@pytest.mark.timeout(90)
 def test_over_long_line_then_a_byte_every_300ms_is_closed_by_client_timeout(impatient):
     """Past max_line the server skips to the next LF; a trickle that never sends one is still timed out."""
     with hostile(impatient, "over-long line, then a byte every 0.3 s"):
+        log_start = len(impatient.logs())
+        started = time.monotonic()
         with connect(impatient.port) as sock:
-            started = time.monotonic()
             sock.sendall(b"L" * (4 * MAX_LINE))  # no LF: the server is now skipping this line
             sock.setblocking(False)
             closed, received = run_until_closed(
-                sock, lambda s: s.send(b"L"), deadline=started + CLIENT_TIMEOUT + CLOSE_MARGIN, pause=0.3
+                sock, lambda s: s.send(b"L"), deadline=started + CLIENT_TIMEOUT + CLOSE_PATIENCE, pause=0.3
             )
             elapsed = time.monotonic() - started
         assert closed, f"still open {elapsed:.1f} s after connecting (client_timeout {CLIENT_TIMEOUT} s)"
         print(f"\n[hostile] trickling client closed after {elapsed:.2f} s")
-        assert elapsed >= 0.9 * CLIENT_TIMEOUT, f"closed after only {elapsed:.2f} s"
         assert received == b"", f"a partial line got a reply: {received[:200]!r}"
+        wait_for(lambda: TIMEOUT_CLOSE_LOG in impatient.logs()[log_start:], what="the close to be logged")
+        closed_by_client_timeout(impatient, log_start)
 
 
 @pytest.mark.timeout(60)
@@ -392,11 +412,12 @@ def test_endless_line_streamed_at_full_speed_is_closed_by_client_timeout(impatie
         return n
 
     with hostile(impatient, "endless line at full speed"):
+        log_start = len(impatient.logs())
+        started = time.monotonic()
         with connect(impatient.port) as sock:
-            started = time.monotonic()
             sock.setblocking(False)
             closed, received = run_until_closed(
-                sock, send_chunk, deadline=started + CLIENT_TIMEOUT + CLOSE_MARGIN, pause=0.0
+                sock, send_chunk, deadline=started + CLIENT_TIMEOUT + CLOSE_PATIENCE, pause=0.0
             )
             elapsed = time.monotonic() - started
         print(f"\n[hostile] streamed {sent / MiB:.0f} MiB in {elapsed:.2f} s, closed: {closed}")
@@ -404,9 +425,40 @@ def test_endless_line_streamed_at_full_speed_is_closed_by_client_timeout(impatie
             f"still open {elapsed:.1f} s after connecting, {sent / MiB:.0f} MiB read "
             f"(client_timeout {CLIENT_TIMEOUT} s)"
         )
-        # A lower bound that load cannot break: the server's clock starts after this one.
-        assert elapsed >= 0.9 * CLIENT_TIMEOUT, f"closed after only {elapsed:.2f} s, {sent / MiB:.0f} MiB read"
         assert received in (b"", b"ERR too-long\n"), f"more than one reply: {received[:200]!r}"
+        wait_for(lambda: TIMEOUT_CLOSE_LOG in impatient.logs()[log_start:], what="the close to be logged")
+        closed_by_client_timeout(impatient, log_start)
+
+
+@pytest.mark.timeout(90)
+def test_endless_line_streamed_at_full_speed_holds_up_no_other_client(server):
+    """While one client streams a line with no LF as fast as it can (client_timeout 300 s: the stream goes
+    on as long as the test wants), the probe keeps being served on both workers: the reader of the stream
+    lets its worker's other clients in (FAIR_READS), whatever the stream's speed."""
+    stop = threading.Event()
+    sent = [0]
+
+    def stream(sock: socket.socket) -> None:
+        chunk = b"S" * MiB
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                sent[0] += sock.send(chunk)
+
+    with hostile(server, "endless line at full speed, held") as watch:
+        with connect(server.port) as sock:
+            streamer = threading.Thread(target=stream, args=(sock,), daemon=True)
+            streamer.start()
+            try:
+                wait_for(lambda: sent[0] >= 64 * MiB, timeout=SERVED_PATIENCE, what="the stream to flow")
+                watch.served_meanwhile()
+                assert streamer.is_alive(), "the stream ended before the probe was served"
+                read = sent[0]
+                watch.served_meanwhile()  # and the stream still flows meanwhile
+                assert sent[0] > read, "the stream stalled while the probe was served"
+            finally:
+                stop.set()
+                streamer.join(30)
+        print(f"\n[hostile] streamed {sent[0] / MiB:.0f} MiB beside the probe")
 
 
 # -- 4. clients that never read ---------------------------------------------------------------------------
@@ -437,7 +489,7 @@ def test_clients_that_never_read_their_replies_stall_only_themselves(server):
             assert max(sent) < cap, f"the server read {max(sent) / MiB:.0f} MiB from a client that never reads"
             # Stalled, not dropped: they stay connected (client_timeout is 300 s) while the probe is served.
             watch.wait_clients(still_open=len(socks))
-            time.sleep(1.0)  # the probe keeps going beside the stalled clients
+            watch.served_meanwhile()  # the probe keeps going beside the stalled clients
         finally:
             for sock in socks:
                 sock.close()  # with replies unread: the server sees RST

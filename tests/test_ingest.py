@@ -17,6 +17,8 @@ from tests.helpers import query
 from tests.mysql_proxy import CommitBreakingProxy, FaultProxy, every
 from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
 
+NL = b"\n"
+
 
 def ingest_server(dsn: str, table: str, *extra: str, workers: int = 2) -> ServerProcess:
     return ServerProcess(
@@ -28,33 +30,78 @@ def rows(dsn: str, table: str) -> list[str]:
     return [r[0] for r in query(dsn, f"SELECT payload FROM `{table}` ORDER BY id")]
 
 
-def blast(port: int, clients: int, lines: int, prefix: str) -> dict[str, bytes]:
-    """`clients` green clients each pipeline `lines` unique lines; return {payload: reply} of every reply."""
-    replies: dict[str, bytes] = {}
+class Blast:
+    """What the clients of `blast` saw: {payload: reply} of every reply, and what went wrong.
+
+    ``errors``: a connect that failed, a reset or timeout while sending or reading, a reply beyond the lines
+    sent (none of which a test allows unless it says so); ``short``: connections closed by the server (EOF)
+    before every line was answered, as {client: replies got} (a graceful stop closes a connection whose
+    lines it has not read yet); ``sent``: clients that have sent all their lines and half-closed."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, bytes] = {}
+        self.errors: list[str] = []
+        self.short: dict[int, int] = {}
+        self.sent = 0
+
+    def errs(self) -> dict[str, int]:
+        """The ERR replies, by text."""
+        found: dict[str, int] = {}
+        for reply in self.replies.values():
+            if reply != b"OK":
+                found[reply.decode()] = found.get(reply.decode(), 0) + 1
+        return found
+
+
+def blast(port: int, clients: int, lines: int, prefix: str, result: Blast | None = None) -> Blast:
+    """`clients` green clients each pipeline `lines` unique lines, half-close and read every reply to EOF;
+    return what they saw (into `result` if given, so that a test can watch `sent` while it runs)."""
+    seen = Blast() if result is None else result
 
     def client(c: int) -> None:
         payloads = [f"{prefix}-{c}-{i}" for i in range(lines)]
         try:
             sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=120)
-        except OSError:
+        except OSError as exc:
+            seen.errors.append(f"client {c}: connect: {exc!r}")
             return
+        buf = b""
+        broken = False
         with sock:
-            sock.sendall("".join(p + "\n" for p in payloads).encode())
-            sock.shutdown(socket.SHUT_WR)
-            buf = b""
             try:
-                while True:
-                    data = sock.recv(65536)
-                    if not data:
-                        break
+                sock.sendall("".join(p + "\n" for p in payloads).encode())
+                sock.shutdown(socket.SHUT_WR)
+                seen.sent += 1
+                while data := sock.recv(65536):
                     buf += data
-            except OSError:
-                pass
-        for payload, reply in zip(payloads, buf.split(b"\n")[: buf.count(b"\n")], strict=False):
-            replies[payload] = reply
+            except OSError as exc:  # a reset, a timeout
+                broken = True
+                seen.errors.append(f"client {c}: {exc!r} after {buf.count(NL)} replies")
+        got = buf.split(NL)[: buf.count(NL)]
+        if len(got) > lines:
+            seen.errors.append(f"client {c}: {len(got)} replies to {lines} lines")
+        elif len(got) < lines and not broken:
+            seen.short[c] = len(got)
+        for payload, reply in zip(payloads, got, strict=False):
+            seen.replies[payload] = reply
 
     gevent.joinall([gevent.spawn(client, c) for c in range(clients)])
-    return replies
+    return seen
+
+
+def green_wait(predicate, what: str, timeout: float = 60.0) -> None:
+    """wait_for for this process's greenlets (blast's clients): poll with gevent.sleep, not time.sleep."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out after {timeout}s waiting for {what}")):
+        while not predicate():
+            gevent.sleep(0.01)
+
+
+def assert_every_line_ok(seen: Blast, count: int) -> None:
+    """Every one of `count` lines answered OK: no connect failure, reset, timeout, early close or ERR."""
+    assert seen.errors == [], seen.errors[:5]
+    assert seen.short == {}, f"closed before every reply (client: replies): {seen.short}"
+    assert seen.errs() == {}, f"ERR replies: {seen.errs()}"
+    assert len(seen.replies) == count
 
 
 def assert_stored_exactly_once(dsn: str, table: str, replies: dict[str, bytes]) -> list[str]:
@@ -120,30 +167,34 @@ def test_200_clients_500_pipelined_lines_group_committed(dsn):
     markers_before = query(dsn, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = 'prefork_batches'")
     with ingest_server(dsn, table) as srv:
         before = query(dsn, "SELECT COUNT(*) FROM prefork_batches")[0][0] if markers_before[0][0] else 0
-        replies = blast(srv.port, 200, 500, "load")
+        seen = blast(srv.port, 200, 500, "load")
         batches = query(dsn, "SELECT COUNT(*) FROM prefork_batches")[0][0] - before
-    assert len(replies) == 100_000 and set(replies.values()) == {b"OK"}
-    stored = assert_stored_exactly_once(dsn, table, replies)
+    assert_every_line_ok(seen, 100_000)
+    stored = assert_stored_exactly_once(dsn, table, seen.replies)
     assert len(stored) == 100_000
     assert batches * 10 < len(stored), f"{batches} transactions for {len(stored)} rows: batches are not growing"
 
 
 @pytest.mark.timeout(240)
 def test_database_killed_mid_load_recovers_without_restart(db):
+    """MariaDB is SIGKILLed while 50 clients pipeline, down 3 s, far less than commit_timeout (60 s): every
+    line is answered OK once it is back (no ERR, no connection dropped), and stored once."""
     table = "t_crash"
     with ingest_server(db.dsn, table, "--commit-timeout", "60") as srv:
         workers = srv.worker_pids()
-        load = gevent.spawn(blast, srv.port, 50, 400, "crash")
-        gevent.sleep(0.3)
+        seen = Blast()
+        load = gevent.spawn(blast, srv.port, 50, 1000, "crash", seen)
+        green_wait(lambda: seen.sent == 50 or seen.errors, "every client to send its lines")
         db.kill()
+        assert not load.ready(), "every line was answered before the database was killed"
         gevent.sleep(3)
         db.restart()
-        replies = load.get(timeout=180)
+        load.get(timeout=180)
         assert srv.worker_pids() == workers  # recovered by itself: no worker was restarted
         after = roundtrip(srv.port, [b"after-1", b"after-2"])
         assert after == [b"OK", b"OK"]
-    assert replies and sum(r == b"OK" for r in replies.values()) > 0
-    stored = assert_stored_exactly_once(db.dsn, table, replies)
+    assert_every_line_ok(seen, 50 * 1000)
+    stored = assert_stored_exactly_once(db.dsn, table, seen.replies)
     assert "after-1" in stored
 
 
@@ -167,16 +218,17 @@ def test_database_down_longer_than_commit_timeout_answers_err_and_stores_nothing
 def test_stop_or_reload_mid_load_keeps_every_ok(dsn, signum):
     table = f"t_sig_{signal.Signals(signum).name.lower()}"
     with ingest_server(dsn, table) as srv:
-        load = gevent.spawn(blast, srv.port, 40, 1000, "sig")
-        gevent.sleep(0.5)
+        seen = Blast()
+        load = gevent.spawn(blast, srv.port, 40, 1000, "sig", seen)
+        green_wait(lambda: seen.sent == 40 or seen.errors, "every client to send its lines")
         srv.signal(signum)
-        replies = load.get(timeout=150)
+        load.get(timeout=150)
         if signum == signal.SIGTERM:
             assert srv.wait(60) == 0
         else:
             assert roundtrip(srv.port, [b"after-hup"]) == [b"OK"]
-    assert sum(r == b"OK" for r in replies.values()) > 0
-    assert_stored_exactly_once(dsn, table, replies)
+    assert_every_line_ok(seen, 40 * 1000)
+    assert_stored_exactly_once(dsn, table, seen.replies)
 
 
 @pytest.mark.timeout(180)
@@ -222,11 +274,11 @@ def test_connection_broken_during_commit_never_duplicates(dsn, db):
     table = "t_commit"
     with CommitBreakingProxy(("127.0.0.1", db.port), every=3) as proxy:
         with ingest_server(f"mysql://root@127.0.0.1:{proxy.port}/test", table, "--commit-timeout", "60") as srv:
-            replies = blast(srv.port, 20, 200, "commit")
+            seen = blast(srv.port, 20, 200, "commit")
             logs = srv.logs()
     assert proxy.cut_after_commit > 0 and proxy.cut_before_commit > 0
-    assert set(replies.values()) == {b"OK"} and len(replies) == 4000
-    stored = assert_stored_exactly_once(dsn, table, replies)
+    assert_every_line_ok(seen, 4000)
+    stored = assert_stored_exactly_once(dsn, table, seen.replies)
     assert len(stored) == 4000
     assert "the marker says committed" in logs and "the marker says not committed" in logs
 
@@ -294,11 +346,12 @@ def test_commit_that_fails_after_the_server_committed_is_looked_up_not_answered_
             wait_for(lambda: query(db.dsn, f"SHOW TABLES LIKE '{table}'"), 20, what="the table")
             gevent.sleep(0.5)  # both workers are done creating tables: from now on every COMMIT is a batch's
             proxy.plan = every(3, fault)
-            replies = blast(srv.port, 20, 200, "unknown")
+            seen = blast(srv.port, 20, 200, "unknown")
             logs = srv.logs()
     assert proxy.counts[fault] > 0
-    stored = assert_stored_exactly_once(db.dsn, table, replies)
-    assert set(replies.values()) == {b"OK"} and len(stored) == 4000, logs[-3000:]
+    stored = assert_stored_exactly_once(db.dsn, table, seen.replies)
+    assert_every_line_ok(seen, 4000)
+    assert len(stored) == 4000, logs[-3000:]
     assert "the marker says committed" in logs
 
 

@@ -17,10 +17,14 @@ _real_sleep = get_original("time", "sleep")
 
 
 class Blocking:
-    """Echo, except that the line `block` blocks the whole event loop (an unpatched sleep)."""
+    """Echo, except that the line `block` blocks the whole event loop (an unpatched sleep); with
+    TESTAPP_BLOCKED set, the worker first writes its pid to that file (the test knows it is blocked)."""
 
     def handle(self, line: str, client) -> str:
         if line == "block":
+            if os.environ.get("TESTAPP_BLOCKED"):
+                with open(os.environ["TESTAPP_BLOCKED"], "w") as marker:
+                    marker.write(f"{os.getpid()}\n")
             _real_sleep(3600)
         return line
 
