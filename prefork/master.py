@@ -529,6 +529,8 @@ class Master:
             fds.append(self.notify._sock.fileno())
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
             fds.append(self._pidfile_fd)
+        if self.probing is not None:  # a worker reading the probe's report would leave the master half of it
+            fds.append(self.probing.fileno())
         others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
         mine = {id(sock) for sock in listeners.values()}
         fds += {sock.fileno() for sock in others if id(sock) not in mine}
