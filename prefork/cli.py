@@ -179,6 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefork.appconfig import needs_probe, probe
     from prefork.daemon import daemonize
     from prefork.master import Master
+    from prefork.privileges import file_owner
 
     cfg = load_from_args(args)
     identity = resolve_identity(cfg)
@@ -194,7 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pidfile.check(cfg.server.pidfile)
         except pidfile.PidfileError as exc:
             raise CommandError(str(exc)) from None
-    logs.setup(cfg.server.log_level, cfg.server.log_file, cfg.server.log_format)
+    # Workers reopen the log file (USR1 after logrotate) as server.user: it is given to that user.
+    logs.setup(cfg.server.log_level, cfg.server.log_file, cfg.server.log_format, owner=file_owner(identity))
     listeners = {}
     try:
         for address in cfg.server.bind:

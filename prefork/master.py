@@ -35,7 +35,7 @@ from prefork.app import AppLoadError, start_directory
 from prefork.appconfig import Probe, needs_probe
 from prefork.config import Config, ConfigError
 from prefork.metrics import MetricsServer
-from prefork.privileges import Identity
+from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
 from prefork.state import (
     MASTER_FILE,
@@ -443,7 +443,8 @@ class Master:
             self.cfg, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
             self.target = pending.config.server.workers
             self.pending = None
-            logs.setup(self.cfg.server.log_level, self.cfg.server.log_file, self.cfg.server.log_format)
+            server, owner = self.cfg.server, file_owner(self.identity)
+            logs.setup(server.log_level, server.log_file, server.log_format, owner=owner)
             set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
             for w in old:
                 self.stop_worker(w, "reload")
@@ -486,8 +487,7 @@ class Master:
 
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
-        owner = (self.identity.uid, self.identity.gid) if self.identity else None
-        heartbeat = Heartbeat(f"prefork-worker-gen{generation}", owner)
+        heartbeat = Heartbeat(f"prefork-worker-gen{generation}", file_owner(self.identity))
         close_fds = self._fds_not_for(listeners)
         slot = self.accept_table.claim({w.slot for w in self.workers.values() if w.slot is not None})
         pid = os.fork()
@@ -529,6 +529,8 @@ class Master:
             fds.append(self.notify._sock.fileno())
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
             fds.append(self._pidfile_fd)
+        if self.probing is not None:  # a worker reading the probe's report would leave the master half of it
+            fds.append(self.probing.fileno())
         others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
         mine = {id(sock) for sock in listeners.values()}
         fds += {sock.fileno() for sock in others if id(sock) not in mine}

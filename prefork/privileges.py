@@ -79,6 +79,11 @@ def resolve(user: str | None, group: str | None) -> Identity | None:
     return identity
 
 
+def file_owner(identity: Identity | None) -> tuple[int, int] | None:
+    """The (uid, gid) to give a file that workers of this identity must write (None: leave it as is)."""
+    return (identity.uid, identity.gid) if identity is not None else None
+
+
 def drop(identity: Identity | None) -> None:
     """Become ``identity`` for good (groups first: once the user is dropped they can no longer change).
 

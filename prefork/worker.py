@@ -40,6 +40,7 @@ from prefork import logs  # noqa: E402
 from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
 from prefork.config import ConfigError  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
+from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
 from prefork.protocol import Counters, LineConnection, ProtocolSettings, accepts_line_ids, line_ids_refused  # noqa: E402
 from prefork.proxy_protocol import client_address  # noqa: E402
@@ -186,8 +187,9 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.valid_signals())  # blocked by the master at fork
         # This generation's logging settings (a reload may have changed them; the master switches its own
         # only once the new generation serves). Opened before dropping privileges, as the master's were.
+        server = self.cfg.server
         logs.setup(
-            self.cfg.server.log_level, self.cfg.server.log_file, self.cfg.server.log_format, self.spec.generation
+            server.log_level, server.log_file, server.log_format, self.spec.generation, file_owner(self.spec.identity)
         )
         _dump_stacks_on_abort()
         drop_privileges(self.spec.identity)  # server.user/group, before any of the app's code runs

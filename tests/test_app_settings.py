@@ -18,7 +18,7 @@ import pytest
 from prefork.appconfig import resolve_flags, settle
 from prefork.config import Config, ConfigError, load_config
 from prefork.settings import Section, choice, option, positive_int, sections_of
-from tests.server import APPS, ServerProcess, is_alive, prefork_cmd, roundtrip, test_env, wait_for
+from tests.server import APPS, ServerProcess, cmdline, is_alive, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
 from tests.test_supervision import metrics_port, scrape
 
@@ -261,6 +261,15 @@ def workers_of(srv: ServerProcess, generation: int) -> list[int]:
     return [int(pid) for pid in booted if is_alive(int(pid))]
 
 
+def descriptors(pid: int) -> dict[int, str]:
+    """A process's open descriptors and what each points to."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return found
+
+
 def test_a_stop_during_a_hanging_reload_probe_is_not_held_up(tmp_path):
     """SIGHUP starts the probe, whose import hangs; SIGTERM then stops the master at once (the probe is
     killed), instead of after the probe's deadline (server.timeout, 60 s here)."""
@@ -307,12 +316,17 @@ def test_the_master_supervises_while_a_reload_probe_runs(tmp_path):
         marker.touch()
         srv.signal(signal.SIGHUP)
         probe = probe_in_its_import(started)
-        victim = workers_of(srv, 1)[0]
+        old = workers_of(srv, 1)
+        victim = old[0]
         os.kill(victim, signal.SIGKILL)
-        replaced = wait_for(
-            lambda: len(set(workers_of(srv, 1)) - {victim}) == 2, what="the killed worker's replacement"
+        (new,) = wait_for(
+            lambda: len(set(workers_of(srv, 1)) - {victim}) == 2 and set(workers_of(srv, 1)) - set(old),
+            what="the killed worker's replacement",
         )
-        assert replaced and is_alive(probe), "the probe must still be in its import"
+        wait_for(lambda: cmdline(new).startswith("prefork: worker"), what="the new worker to have set itself up")
+        assert is_alive(probe), "the probe must still be in its import"
+        (report_pipe,) = [target for fd, target in descriptors(probe).items() if fd > 2]
+        assert report_pipe not in descriptors(new).values()  # forked during the probe: not holding its pipe
         assert scrape(metrics)[0].endswith("200 OK") and is_alive(probe)
 
         srv.signal(signal.SIGHUP)  # during the probe: queued, applied once this reload is over

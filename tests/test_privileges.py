@@ -2,12 +2,13 @@
 serve, heartbeat, reload and stop as that user, with exactly its ids and groups, and can write nothing of
 the master's; the app probe runs as that user too and holds no descriptor but its report pipe.
 
-Only root can switch users: as anyone else these tests are skipped (tests/test_master.py checks that a
-non-root master refuses --user with one clear line)."""
+Only root can switch users: as anyone else the tests that need the account are skipped
+(tests/test_master.py checks that a non-root master refuses --user with one clear line)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from prefork import logs
 from tests.helpers import query
 from tests.server import ServerProcess, roundtrip, wait_for
 from tests.unprivileged import Account, Python, account, python_for
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root can run workers as another user")
 
 HEARTBEAT_TIMEOUT = 2  # server.timeout here: a worker whose heartbeat failed would be killed after it
 SILENCE_FACTOR = 3  # the workers must live this many timeouts without being taken for hung
@@ -30,6 +30,8 @@ SILENCE_FACTOR = 3  # the workers must live this many timeouts without being tak
 
 @pytest.fixture(scope="module")
 def user() -> Account:
+    if os.geteuid() != 0:
+        pytest.skip("only root can run workers as another user")
     return account()
 
 
@@ -174,3 +176,57 @@ def test_the_app_probe_runs_as_the_user_and_holds_only_its_pipe(user: Account, p
         fds = {int(fd): target for fd, target in found["fds"].items()}
         others = {fd: target for fd, target in fds.items() if fd > 2}
         assert len(others) == 1 and next(iter(others.values())).startswith("pipe:"), fds
+
+
+def test_a_worker_reopens_its_log_file_after_logrotate(user: Account, python: Python, shared: Path):
+    """logrotate moves the log file; USR1 makes the master, then each worker, open a new one. Before: the
+    master created it as root, the worker (as the account) could not open it, and the exception in its
+    USR1 handler killed it (every rotation restarted every worker, dropping their clients). Now the file
+    is given to server.user and the worker logs on into the new file."""
+    log_dir = shared / "log"
+    log_dir.mkdir(mode=0o755)
+    log_file = log_dir / "prefork.log"
+    args = ["workers.echo:app", "--workers", "1", "--user", user.name, "--log-file", str(log_file)]
+    args += ["--pidfile", str(shared / "prefork.pid"), "--max-requests", "5", "--max-requests-jitter", "0"]
+    srv = server(python, args)
+    try:
+        srv.start(wait=False)
+        wait_for(lambda: log_file.exists() and "Workers are serving" in log_file.read_text(), what="workers")
+        (worker,) = (int(pid) for pid in re.findall(r"Booting worker (\d+)", log_file.read_text()))
+        port = int(re.search(r"Listening at: 127\.0\.0\.1:(\d+)", log_file.read_text()).group(1))
+        log_file.rename(log_dir / "prefork.log.1")
+        srv.signal(signal.SIGUSR1)
+        wait_for(log_file.exists, what="the master to open a new log file")
+        lines = [b"x"] * 5  # max_requests: the worker then logs that it restarts, and exits
+        assert roundtrip(port, lines) == lines
+        wait_for(
+            lambda: f"[{worker}] [INFO] prefork.worker: worker reached max_requests" in log_file.read_text(),
+            what="the worker's line in the new log file",
+        )
+        assert (log_file.stat().st_uid, log_file.stat().st_gid) == (user.uid, user.gid)
+        rotated = (log_dir / "prefork.log.1").read_text() + log_file.read_text()
+        assert "died" not in rotated and "Traceback" not in rotated, rotated
+        assert not user.can("-w", log_dir)  # the directory stays the master's
+    finally:
+        srv.stop()
+
+
+def test_a_log_file_that_cannot_be_reopened_is_written_on(tmp_path):
+    """Whatever stops a reopen (here a directory where the new file should be), logging goes on into the
+    old file, with one line saying so, and nothing is raised into the caller (a worker's USR1 handler)."""
+    path = tmp_path / "p.log"
+    logs.setup("info", str(path))
+    try:
+        logging.getLogger("t").info("before")
+        path.rename(tmp_path / "p.log.1")
+        path.mkdir()
+        logs.reopen()
+        logging.getLogger("t").info("after")
+        logs.reopen()  # tried again only when the path changes again: no second note
+        logging.getLogger("t").info("again")
+        logs.flush()
+        old = (tmp_path / "p.log.1").read_text()
+        assert "before" in old and "after" in old and "again" in old
+        assert old.count("cannot reopen the log file") == 1, old
+    finally:
+        logs.setup("info", "-")

@@ -66,15 +66,18 @@ class Python:
     pythonpath: str  # for test_env(): PYTHONPATH
     cwd: str  # where to start the master: the workers import the app from there (server.chdir)
     tmp: str | None  # a directory to remove at the end, when one was made
+    libdir: str | None = None  # LD_LIBRARY_PATH for the user to start the interpreter itself (libpython)
 
 
 def python_for(user: Account) -> Python:
     """An interpreter and PYTHONPATH that ``user`` can read (see the module docstring)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
+    libpython = _libpython()
     site = Path(gevent.__file__).resolve().parent.parent  # the site-packages the server's packages are in
     code = [ROOT, APPS]
     if all(user.can("-r", p / "__init__.py") for p in (ROOT / "prefork", ROOT / "workers")) and all(
-        user.can("-r", p) for p in (stdlib / "os.py", site / "gevent" / "__init__.py", APPS / "testapps.py")
+        user.can("-r", p)
+        for p in (stdlib / "os.py", site / "gevent" / "__init__.py", APPS / "testapps.py", *libpython, sys.executable)
     ):
         return Python(sys.executable, os.pathsep.join(map(str, [*code, site])), str(ROOT), None)
     tmp = Path(tempfile.mkdtemp(prefix="prefork-python-"))
@@ -88,8 +91,18 @@ def python_for(user: Account) -> Python:
     for part in ("prefork", "workers"):
         _link_tree(ROOT / part, tmp / "src" / part)
     _link_tree(APPS, tmp / "apps")
+    for lib in libpython:  # the binary names it by an absolute RUNPATH: found first on LD_LIBRARY_PATH
+        _link_or_copy(str(lib), str(tmp / "lib" / lib.name))
     path = [tmp / "apps", tmp / "src", tmp / "site-packages"]
-    return Python(str(executable), os.pathsep.join(map(str, path)), str(tmp / "src"), str(tmp))
+    return Python(str(executable), os.pathsep.join(map(str, path)), str(tmp / "src"), str(tmp), str(tmp / "lib"))
+
+
+def _libpython() -> list[Path]:
+    """The shared libpython this interpreter loads, if it is not linked in statically (Debian's is)."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return []
+    lib = Path(sysconfig.get_config_var("LIBDIR")) / sysconfig.get_config_var("INSTSONAME")
+    return [lib] if lib.exists() else []
 
 
 def _link_tree(src: Path, dst: Path, ignore=None) -> None:
