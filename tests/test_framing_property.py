@@ -3,7 +3,7 @@
 The model (`model_replies`) restates the framing and validation rules of the protocol in a few lines,
 without any streaming state: split the whole stream on LF, take unterminated trailing bytes as a final line,
 drop one CR at the end of each line, then, with line ids off, check too-long (over ``max_line`` bytes),
-empty, bad UTF-8, in that order, and otherwise echo the line. With line ids on (`model_reply_with_ids`):
+empty, bad UTF-8, in that order, and otherwise echo the line. With line ids on (`expected_reply_with_ids`):
 the probe ``@\\xff`` is answered ``OK ids``; a line that begins with ``@`` is split at its first space into
 ``@ID`` (1-64 characters of the id set, or none: the escape ``@ PAYLOAD``) and the payload, and then the same
 checks apply to the payload (so max_line does not count the prefix); a line that begins with ``@`` without
@@ -40,38 +40,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prefork.protocol import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, READ_SIZE, Counters, LineConnection, ProtocolSettings
-from tests.test_protocol import expected_reply  # the reply to one line with ids off, per the protocol's rules
+
+# The reply to one line as sent, per the protocol's rules, with ids off and on (the model of one line).
+from tests.test_protocol import expected_reply, expected_reply_with_ids
 
 IO_TIMEOUT = 20.0  # every blocking step of one exchange: a stuck server fails the example instead of hanging
-ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
-LONGEST_ID = 64
 RESOLVE_TICK_S = 0.001  # how often held futures are looked at (resolved only once no new ones came meanwhile)
 
 # -- the reference model ----------------------------------------------------------------------------------
-
-
-def model_reply_with_ids(line: bytes, max_line: int) -> bytes:
-    """What the server (line ids on) serving ModelApp must answer to one line as sent, its LF removed."""
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if line == b"@\xff":
-        return b"OK ids"
-    ident = None
-    if line.startswith(b"@"):
-        head, space, payload = line.partition(b" ")
-        if space and len(head) <= 1 + LONGEST_ID and all(c in ID_CHARS for c in head[1:]):
-            ident, line = head[1:] or b"-", payload
-    if len(line) > max_line:
-        return b"ERR too-long"
-    if not line:
-        return b"ERR empty"
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return b"ERR bad-utf8"
-    if ident is None:
-        return b"ERR bad-id" if line.startswith(b"@") else b"- " + line
-    return ident + b" " + line
 
 
 def model_replies(stream: bytes, max_line: int, line_ids: bool = False) -> bytes:
@@ -79,7 +55,7 @@ def model_replies(stream: bytes, max_line: int, line_ids: bool = False) -> bytes
     *lines, tail = stream.split(b"\n")
     if tail:
         lines.append(tail)  # unterminated trailing bytes are a final line; a trailing LF adds no empty line
-    reply = model_reply_with_ids if line_ids else expected_reply
+    reply = expected_reply_with_ids if line_ids else expected_reply
     return b"".join(reply(line, max_line) + b"\n" for line in lines)
 
 
