@@ -257,7 +257,8 @@ class ServerConfig(Section, name="server"):
         "300", positive_seconds, "close a client that sends no complete line for this many seconds",
         flag="--client-timeout")
     max_line: int = option(
-        "65536", positive_int, "longest accepted line in bytes, terminator (LF or CR LF) excluded", flag="--max-line")
+        "65536", positive_int, "longest accepted line in bytes, terminator (LF or CR LF) and line id prefix excluded",
+        flag="--max-line")
     ack: bool = option("on", boolean, "off: send no replies (fire-and-forget clients)", flag="--ack")
     line_ids: bool = option(
         "off", boolean, "on: a line may begin with @ID and a space, a client-chosen id the app stores once (the app "

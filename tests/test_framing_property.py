@@ -1,22 +1,33 @@
 """Property: ANY byte stream, cut into chunks at ANY points, gets exactly the replies of a reference model.
 
-The model (`model_replies`) restates the framing and validation rules of SPEC section 5 for the echo app in
-a few lines, without any streaming state: split the whole stream on LF, take unterminated trailing bytes as
-a final line, drop one CR at the end of each line (the implementation also does this for the final line at
-EOF), then check too-long (over ``max_line`` bytes), empty, bad UTF-8, in that order, and otherwise echo
-the line. Each reply is followed by LF, and nothing else is sent.
+The model (`model_replies`) restates the framing and validation rules of the protocol in a few lines,
+without any streaming state: split the whole stream on LF, take unterminated trailing bytes as a final line,
+drop one CR at the end of each line, then, with line ids off, check too-long (over ``max_line`` bytes),
+empty, bad UTF-8, in that order, and otherwise echo the line. With line ids on (`expected_reply_with_ids`):
+the probe ``@\\xff`` is answered ``OK ids``; a line that begins with ``@`` is split at its first space into
+``@ID`` (1-64 characters of the id set, or none: the escape ``@ PAYLOAD``) and the payload, and then the same
+checks apply to the payload (so max_line does not count the prefix); a line that begins with ``@`` without
+that form is checked whole and, if it is otherwise valid, gets ``ERR bad-id``. A valid line is echoed as
+``<id or -> <payload>``. Each reply is followed by LF, and nothing else is sent.
 
-The server side is the real `prefork.protocol.LineConnection` serving `workers.echo.EchoApp` in a greenlet of
-this process, on a real loopback TCP connection (gevent sockets on both ends; this process is not
-monkey-patched). The client sends each chunk in its own segment and lets the server read it before sending
-the next one, so lines, CR LF pairs and multi-byte UTF-8 characters straddle the server's reads; then it
-half-closes and reads until EOF. So the test shows the chunking never changes the replies, a half-closed
-client gets every reply, and the server then closes the connection. A second property shows that with
-``ack`` off the server sends nothing at all and still closes after EOF.
+The server side is the real `prefork.protocol.LineConnection` in a greenlet of this process, serving
+`ModelApp` (an echo that takes ids and whose replies are, line by line, known at once, futures of their own,
+or one future shared by consecutive lines; futures are resolved later, a random subset at a time in random
+order, whenever the reader has paused), on a real loopback TCP connection (gevent sockets on both ends; this
+process is not monkey-patched). The client sends each chunk in its own segment and lets the server read it
+before sending the next one, so lines, CR LF pairs, id prefixes and multi-byte UTF-8 characters straddle
+the server's reads; then it half-closes and reads until EOF. Streams hold at times a run of thousands of
+short lines (over 64 KiB): full reads, the fairness pause, and, with futures held back, the in-flight limit
+(MAX_IN_FLIGHT lines) stopping the reader until replies go out. So the test shows the chunking, the fast
+and slow paths, futures and backpressure never change the replies or their order, a half-closed client gets
+every reply, and the server then closes the connection. A second property shows that with ``ack`` off the
+server sends nothing at all and still closes after EOF; tests of the harness show that its examples reach
+what they are meant to (separate reads, full reads, the line and byte limits in flight).
 """
 
 from __future__ import annotations
 
+import random
 import socket
 from itertools import pairwise
 from typing import Any
@@ -24,24 +35,101 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
+from gevent.event import AsyncResult
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from prefork.protocol import Counters, LineConnection, ProtocolSettings
-from tests.test_protocol import expected_reply  # the reply to one line, per the rules of SPEC section 5
-from workers.echo import EchoApp
+from prefork.protocol import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, READ_SIZE, Counters, LineConnection, ProtocolSettings
 
-IO_TIMEOUT = 10.0  # every blocking step of one exchange: a stuck server fails the example instead of hanging
+# The reply to one line as sent, per the protocol's rules, with ids off and on (the model of one line).
+from tests.test_protocol import expected_reply, expected_reply_with_ids
+
+IO_TIMEOUT = 20.0  # every blocking step of one exchange: a stuck server fails the example instead of hanging
+RESOLVE_TICK_S = 0.001  # how often held futures are looked at (resolved only once no new ones came meanwhile)
 
 # -- the reference model ----------------------------------------------------------------------------------
 
 
-def model_replies(stream: bytes, max_line: int) -> bytes:
+def model_replies(stream: bytes, max_line: int, line_ids: bool = False) -> bytes:
     """Everything the server must send for a whole stream: one reply per line, in order, each ended by LF."""
     *lines, tail = stream.split(b"\n")
     if tail:
         lines.append(tail)  # unterminated trailing bytes are a final line; a trailing LF adds no empty line
-    return b"".join(expected_reply(line, max_line) + b"\n" for line in lines)
+    reply = expected_reply_with_ids if line_ids else expected_reply
+    return b"".join(reply(line, max_line) + b"\n" for line in lines)
+
+
+# -- the application --------------------------------------------------------------------------------------
+
+
+class ModelApp:
+    """Echo: a line (ids off), or ``<id or -> <payload>`` (ids on). With a ``seed``, each reply is at random
+    known at once, a future of its own, or a share of the future of the line before it (one future for
+    several lines: its result is the list of their replies). Futures are resolved by a greenlet of their
+    own, a random subset at a time in random order, whenever no new future came for a tick (the reader
+    paused: in recv, or stopped by the in-flight limit). ``hold_first``: the first line's reply is a future
+    resolved only by ``release``, every other reply is known at once."""
+
+    accepts_line_ids = True
+
+    def __init__(self, seed: int | None = None, hold_first: bool = False) -> None:
+        self.rng = random.Random(seed)
+        self.futures = seed is not None
+        self.hold_first = hold_first
+        self.held: list[tuple[AsyncResult, list[str]]] = []
+        self.made = 0  # futures made so far
+        self.resolver: gevent.Greenlet | None = None
+
+    def handle(self, line: str, client: Any) -> Any:
+        return self.handle_lines([line], client)[0]
+
+    def handle_lines(self, lines: list[str], client: Any, ids: list[str | None] | None = None) -> list[Any]:
+        replies: list[Any] = []
+        shared: list[str] | None = None  # the replies of the future the next line may share
+        for i, line in enumerate(lines):
+            text = line if ids is None else f"{'-' if ids[i] is None else ids[i]} {line}"  # "" is no id
+            if self.hold_first and self.made == 0:
+                mode = 1
+            else:
+                mode = self.rng.randrange(3) if self.futures else 0
+            if mode == 0:
+                replies.append(text)
+                shared = None
+            elif mode == 2 and shared is not None:
+                shared.append(text)
+                replies.append(replies[-1])
+            else:
+                future: AsyncResult = AsyncResult()
+                shared = [text]
+                self.held.append((future, shared))
+                self.made += 1
+                replies.append(future)
+        if self.held and self.resolver is None and not self.hold_first:
+            self.resolver = gevent.spawn(self._resolve)
+        return replies
+
+    def release(self) -> None:
+        """Resolve every future held back."""
+        for future, replies in self.held:
+            future.set(replies if len(replies) > 1 else replies[0])
+        self.held.clear()
+
+    def _resolve(self) -> None:
+        seen = -1
+        while True:
+            gevent.sleep(RESOLVE_TICK_S)
+            if not self.held or self.made != seen:
+                seen = self.made  # the reader is still making futures: let it run into its limits
+                continue
+            self.rng.shuffle(self.held)
+            count = self.rng.randint(1, len(self.held))
+            for future, replies in self.held[:count]:
+                future.set(replies if len(replies) > 1 else replies[0])
+            del self.held[:count]
+
+    def stop(self) -> None:
+        if self.resolver is not None:
+            self.resolver.kill()
 
 
 # -- the real server on a real connection -----------------------------------------------------------------
@@ -63,6 +151,20 @@ class _RecordingSocket:
         return getattr(self._sock, name)
 
 
+class _WaitCountingConnection(LineConnection):
+    """A LineConnection that records, each time its reader stops for room, the lines and reply bytes in
+    flight (to check that the harness reaches the in-flight limits), and then calls ``on_wait``."""
+
+    waits: list[tuple[int, int]]
+    on_wait: Any = None
+
+    def _wait_for_room(self) -> None:
+        self.waits.append((self._queued, self._queued_bytes))
+        if self.on_wait is not None:
+            self.on_wait()
+        super()._wait_for_room()
+
+
 def _read_until_eof(sock: gevent.socket.socket) -> bytes:
     received = bytearray()
     while data := sock.recv(65536):
@@ -70,11 +172,20 @@ def _read_until_eof(sock: gevent.socket.socket) -> bytes:
     return bytes(received)
 
 
-def exchange(chunks: list[bytes], proto: ProtocolSettings, reads: list[bytes] | None = None) -> bytes:
-    """Serve one connection with LineConnection + EchoApp; send the chunks, half-close, return all received.
+def exchange(
+    chunks: list[bytes],
+    proto: ProtocolSettings,
+    app: ModelApp | None = None,
+    reads: list[bytes] | None = None,
+    waits: list[tuple[int, int]] | None = None,
+    on_wait: Any = None,
+) -> bytes:
+    """Serve one connection with LineConnection + ModelApp; send the chunks, half-close, return all received.
 
-    If ``reads`` is given, what each of the server's recv calls returned is appended to it.
+    If ``reads`` is given, what each of the server's recv calls returned is appended to it; if ``waits`` is
+    given, the lines and reply bytes in flight each time the reader stopped for room.
     """
+    app = app or ModelApp()
     listener = gevent.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     greenlets: list[gevent.Greenlet] = []
     try:
@@ -84,7 +195,13 @@ def exchange(chunks: list[bytes], proto: ProtocolSettings, reads: list[bytes] | 
         def serve() -> None:
             conn, addr = listener.accept()
             sock: Any = conn if reads is None else _RecordingSocket(conn, reads)
-            LineConnection(sock, addr, EchoApp(), proto, Counters()).serve()
+            if waits is None:
+                LineConnection(sock, addr, app, proto, Counters()).serve()
+            else:
+                connection = _WaitCountingConnection(sock, addr, app, proto, Counters())
+                connection.waits = waits
+                connection.on_wait = on_wait
+                connection.serve()
 
         server = gevent.spawn(serve)
         greenlets.append(server)
@@ -106,6 +223,7 @@ def exchange(chunks: list[bytes], proto: ProtocolSettings, reads: list[bytes] | 
         server.get(timeout=IO_TIMEOUT)  # serve() returned, without raising
         return received
     finally:
+        app.stop()
         gevent.killall(greenlets, timeout=IO_TIMEOUT)
         listener.close()
 
@@ -113,59 +231,98 @@ def exchange(chunks: list[bytes], proto: ProtocolSettings, reads: list[bytes] | 
 # -- strategies -------------------------------------------------------------------------------------------
 
 # Bytes that matter to the rules: terminators, ASCII, NUL, invalid UTF-8 (\xff), the two bytes of "é"
-# (\xc3 \xa9, valid together, invalid alone or swapped), whole 2-, 3- and 4-byte characters; plus any byte.
+# (\xc3 \xa9, valid together, invalid alone or swapped), whole 2-, 3- and 4-byte characters; the pieces of id
+# prefixes (@, a space, id characters and others, the probe, ids of 64 and 65 characters); plus any byte.
 _TOKENS = [b"\n", b"\r", b"\r\n", b"a", b"\xff", b"\xc3", b"\xa9", b"\x00", "é".encode(), "€".encode(), "🎉".encode()]
+_ID_TOKENS = [b"@", b" ", b"@ ", b"@id ", b"@\xff", b"\n@", b"\n@ ", b"-", b":", b"/", b"@" + b"i" * 64 + b" "]
 _token = st.one_of(
     st.sampled_from(_TOKENS),
+    st.sampled_from(_ID_TOKENS),
     st.binary(min_size=1, max_size=1),
     st.integers(1, 24).map(lambda n: b"a" * n),  # runs that make lines near and past max_line
+    st.integers(60, 70).map(lambda n: b"@" + b"i" * n),  # ids near and past the longest
 )
-streams = st.lists(_token, max_size=40).map(b"".join)
+# Thousands of short lines in a row: over READ_SIZE (full reads) and over MAX_IN_FLIGHT lines (backpressure
+# while futures are held).
+_BULK_LINES = [b"x\n", b"@id p\n", b"@ @q\r\n", b"@" + b"i" * 64 + b" " + b"r" * 20 + b"\n", b"s" * 30 + b"\n"]
+_bulk = st.tuples(st.sampled_from(_BULK_LINES), st.integers(1000, 8000)).map(lambda t: t[0] * t[1])
 max_lines = st.integers(1, 16)  # small, so that too-long lines (and the skipping path) are common
+SMALL_STREAM = 256  # up to this many bytes, a cut may fall between any two bytes
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    """Tokens, and at times one bulk run of lines among them."""
+    tokens = draw(st.lists(_token, max_size=40))
+    bulk = draw(st.none() | _bulk)
+    if bulk is not None:
+        tokens.insert(draw(st.integers(0, len(tokens))), bulk)
+    return b"".join(tokens)
 
 
 @st.composite
 def chunked_streams(draw: st.DrawFn) -> list[bytes]:
     """A stream cut into non-empty chunks at arbitrary points."""
-    stream = draw(streams)
-    # One flag per gap between two bytes: cut there or not (shrinks toward a single chunk).
-    cut_after = draw(st.lists(st.booleans(), min_size=max(len(stream) - 1, 0), max_size=max(len(stream) - 1, 0)))
-    points = [0, *(i + 1 for i, cut in enumerate(cut_after) if cut), len(stream)]
+    stream = draw(streams())
+    gaps = max(len(stream) - 1, 0)
+    if len(stream) <= SMALL_STREAM:
+        # One flag per gap between two bytes: cut there or not (shrinks toward a single chunk).
+        cut_after = draw(st.lists(st.booleans(), min_size=gaps, max_size=gaps))
+        cuts = [i + 1 for i, cut in enumerate(cut_after) if cut]
+    else:
+        cuts = sorted(draw(st.lists(st.integers(1, gaps), max_size=40, unique=True)))
+    points = [0, *cuts, len(stream)]
     return [stream[start:end] for start, end in pairwise(points) if end > start]
+
+
+seeds = st.none() | st.integers(0, 2**32 - 1)  # None: every reply known at once; else the futures' dice
 
 
 # -- properties -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(90)
-@settings(max_examples=200, deadline=None)
-@given(max_line=max_lines, chunks=chunked_streams())
-@example(max_line=4, chunks=[b"ab\r\n"])  # CR LF: the CR is dropped
-@example(max_line=4, chunks=[b"ab\r", b"\n"])  # CR LF split across two reads is still one terminator
-@example(max_line=4, chunks=[b"ok\nab\r"])  # lone CR before EOF: dropped from the final line too
-@example(max_line=4, chunks=[b"\r"])  # a lone CR then EOF: an empty final line
-@example(max_line=3, chunks=[b"abcdefgh"])  # over-long line ending exactly at EOF, in one read
-@example(max_line=3, chunks=[b"ok\nabcde", b"fgh"])  # the same, the server already skipping at EOF
-@example(max_line=4, chunks=[b"abcd\r\n"])  # exactly max_line bytes plus CR LF: accepted
-@example(max_line=4, chunks=[b"abcd\r", b"\n"])  # the same, the buffer at max_line + 1 between reads
-@example(max_line=4, chunks=[b"abcd\r\r\n"])  # a second CR counts toward the limit
-@example(max_line=1, chunks=[b"abc", b"de\nf\n"])  # skipped up to the LF, then the next line is served
-@example(max_line=4, chunks=[b"\xc3", b"\xa9\n"])  # a 2-byte UTF-8 character cut across two chunks
-@example(max_line=4, chunks=[b"\xf0\x9f", b"\x8e\x89"])  # a 4-byte one, cut, unterminated at EOF
-@example(max_line=4, chunks=[])  # empty stream: no reply, the server just closes
-def test_any_chunked_stream_gets_exactly_the_model_replies(max_line: int, chunks: list[bytes]) -> None:
-    proto = ProtocolSettings(max_line=max_line, client_timeout=IO_TIMEOUT, ack=True)
-    assert exchange(chunks, proto) == model_replies(b"".join(chunks), max_line)
+@pytest.mark.timeout(120)
+@settings(max_examples=300, deadline=None)
+@given(line_ids=st.booleans(), seed=seeds, max_line=max_lines, chunks=chunked_streams())
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"ab\r\n"])  # CR LF: the CR is dropped
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"ab\r", b"\n"])  # CR LF split across two reads
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"ok\nab\r"])  # lone CR before EOF: dropped too
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"\r"])  # a lone CR then EOF: an empty final line
+@example(line_ids=False, seed=None, max_line=3, chunks=[b"abcdefgh"])  # over-long line ending at EOF
+@example(line_ids=False, seed=None, max_line=3, chunks=[b"ok\nabcde", b"fgh"])  # already skipping at EOF
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"abcd\r\n"])  # max_line bytes plus CR LF: accepted
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"abcd\r", b"\n"])  # the buffer at max_line + 1
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"abcd\r\r\n"])  # a second CR counts toward the limit
+@example(line_ids=False, seed=None, max_line=1, chunks=[b"abc", b"de\nf\n"])  # skipped up to the LF
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"\xc3", b"\xa9\n"])  # a 2-byte character, cut
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"\xf0\x9f", b"\x8e\x89"])  # a 4-byte one, at EOF
+@example(line_ids=False, seed=None, max_line=4, chunks=[])  # empty stream: no reply, the server just closes
+@example(line_ids=False, seed=None, max_line=4, chunks=[b"@x y\n@\xff\n@\n"])  # ids off: @ is a payload
+@example(line_ids=True, seed=None, max_line=4, chunks=[b"@ @a\n@ x\n@id y\n"])  # the escape, fast path
+@example(line_ids=True, seed=None, max_line=4, chunks=[b"@ \n@id \n@ \r\n@\xff\n@@\n"])  # empty, probe, bad
+@example(line_ids=True, seed=None, max_line=2, chunks=[b"@" + b"i" * 64 + b" ab\r\n"])  # prefix over max_line
+@example(line_ids=True, seed=None, max_line=2, chunks=[b"@" + b"i" * 64, b" ab", b"c\n@ ab\n"])  # cut prefix
+@example(line_ids=True, seed=None, max_line=2, chunks=[b"@" + b"i" * 65 + b" ab\n"])  # id too long: whole
+@example(line_ids=True, seed=7, max_line=16, chunks=[b"@id p\n" * 6000])  # futures held: the line limit
+def test_any_chunked_stream_gets_exactly_the_model_replies(
+    line_ids: bool, seed: int | None, max_line: int, chunks: list[bytes]
+) -> None:
+    proto = ProtocolSettings(max_line=max_line, client_timeout=IO_TIMEOUT, ack=True, line_ids=line_ids)
+    expected = model_replies(b"".join(chunks), max_line, line_ids)
+    assert exchange(chunks, proto, ModelApp(seed)) == expected
 
 
 @pytest.mark.timeout(90)
-@settings(max_examples=100, deadline=None)
-@given(max_line=max_lines, chunks=chunked_streams())
-@example(max_line=3, chunks=[b"a\n\n\xff\nabcdef", b"gh\r\nlast"])  # every kind of reply would be due
-@example(max_line=4, chunks=[])
-def test_ack_off_sends_nothing_and_closes_after_eof(max_line: int, chunks: list[bytes]) -> None:
-    proto = ProtocolSettings(max_line=max_line, client_timeout=IO_TIMEOUT, ack=False)
-    assert exchange(chunks, proto) == b""  # the read ended at EOF: the server closed
+@settings(max_examples=80, deadline=None)
+@given(line_ids=st.booleans(), seed=seeds, max_line=max_lines, chunks=chunked_streams())
+@example(line_ids=False, seed=None, max_line=3, chunks=[b"a\n\n\xff\nabcdef", b"gh\r\nlast"])  # every reply kind
+@example(line_ids=True, seed=1, max_line=3, chunks=[b"@ a\n@id \n@\xff\n@@\nabcdef", b"gh\r\nlast"])
+@example(line_ids=False, seed=None, max_line=4, chunks=[])
+def test_ack_off_sends_nothing_and_closes_after_eof(
+    line_ids: bool, seed: int | None, max_line: int, chunks: list[bytes]
+) -> None:
+    proto = ProtocolSettings(max_line=max_line, client_timeout=IO_TIMEOUT, ack=False, line_ids=line_ids)
+    assert exchange(chunks, proto, ModelApp(seed)) == b""  # the read ended at EOF: the server closed
 
 
 # -- the harness itself -----------------------------------------------------------------------------------
@@ -179,3 +336,32 @@ def test_harness_delivers_each_chunk_in_its_own_server_read() -> None:
     replies = exchange(chunks, ProtocolSettings(max_line=4, client_timeout=IO_TIMEOUT), reads=reads)
     assert reads == [*chunks, b""]  # then b"": EOF
     assert replies == b"ab\n\xc3\xa9\nERR too-long\nlast\n"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("line_ids", [False, True])
+def test_harness_bulk_runs_reach_full_reads_and_the_in_flight_line_limit(line_ids: bool) -> None:
+    """A bulk run of the strategy with futures held: full reads, and the reader stopped at MAX_IN_FLIGHT
+    lines; the replies are still the model's, in order."""
+    chunks = [(b"@id " + b"p" * 30 + b"\n") * 8000]
+    proto = ProtocolSettings(max_line=64, client_timeout=IO_TIMEOUT, line_ids=line_ids)
+    reads: list[bytes] = []
+    waits: list[tuple[int, int]] = []
+    replies = exchange(chunks, proto, ModelApp(seed=7), reads=reads, waits=waits)
+    assert replies == model_replies(chunks[0], 64, line_ids)
+    assert any(len(read) == READ_SIZE for read in reads)
+    assert waits and all(lines >= MAX_IN_FLIGHT for lines, _ in waits), waits
+
+
+@pytest.mark.timeout(30)
+def test_harness_reaches_the_in_flight_byte_limit() -> None:
+    """The first reply held back as a future while the next ones are long and known: the reader stops at
+    MAX_IN_FLIGHT_BYTES of replies, then every reply comes, in order."""
+    line = b"@ " + b"b" * 1000 + b"\n"
+    chunks = [line * (MAX_IN_FLIGHT_BYTES // 1000 + 100)]
+    proto = ProtocolSettings(max_line=65536, client_timeout=IO_TIMEOUT, line_ids=True)
+    waits: list[tuple[int, int]] = []
+    app = ModelApp(hold_first=True)
+    replies = exchange(chunks, proto, app, waits=waits, on_wait=lambda: gevent.spawn(app.release))
+    assert replies == model_replies(chunks[0], 65536, line_ids=True)
+    assert waits and all(size >= MAX_IN_FLIGHT_BYTES for _, size in waits), waits

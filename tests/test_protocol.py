@@ -26,7 +26,10 @@ import pytest
 from tests.server import ServerProcess, connect, read_all, read_lines, roundtrip, wait_for
 
 ECHO = "workers.echo:app"
+ID_ECHO = "testapps:id_echo"
 DEFAULT_MAX_LINE = 65536
+ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+LONGEST_ID = 64
 MB = 1024 * 1024
 
 
@@ -46,6 +49,33 @@ def expected_reply(line: bytes, max_line: int = DEFAULT_MAX_LINE) -> bytes:
     except UnicodeDecodeError:
         return b"ERR bad-utf8"
     return line
+
+
+def expected_reply_with_ids(line: bytes, max_line: int = DEFAULT_MAX_LINE) -> bytes:
+    """What an echo app that takes ids (``<id or -> <payload>``, as testapps:id_echo) must answer to one line
+    as sent (its LF already removed) with line ids on: the probe, the @ID or @ prefix split off at the first
+    space, then the checks of `expected_reply` on the payload; a line that begins with @ without a valid
+    prefix is checked whole and, if otherwise valid, gets ERR bad-id."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line == b"@\xff":
+        return b"OK ids"
+    ident = None
+    if line.startswith(b"@"):
+        head, space, payload = line.partition(b" ")
+        if space and len(head) <= 1 + LONGEST_ID and all(c in ID_CHARS for c in head[1:]):
+            ident, line = head[1:] or b"-", payload
+    if len(line) > max_line:
+        return b"ERR too-long"
+    if not line:
+        return b"ERR empty"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return b"ERR bad-utf8"
+    if ident is None:
+        return b"ERR bad-id" if line.startswith(b"@") else b"- " + line
+    return ident + b" " + line
 
 
 def exchange(port: int, *chunks: bytes) -> list[bytes]:
@@ -291,6 +321,35 @@ def test_too_long_lines_among_others_split_at_random_points(short):
     payload = b"".join(line + b"\n" for line in lines)
     replies = send_chunks_nodelay(short.port, random_chunks(payload, rng, most=40))
     assert replies == [expected_reply(line, max_line=10) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def short_ids() -> ServerProcess:
+    """An echo app that takes line ids, with line ids on and --max-line 10."""
+    with ServerProcess([ID_ECHO, "--workers", "1", "--line-ids", "on", "--max-line", "10"]) as srv:
+        yield srv
+
+
+@pytest.mark.timeout(60)
+def test_line_ids_lines_of_every_kind_split_at_random_points(short_ids):
+    """With ids on, every kind of line behind every kind of prefix (an id, the 64-character longest, the @
+    escape, a bad id, none), split at random points: max_line limits the payload, the prefix comes on top."""
+    rng = random.Random(11)
+    prefixes = [b"", b"@id ", b"@ ", b"@" + b"i" * LONGEST_ID + b" ", b"@" + b"i" * (LONGEST_ID + 1) + b" ", b"@a/b "]
+    lines = [rng.choice(prefixes) + line for line in random_lines(rng, 3000, max_line=10)] + [b"@\xff", b"@", b"@@"]
+    rng.shuffle(lines)
+    payload = b"".join(line + b"\n" for line in lines)
+    replies = send_chunks_nodelay(short_ids.port, random_chunks(payload, rng, most=40))
+    assert replies == [expected_reply_with_ids(line, max_line=10) for line in lines]
+
+
+@pytest.mark.timeout(60)
+def test_line_ids_a_5mb_payload_is_skipped_up_to_the_next_lf(short_ids):
+    """A partial line is held up to max_line plus the longest prefix, then skipped, with or without one."""
+    for prefix in (b"@id ", b"@ ", b""):
+        huge = prefix + b"x" * (5 * MB)
+        assert exchange(short_ids.port, huge, b"\n", b"@ ok\n") == [b"ERR too-long", b"- ok"]
+        assert exchange(short_ids.port, huge + b"\n@id ok\n") == [b"ERR too-long", b"id ok"]
 
 
 # -- pipelining and half-close ----------------------------------------------------------------------------
