@@ -9,6 +9,7 @@ here asserts on timings: speed is measured by the benchmarks.
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import select
@@ -23,11 +24,19 @@ import gevent.event
 import gevent.socket
 import pytest
 
+from prefork.protocol import READ_SIZE
 from tests.server import ServerProcess, connect, read_all, read_lines, roundtrip, wait_for
 
 ECHO = "workers.echo:app"
 DEFAULT_MAX_LINE = 65536
 MB = 1024 * 1024
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# The README's promise for a client that never reads (prefork.protocol's MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES):
+# written out, so that raising the constants makes the memory tests fail instead of loosening them.
+PROMISED_LINES = 4096
+PROMISED_REPLY_BYTES = 1024 * 1024
+LINE_OVERHEAD = 100  # bytes beside its text of a line held in flight: a str's header, its slot in a list
+ALLOCATOR_SLACK = 1 * MB  # what the allocator keeps beside the objects (arenas, a writer greenlet's stack)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -394,12 +403,33 @@ def test_ack_off_sends_nothing_and_never_blocks_on_a_client_that_does_not_read()
 # -- memory and fairness ----------------------------------------------------------------------------------
 
 
+def rss(pid: int) -> int:
+    """A process's resident set size in bytes, now."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+
+
+def stalled_connection_bound(line_size: int, max_line: int = DEFAULT_MAX_LINE) -> int:
+    """The most memory a connection whose client never reads may hold, as the README promises it: up to
+    PROMISED_LINES lines or PROMISED_REPLY_BYTES of replies (whichever comes first) plus the lines of the
+    read that crossed the bound, each a str with its slot in a list, and the read buffer (max_line + one
+    read)."""
+    lines = min(PROMISED_LINES, -(-PROMISED_REPLY_BYTES // line_size)) + READ_SIZE // (line_size + 1) + 1
+    return lines * (line_size + LINE_OVERHEAD) + max_line + READ_SIZE
+
+
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("line_size", [100, DEFAULT_MAX_LINE - 1], ids=["short-lines", "max-lines"])
+@pytest.mark.parametrize("line_size", [10, DEFAULT_MAX_LINE - 1], ids=["short-lines", "max-lines"])
 def test_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded(line_size):
-    """One worker; client A sends lines and never reads a reply; client B is still served meanwhile."""
+    """One worker; client A sends lines and never reads a reply; client B is still served meanwhile. The
+    worker grows by no more than what the README promises for one stalled connection (short lines: the
+    bound on lines; max-size lines: the bound on bytes), plus ALLOCATOR_SLACK."""
     cap = 50 * MB if line_size < 1000 else 300 * MB  # max-size lines: enough to show a bound on bytes
     with ServerProcess([ECHO, "--workers", "1"]) as srv:
+        # The baseline: a worker that has served a connection like A's, but one that reads its replies.
+        warm = [b"w" * line_size] * 100
+        assert roundtrip(srv.port, warm) == warm
+        (worker,) = srv.worker_pids()
+        baseline = rss(worker)
         stalled = connect(srv.port)
         stalled.setblocking(False)
         chunk = (b"y" * line_size + b"\n") * max(1, 65536 // (line_size + 1))
@@ -424,10 +454,10 @@ def test_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded(lin
                 what="the worker's state after B",
             )
             assert state["clients"] >= 1  # A is still connected, stalled
-            assert state["rss_bytes"] < 200 * MB, (
-                f"worker rss {state['rss_bytes'] / MB:.0f} MB (sent {sent / MB:.0f} MB)"
-            )
             assert sent < cap, f"the server read all {sent / MB:.0f} MB from a client that never reads its replies"
+            growth, bound = rss(worker) - baseline, stalled_connection_bound(line_size) + ALLOCATOR_SLACK
+            print(f"\n[memory] {line_size}-byte lines: worker grew {growth / MB:.2f} MiB (bound {bound / MB:.2f} MiB)")
+            assert growth <= bound, f"worker grew {growth / MB:.2f} MiB with one stalled client, bound {bound / MB:.2f}"
         finally:
             stalled.close()
 
