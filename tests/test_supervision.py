@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from prefork.state import state_dir_for
 from tests.server import (
     ServerProcess,
     connect,
@@ -32,6 +33,7 @@ from tests.server import (
 )
 
 ECHO = "workers.echo:app"
+STEP_SEEN = 3600  # seconds ahead of this process's clock that show a two-hour step took effect
 HOLD = "testapps:hold"
 
 
@@ -261,6 +263,19 @@ def test_a_wall_clock_step_kills_no_worker(tmp_path):
     with ServerProcess([ECHO, "--workers", "2", "--timeout", "2"], env=env) as srv:
         workers = serving(srv, 2)
         offset.write_text("+2h\n")
+        # The step took effect in the master and in both workers: their own clocks stamp the state they
+        # report (the master's file, and the workers' figures it carries) two hours ahead of this one.
+        master_file = state_dir_for(srv.pid) / "master.json"
+
+        def stepped() -> bool:
+            try:
+                state = json.loads(master_file.read_text())
+            except (OSError, ValueError):  # being replaced
+                return False
+            ahead = [w["started_ts"] + w["age_s"] - time.time() for w in state["workers"]]
+            return state["written_ts"] - time.time() > STEP_SEEN and len(ahead) == 2 and min(ahead) > STEP_SEEN
+
+        wait_for(stepped, what="the master and the workers to see the clock two hours ahead")
         time.sleep(4)  # twice `timeout`
         assert srv.worker_pids() == workers, srv.logs()
         assert "timed out" not in srv.logs()
