@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -242,12 +241,12 @@ def test_a_stop_during_a_hanging_reload_probe_is_not_held_up(tmp_path):
     """SIGHUP starts the probe, whose import hangs; SIGTERM then stops the master at once (the probe is
     killed), instead of after the probe's deadline (server.timeout, 60 s here)."""
     marker = tmp_path / "hang"
-    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
+    started = tmp_path / "started"
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120", "SLOWIMPORT_STARTED": str(started)}
     with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1", "--timeout", "60"], env=env) as srv:
         marker.touch()
         srv.signal(signal.SIGHUP)
-        wait_for(lambda: "Hang up: reloading" in srv.logs(), what="the reload to begin")
-        time.sleep(0.5)  # the probe is in its import
+        wait_for(started.exists, what="the probe to be in its import")
         srv.signal(signal.SIGTERM)
         assert srv.wait(timeout=20) == 0, srv.logs()
         assert "reload failed" in srv.logs() or "reload abandoned" in srv.logs(), srv.logs()
@@ -266,13 +265,13 @@ def test_a_probe_outliving_its_master_does_not_keep_the_port(tmp_path):
     """The master is SIGKILLed while a reload's probe hangs in the app's import: once the workers notice
     and exit, nothing listens on the port any more (the probe closed its copy of the listener first)."""
     marker = tmp_path / "hang"
-    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120"}
+    started = tmp_path / "started"
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120", "SLOWIMPORT_STARTED": str(started)}
     with ServerProcess(["slowimport:app", "-s", "slow.word=y", "--workers", "1"], env=env) as srv:
         port = srv.port
         marker.touch()
         srv.signal(signal.SIGHUP)
-        wait_for(lambda: "Hang up: reloading" in srv.logs(), what="the reload to begin")
-        time.sleep(0.5)  # the probe is in its import
+        wait_for(started.exists, what="the probe to be in its import")
         os.kill(srv.pid, signal.SIGKILL)
 
         def refused() -> bool:
@@ -288,7 +287,8 @@ def test_a_probe_outliving_its_master_does_not_keep_the_port(tmp_path):
 def test_ctrl_c_during_the_start_probe_is_one_line_and_leaves_no_probe(tmp_path):
     marker = tmp_path / "hang"
     marker.touch()
-    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120", "TESTAPP_IMPORT_LOG": str(tmp_path / "log")}
+    started = tmp_path / "started"
+    env = {"SLOWIMPORT_WHEN": str(marker), "SLOWIMPORT_SECONDS": "120", "SLOWIMPORT_STARTED": str(started)}
     proc = subprocess.Popen(
         prefork_cmd("run", "slowimport:app", "-s", "slow.word=y", "--bind", "127.0.0.1:0"),
         env=test_env(env),
@@ -297,7 +297,7 @@ def test_ctrl_c_during_the_start_probe_is_one_line_and_leaves_no_probe(tmp_path)
         start_new_session=True,
     )
     try:
-        time.sleep(1.5)  # the probe is in its import
+        wait_for(started.exists, what="the probe to be in its import")
         proc.send_signal(signal.SIGINT)  # to the command alone, as a terminal's Ctrl-C reaches it first
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 130 and err.strip() == "prefork: interrupted", err
