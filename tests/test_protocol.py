@@ -599,6 +599,27 @@ def test_client_timeout_closes_a_client_streaming_bytes_without_any_lf(strict):
         assert closed_within(sock, b"w" * 65536, 10, 0.001) == b"", "the server read and discarded forever"
 
 
+def holds_listener(pid: int, port: int) -> bool:
+    """Whether a process still holds the listening socket of 127.0.0.1:port (a worker closes its copy as
+    its graceful stop begins)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:  # gone
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return False
+
+
 def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
     """(send queue, receive queue) in bytes of the TCP socket 127.0.0.1:local_port <-> :remote_port."""
     want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
@@ -617,6 +638,8 @@ def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_read
     kept sending (a close with unread input would send RST)."""
     gate = tmp_path / "gate"
     with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
+        (worker,) = srv.worker_pids()
+        assert holds_listener(worker, srv.port)
         sock = connect(srv.port)
         lines = [b"l%d" % i for i in range(5000)]
         sock.sendall(b"".join(line + b"\n" for line in lines))  # one write: the server reads it at once
@@ -625,7 +648,7 @@ def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_read
         wait_for(lambda: totals(srv)["lines_in"] == 5000, 20, what="5000 lines in flight")
         wait_for(lambda: tcp_queues(srv.port, port)[1] == 0, 20, what="the server to read everything")
         srv.signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_for(lambda: not holds_listener(worker, srv.port), 20, what="the worker to stop accepting")
         sock.sendall(b"sent after the stop\n" * 100)  # never read by the server: it must drain it
         gate.touch()
         data = read_all(sock)  # a reset here (RST instead of FIN) fails the test too

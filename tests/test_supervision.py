@@ -83,10 +83,18 @@ def test_usr1_during_a_reload_does_not_kill_the_booting_workers(tmp_path):
     """logrotate's USR1 while a HUP's new generation imports the app: the workers must survive it (the
     default action of USR1 is to terminate) and the reload complete."""
     conf = write_conf(tmp_path / "p.ini", app="slow_import:app", workers=2)
-    with ServerProcess(["-c", str(conf)], env={"TESTAPP_IMPORT_SECONDS": "1.5"}) as srv:
+    started = tmp_path / "importing"
+    env = {"TESTAPP_IMPORT_SECONDS": "1.5", "TESTAPP_IMPORT_STARTED": str(started)}
+    with ServerProcess(["-c", str(conf)], env=env) as srv:
+        first = set(srv.worker_pids())
         srv.signal(signal.SIGHUP)
         wait_for(lambda: "(generation 2)" in srv.logs(), what="the new generation to boot")
-        time.sleep(0.3)
+
+        def importing() -> bool:  # a worker of generation 2 is in its slow import
+            new = set(srv.worker_pids()) - first  # the reload's probe, also an importer, is gone by now
+            return started.exists() and bool({int(p) for p in started.read_text().split()} & new)
+
+        wait_for(importing, what="a new worker in its import")
         srv.signal(signal.SIGUSR1)
         wait_for(
             lambda: "Reloaded: generation 2" in srv.logs() or "reload failed" in srv.logs(),
@@ -473,8 +481,11 @@ def test_counters_never_go_down_when_workers_restart(tmp_path):
             replies = roundtrip(srv.port, lines)
             assert replies[:-1] == lines[:-1] and replies[-1] == b"ERR empty"
             sent += len(lines)
-            time.sleep(1.2)  # a heartbeat, so the figures include this round
-            total = scrape(port)[1]['prefork_lines_total{name="m"}']
+            # A heartbeat brings this round into the figures.
+            total = wait_for(
+                lambda: (t := scrape(port)[1]['prefork_lines_total{name="m"}']) >= sent and t,  # noqa: B023
+                what="this round in the figures",
+            )
             seen.append(total)
         with connect(srv.port) as sock:  # a crash loses nothing already counted
             sock.sendall(b"crash\n")
