@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from tests.server import ServerProcess, connect, read_all, read_lines, wait_for
-from tests.test_protocol import expected_reply
+from tests.test_protocol import ALLOCATOR_SLACK, expected_reply, rss, stalled_connection_bound
 
 pytestmark = pytest.mark.hostile
 
@@ -229,6 +229,11 @@ class Watch:
     def __init__(self, srv: ServerProcess, probe: Probe):
         self.srv = srv
         self.probe = probe
+        self.baseline_rss = {pid: rss(pid) for pid in probe._workers}  # before the behaviour
+
+    def growth(self) -> dict[int, int]:
+        """How much each worker's RSS grew, at its peak, over its RSS before the behaviour."""
+        return {pid: self.probe.max_rss.get(pid, base) - base for pid, base in self.baseline_rss.items()}
 
     def served_meanwhile(self, rounds: int = PROBE_MIN_ROUNDS) -> None:
         """Wait until the probe has made `rounds` more round trips on every worker: call it while a hostile
@@ -490,6 +495,12 @@ def test_clients_that_never_read_their_replies_stall_only_themselves(server):
             # Stalled, not dropped: they stay connected (client_timeout is 300 s) while the probe is served.
             watch.wait_clients(still_open=len(socks))
             watch.served_meanwhile()  # the probe keeps going beside the stalled clients
+            # Each worker holds at most what the README promises for the stalled clients (all of them, as
+            # which worker serves which is not known), over what it held before.
+            bound = sum(stalled_connection_bound(size, MAX_LINE) for size in line_sizes) + ALLOCATOR_SLACK
+            growth = watch.growth()
+            print(f"[hostile] RSS growth per worker (MiB): {[round(g / MiB, 2) for g in growth.values()]}")
+            assert max(growth.values()) <= bound, f"RSS growth {growth}, bound {bound} for {len(socks)} stalled clients"
         finally:
             for sock in socks:
                 sock.close()  # with replies unread: the server sees RST

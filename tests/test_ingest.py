@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -20,9 +21,11 @@ from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, 
 NL = b"\n"
 
 
-def ingest_server(dsn: str, table: str, *extra: str, workers: int = 2) -> ServerProcess:
+def ingest_server(
+    dsn: str, table: str, *extra: str, workers: int = 2, env: dict[str, str] | None = None
+) -> ServerProcess:
     return ServerProcess(
-        ["--dsn", dsn, "--table", table, "--workers", str(workers), "--graceful-timeout", "20", *extra]
+        ["--dsn", dsn, "--table", table, "--workers", str(workers), "--graceful-timeout", "20", *extra], env=env
     )
 
 
@@ -117,7 +120,15 @@ def assert_stored_exactly_once(dsn: str, table: str, replies: dict[str, bytes]) 
     return stored
 
 
+def utc_now() -> datetime.datetime:
+    """This machine's clock in UTC, as a naive datetime (how DATETIME values come back)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
 def test_payloads_stored_byte_exact(dsn):
+    """Payloads byte for byte, the client's address, the worker's pid, and received_at in UTC with
+    microseconds: checked against this clock's UTC window around the exchange while neither the server's
+    time zone (+05:00) nor the workers' (TZ, +05:45) is UTC, so local time or NOW() would show."""
     table = "t_exact"
     payloads = [
         "plain",
@@ -130,16 +141,25 @@ def test_payloads_stored_byte_exact(dsn):
         "'; DROP TABLE t_exact; --",
         "trailing space ",
     ]
-    with ingest_server(dsn, table, "--flushers", "1", workers=1) as srv:  # rows in the order sent
-        replies = roundtrip(srv.port, [p.encode() for p in payloads])
-        assert replies == [b"OK"] * len(payloads)
-        got = query(dsn, f"SELECT payload, client_addr, worker_pid, received_at FROM `{table}` ORDER BY id")
-        workers = set(srv.worker_pids())
+    query(dsn, "SET GLOBAL time_zone = '+05:00'")  # new sessions (the workers') get it
+    try:
+        # rows in the order sent
+        with ingest_server(dsn, table, "--flushers", "1", workers=1, env={"TZ": "XYZ-05:45"}) as srv:
+            before = utc_now()
+            replies = roundtrip(srv.port, [p.encode() for p in payloads])
+            after = utc_now()
+            assert replies == [b"OK"] * len(payloads)
+            got = query(dsn, f"SELECT payload, client_addr, worker_pid, received_at FROM `{table}` ORDER BY id")
+            workers = set(srv.worker_pids())
+            assert query(dsn, "SELECT @@global.time_zone")[0][0] == "+05:00"
+    finally:
+        query(dsn, "SET GLOBAL time_zone = 'SYSTEM'")
     assert [r[0] for r in got] == payloads
     assert {r[1] for r in got} == {"127.0.0.1"}
     assert {r[2] for r in got} <= workers
-    utc_now = query(dsn, "SELECT UTC_TIMESTAMP(6)")[0][0]
-    assert all(abs((utc_now - r[3]).total_seconds()) < 300 for r in got)  # stored in UTC, with microseconds
+    stamps = [r[3] for r in got]
+    assert all(before <= stamp <= after for stamp in stamps), f"not within {before} .. {after} UTC: {stamps}"
+    assert any(stamp.microsecond for stamp in stamps), f"no microseconds: {stamps}"
 
 
 def test_batch_larger_than_one_statement(dsn):

@@ -24,6 +24,7 @@ from prefork.pool import (
 )
 from tests.helpers import connect, query
 from tests.mysql_proxy import FaultProxy
+from tests.server import wait_for
 from tests.silent_server import SilentServer
 
 
@@ -189,7 +190,7 @@ def test_connection_killed_server_side_is_replaced_on_checkout(dsn):
     pool = make_pool(dsn, ping_interval=0)
     victim = connection_id(pool)
     query(dsn, f"KILL {victim}")
-    time.sleep(0.05)
+    wait_for(lambda: not query(dsn, "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (victim,)))
     with pool.connection() as conn:  # pinged, found dead, replaced: never handed out
         cur = conn.cursor()
         cur.execute("SELECT CONNECTION_ID()")

@@ -9,6 +9,7 @@ here asserts on timings: speed is measured by the benchmarks.
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import select
@@ -23,6 +24,7 @@ import gevent.event
 import gevent.socket
 import pytest
 
+from prefork.protocol import READ_SIZE
 from tests.server import ServerProcess, connect, read_all, read_lines, roundtrip, wait_for
 
 ECHO = "workers.echo:app"
@@ -31,6 +33,13 @@ DEFAULT_MAX_LINE = 65536
 ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 LONGEST_ID = 64
 MB = 1024 * 1024
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# The README's promise for a client that never reads (prefork.protocol's MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES):
+# written out, so that raising the constants makes the memory tests fail instead of loosening them.
+PROMISED_LINES = 4096
+PROMISED_REPLY_BYTES = 1024 * 1024
+LINE_OVERHEAD = 100  # bytes beside its text of a line held in flight: a str's header, its slot in a list
+ALLOCATOR_SLACK = 1 * MB  # what the allocator keeps beside the objects (arenas, a writer greenlet's stack)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -453,12 +462,33 @@ def test_ack_off_sends_nothing_and_never_blocks_on_a_client_that_does_not_read()
 # -- memory and fairness ----------------------------------------------------------------------------------
 
 
+def rss(pid: int) -> int:
+    """A process's resident set size in bytes, now."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+
+
+def stalled_connection_bound(line_size: int, max_line: int = DEFAULT_MAX_LINE) -> int:
+    """The most memory a connection whose client never reads may hold, as the README promises it: up to
+    PROMISED_LINES lines or PROMISED_REPLY_BYTES of replies (whichever comes first) plus the lines of the
+    read that crossed the bound, each a str with its slot in a list, and the read buffer (max_line + one
+    read)."""
+    lines = min(PROMISED_LINES, -(-PROMISED_REPLY_BYTES // line_size)) + READ_SIZE // (line_size + 1) + 1
+    return lines * (line_size + LINE_OVERHEAD) + max_line + READ_SIZE
+
+
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("line_size", [100, DEFAULT_MAX_LINE - 1], ids=["short-lines", "max-lines"])
+@pytest.mark.parametrize("line_size", [10, DEFAULT_MAX_LINE - 1], ids=["short-lines", "max-lines"])
 def test_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded(line_size):
-    """One worker; client A sends lines and never reads a reply; client B is still served meanwhile."""
+    """One worker; client A sends lines and never reads a reply; client B is still served meanwhile. The
+    worker grows by no more than what the README promises for one stalled connection (short lines: the
+    bound on lines; max-size lines: the bound on bytes), plus ALLOCATOR_SLACK."""
     cap = 50 * MB if line_size < 1000 else 300 * MB  # max-size lines: enough to show a bound on bytes
     with ServerProcess([ECHO, "--workers", "1"]) as srv:
+        # The baseline: a worker that has served a connection like A's, but one that reads its replies.
+        warm = [b"w" * line_size] * 100
+        assert roundtrip(srv.port, warm) == warm
+        (worker,) = srv.worker_pids()
+        baseline = rss(worker)
         stalled = connect(srv.port)
         stalled.setblocking(False)
         chunk = (b"y" * line_size + b"\n") * max(1, 65536 // (line_size + 1))
@@ -483,10 +513,10 @@ def test_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded(lin
                 what="the worker's state after B",
             )
             assert state["clients"] >= 1  # A is still connected, stalled
-            assert state["rss_bytes"] < 200 * MB, (
-                f"worker rss {state['rss_bytes'] / MB:.0f} MB (sent {sent / MB:.0f} MB)"
-            )
             assert sent < cap, f"the server read all {sent / MB:.0f} MB from a client that never reads its replies"
+            growth, bound = rss(worker) - baseline, stalled_connection_bound(line_size) + ALLOCATOR_SLACK
+            print(f"\n[memory] {line_size}-byte lines: worker grew {growth / MB:.2f} MiB (bound {bound / MB:.2f} MiB)")
+            assert growth <= bound, f"worker grew {growth / MB:.2f} MiB with one stalled client, bound {bound / MB:.2f}"
         finally:
             stalled.close()
 
@@ -628,6 +658,27 @@ def test_client_timeout_closes_a_client_streaming_bytes_without_any_lf(strict):
         assert closed_within(sock, b"w" * 65536, 10, 0.001) == b"", "the server read and discarded forever"
 
 
+def holds_listener(pid: int, port: int) -> bool:
+    """Whether a process still holds the listening socket of 127.0.0.1:port (a worker closes its copy as
+    its graceful stop begins)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:  # gone
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return False
+
+
 def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
     """(send queue, receive queue) in bytes of the TCP socket 127.0.0.1:local_port <-> :remote_port."""
     want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
@@ -646,6 +697,8 @@ def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_read
     kept sending (a close with unread input would send RST)."""
     gate = tmp_path / "gate"
     with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
+        (worker,) = srv.worker_pids()
+        assert holds_listener(worker, srv.port)
         sock = connect(srv.port)
         lines = [b"l%d" % i for i in range(5000)]
         sock.sendall(b"".join(line + b"\n" for line in lines))  # one write: the server reads it at once
@@ -654,7 +707,7 @@ def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_read
         wait_for(lambda: totals(srv)["lines_in"] == 5000, 20, what="5000 lines in flight")
         wait_for(lambda: tcp_queues(srv.port, port)[1] == 0, 20, what="the server to read everything")
         srv.signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_for(lambda: not holds_listener(worker, srv.port), 20, what="the worker to stop accepting")
         sock.sendall(b"sent after the stop\n" * 100)  # never read by the server: it must drain it
         gate.touch()
         data = read_all(sock)  # a reset here (RST instead of FIN) fails the test too

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from prefork.state import state_dir_for
 from tests.server import (
     ServerProcess,
     connect,
@@ -32,6 +33,7 @@ from tests.server import (
 )
 
 ECHO = "workers.echo:app"
+STEP_SEEN = 3600  # seconds ahead of this process's clock that show a two-hour step took effect
 HOLD = "testapps:hold"
 
 
@@ -81,10 +83,18 @@ def test_usr1_during_a_reload_does_not_kill_the_booting_workers(tmp_path):
     """logrotate's USR1 while a HUP's new generation imports the app: the workers must survive it (the
     default action of USR1 is to terminate) and the reload complete."""
     conf = write_conf(tmp_path / "p.ini", app="slow_import:app", workers=2)
-    with ServerProcess(["-c", str(conf)], env={"TESTAPP_IMPORT_SECONDS": "1.5"}) as srv:
+    started = tmp_path / "importing"
+    env = {"TESTAPP_IMPORT_SECONDS": "1.5", "TESTAPP_IMPORT_STARTED": str(started)}
+    with ServerProcess(["-c", str(conf)], env=env) as srv:
+        first = set(srv.worker_pids())
         srv.signal(signal.SIGHUP)
         wait_for(lambda: "(generation 2)" in srv.logs(), what="the new generation to boot")
-        time.sleep(0.3)
+
+        def importing() -> bool:  # a worker of generation 2 is in its slow import
+            new = set(srv.worker_pids()) - first  # the reload's probe, also an importer, is gone by now
+            return started.exists() and bool({int(p) for p in started.read_text().split()} & new)
+
+        wait_for(importing, what="a new worker in its import")
         srv.signal(signal.SIGUSR1)
         wait_for(
             lambda: "Reloaded: generation 2" in srv.logs() or "reload failed" in srv.logs(),
@@ -261,6 +271,19 @@ def test_a_wall_clock_step_kills_no_worker(tmp_path):
     with ServerProcess([ECHO, "--workers", "2", "--timeout", "2"], env=env) as srv:
         workers = serving(srv, 2)
         offset.write_text("+2h\n")
+        # The step took effect in the master and in both workers: their own clocks stamp the state they
+        # report (the master's file, and the workers' figures it carries) two hours ahead of this one.
+        master_file = state_dir_for(srv.pid) / "master.json"
+
+        def stepped() -> bool:
+            try:
+                state = json.loads(master_file.read_text())
+            except (OSError, ValueError):  # being replaced
+                return False
+            ahead = [w["started_ts"] + w["age_s"] - time.time() for w in state["workers"]]
+            return state["written_ts"] - time.time() > STEP_SEEN and len(ahead) == 2 and min(ahead) > STEP_SEEN
+
+        wait_for(stepped, what="the master and the workers to see the clock two hours ahead")
         time.sleep(4)  # twice `timeout`
         assert srv.worker_pids() == workers, srv.logs()
         assert "timed out" not in srv.logs()
@@ -458,8 +481,11 @@ def test_counters_never_go_down_when_workers_restart(tmp_path):
             replies = roundtrip(srv.port, lines)
             assert replies[:-1] == lines[:-1] and replies[-1] == b"ERR empty"
             sent += len(lines)
-            time.sleep(1.2)  # a heartbeat, so the figures include this round
-            total = scrape(port)[1]['prefork_lines_total{name="m"}']
+            # A heartbeat brings this round into the figures.
+            total = wait_for(
+                lambda: (t := scrape(port)[1]['prefork_lines_total{name="m"}']) >= sent and t,  # noqa: B023
+                what="this round in the figures",
+            )
             seen.append(total)
         with connect(srv.port) as sock:  # a crash loses nothing already counted
             sock.sendall(b"crash\n")
