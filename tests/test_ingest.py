@@ -17,6 +17,7 @@ from tests.helpers import connect as helper_connect
 from tests.helpers import query
 from tests.mysql_proxy import CommitBreakingProxy, FaultProxy, every
 from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
+from tests.test_protocol import holds_listener
 
 NL = b"\n"
 
@@ -236,18 +237,32 @@ def test_database_down_longer_than_commit_timeout_answers_err_and_stores_nothing
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_stop_or_reload_mid_load_keeps_every_ok(dsn, signum):
+    """40 clients pipeline 1000 lines each; the table is write-locked from the test's side, so every line is
+    read and none committed when the signal comes: the stopping workers still answer every one (the lock
+    is released once their stop has begun), with no reset and no ERR, and each is stored once."""
     table = f"t_sig_{signal.Signals(signum).name.lower()}"
+    lines = 40 * 1000
     with ingest_server(dsn, table) as srv:
-        seen = Blast()
-        load = gevent.spawn(blast, srv.port, 40, 1000, "sig", seen)
-        green_wait(lambda: seen.sent == 40 or seen.errors, "every client to send its lines")
-        srv.signal(signum)
+        wait_for(lambda: query(dsn, f"SHOW TABLES LIKE '{table}'"), 20, what="the table")
+        locker = helper_connect(dsn)
+        try:
+            locker.cursor().execute(f"LOCK TABLES `{table}` WRITE")
+            seen = Blast()
+            load = gevent.spawn(blast, srv.port, 40, 1000, "sig", seen)
+            green_wait(lambda: srv.status()["totals"]["lines_in"] == lines or seen.errors, "every line read")
+            old = srv.worker_pids()
+            srv.signal(signum)
+            stopping = lambda: not any(holds_listener(pid, srv.port) for pid in old)  # noqa: E731
+            green_wait(stopping, "the workers that read the lines to begin their stop")
+            assert not seen.replies and not load.ready(), "clients answered or closed while the table was locked"
+        finally:
+            locker.close()  # the lock goes with the session
         load.get(timeout=150)
         if signum == signal.SIGTERM:
             assert srv.wait(60) == 0
         else:
             assert roundtrip(srv.port, [b"after-hup"]) == [b"OK"]
-    assert_every_line_ok(seen, 40 * 1000)
+    assert_every_line_ok(seen, lines)
     assert_stored_exactly_once(dsn, table, seen.replies)
 
 
