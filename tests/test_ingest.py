@@ -461,3 +461,24 @@ def test_a_line_the_database_rejects_fails_alone(dsn):
         assert replies == [b"ERR rejected" if "\U0001f389" in line else b"OK" for line in lines]
         wait_for(lambda: srv.status()["totals"]["err"] == 4, 10, what="4 errors in the status")
     assert rows(dsn, table) == [line for line in lines if "\U0001f389" not in line]
+
+
+@pytest.mark.timeout(120)
+def test_a_first_host_that_never_greets_fails_over_to_the_second(db):
+    """The DSN's first host accepts TCP and never greets (a hung server): each worker's pool gives it its
+    share of pool.timeout and moves on to the private server, so every line is stored and answered OK
+    within commit_timeout; before, every acquire waited for the first host's greeting and 5 of 5 lines got
+    ERR unavailable."""
+    from tests.silent_server import SilentServer
+
+    table = "t_silent_first"
+    query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
+    with SilentServer("127.0.0.41") as silent:
+        dsn = db.dsn.replace(f"@127.0.0.1:{db.port}", f"@{silent.address},127.0.0.1:{db.port}")
+        assert dsn != db.dsn
+        with ingest_server(dsn, table, "--commit-timeout", "20", "-s", "pool.timeout=6", workers=2) as srv:
+            payloads = [f"failover-{i}" for i in range(5)]
+            replies = [roundtrip(srv.port, [p.encode()])[0] for p in payloads]
+        assert silent.accepted >= 1  # the first host was tried
+    assert replies == [b"OK"] * 5
+    assert sorted(rows(db.dsn, table)) == payloads
