@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import gevent
@@ -482,3 +483,54 @@ def test_a_first_host_that_never_greets_fails_over_to_the_second(db):
         assert silent.accepted >= 1  # the first host was tried
     assert replies == [b"OK"] * 5
     assert sorted(rows(db.dsn, table)) == payloads
+
+
+@pytest.mark.timeout(180)
+def test_each_line_keeps_its_own_commit_timeout_through_an_outage(db):
+    """The database is down; lines arrive one by one at several moments, each on a connection of its own,
+    so that later ones join a batch that is open or being retried. No line gets ERR unavailable before its
+    own commit_timeout has passed since it was sent (the server's deadline, from its own arrival), nor long
+    after it; before, a line inherited the deadline of its batch's first line, and the retry loop gave up
+    up to one backoff step early: ERR after 1.7 s of an 8 s commit_timeout. Lines sent once the database
+    is back are stored."""
+    table = "t_own_deadline"
+    commit_timeout = 3.0
+    moments = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 4.0]  # seconds after the first line
+    early, late = 0.05, 10.0  # clock granularity; load on a busy machine
+    args = ("--commit-timeout", str(commit_timeout), "--flushers", "1", "--pool-timeout", "1")
+    try:
+        with ingest_server(db.dsn, table, *args, workers=1) as srv:
+            assert roundtrip(srv.port, [b"before"]) == [b"OK"]
+            socks = [connect(srv.port) for _ in moments]
+            db.kill()
+            sent: list[float] = [0.0] * len(moments)
+            answered: list[tuple[float, bytes]] = [(0.0, b"")] * len(moments)
+
+            def client(i: int, start: float) -> None:
+                time.sleep(max(0.0, start + moments[i] - time.monotonic()))
+                sent[i] = time.monotonic()
+                socks[i].sendall(f"outage-{i}\n".encode())
+                reply = read_lines(socks[i], 1)[0]
+                answered[i] = (time.monotonic(), reply)
+
+            start = time.monotonic()
+            threads = [threading.Thread(target=client, args=(i, start)) for i in range(len(moments))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            for sock in socks:
+                sock.close()
+            db.restart()
+            after = [b"after-%d" % i for i in range(3)]
+            assert roundtrip(srv.port, after) == [b"OK"] * 3
+    finally:
+        if not db.is_running():
+            db.restart()
+    replies = [reply for _, reply in answered]
+    assert replies == [b"ERR unavailable"] * len(moments), replies
+    waited = [round(at - sent[i], 2) for i, (at, _) in enumerate(answered)]
+    assert all(commit_timeout - early <= w <= commit_timeout + late for w in waited), (
+        f"seconds from each line to its ERR: {waited}; commit_timeout {commit_timeout}"
+    )
+    assert rows(db.dsn, table) == ["before", "after-0", "after-1", "after-2"]
