@@ -5,8 +5,12 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST_ARGS ?=
+# Debian's own Python: `make test` (the whole suite, no PYTEST_ARGS) also runs the fast tests under it when
+# it is not the venv's interpreter (scripts/test-system-python.sh says which).
+SYSTEM_PYTHON ?= /usr/bin/python3
+SYSTEM_VENV   := .venv-system
 
-.PHONY: run test lint bench db start reload stop status clean server-binary
+.PHONY: run test test-system-python lint bench db start reload stop status clean server-binary
 
 $(PY):
 	sh scripts/ensure-venv.sh $(PYTHON) $(VENV)
@@ -38,6 +42,12 @@ reload stop status: $(STAMP)
 test: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),@echo "prefork: PYTEST_ARGS chose a part: not run again under $(SYSTEM_PYTHON) (make test-system-python)",sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV))
+
+# The fast tests alone under $(SYSTEM_PYTHON), in $(SYSTEM_VENV) (the second half of `make test`).
+test-system-python: $(STAMP) server-binary
+	sh scripts/ensure-test-packages.sh
+	sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV) $(PYTEST_ARGS)
 
 # Throughput against baselines measured in the same run (bench/run.py says what each contender is).
 bench: $(STAMP) server-binary
@@ -54,5 +64,5 @@ db: $(STAMP)
 
 clean:
 	-$(PY) scripts/devdb.py stop 2>/dev/null
-	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(SYSTEM_VENV) var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -42,7 +42,14 @@ from prefork.config import ConfigError  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol import Counters, LineConnection, ProtocolSettings, accepts_line_ids, line_ids_refused  # noqa: E402
+from prefork.protocol import (  # noqa: E402
+    Counters,
+    LineConnection,
+    ProtocolSettings,
+    StopReading,
+    accepts_line_ids,
+    line_ids_refused,
+)
 from prefork.proxy_protocol import client_address  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
@@ -95,6 +102,10 @@ class Worker:
         self.servers: list[Any] = []
         self.gate = AcceptGate(spec.accept_table, spec.accept_slot, self.cfg.server.worker_connections)
         self.connections: set[Any] = set()
+        # Greenlets of connections still reading their PROXY header (server.proxy_protocol): not clients yet,
+        # so not in `connections`, but a graceful stop must end them too.
+        self.handshakes: set[gevent.Greenlet] = set()
+        self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
         self.ready = False
         self.loop_lag_ms = 0.0
         self.max_requests = 0
@@ -248,8 +259,16 @@ class Worker:
     # -- serving ------------------------------------------------------------------------------------
 
     def _handle_proxied(self, mode: str, sock: Any, addr: Any) -> None:
-        # A balancer's header first (server.proxy_protocol): the client it names is the one served.
-        client = client_address(sock, addr, mode, self.cfg.server.proxy_allow_from)
+        # A balancer's header first (server.proxy_protocol): the client it names is the one served. The wait
+        # for it (up to HEADER_TIMEOUT, or that long to tell a direct client) is cut short by a graceful stop.
+        me = gevent.getcurrent()
+        self.handshakes.add(me)
+        try:
+            client = None if self.draining else client_address(sock, addr, mode, self.cfg.server.proxy_allow_from)
+        except StopReading:
+            client = None  # thrown by _graceful_stop: no line was read, the peer sees a close
+        finally:
+            self.handshakes.discard(me)
         if client is None:
             sock.close()
             self.gate.released()
@@ -260,6 +279,10 @@ class Worker:
         try:
             conn = LineConnection(sock, addr, self.app, self.settings, self.counters)
             self.connections.add(conn)
+            if self.draining:
+                # A client the stop did not see (its header came, or its greenlet ran, after the stop went
+                # through `connections`): stopped as those were, once its reader waits.
+                gevent.spawn(conn.stop)
             try:
                 conn.serve()
             finally:
@@ -344,8 +367,11 @@ class Worker:
         self.gate.close()  # first: the other workers stop comparing themselves with this one
         for server in self.servers:
             server.close()  # stops accepting; the listening socket closes in this process only
+        self.draining = True
         for conn in list(self.connections):
             conn.stop()
+        for handshake in list(self.handshakes):
+            handshake.kill(StopReading, block=False)
         pools = {server.pool for server in self.servers}
         for pool in pools:
             pool.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import gevent
@@ -549,3 +550,75 @@ def test_a_line_the_database_rejects_fails_alone(dsn):
         assert replies == [b"ERR rejected" if "\U0001f389" in line else b"OK" for line in lines]
         wait_for(lambda: srv.status()["totals"]["err"] == 4, 10, what="4 errors in the status")
     assert rows(dsn, table) == [line for line in lines if "\U0001f389" not in line]
+
+
+@pytest.mark.timeout(120)
+def test_a_first_host_that_never_greets_fails_over_to_the_second(db):
+    """The DSN's first host accepts TCP and never greets (a hung server): each worker's pool gives it its
+    share of pool.timeout and moves on to the private server, so every line is stored and answered OK
+    within commit_timeout; before, every acquire waited for the first host's greeting and 5 of 5 lines got
+    ERR unavailable."""
+    from tests.silent_server import SilentServer
+
+    table = "t_silent_first"
+    query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
+    with SilentServer("127.0.0.41") as silent:
+        dsn = db.dsn.replace(f"@127.0.0.1:{db.port}", f"@{silent.address},127.0.0.1:{db.port}")
+        assert dsn != db.dsn
+        with ingest_server(dsn, table, "--commit-timeout", "20", "-s", "pool.timeout=6", workers=2) as srv:
+            payloads = [f"failover-{i}" for i in range(5)]
+            replies = [roundtrip(srv.port, [p.encode()])[0] for p in payloads]
+        assert silent.accepted >= 1  # the first host was tried
+    assert replies == [b"OK"] * 5
+    assert sorted(rows(db.dsn, table)) == payloads
+
+
+@pytest.mark.timeout(180)
+def test_each_line_keeps_its_own_commit_timeout_through_an_outage(db):
+    """The database is down; lines arrive one by one at several moments, each on a connection of its own,
+    so that later ones join a batch that is open or being retried. No line gets ERR unavailable before its
+    own commit_timeout has passed since it was sent (the server's deadline, from its own arrival), nor long
+    after it; before, a line inherited the deadline of its batch's first line, and the retry loop gave up
+    up to one backoff step early: ERR after 1.7 s of an 8 s commit_timeout. Lines sent once the database
+    is back are stored."""
+    table = "t_own_deadline"
+    commit_timeout = 3.0
+    moments = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 4.0]  # seconds after the first line
+    early, late = 0.05, 10.0  # clock granularity; load on a busy machine
+    args = ("--commit-timeout", str(commit_timeout), "--flushers", "1", "--pool-timeout", "1")
+    try:
+        with ingest_server(db.dsn, table, *args, workers=1) as srv:
+            assert roundtrip(srv.port, [b"before"]) == [b"OK"]
+            socks = [connect(srv.port) for _ in moments]
+            db.kill()
+            sent: list[float] = [0.0] * len(moments)
+            answered: list[tuple[float, bytes]] = [(0.0, b"")] * len(moments)
+
+            def client(i: int, start: float) -> None:
+                time.sleep(max(0.0, start + moments[i] - time.monotonic()))
+                sent[i] = time.monotonic()
+                socks[i].sendall(f"outage-{i}\n".encode())
+                reply = read_lines(socks[i], 1)[0]
+                answered[i] = (time.monotonic(), reply)
+
+            start = time.monotonic()
+            threads = [threading.Thread(target=client, args=(i, start)) for i in range(len(moments))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            for sock in socks:
+                sock.close()
+            db.restart()
+            after = [b"after-%d" % i for i in range(3)]
+            assert roundtrip(srv.port, after) == [b"OK"] * 3
+    finally:
+        if not db.is_running():
+            db.restart()
+    replies = [reply for _, reply in answered]
+    assert replies == [b"ERR unavailable"] * len(moments), replies
+    waited = [round(at - sent[i], 2) for i, (at, _) in enumerate(answered)]
+    assert all(commit_timeout - early <= w <= commit_timeout + late for w in waited), (
+        f"seconds from each line to its ERR: {waited}; commit_timeout {commit_timeout}"
+    )
+    assert rows(db.dsn, table) == ["before", "after-0", "after-1", "after-2"]

@@ -3,6 +3,7 @@ client's first bytes, with a deadline and a size bound."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import threading
@@ -285,3 +286,40 @@ def test_ingest_stores_the_original_client_address(dsn):
 )
 def test_bad_proxy_settings(args, expected):
     assert expected in one_error_line(run_cli("check", "workers.echo:app", *args))
+
+
+@pytest.mark.timeout(60)
+def test_a_graceful_stop_closes_connections_still_reading_their_header():
+    """TERM with graceful_timeout 60 s while two connections have not become clients yet: a trusted one
+    that sent half a v2 header (and sends the rest once the stop has begun), and an untrusted one from
+    127.0.0.2 that sent nothing (the worker waits to see whether it sends a header). The stop closes both,
+    and the worker exits by itself, long before graceful_timeout: before, each became a client the stop had
+    not seen, and the worker was killed after graceful_timeout."""
+    args = ["testapps:client_addr", "--workers", "1", "--graceful-timeout", "60"]
+    args += ["--proxy-protocol", "v2", "--proxy-allow-from", "127.0.0.1/32"]
+    with ServerProcess(args) as srv:
+        half = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        half.sendall(V2_TCP4[:8])
+        untrusted = socket.create_connection(("127.0.0.1", srv.port), timeout=10, source_address=("127.0.0.2", 0))
+        # One worker accepts in order: once a later connection is served, both were accepted.
+        assert lines_via(srv.port, V2_TCP4 + b"x\n", 1) == [b"203.0.113.7 x"]
+        srv.signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+            except OSError:
+                return True
+            return False
+
+        wait_for(refused, what="the listener to close")  # the worker's graceful stop has begun
+        try:
+            half.sendall(V2_TCP4[8:] + b"late\n")
+        except OSError:
+            pass  # already closed by the stop
+        assert closed(half) and closed(untrusted)
+        assert srv.wait(timeout=30) == 0
+        logs = srv.logs()
+        assert "outlived" not in logs and "did not stop within graceful_timeout" not in logs, logs
+        half.close()
+        untrusted.close()

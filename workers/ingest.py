@@ -16,8 +16,10 @@ the batch has, is rolled back and the batch is sent again with INSERT, where a b
 Failures (SPEC section 6):
 
 - A batch that fails (disconnect, deadlock, database down) is retried through the pool with capped
-  backoff; the pool discards broken connections. Lines not committed within ``ingest.commit_timeout`` of
-  their arrival get ``ERR unavailable``; a line never gets ``OK`` unless its row is committed.
+  backoff; the pool discards broken connections. A line not committed within ``ingest.commit_timeout`` of
+  its own arrival gets ``ERR unavailable`` then, whichever batch it joined (``workers.batch``): a retried
+  batch answers its lines whose time is up and retries the others. A line never gets ``OK`` unless its
+  row is committed.
 - When the connection breaks during COMMIT the outcome is unknown. The worker reconnects, makes sure the
   old session is gone (so its COMMIT cannot still land), and looks up the batch's marker: found means
   committed (``OK``), missing means not (retry, or ``ERR`` past the deadline). So a retry never stores a
@@ -25,8 +27,8 @@ Failures (SPEC section 6):
 - Any failure of the COMMIT itself (a disconnect, an error packet, a lost packet sequence) leaves the
   outcome unknown and goes through that lookup (``workers.outcome``); a duplicate key on the marker when
   a batch is retried means it is already stored.
-- Batches still queued when their lines reach ``commit_timeout`` were never sent to the database: they
-  get ``ERR unavailable`` even while every flusher is stuck (say, resolving an unknown outcome during an
+- Lines still queued when they reach ``commit_timeout`` were never sent to the database: they get
+  ``ERR unavailable`` even while every flusher is stuck (say, resolving an unknown outcome during an
   outage).
 - A line the database rejects for its value (a charset the column cannot hold, a constraint) does not
   fail its batch: the batch is split in halves until the offending lines are alone; they get
@@ -47,13 +49,14 @@ the id. So a line resent after a lost reply is stored once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -63,6 +66,7 @@ from gevent.event import Event
 from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
 from prefork.pool import Pool, PoolError, connect_once, is_disconnect, set_session_variable
 from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
+from workers.batch import Batch, Rows, Share
 from workers.outcome import Session, marker_committed, server_of
 from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, quote_identifier, table_exists
 
@@ -107,135 +111,6 @@ ID_LOOKUP_CHUNK = 1000  # ids per SELECT ... IN (...), well below max_allowed_pa
 # key (a unique index an operator added), out of range, data too long, incorrect string value (charset),
 # invalid characters, foreign key, CHECK constraint.
 DATA_ERROR_CODES = frozenset({1048, 1062, 1264, 1292, 1300, 1366, 1367, 1406, 1452, 3819, 4025})
-
-
-class Batch:
-    """Lines committed together, and their common reply.
-
-    The lines of one read of one client arrive together (``handle_lines``): they are kept as one *run*
-    (arrival time, client address, count) beside the texts, so that nothing is built per line until the
-    rows are written, and their replies are one ``Share`` of the batch.
-    """
-
-    __slots__ = ("texts", "runs", "ids", "nbytes", "taken", "first_at", "reply", "replies", "_done")
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.runs: list[Run] = []
-        # One id (or None) per text, made only once a line with an id joins: a batch without ids keeps
-        # nothing per line.
-        self.ids: list[str | None] | None = None
-        self.nbytes = 0  # memory held by the texts
-        self.taken = False  # a flusher owns it (or it expired): no more lines join
-        self.first_at = time.monotonic()
-        self.reply: str | None = None
-        self.replies: list[str] | None = None  # one per line, only when the lines' replies differ (bisected)
-        self._done = Event()
-
-    def get(self, block: bool = True, timeout: float | None = None) -> str:
-        """The reply of every line of this batch (unless bisected), once known."""
-        if self.reply is not None:
-            return self.reply
-        self._done.wait(timeout)
-        return self.reply or ERR_UNAVAILABLE
-
-    def link(self, callback: Any) -> None:
-        self._done.rawlink(callback)
-
-    def resolve(self, reply: str) -> None:
-        self.reply = reply
-        self._done.set()
-
-
-# Lines of one read of one client, consecutive in a batch: (arrival time in epoch seconds, address, count).
-Run = tuple[float, str, int]
-
-
-class Share:
-    """The future of the replies of one run of lines in a batch.
-
-    The protocol puts it in the place of each of those lines and resolves it once: ``get()`` gives one
-    reply for all of them, or, for a bisected batch, the list of their own replies.
-    """
-
-    __slots__ = ("batch", "start", "count")
-
-    def __init__(self, batch: Batch, start: int, count: int):
-        self.batch = batch
-        self.start = start
-        self.count = count
-
-    def get(self, block: bool = True, timeout: float | None = None) -> str | list[str]:
-        reply = self.batch.get(block, timeout)
-        replies = self.batch.replies
-        if replies is None:
-            return reply
-        if self.count == 1:
-            return replies[self.start]
-        return replies[self.start : self.start + self.count]
-
-    def ready(self) -> bool:
-        return self.batch.reply is not None
-
-    def rawlink(self, callback: Any) -> None:
-        """Have ``callback`` called (by the event loop) once the replies are known: the protocol sends them
-        then, instead of keeping a greenlet waiting in ``get()``."""
-        self.batch.link(callback)
-
-
-class Rows:
-    """Some consecutive lines of a batch, as they are written: texts, runs, their place in the batch, and
-    their ids (None when none of them has one)."""
-
-    __slots__ = ("texts", "runs", "offset", "ids")
-
-    def __init__(self, texts: list[str], runs: list[Run], offset: int = 0, ids: list[str | None] | None = None):
-        self.texts = texts
-        self.runs = runs
-        self.offset = offset
-        self.ids = ids
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def halves(self) -> tuple[Rows, Rows]:
-        """The first and second half (a run split between them is split too)."""
-        half = len(self.texts) // 2
-        first: list[Run] = []
-        second: list[Run] = []
-        seen = 0
-        for received, addr, count in self.runs:
-            if seen + count <= half:
-                first.append((received, addr, count))
-            elif seen >= half:
-                second.append((received, addr, count))
-            else:
-                first.append((received, addr, half - seen))
-                second.append((received, addr, seen + count - half))
-            seen += count
-        ids = self.ids
-        return (
-            Rows(self.texts[:half], first, self.offset, None if ids is None else ids[:half]),
-            Rows(self.texts[half:], second, self.offset + half, None if ids is None else ids[half:]),
-        )
-
-    def only(self, keep: list[bool]) -> Rows:
-        """The rows whose place in ``keep`` is True, runs cut to match (for writing; no place in the batch)."""
-        texts: list[str] = []
-        ids: list[str | None] = []
-        runs: list[Run] = []
-        i = 0
-        for received, addr, count in self.runs:
-            kept = 0
-            for j in range(i, i + count):
-                if keep[j]:
-                    texts.append(self.texts[j])
-                    ids.append(self.ids[j] if self.ids is not None else None)
-                    kept += 1
-            if kept:
-                runs.append((received, addr, kept))
-            i += count
-        return Rows(texts, runs, self.offset, ids)
 
 
 class UnknownOutcome(Exception):
@@ -345,6 +220,7 @@ class IngestApp:
             self._room.clear()
             self._room.wait()
         received = time.time()
+        due = time.monotonic() + self.commit_timeout  # these lines' own deadline, whichever batch they join
         addr = client.addr
         batches = self._batches
         replies: list[Share] = []
@@ -363,9 +239,11 @@ class IngestApp:
                 id_part = ids[done : done + count] if ids is not None else [None] * count
                 batch.ids += id_part
                 size += sum(map(sys.getsizeof, id_part))
-            replies += [Share(batch, len(batch.texts), count)] * count
+            share = Share(batch, len(batch.texts), count, due, size)
+            replies += [share] * count
             batch.texts += part
             batch.runs.append((received, addr, count))
+            batch.shares.append(share)
             batch.nbytes += size
             self.pending += count
             self.pending_bytes += size
@@ -384,14 +262,14 @@ class IngestApp:
                 continue
             batch = self._batches.popleft()
             batch.taken = True
-            deadline = batch.first_at + self.commit_timeout
             try:
-                # A batch already past its deadline is answered without being sent.
-                rows = Rows(batch.texts, batch.runs, ids=batch.ids)
-                reply = self._commit(rows, deadline) if time.monotonic() < deadline else ERR_UNAVAILABLE
+                reply = self._commit(functools.partial(self._unexpired, batch))
             except Rejected as exc:
+                rows = batch.rows()
                 batch.replies = [ERR_UNAVAILABLE] * len(rows)
-                reply = self._bisect(batch, rows, deadline, exc)
+                # Its parts are given up at the latest deadline of its lines, so that no line gets ERR
+                # unavailable before its own (a rejected value is rare: the others may get theirs late).
+                reply = self._bisect(batch, rows, batch.shares[-1].due, exc)
             except Exception:
                 log.exception("ingest: batch of %d lines failed", len(batch.texts))
                 reply = ERR_UNAVAILABLE
@@ -401,27 +279,52 @@ class IngestApp:
     def _settled(self, batch: Batch, reply: str) -> None:
         """Release a batch's replies and its room in the queue."""
         batch.resolve(reply)
-        self.pending -= len(batch.texts)
-        self.pending_bytes -= batch.nbytes
+        self._release(len(batch.texts), batch.nbytes)
         batch.texts = []  # answered: the texts are not needed any more
         batch.runs = []
+        batch.shares = []
         batch.ids = None
+
+    def _release(self, lines: int, nbytes: int) -> None:
+        """Lines answered: their room in the queue is free (a reader waiting for it goes on)."""
+        self.pending -= lines
+        self.pending_bytes -= nbytes
         if not self._room.is_set() and self.pending < self.max_pending and self.pending_bytes < self.max_pending_bytes:
             self._room.set()
 
+    def _unexpired(self, batch: Batch, now: float) -> tuple[Rows, float]:
+        """A batch a flusher holds: answer ERR unavailable to its lines whose deadline has passed; return
+        the others and their earliest deadline (no rows: none is left)."""
+        lines, nbytes = batch.drop_expired(now)
+        if lines:
+            self._release(lines, nbytes)
+            log.error(
+                "ingest: %d lines not committed within commit_timeout (%gs): ERR unavailable",
+                lines,
+                self.commit_timeout,
+            )
+        if not batch.shares:
+            return Rows([], []), now
+        return batch.rows(), batch.due()
+
     def _expire_loop(self) -> None:
-        """Answer ERR unavailable for queued batches past commit_timeout: they were never sent to the
+        """Answer ERR unavailable to queued lines past their commit_timeout: they were never sent to the
         database, so this is safe even while every flusher is stuck."""
         batches = self._batches
         while True:
             gevent.sleep(EXPIRE_INTERVAL_S)
             now = time.monotonic()
             expired = 0
-            while batches and batches[0].first_at + self.commit_timeout <= now:
-                batch = batches.popleft()
+            # Queued lines are in arrival order: the expired ones are the front of the first batches.
+            while batches:
+                batch = batches[0]
+                lines, nbytes = batch.drop_expired(now)
+                self._release(lines, nbytes)
+                expired += lines
+                if batch.shares:
+                    break
+                batches.popleft()
                 batch.taken = True
-                expired += len(batch.texts)
-                self._settled(batch, ERR_UNAVAILABLE)
             if expired:
                 log.error(
                     "ingest: %d queued lines were not sent within commit_timeout (%gs), every flusher being "
@@ -432,15 +335,20 @@ class IngestApp:
 
     # -- committing a batch -------------------------------------------------------------------------
 
-    def _commit(self, lines: Rows, deadline: float) -> str:
-        """Store these lines exactly once if at all possible before the deadline; return their reply.
+    def _commit(self, pick: Callable[[float], tuple[Rows, float]]) -> str:
+        """Store some lines exactly once if at all possible, each before its own deadline; return their reply.
 
+        ``pick(now)`` gives the lines still to store and the earliest of their deadlines, having answered
+        those whose deadline has passed (no rows: none is left, the reply is ERR unavailable). It is asked
+        again after each failed try, which never waits past that earliest deadline: a line gets its ERR
+        when its own commit_timeout is over, neither with the first lines of its batch nor a backoff early.
         Raises Rejected when the database refuses one of their values.
         """
+        lines, deadline = pick(time.monotonic())
         marker = os.urandom(16)
         delay = RETRY_DELAY_MIN
         failures = 0
-        while True:
+        while len(lines):
             try:
                 skipped = self._write(lines, marker, deadline)
                 self.batches_committed += 1
@@ -468,15 +376,14 @@ class IngestApp:
                 if failures == 0:
                     log.warning("ingest: batch of %d lines failed, retrying: %s", len(lines), exc)
             failures += 1
-            if time.monotonic() + delay >= deadline:
-                log.error(
-                    "ingest: %d lines not committed within commit_timeout (%gs): ERR unavailable",
-                    len(lines),
-                    self.commit_timeout,
-                )
-                return ERR_UNAVAILABLE
-            gevent.sleep(delay)
+            gevent.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(RETRY_DELAY_MAX, delay * 2)
+            remaining, deadline = pick(time.monotonic())
+            if len(remaining) != len(lines):
+                # Every try so far is known not to have committed; the lines that are left get a marker of
+                # their own, so that no earlier try's marker could ever stand for them.
+                lines, marker = remaining, os.urandom(16)
+        return ERR_UNAVAILABLE
 
     def _bisect(self, batch: Batch, rows: Rows, deadline: float, exc: Rejected) -> str:
         """Store the rows of a rejected batch in halves until the offending lines are alone; give those
@@ -490,7 +397,7 @@ class IngestApp:
             return ERR_REJECTED
         for part in rows.halves():
             try:
-                reply = self._commit(part, deadline)
+                reply = self._commit(functools.partial(self._until, part, deadline))
             except Rejected as part_exc:
                 self._bisect(batch, part, deadline, part_exc)
                 continue
@@ -499,6 +406,18 @@ class IngestApp:
                 reply = ERR_UNAVAILABLE
             replies[part.offset : part.offset + len(part)] = [reply] * len(part)
         return OK
+
+    def _until(self, rows: Rows, deadline: float, now: float) -> tuple[Rows, float]:
+        """Lines with one deadline for them all (a part of a rejected batch): all of them, or none once it
+        has passed."""
+        if now < deadline:
+            return rows, deadline
+        log.error(
+            "ingest: %d lines not committed within commit_timeout (%gs): ERR unavailable",
+            len(rows),
+            self.commit_timeout,
+        )
+        return Rows([], []), deadline
 
     def _write(self, lines: Rows, marker: bytes, deadline: float) -> int:
         """One try at storing the lines with their marker; return how many were not written because their
