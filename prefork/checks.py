@@ -14,14 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefork.config import Config
-
-EXIT_OK = 0
-EXIT_FAILED = 2
+from prefork.exits import EXIT_OK, EXIT_USAGE
 
 
 def _fail(message: str) -> int:
     print(f"prefork: check failed: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_USAGE
 
 
 def load(cfg: Config) -> Any:

@@ -34,9 +34,11 @@ from prefork import logs, pidfile, sockets
 from prefork.app import AppLoadError, start_directory
 from prefork.appconfig import Probe, needs_probe
 from prefork.config import Config, ConfigError
+from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
+from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
     MASTER_FILE,
     PIDFILE_STATE_SUFFIX,
@@ -50,14 +52,9 @@ from prefork.state import (
     write_json,
 )
 from prefork.systemd import Notifier
-from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec
+from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
-
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_CONFIG = 2
-EXIT_BOOT = 3
 
 FD_MARGIN = 128  # descriptors a worker needs beside its clients: pool, listeners, logs, state files
 BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
@@ -65,9 +62,6 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
-
-SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
-SIG_NAMES = {getattr(signal, f"SIG{name}"): name.lower() for name in SIGNALS}
 
 
 class HaltServer(Exception):
@@ -163,14 +157,14 @@ class Master:
         try:
             prepare_state_dir(self.state_dir)
         except (StateDirError, OSError) as exc:
-            raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_CONFIG) from None
+            raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_USAGE) from None
         self._state_dir_ours = True
         _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
         if self.cfg.server.pidfile:
             try:
                 self._pidfile_fd = pidfile.acquire(self.cfg.server.pidfile, self.pid)
             except pidfile.PidfileError as exc:
-                raise HaltServer(str(exc), EXIT_CONFIG) from None
+                raise HaltServer(str(exc), EXIT_USAGE) from None
             # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
             Path(self.cfg.server.pidfile + PIDFILE_STATE_SUFFIX).write_text(f"{self.state_dir}\n")
         r, w = os.pipe()
@@ -178,7 +172,7 @@ class Master:
         os.set_blocking(w, False)
         self._pipe = (r, w)
         signal.set_wakeup_fd(w)
-        for signum in SIG_NAMES:
+        for signum in MASTER_SIGNALS:
             signal.signal(signum, self._queue_signal)
         log.info("Starting prefork master %s (%s)", self.pid, self.cfg.server.name)
         for sock in self.listeners.values():
@@ -212,7 +206,7 @@ class Master:
             return self.halt(halt.reason, halt.exit_status)
         except Exception:
             log.exception("unhandled error in the master")
-            return self.halt("unhandled error", EXIT_RUNTIME)
+            return self.halt("unhandled error", EXIT_FAILURE)
 
     def wait_for_events(self) -> None:
         """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape or a probe's report."""
@@ -242,7 +236,7 @@ class Master:
         """Handle every queued signal."""
         while self.sig_queue:
             signum = self.sig_queue.pop(0)
-            getattr(self, f"handle_{SIG_NAMES[signum]}")()
+            getattr(self, f"handle_{handler_name(signum)}")()
 
     # -- signal handlers ----------------------------------------------------------------------------
 
@@ -497,13 +491,13 @@ class Master:
             return
         # Until the worker has its own handlers, signals wait (blocked) instead of reaching the master's
         # handlers inherited by this child, which would swallow a TERM during the import below.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIG_NAMES)
+        signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             from prefork.worker import run_worker  # patches with gevent: only ever in a forked child
         except BaseException:
             log.exception("worker failed to boot: cannot load prefork.worker")
             logs.flush()
-            os._exit(WORKER_BOOT_ERROR)
+            os._exit(EXIT_BOOT)
         run_worker(
             WorkerSpec(
                 config=cfg,
@@ -581,7 +575,7 @@ class Master:
         if self.pending is not None and worker.generation == self.pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
             return  # check_reload abandons the reload
-        if not self.booted and (code == WORKER_BOOT_ERROR or not worker.ready):
+        if not self.booted and (code == EXIT_BOOT or not worker.ready):
             # Any exit before serving at start is a boot failure: sys.exit() in the app's import, a
             # segfault, an import that hung past `timeout`. Counted, so a broken app never fork-loops.
             self.boot_failures += 1

@@ -35,10 +35,8 @@ from collections.abc import Iterator
 from typing import IO
 
 from prefork.client import Client, ClientError, Item
+from prefork.exits import EXIT_NOT_ALL_OK, EXIT_OK, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_NOT_ALL_OK = 1
-EXIT_USAGE = 2
 PROGRESS_INTERVAL_S = 0.2
 FINGERPRINT_BYTES = 1024  # of a file's first line: with its device and inode, what tells files apart
 FINGERPRINT_CHARS = 16  # 64 bits of hash: distinct files never share ids in practice
