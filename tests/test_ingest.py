@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import connect as helper_connect
 from tests.helpers import query
 from tests.mysql_proxy import CommitBreakingProxy, FaultProxy, every
-from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
+from tests.server import ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
 
 NL = b"\n"
 
@@ -310,15 +310,6 @@ def test_check_and_initdb(dsn, tmp_path):
 def test_worker_creates_table_at_start(dsn):
     with ingest_server(dsn, "t_autocreate", workers=1):
         wait_for(lambda: query(dsn, "SHOW TABLES LIKE 't_autocreate'"), 20, what="the table")
-
-
-def test_etc_schema_matches_the_code():
-    from workers.schema import create_marker_table_sql, create_server_run_table_sql, create_table_sql
-
-    text = (ROOT / "etc" / "schema.sql").read_text()
-    assert create_table_sql("received_lines") + ";" in text
-    assert create_marker_table_sql() + ";" in text
-    assert create_server_run_table_sql() + ";" in text
 
 
 # -- promises under combined faults (each of these failed before its fix) --------------------------------
