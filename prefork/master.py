@@ -2,9 +2,10 @@
 
 Signal handlers only queue the signal and wake the main loop (self-pipe through ``signal.set_wakeup_fd``);
 the loop waits for a signal or a scrape, pops the queue and dispatches to a small ``handle_*`` method,
-serves /metrics, then reaps, polls (heartbeats, readiness, workers stopping by themselves), finishes or
-abandons a reload, murders (heartbeat timeouts, overdue stops), manages (spawns or retires workers) and
-writes the status file.
+serves /metrics, then reaps (a reaped worker is retired: its last counts join the lasting totals), polls
+(heartbeats, readiness, workers stopping by themselves), goes on with a reload (its app probe, then its
+generation), murders (heartbeat timeouts, overdue stops), manages (spawns or stops workers toward the
+target), announces readiness once, writes the status file and keeps systemd current.
 
 The master never imports the application, gevent or the database driver, and never opens a database
 connection: workers import the app after the fork, so a HUP's new generation runs new code.
@@ -26,6 +27,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +143,7 @@ class Master:
         self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}}
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
-        self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
+        self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
         self.start_dir = start_directory()
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
         # share of long-lived clients (see AcceptTable). Slots are given at fork and zeroed at reaping.
@@ -197,11 +199,12 @@ class Master:
                 self.serve_metrics()
                 self.reap_workers()
                 self.poll_workers()
-                self.check_probe()
                 self.check_reload()
                 self.murder_workers()
                 self.manage_workers()
+                self.announce_ready()
                 self.write_status()
+                self.notify_systemd()
         except HaltServer as halt:
             return self.halt(halt.reason, halt.exit_status)
         except Exception:
@@ -244,7 +247,7 @@ class Master:
         """Reaping happens on every pass of the loop."""
 
     def handle_hup(self) -> None:
-        """Reload: new config, new generation, then retire the old one."""
+        """Reload: new config, new generation, then stop the old one."""
         log.info("Hang up: reloading")
         self.reload()
 
@@ -344,7 +347,7 @@ class Master:
     # -- reload -------------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read the config; start a new generation with it (check_reload retires the old one when it is
+        """Re-read the config; start a new generation with it (check_reload stops the old one when it is
         ready), after the app's probe approved it when the app's sections have values (check_probe)."""
         if self.pending is not None or self.probing is not None:
             what = f"generation {self.pending.generation}" if self.pending else "checking the app's settings"
@@ -424,6 +427,11 @@ class Master:
             self.spawn_worker(generation, cfg, listeners)
 
     def check_reload(self) -> None:
+        """Go on with a reload: its probe's report (check_probe), then its generation (check_generation)."""
+        self.check_probe()
+        self.check_generation()
+
+    def check_generation(self) -> None:
         """Finish a pending reload once its workers are all ready, or abandon it if they fail to boot."""
         pending = self.pending
         if pending is None:
@@ -461,7 +469,7 @@ class Master:
     # -- worker management --------------------------------------------------------------------------
 
     def manage_workers(self) -> None:
-        """Keep `target` workers in the current generation: spawn the missing, retire the extra."""
+        """Keep `target` workers in the current generation: spawn the missing, stop the extra (oldest first)."""
         current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
         missing = self.target - len(current)
         if missing > 0 and time.monotonic() >= self.spawn_after:
@@ -470,12 +478,20 @@ class Master:
         elif missing < 0:
             for w in sorted(current, key=lambda w: w.started)[:-missing]:
                 self.stop_worker(w, "ttou")
+
+    def announce_ready(self) -> None:
+        """Say once that the server serves: when a first worker is ready, log it and run the ``on_ready``
+        callbacks (daemon mode: the launcher returns 0); when every worker of the first generation is,
+        tell systemd READY=1 (a reload's end tells it again: check_generation)."""
         if not self.booted and any(w.ready for w in self.workers.values()):
             self.booted = True
             log.info("Workers are serving")
             for callback in self.on_ready:
                 callback()
-        if not self._notified_ready and len(current) >= self.target and all(w.ready for w in current):
+        if self._notified_ready:
+            return
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
+        if len(current) >= self.target and all(w.ready for w in current):
             self._notified_ready = True
             self.notify.ready(self.summary())
 
@@ -519,8 +535,7 @@ class Master:
         (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)."""
         fds = [*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])]
         fds += [w.heartbeat.fd for w in self.workers.values()]  # each worker writes only its own
-        if self.notify._sock is not None:
-            fds.append(self.notify._sock.fileno())
+        fds += self.notify.filenos()
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
             fds.append(self._pidfile_fd)
         if self.probing is not None:  # a worker reading the probe's report would leave the master half of it
@@ -549,7 +564,8 @@ class Master:
             self.worker_exited(worker, status)
 
     def retire(self, worker: WorkerProc, code: int) -> None:
-        """Keep a dead worker's last counts in the lasting totals, and why it went."""
+        """Take a reaped worker off the books: its last counts join the lasting totals (``retired``), and
+        why it went the restart counts. (Stopping a live worker is ``stop_worker``.)"""
         last = worker.heartbeat.read()
         worker.heartbeat.close()
         self.accept_table.release(worker.slot)  # a dead worker's clients no longer hold the others back
@@ -658,11 +674,7 @@ class Master:
     # -- status -------------------------------------------------------------------------------------
 
     def write_status(self) -> None:
-        """Write master.json for `prefork status`; keep systemd's status line and watchdog current."""
-        if self.notify.enabled:
-            self.notify.watchdog()
-            if self._notified_ready and self.pending is None:
-                self.notify.status(self.summary())
+        """Write master.json for `prefork status` and /metrics."""
         try:
             write_json(self.state_dir / MASTER_FILE, self.state())
         except FileNotFoundError:
@@ -679,6 +691,15 @@ class Master:
             if self._status_error is not None:
                 log.info("status file written again")
                 self._status_error = None
+
+    def notify_systemd(self) -> None:
+        """Keep systemd current: the watchdog ping (the loop runs), and the status line once the server was
+        announced ready, except during a reload (whose end sends READY with it)."""
+        if not self.notify.enabled:
+            return
+        self.notify.watchdog()
+        if self._notified_ready and self.pending is None:
+            self.notify.status(self.summary())
 
     def _status_failed(self, message: str) -> None:
         if message != self._status_error:  # logged once, not every pass
