@@ -37,13 +37,14 @@ from gevent.server import StreamServer  # noqa: E402
 from gevent.socket import socket as green_socket  # noqa: E402
 
 from prefork import logs  # noqa: E402
-from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
+from prefork.app import AppLoadError, enter_app_dir, load_app  # noqa: E402
 from prefork.config import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
+from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol import Counters, LineConnection, ProtocolSettings, accepts_line_ids, line_ids_refused  # noqa: E402
+from prefork.protocol import Counters, LineConnection, ProtocolSettings  # noqa: E402
 from prefork.proxy_protocol import client_address  # noqa: E402
 from prefork.signals import reset_master_handlers  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
@@ -205,7 +206,7 @@ class Worker:
                 # Serving it would hand ids to an app that ignores them: resends stored twice, silently.
                 log.error("worker failed to boot: %s", line_ids_refused(self.cfg.server.app))
                 return False
-            setup = getattr(self.app, "setup", None)
+            setup = setup_of(self.app)
             if setup is not None:
                 setup(WorkerInfo(pid=self.pid, generation=self.spec.generation, config=self.cfg))
         except (AppLoadError, ConfigError) as exc:
@@ -300,7 +301,7 @@ class Worker:
         Whatever the shape, the heartbeat goes out (a missed one would get this worker killed as hung):
         stats that strict JSON cannot hold, or that are too large for the master to read, are left out
         and said so once. How status and /metrics use them is theirs to decide (prefork.status)."""
-        stats = getattr(self.app, "stats", None)
+        stats = stats_of(self.app)
         if stats is None:
             return None
         try:
@@ -340,7 +341,7 @@ class Worker:
         for pool in pools:
             pool.join(timeout=max(0.0, deadline - time.monotonic()))
         self._write_state()
-        close = getattr(self.app, "close", None)
+        close = close_of(self.app)
         if close is not None:
             try:
                 close(max(0.0, deadline - time.monotonic()))

@@ -417,16 +417,16 @@ def test_lookup_skips_a_session_it_may_not_kill(db):
 @pytest.mark.timeout(60)
 def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
-    from prefork.app import Client, WorkerInfo
     from prefork.config import load_config
+    from prefork.interface import Peer, WorkerInfo
     from workers.ingest import IngestApp, Rows
 
     cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})
     app = IngestApp()
     app.setup(WorkerInfo(pid=os.getpid(), generation=1, config=cfg))
     try:
-        assert app.handle("warm", Client("127.0.0.1", 1)).get(timeout=20) == "OK"
-        batch = app.handle("once", Client("127.0.0.1", 1)).batch
+        assert app.handle("warm", Peer("127.0.0.1", 1)).get(timeout=20) == "OK"
+        batch = app.handle("once", Peer("127.0.0.1", 1)).batch
         batch.taken = True
         app._batches.clear()
         marker = os.urandom(16)
