@@ -1,5 +1,6 @@
 -- The ingest table, the batch marker table and the server run table; `prefork initdb` and every worker
 -- create them when missing. A configured ingest.table replaces `received_lines`.
+-- Made by `python -m workers.schema` from workers/schema.py: change that, then run it again.
 
 CREATE TABLE IF NOT EXISTS `received_lines` (
   id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,

@@ -1,7 +1,7 @@
 """`prefork check` and `prefork initdb`: what an operator runs before starting the server.
 
 Both load the configured app (validating the config first) and run its hook, if it has one:
-``check(worker)`` and ``initdb(worker)`` (see ``prefork.app``). The framework itself knows no app: the
+``check(worker)`` and ``initdb(worker)`` (see ``prefork.interface``). The framework itself knows no app: the
 ingest app's hooks connect and look for (or create) its table; an app without hooks, such as the echo
 app, opens no database connection.
 """
@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefork.config import Config
-
-EXIT_OK = 0
-EXIT_FAILED = 2
+from prefork.exits import EXIT_OK, EXIT_USAGE
+from prefork.interface import Hook, WorkerInfo, accepts_line_ids, hook_of, line_ids_refused
 
 
 def _fail(message: str) -> int:
     print(f"prefork: check failed: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_USAGE
 
 
 def load(cfg: Config) -> Any:
@@ -39,10 +38,10 @@ def load(cfg: Config) -> Any:
         raise AppLoadError(f"{cfg.server.app} exited: {exc.code}") from None
 
 
-def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str | None]:
+def _run_hook(cfg: Config, name: Hook, tokens: Sequence[str]) -> tuple[int, str | None]:
     """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
     if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
-    from prefork.app import AppLoadError, WorkerInfo
+    from prefork.app import AppLoadError
     from prefork.appconfig import settle
 
     try:
@@ -51,11 +50,9 @@ def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str |
         return _fail(str(exc)), None
     cfg = settle(cfg, app, tokens)
     if name == "check" and cfg.server.line_ids:
-        from prefork.protocol import accepts_line_ids, line_ids_refused
-
         if not accepts_line_ids(app):
             return _fail(line_ids_refused(cfg.server.app)), None  # its workers would not boot
-    hook = getattr(app, name, None)
+    hook = hook_of(app, name)
     if hook is None:
         return EXIT_OK, None
     try:

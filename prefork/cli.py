@@ -27,13 +27,10 @@ from typing import TYPE_CHECKING
 
 from prefork import __version__
 from prefork.config import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
+from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
     from prefork.privileges import Identity
-
-EXIT_USAGE = 2
-EXIT_BOOT = 3
-EXIT_INTERRUPTED = 130  # as a shell reports a command killed by SIGINT
 
 
 class CommandError(Exception):
@@ -304,7 +301,8 @@ def signal_master(args: argparse.Namespace, signum: int) -> int:
     pid = find_master_pid(args)
     path = _pidfile_of(args)
     if path and not pidfiles.is_locked(path):
-        raise CommandError(f"no master running (pidfile {path} is not held by a running master, pid {pid})", 1)
+        held = f"pidfile {path} is not held by a running master, pid {pid}"
+        raise CommandError(f"no master running ({held})", EXIT_FAILURE)
     os.kill(pid, signum)
     return pid
 
@@ -330,7 +328,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     while _alive(pid):
         if deadline is not None and time.monotonic() > deadline:
             print(f"prefork: master {pid} is still stopping after {args.timeout:g}s", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         time.sleep(0.1)
     print(f"prefork: master {pid} stopped")
     return 0

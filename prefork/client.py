@@ -53,8 +53,10 @@ READ_SIZE = 65536
 ID_PROBE = b"@\xff\n"
 OK_IDS = "OK ids"
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-# At most 40 characters: a sequence number of up to 24 digits still fits the 64 of an id.
-_ID_PREFIX = re.compile(r"[A-Za-z0-9._:-]{0,40}")
+# The prefix of ids made here and by `prefork send`: at most 40 characters, so that what follows it (a
+# sequence number, or ":" and a line number, of up to 24 characters) still fits the 64 of an id.
+MAX_ID_PREFIX = 40
+_ID_PREFIX = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_PREFIX}}}")
 
 Item = str | bytes | tuple[str, str | bytes]  # a line, or (id, line)
 
@@ -74,6 +76,14 @@ def check_id(ident: str) -> str:
     if not isinstance(ident, str) or not _ID.fullmatch(ident):
         raise ValueError(f"bad line id {ident!r}: expected 1-64 characters of A-Z a-z 0-9 . _ : -")
     return ident
+
+
+def check_id_prefix(prefix: str) -> str:
+    """``prefix`` if it can begin line ids (1-40 characters of ``[A-Za-z0-9._:-]``), else ValueError. Never
+    empty: an empty prefix (an unset variable, say) would give every run and every client the same ids."""
+    if not isinstance(prefix, str) or not _ID_PREFIX.fullmatch(prefix):
+        raise ValueError(f"bad id prefix {prefix!r}: expected 1-{MAX_ID_PREFIX} characters of A-Z a-z 0-9 . _ : -")
+    return prefix
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -106,12 +116,12 @@ class Client:
         for this long while replies are due is treated as broken; ``backoff``: first and longest wait
         between connection attempts; ``give_up_after``: ClientError after this long without a connection;
         ``ids``: line ids when the server offers them (None), always (True) or never (False);
-        ``id_prefix``: what the ids of lines without an id of the caller's begin with (at most 40 characters
-        of ``[A-Za-z0-9._:-]``; default: random)."""
+        ``id_prefix``: what the ids of lines without an id of the caller's begin with (1-40 characters of
+        ``[A-Za-z0-9._:-]``, see ``check_id_prefix``; default: random)."""
         if window < 1:
             raise ValueError("window must be at least 1")
-        if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
-            raise ValueError(f"bad id prefix {id_prefix!r}: expected at most 40 characters of A-Z a-z 0-9 . _ : -")
+        if id_prefix is not None:
+            check_id_prefix(id_prefix)
         self.host, self.port = parse_address(address)
         self.window = window
         self.connect_timeout = connect_timeout

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from prefork.exits import EXIT_FAILURE, EXIT_OK
+
 
 def daemonize(master: Any) -> Callable[[int], None]:
     """Fork into the background. Returns, in the daemon, a function that reports the start outcome;
@@ -20,11 +22,11 @@ def daemonize(master: Any) -> Callable[[int], None]:
         # One read, not read-to-EOF: the workers inherit the write end, so EOF would wait for them to exit.
         # The outcome is one short write; EOF without it (b"") means the daemon died before reporting.
         outcome = os.read(r, 16).strip()
-        os._exit(int(outcome) if outcome.isdigit() else 1)
+        os._exit(int(outcome) if outcome.isdigit() else EXIT_FAILURE)
     os.close(r)
     os.setsid()
     if os.fork():  # not a session leader: can never reacquire a terminal
-        os._exit(0)
+        os._exit(EXIT_OK)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
@@ -38,10 +40,10 @@ def daemonize(master: Any) -> Callable[[int], None]:
         reported = True
         os.write(w, str(code).encode())
         os.close(w)
-        if code == 0:  # serving: let go of the launcher's terminal
+        if code == EXIT_OK:  # serving: let go of the launcher's terminal
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 2)
             os.close(devnull)
 
-    master.on_ready.append(lambda: report(0))
+    master.on_ready.append(lambda: report(EXIT_OK))
     return report

@@ -2,9 +2,10 @@
 
 Signal handlers only queue the signal and wake the main loop (self-pipe through ``signal.set_wakeup_fd``);
 the loop waits for a signal or a scrape, pops the queue and dispatches to a small ``handle_*`` method,
-serves /metrics, then reaps, polls (heartbeats, readiness, workers stopping by themselves), finishes or
-abandons a reload, murders (heartbeat timeouts, overdue stops), manages (spawns or retires workers) and
-writes the status file.
+serves /metrics, then reaps (a reaped worker is retired: its last counts join the lasting totals), polls
+(heartbeats, readiness, workers stopping by themselves), goes on with a reload (its app probe, then its
+generation), murders (heartbeat timeouts, overdue stops), manages (spawns or stops workers toward the
+target), announces readiness once, writes the status file and keeps systemd current.
 
 The master never imports the application, gevent or the database driver, and never opens a database
 connection: workers import the app after the fork, so a HUP's new generation runs new code.
@@ -26,6 +27,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +36,11 @@ from prefork import logs, pidfile, sockets
 from prefork.app import AppLoadError, start_directory
 from prefork.appconfig import Probe, needs_probe
 from prefork.config import Config, ConfigError
+from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
+from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
     MASTER_FILE,
     PIDFILE_STATE_SUFFIX,
@@ -50,14 +54,9 @@ from prefork.state import (
     write_json,
 )
 from prefork.systemd import Notifier
-from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec
+from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
-
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_CONFIG = 2
-EXIT_BOOT = 3
 
 FD_MARGIN = 128  # descriptors a worker needs beside its clients: pool, listeners, logs, state files
 BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
@@ -65,9 +64,6 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
-
-SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
-SIG_NAMES = {getattr(signal, f"SIG{name}"): name.lower() for name in SIGNALS}
 
 
 class HaltServer(Exception):
@@ -147,7 +143,7 @@ class Master:
         self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}}
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
-        self.on_ready: list = []  # callbacks run once the first generation is serving (daemon mode)
+        self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
         self.start_dir = start_directory()
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
         # share of long-lived clients (see AcceptTable). Slots are given at fork and zeroed at reaping.
@@ -163,14 +159,14 @@ class Master:
         try:
             prepare_state_dir(self.state_dir)
         except (StateDirError, OSError) as exc:
-            raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_CONFIG) from None
+            raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_USAGE) from None
         self._state_dir_ours = True
         _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
         if self.cfg.server.pidfile:
             try:
                 self._pidfile_fd = pidfile.acquire(self.cfg.server.pidfile, self.pid)
             except pidfile.PidfileError as exc:
-                raise HaltServer(str(exc), EXIT_CONFIG) from None
+                raise HaltServer(str(exc), EXIT_USAGE) from None
             # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
             Path(self.cfg.server.pidfile + PIDFILE_STATE_SUFFIX).write_text(f"{self.state_dir}\n")
         r, w = os.pipe()
@@ -178,7 +174,7 @@ class Master:
         os.set_blocking(w, False)
         self._pipe = (r, w)
         signal.set_wakeup_fd(w)
-        for signum in SIG_NAMES:
+        for signum in MASTER_SIGNALS:
             signal.signal(signum, self._queue_signal)
         log.info("Starting prefork master %s (%s)", self.pid, self.cfg.server.name)
         for sock in self.listeners.values():
@@ -203,16 +199,17 @@ class Master:
                 self.serve_metrics()
                 self.reap_workers()
                 self.poll_workers()
-                self.check_probe()
                 self.check_reload()
                 self.murder_workers()
                 self.manage_workers()
+                self.announce_ready()
                 self.write_status()
+                self.notify_systemd()
         except HaltServer as halt:
             return self.halt(halt.reason, halt.exit_status)
         except Exception:
             log.exception("unhandled error in the master")
-            return self.halt("unhandled error", EXIT_RUNTIME)
+            return self.halt("unhandled error", EXIT_FAILURE)
 
     def wait_for_events(self) -> None:
         """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape or a probe's report."""
@@ -242,7 +239,7 @@ class Master:
         """Handle every queued signal."""
         while self.sig_queue:
             signum = self.sig_queue.pop(0)
-            getattr(self, f"handle_{SIG_NAMES[signum]}")()
+            getattr(self, f"handle_{handler_name(signum)}")()
 
     # -- signal handlers ----------------------------------------------------------------------------
 
@@ -250,7 +247,7 @@ class Master:
         """Reaping happens on every pass of the loop."""
 
     def handle_hup(self) -> None:
-        """Reload: new config, new generation, then retire the old one."""
+        """Reload: new config, new generation, then stop the old one."""
         log.info("Hang up: reloading")
         self.reload()
 
@@ -350,7 +347,7 @@ class Master:
     # -- reload -------------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read the config; start a new generation with it (check_reload retires the old one when it is
+        """Re-read the config; start a new generation with it (check_reload stops the old one when it is
         ready), after the app's probe approved it when the app's sections have values (check_probe)."""
         if self.pending is not None or self.probing is not None:
             what = f"generation {self.pending.generation}" if self.pending else "checking the app's settings"
@@ -430,6 +427,11 @@ class Master:
             self.spawn_worker(generation, cfg, listeners)
 
     def check_reload(self) -> None:
+        """Go on with a reload: its probe's report (check_probe), then its generation (check_generation)."""
+        self.check_probe()
+        self.check_generation()
+
+    def check_generation(self) -> None:
         """Finish a pending reload once its workers are all ready, or abandon it if they fail to boot."""
         pending = self.pending
         if pending is None:
@@ -467,7 +469,7 @@ class Master:
     # -- worker management --------------------------------------------------------------------------
 
     def manage_workers(self) -> None:
-        """Keep `target` workers in the current generation: spawn the missing, retire the extra."""
+        """Keep `target` workers in the current generation: spawn the missing, stop the extra (oldest first)."""
         current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
         missing = self.target - len(current)
         if missing > 0 and time.monotonic() >= self.spawn_after:
@@ -476,12 +478,20 @@ class Master:
         elif missing < 0:
             for w in sorted(current, key=lambda w: w.started)[:-missing]:
                 self.stop_worker(w, "ttou")
+
+    def announce_ready(self) -> None:
+        """Say once that the server serves: when a first worker is ready, log it and run the ``on_ready``
+        callbacks (daemon mode: the launcher returns 0); when every worker of the first generation is,
+        tell systemd READY=1 (a reload's end tells it again: check_generation)."""
         if not self.booted and any(w.ready for w in self.workers.values()):
             self.booted = True
             log.info("Workers are serving")
             for callback in self.on_ready:
                 callback()
-        if not self._notified_ready and len(current) >= self.target and all(w.ready for w in current):
+        if self._notified_ready:
+            return
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
+        if len(current) >= self.target and all(w.ready for w in current):
             self._notified_ready = True
             self.notify.ready(self.summary())
 
@@ -497,13 +507,13 @@ class Master:
             return
         # Until the worker has its own handlers, signals wait (blocked) instead of reaching the master's
         # handlers inherited by this child, which would swallow a TERM during the import below.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIG_NAMES)
+        signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             from prefork.worker import run_worker  # patches with gevent: only ever in a forked child
         except BaseException:
             log.exception("worker failed to boot: cannot load prefork.worker")
             logs.flush()
-            os._exit(WORKER_BOOT_ERROR)
+            os._exit(EXIT_BOOT)
         run_worker(
             WorkerSpec(
                 config=cfg,
@@ -525,8 +535,7 @@ class Master:
         (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)."""
         fds = [*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])]
         fds += [w.heartbeat.fd for w in self.workers.values()]  # each worker writes only its own
-        if self.notify._sock is not None:
-            fds.append(self.notify._sock.fileno())
+        fds += self.notify.filenos()
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
             fds.append(self._pidfile_fd)
         if self.probing is not None:  # a worker reading the probe's report would leave the master half of it
@@ -555,7 +564,8 @@ class Master:
             self.worker_exited(worker, status)
 
     def retire(self, worker: WorkerProc, code: int) -> None:
-        """Keep a dead worker's last counts in the lasting totals, and why it went."""
+        """Take a reaped worker off the books: its last counts join the lasting totals (``retired``), and
+        why it went the restart counts. (Stopping a live worker is ``stop_worker``.)"""
         last = worker.heartbeat.read()
         worker.heartbeat.close()
         self.accept_table.release(worker.slot)  # a dead worker's clients no longer hold the others back
@@ -581,7 +591,7 @@ class Master:
         if self.pending is not None and worker.generation == self.pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
             return  # check_reload abandons the reload
-        if not self.booted and (code == WORKER_BOOT_ERROR or not worker.ready):
+        if not self.booted and (code == EXIT_BOOT or not worker.ready):
             # Any exit before serving at start is a boot failure: sys.exit() in the app's import, a
             # segfault, an import that hung past `timeout`. Counted, so a broken app never fork-loops.
             self.boot_failures += 1
@@ -664,11 +674,7 @@ class Master:
     # -- status -------------------------------------------------------------------------------------
 
     def write_status(self) -> None:
-        """Write master.json for `prefork status`; keep systemd's status line and watchdog current."""
-        if self.notify.enabled:
-            self.notify.watchdog()
-            if self._notified_ready and self.pending is None:
-                self.notify.status(self.summary())
+        """Write master.json for `prefork status` and /metrics."""
         try:
             write_json(self.state_dir / MASTER_FILE, self.state())
         except FileNotFoundError:
@@ -685,6 +691,15 @@ class Master:
             if self._status_error is not None:
                 log.info("status file written again")
                 self._status_error = None
+
+    def notify_systemd(self) -> None:
+        """Keep systemd current: the watchdog ping (the loop runs), and the status line once the server was
+        announced ready, except during a reload (whose end sends READY with it)."""
+        if not self.notify.enabled:
+            return
+        self.notify.watchdog()
+        if self._notified_ready and self.pending is None:
+            self.notify.status(self.summary())
 
     def _status_failed(self, message: str) -> None:
         if message != self._status_error:  # logged once, not every pass

@@ -29,6 +29,8 @@ import pwd
 import signal
 from dataclasses import dataclass
 
+from prefork.exits import EXIT_FAILURE
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -112,4 +114,4 @@ def die_with_parent(parent_pid: int) -> None:
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent_pid:  # the parent died before the prctl: nobody would send the signal
-        os._exit(1)
+        os._exit(EXIT_FAILURE)

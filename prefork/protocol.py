@@ -63,7 +63,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from prefork.app import ERR_UNAVAILABLE, Client
+from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 
 READ_SIZE = 65536
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
@@ -139,8 +139,8 @@ class LineConnection:
         self.settings = settings
         self.counters = counters
         counters.next_client_id += 1
-        self.client = Client(addr=_peer_name(sock, addr), id=counters.next_client_id)
-        self._handle_lines = getattr(app, "handle_lines", None)
+        self.client = Peer(addr=_peer_name(sock, addr), id=counters.next_client_id)
+        self._handle_lines = handle_lines_of(app)
         if sock.family != socket.AF_UNIX:
             # Replies are small and go out as soon as they are known: without this, Nagle's algorithm holds a
             # reply until the client ACKs the previous one, and a delayed ACK takes up to 40 ms.
@@ -670,19 +670,6 @@ def _split_ids(text: str, lines: list[str]) -> list[str | None] | None:
             ids[i] = prefix[1] or None
             lines[i] = line[prefix.end() :]
     return ids
-
-
-def accepts_line_ids(app: Any) -> bool:
-    """Whether ``app`` opted in to line ids: ``accepts_line_ids = True`` and a ``handle_lines`` to take them."""
-    return getattr(app, "accepts_line_ids", False) is True and callable(getattr(app, "handle_lines", None))
-
-
-def line_ids_refused(app_spec: str) -> str:
-    """The one line saying why an app that does not accept line ids cannot serve with them on."""
-    return (
-        f"server.line_ids is on, but the app {app_spec} does not accept line ids "
-        "(it needs accepts_line_ids = True and handle_lines(lines, client, ids))"
-    )
 
 
 def _known_text(replies: list[Any]) -> str | None:

@@ -28,22 +28,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
 from typing import IO
 
-from prefork.client import Client, ClientError, Item
+from prefork.client import Client, ClientError, Item, check_id_prefix
+from prefork.exits import EXIT_NOT_ALL_OK, EXIT_OK, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_NOT_ALL_OK = 1
-EXIT_USAGE = 2
 PROGRESS_INTERVAL_S = 0.2
 FINGERPRINT_BYTES = 1024  # of a file's first line: with its device and inode, what tells files apart
 FINGERPRINT_CHARS = 16  # 64 bits of hash: distinct files never share ids in practice
 PARTIAL_LINE_HASH_CHARS = 8  # in the id of a last line without its LF
-_ID_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,40}")  # with ":" and a line number, within the 64 of an id
 
 
 def file_fingerprint(st: os.stat_result, first_line: bytes) -> str:
@@ -116,11 +112,10 @@ def send_files(
     ``ids``: use line ids when the server offers them (stable ones: see the module); ``id_prefix``: the
     prefix of stdin's ids (without it, stdin's ids are random)."""
     if id_prefix is not None:
-        if not _ID_PREFIX.fullmatch(id_prefix):
-            print(
-                f"prefork: error: --id-prefix: {id_prefix!r}: expected 1-40 characters of A-Z a-z 0-9 . _ : -",
-                file=sys.stderr,
-            )
+        try:
+            check_id_prefix(id_prefix)
+        except ValueError as exc:
+            print(f"prefork: error: --id-prefix: {exc}", file=sys.stderr)
             return EXIT_USAGE
         if "-" not in paths:
             print(

@@ -44,7 +44,7 @@ def collect(master_pid: int, state_dir: Path) -> dict[str, Any]:
 
 
 def build_report(master: dict[str, Any]) -> dict[str, Any]:
-    """The report (SPEC section 9) from the master's state: its figures and its workers' last states."""
+    """The report (README, "Operations") from the master's state: its figures and its workers' last states."""
     now = time.time()
     workers = []
     for state in master.get("workers", []):

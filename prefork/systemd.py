@@ -72,6 +72,10 @@ class Notifier:
             self._next_watchdog = time.monotonic() + self.watchdog_s / 2
             self.send("WATCHDOG=1")
 
+    def filenos(self) -> list[int]:
+        """The descriptor of the socket to systemd, once one is open: a forked worker must close it."""
+        return [] if self._sock is None else [self._sock.fileno()]
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

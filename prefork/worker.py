@@ -8,7 +8,7 @@ while it holds more than its share of the clients: ``AcceptGate``), and reports 
 its heartbeat file every second (``prefork.state``). Signals from the master:
 TERM = graceful stop, INT/QUIT = quick stop, USR1 = reopen logs, ABRT = dump stacks (then killed).
 
-Exit codes: 0 after a stop, ``WORKER_BOOT_ERROR`` when the app cannot be imported or set up (the master
+Exit codes: 0 after a stop, ``EXIT_BOOT`` when the app cannot be imported or set up (the master
 counts these to stop a fork loop), 1 on any other failure.
 """
 
@@ -37,22 +37,18 @@ from gevent.server import StreamServer  # noqa: E402
 from gevent.socket import socket as green_socket  # noqa: E402
 
 from prefork import logs  # noqa: E402
-from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
+from prefork.app import AppLoadError, enter_app_dir, load_app  # noqa: E402
 from prefork.config import ConfigError  # noqa: E402
+from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
+from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol import (  # noqa: E402
-    Counters,
-    LineConnection,
-    ProtocolSettings,
-    StopReading,
-    accepts_line_ids,
-    line_ids_refused,
-)
+from prefork.protocol import Counters, LineConnection, ProtocolSettings, StopReading  # noqa: E402
 from prefork.proxy_protocol import client_address  # noqa: E402
+from prefork.signals import reset_master_handlers  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
-from prefork.workerspec import WORKER_BOOT_ERROR, WorkerSpec  # noqa: E402
+from prefork.workerspec import WorkerSpec  # noqa: E402
 
 HEARTBEAT_INTERVAL = 1.0
 MAX_APP_STATS_BYTES = 64 << 10  # of an app's stats() as JSON, well within what the master reads of a state
@@ -78,11 +74,11 @@ log = logging.getLogger("prefork.worker")
 
 def run_worker(spec: WorkerSpec) -> NoReturn:
     """Run a worker in the freshly forked child and exit the process with its exit code."""
-    code = 1
+    code = EXIT_FAILURE
     try:
         code = Worker(spec).run()
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
     except BaseException:
         log.exception("worker crashed")
     finally:
@@ -124,7 +120,7 @@ class Worker:
             log.exception("worker failed to boot")
             booted = False
         if not booted:
-            return WORKER_BOOT_ERROR
+            return EXIT_BOOT
         self.ready = True
         self._write_state()
         if self.cfg.server.daemon:
@@ -135,12 +131,12 @@ class Worker:
             self._stop_event.set()
         self._stop_event.wait()
         if self._quick:
-            return 0
+            return EXIT_OK
         # The heartbeat goes on while stopping: the state says "stopping", so the master gives this worker
         # its graceful_timeout instead of taking it for hung after `timeout`.
         self._graceful_stop()
         heartbeat.kill()
-        return 0
+        return EXIT_OK
 
     def _boot(self) -> bool:
         """Set up the process and the app, start serving; False if the app cannot be imported or set up."""
@@ -175,19 +171,7 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
-        for signum in (
-            signal.SIGHUP,
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGQUIT,
-            signal.SIGCHLD,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-        ):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        reset_master_handlers()
         # Until gevent's handlers take over at the end of the boot: a stop is remembered for then, USR1
         # reopens the logs, and no signal the master sends kills a booting worker by its default action
         # (a logrotate's USR1 during a reload would otherwise kill the new generation).
@@ -226,7 +210,7 @@ class Worker:
                 # Serving it would hand ids to an app that ignores them: resends stored twice, silently.
                 log.error("worker failed to boot: %s", line_ids_refused(self.cfg.server.app))
                 return False
-            setup = getattr(self.app, "setup", None)
+            setup = setup_of(self.app)
             if setup is not None:
                 setup(WorkerInfo(pid=self.pid, generation=self.spec.generation, config=self.cfg))
         except (AppLoadError, ConfigError) as exc:
@@ -333,7 +317,7 @@ class Worker:
         Whatever the shape, the heartbeat goes out (a missed one would get this worker killed as hung):
         stats that strict JSON cannot hold, or that are too large for the master to read, are left out
         and said so once. How status and /metrics use them is theirs to decide (prefork.status)."""
-        stats = getattr(self.app, "stats", None)
+        stats = stats_of(self.app)
         if stats is None:
             return None
         try:
@@ -376,7 +360,7 @@ class Worker:
         for pool in pools:
             pool.join(timeout=max(0.0, deadline - time.monotonic()))
         self._write_state()
-        close = getattr(self.app, "close", None)
+        close = close_of(self.app)
         if close is not None:
             try:
                 close(max(0.0, deadline - time.monotonic()))

@@ -12,8 +12,6 @@ from typing import Any
 
 from prefork.privileges import Identity
 
-WORKER_BOOT_ERROR = 3  # a worker's exit code when its app cannot be imported or set up
-
 
 @dataclass
 class WorkerSpec:

@@ -1,4 +1,4 @@
-"""Make sure a MySQL/MariaDB answers for `make run` (SPEC section 3).
+"""Make sure a MySQL/MariaDB answers for `make run` (README, its opening: what `make run` uses).
 
 python scripts/devdb.py ensure [DSN]   # print the DSN to use: the given one if it answers, else a
                                        # private MariaDB with its data under var/ (started if needed)

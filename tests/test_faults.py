@@ -6,7 +6,8 @@ error on an open connection, in turn). 50 pipelining clients send unique lines i
 reply. Meanwhile, spread over about 75 seconds in a seeded random order, workers are SIGKILLed, MariaDB is
 SIGKILLed and restarted, and the master is sent HUP; finally it gets TERM while the load still runs.
 
-What is asserted holds whatever the timing (SPEC sections 5, 6, 7): every line answered ``OK`` is stored
+What is asserted holds whatever the timing (README: "Line protocol (v1)", "Reliability",
+"Signals (to the master)"): every line answered ``OK`` is stored
 exactly once, no line answered ``ERR`` is stored, no line is stored twice, a connection never gets more
 replies than lines or anything but ``OK`` / ``ERR ...``, no connection attempt fails while a reload is
 under way, and the master exits 0 after TERM. Lines without a reply (a connection broke) may or may not be

@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import connect as helper_connect
 from tests.helpers import query
 from tests.mysql_proxy import CommitBreakingProxy, FaultProxy, every
-from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
+from tests.server import ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
 from tests.test_protocol import holds_listener
 
 NL = b"\n"
@@ -348,15 +348,6 @@ def test_worker_creates_table_at_start(dsn):
         wait_for(lambda: query(dsn, "SHOW TABLES LIKE 't_autocreate'"), 20, what="the table")
 
 
-def test_etc_schema_matches_the_code():
-    from workers.schema import create_marker_table_sql, create_server_run_table_sql, create_table_sql
-
-    text = (ROOT / "etc" / "schema.sql").read_text()
-    assert create_table_sql("received_lines") + ";" in text
-    assert create_marker_table_sql() + ";" in text
-    assert create_server_run_table_sql() + ";" in text
-
-
 # -- promises under combined faults (each of these failed before its fix) --------------------------------
 
 
@@ -462,16 +453,16 @@ def test_lookup_skips_a_session_it_may_not_kill(db):
 @pytest.mark.timeout(60)
 def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
-    from prefork.app import Client, WorkerInfo
     from prefork.config import load_config
+    from prefork.interface import Peer, WorkerInfo
     from workers.ingest import IngestApp, Rows
 
     cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})
     app = IngestApp()
     app.setup(WorkerInfo(pid=os.getpid(), generation=1, config=cfg))
     try:
-        assert app.handle("warm", Client("127.0.0.1", 1)).get(timeout=20) == "OK"
-        batch = app.handle("once", Client("127.0.0.1", 1)).batch
+        assert app.handle("warm", Peer("127.0.0.1", 1)).get(timeout=20) == "OK"
+        batch = app.handle("once", Peer("127.0.0.1", 1)).batch
         batch.taken = True
         app._batches.clear()
         marker = os.urandom(16)

@@ -315,6 +315,19 @@ def test_client_sends_ids_when_the_server_offers_them():
         Client("127.0.0.1:1", id_prefix="x" * 41)
 
 
+@pytest.mark.parametrize("prefix", ["", "x" * 41, "bad prefix"])
+def test_the_client_and_send_refuse_the_same_id_prefixes(prefix, capsys):
+    """One rule for the prefix of ids made by the sending library: 1-40 characters of the id set. Empty
+    is refused by both (an unset variable would give every run the same ids)."""
+    from prefork.sender import send_files
+
+    with pytest.raises(ValueError, match="bad id prefix"):
+        Client("127.0.0.1:1", id_prefix=prefix)
+    assert send_files(["-"], "127.0.0.1:1", id_prefix=prefix) == 2
+    assert "--id-prefix: bad id prefix" in capsys.readouterr().err
+    assert Client("127.0.0.1:1", id_prefix="x" * 40).id_prefix == "x" * 40
+
+
 def hold_a_commit(db, number: int) -> FaultProxy:
     """A proxy to the private server that holds back the reply of its `number`-th COMMIT (the setup of the
     workers commits a few times first: later ones are batches)."""

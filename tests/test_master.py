@@ -1,4 +1,5 @@
-"""The master from outside: a real `prefork run` subprocess, real sockets, real signals (SPEC sections 3, 4, 7, 9).
+"""The master from outside: a real `prefork run` subprocess, real sockets, real signals (README: "Command
+line", "Configuration", "Signals (to the master)", "Operations").
 
 No test asserts on timings: every wait is a bounded poll (wait_for) for an observable state.
 """

@@ -1,4 +1,5 @@
-"""The line protocol (SPEC section 5), end to end: the real master running `workers.echo:app`, real sockets.
+"""The line protocol (README, "Line protocol (v1)"), end to end: the real master running `workers.echo:app`,
+real sockets.
 
 The echo application answers a valid line with the line itself, so every reply can be predicted from what was
 sent (`expected_reply`). Servers with the default settings are shared per module; servers with other settings
@@ -46,7 +47,8 @@ ALLOCATOR_SLACK = 1 * MB  # what the allocator keeps beside the objects (arenas,
 
 
 def expected_reply(line: bytes, max_line: int = DEFAULT_MAX_LINE) -> bytes:
-    """What the echo app must answer to one line as sent (its LF already removed), per SPEC section 5."""
+    """What the echo app must answer to one line as sent (its LF already removed), per README "Line
+    protocol (v1)"."""
     if line.endswith(b"\r"):
         line = line[:-1]  # one CR before the LF is dropped, only one
     if len(line) > max_line:

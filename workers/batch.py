@@ -14,7 +14,7 @@ from typing import Any
 
 from gevent.event import Event
 
-from prefork.app import ERR_UNAVAILABLE
+from prefork.interface import ERR_UNAVAILABLE
 
 # Lines of one read of one client, consecutive in a batch: (arrival time in epoch seconds, address, count).
 Run = tuple[float, str, int]

@@ -63,7 +63,7 @@ import gevent
 import pymysql
 from gevent.event import Event
 
-from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
+from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
 from prefork.pool import Pool, PoolError, connect_once, is_disconnect, set_session_variable
 from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
 from workers.batch import Batch, Rows, Share
@@ -206,11 +206,11 @@ class IngestApp:
 
     # -- the hot path -------------------------------------------------------------------------------
 
-    def handle(self, line: str, client: Client) -> Share:
+    def handle(self, line: str, client: Peer) -> Share:
         """Queue one line; return the future of its reply, known once its batch is committed."""
         return self.handle_lines([line], client)[0]
 
-    def handle_lines(self, lines: list[str], client: Client, ids: list[str | None] | None = None) -> list[Share]:
+    def handle_lines(self, lines: list[str], client: Peer, ids: list[str | None] | None = None) -> list[Share]:
         """Queue the lines of one read; return the futures of their replies, one per line (lines that join
         the same batch share one). ``ids`` (server.line_ids): each line's id or None."""
         if ids is not None and ids.count(None) == len(ids):

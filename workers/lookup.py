@@ -31,7 +31,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 
-from prefork.app import ERR_UNAVAILABLE, Client, WorkerInfo
+from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
 from prefork.pool import Pool, connect_once
 from prefork.settings import Section, option, positive_int, positive_seconds, table_name
 from workers.schema import quote_identifier, table_exists
@@ -90,7 +90,7 @@ class LookupApp:
         self.looked_up = self.found = self.failures = 0
         self.lookers = [gevent.spawn(self._look_loop) for _ in range(self.conf.lookers)]
 
-    def handle(self, line: str, client: Client) -> AsyncResult:
+    def handle(self, line: str, client: Peer) -> AsyncResult:
         """Queue the key; its reply is a future the lookers fill. Blocks while the queue is full."""
         while len(self.queue) >= self.conf.max_pending:
             self.room.clear()

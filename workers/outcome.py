@@ -1,4 +1,4 @@
-"""Learning whether a COMMIT whose reply never came was stored (SPEC section 6).
+"""Learning whether a COMMIT whose reply never came was stored (README, "Reliability").
 
 When the COMMIT itself fails (the connection broke, an error packet came back, the driver lost the packet
 sequence), the transaction may or may not have been committed. Each batch writes a marker row in its own

@@ -1,4 +1,9 @@
-"""The ingest table (SPEC section 6). The name is configurable and always quoted with backticks."""
+"""The ingest app's tables (README, "The ingest app"). The table's name is configurable and always quoted
+with backticks.
+
+``etc/schema.sql`` is made from this module (``python -m workers.schema > etc/schema.sql``), and a test
+fails when the two differ: the statements here are the ones the workers and ``prefork initdb`` run.
+"""
 
 from __future__ import annotations
 
@@ -74,7 +79,7 @@ def ensure_table(conn: Any, table: str, line_ids: bool = False) -> None:
 
 
 # One marker row per committed batch, written in the batch's transaction: after a connection broke during
-# COMMIT, its presence tells whether the batch was stored (SPEC section 6). Old markers are pruned.
+# COMMIT, its presence tells whether the batch was stored (README, "Reliability"). Old markers are pruned.
 MARKER_TABLE = "prefork_batches"
 
 
@@ -98,3 +103,26 @@ def create_server_run_table_sql() -> str:
   id    TINYINT    NOT NULL PRIMARY KEY,
   token BINARY(16) NOT NULL
 ) ENGINE=MEMORY"""
+
+
+SCHEMA_FILE_HEADER = """\
+-- The ingest table, the batch marker table and the server run table; `prefork initdb` and every worker
+-- create them when missing. A configured ingest.table replaces `{table}`.
+-- Made by `python -m workers.schema` from workers/schema.py: change that, then run it again.
+"""
+LINE_IDS_NOTE = """
+-- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
+-- the ingest table (left out while it is off):
+-- {sql};
+"""
+
+
+def schema_sql(table: str) -> str:
+    """The text of ``etc/schema.sql`` for the ingest table ``table``: every statement the app may run."""
+    statements = [create_table_sql(table), create_marker_table_sql(), create_server_run_table_sql()]
+    created = "".join(f"\n{sql};\n" for sql in statements)
+    return SCHEMA_FILE_HEADER.format(table=table) + created + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
+
+
+if __name__ == "__main__":
+    print(schema_sql("received_lines"), end="")
