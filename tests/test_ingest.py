@@ -440,7 +440,7 @@ def thread_with_id(dsn: str, thread_id: int):
 def test_lookup_skips_a_session_it_may_not_kill(db):
     """KILL of another user's session fails with 1095: the lookup must go on, not retry that forever."""
     from prefork.pool import Pool
-    from workers.outcome import Session, marker_committed, server_of
+    from workers.ingest.outcome import Session, marker_committed, server_of
     from workers.schema import ensure_table
 
     query(db.dsn, "CREATE USER IF NOT EXISTS 'ingest_lowpriv'@'%'")
@@ -464,7 +464,8 @@ def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
     from prefork.app import Client, WorkerInfo
     from prefork.config import load_config
-    from workers.ingest import IngestApp, Rows
+    from workers.ingest import IngestApp
+    from workers.ingest.batch import Rows
 
     cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})
     app = IngestApp()
