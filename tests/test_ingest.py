@@ -474,12 +474,12 @@ def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
         assert app.handle("warm", Client("127.0.0.1", 1)).get(timeout=20) == "OK"
         batch = app.handle("once", Client("127.0.0.1", 1)).batch
         batch.taken = True
-        app._batches.clear()
+        app.pending.batches.clear()
         marker = os.urandom(16)
         deadline = time.monotonic() + 20
         rows_ = Rows(batch.texts, batch.runs)
-        app._write(rows_, marker, deadline)
-        app._write(rows_, marker, deadline)  # the same batch again, as after an unknown outcome
+        app.writer.write(rows_, marker, deadline)
+        app.writer.write(rows_, marker, deadline)  # the same batch again, as after an unknown outcome
     finally:
         app.close(5)
     assert rows(dsn, "t_dup_marker") == ["warm", "once"]

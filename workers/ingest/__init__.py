@@ -47,7 +47,8 @@ fails so): that is no rejected value, the batch is rolled back and tried again, 
 the id. So a line resent after a lost reply is stored once.
 """
 
-from workers.ingest.flow import IngestApp, IngestSettings
+from workers.ingest.flow import IngestApp
+from workers.ingest.settings import IngestSettings
 
 __all__ = ["IngestApp", "IngestSettings", "app"]
 
