@@ -45,6 +45,12 @@ commits one of the ids meanwhile (another worker, another flusher), the INSERT w
 a duplicate key on ``line_id`` (a LOAD skips the row with a warning, and is redone with INSERT, which
 fails so): that is no rejected value, the batch is rolled back and tried again, and its lookup then finds
 the id. So a line resent after a lost reply is stored once.
+
+The modules, in the order a line meets them: ``flow`` (``IngestApp``, the hooks prefork calls, the
+flushers' loop), ``pending`` (the queue of batches, backpressure, expiry), ``batch`` (a batch and the
+futures of its replies), ``commit`` (retries, bisection, unknown outcomes), ``write`` (one try in one
+transaction), ``encoding`` (LOAD file bytes and INSERT statements), ``outcome`` (the marker lookup after a
+failed COMMIT); ``settings`` declares ``[ingest]``.
 """
 
 from workers.ingest.flow import IngestApp
@@ -52,4 +58,4 @@ from workers.ingest.settings import IngestSettings
 
 __all__ = ["IngestApp", "IngestSettings", "app"]
 
-app = IngestApp()
+app = IngestApp()  # what server.app = workers.ingest:app names: one per process, set up in each worker
