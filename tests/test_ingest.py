@@ -431,7 +431,7 @@ def thread_with_id(dsn: str, thread_id: int):
 def test_lookup_skips_a_session_it_may_not_kill(db):
     """KILL of another user's session fails with 1095: the lookup must go on, not retry that forever."""
     from prefork.pool import Pool
-    from workers.outcome import Session, marker_committed, server_of
+    from workers.ingest.outcome import Session, marker_committed, server_of
     from workers.schema import ensure_table
 
     query(db.dsn, "CREATE USER IF NOT EXISTS 'ingest_lowpriv'@'%'")
@@ -455,7 +455,8 @@ def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
     from prefork.config import load_config
     from prefork.interface import Peer, WorkerInfo
-    from workers.ingest import IngestApp, Rows
+    from workers.ingest import IngestApp
+    from workers.ingest.batch import Rows
 
     cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})
     app = IngestApp()
@@ -464,12 +465,12 @@ def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
         assert app.handle("warm", Peer("127.0.0.1", 1)).get(timeout=20) == "OK"
         batch = app.handle("once", Peer("127.0.0.1", 1)).batch
         batch.taken = True
-        app._batches.clear()
+        app.pending.batches.clear()
         marker = os.urandom(16)
         deadline = time.monotonic() + 20
         rows_ = Rows(batch.texts, batch.runs)
-        app._write(rows_, marker, deadline)
-        app._write(rows_, marker, deadline)  # the same batch again, as after an unknown outcome
+        app.writer.write(rows_, marker, deadline)
+        app.writer.write(rows_, marker, deadline)  # the same batch again, as after an unknown outcome
     finally:
         app.close(5)
     assert rows(dsn, "t_dup_marker") == ["warm", "once"]

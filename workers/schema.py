@@ -93,7 +93,7 @@ def create_marker_table_sql() -> str:
 
 
 # One row naming the current run of the server: a MEMORY table is empty after every restart, so the token
-# found there changes with each run (thread ids start again too). See workers.outcome.
+# found there changes with each run (thread ids start again too). See workers.ingest.outcome.
 SERVER_RUN_TABLE = "prefork_server_run"
 
 

@@ -1,0 +1,184 @@
+"""The ingest app (``IngestApp``): lines in (``workers.ingest.pending``), flushers out
+(``workers.ingest.commit``), the tables, and the hooks prefork calls. The promise it keeps and how is in
+``workers.ingest``'s docstring."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, ClassVar
+
+import gevent
+import pymysql
+
+from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
+from prefork.pool import Pool, connect_once
+from workers.ingest.batch import Share
+from workers.ingest.commit import Committer
+from workers.ingest.encoding import Encoder
+from workers.ingest.pending import Pending
+from workers.ingest.settings import IngestSettings
+from workers.ingest.write import Rejected, Writer, session_setup
+from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, table_exists
+
+log = logging.getLogger("workers.ingest")
+
+MARKER_RETENTION_S = 3600.0
+PRUNE_INTERVAL_S = 60.0
+MARKERS_PRUNED_PER_TRY = 10000  # old markers deleted per statement: a short transaction, however many
+
+
+class IngestApp:
+    """Store each line as a row of ``ingest.table``.
+
+    The instance exists before any worker (``workers.ingest:app`` is imported by the master and by
+    ``prefork check``, which never call ``setup``): its per-worker state is declared here, and each
+    attribute is set once, in ``setup``.
+    """
+
+    settings: ClassVar[type[IngestSettings]] = IngestSettings
+    accepts_line_ids: ClassVar[bool] = True  # handle_lines takes the ids; each is stored once (server.line_ids)
+
+    table: str  # ingest.table
+    line_ids: bool  # server.line_ids: the table has a line id column
+    pool: Pool  # this worker's connections (lazily made)
+    pending: Pending  # lines not yet answered: the batch queue, backpressure, expiry
+    writer: Writer  # one try at storing lines (LOAD DATA or INSERT, ingest.method)
+    committer: Committer  # retries, unknown outcomes, bisection; the counters of what is stored
+    _flushers: list[gevent.Greenlet]  # ingest.flushers of them, each committing one batch at a time
+    _expirer: gevent.Greenlet  # answers queued lines past their deadline
+    _marker_retention_s: int  # markers older than this are pruned (outlasting any retry of their batch)
+    _last_prune: float  # monotonic time of the last pruning of old markers
+
+    def setup(self, worker: WorkerInfo) -> None:
+        """Build this worker's pool (it connects lazily) and start the flushers."""
+        cfg = worker.config
+        ingest = cfg.section(IngestSettings)
+        self.table = ingest.table
+        self.line_ids = cfg.server.line_ids
+        self.pool = Pool.from_config(cfg.pool, on_connect=session_setup)
+        self.pending = Pending(ingest.batch_size, ingest.commit_timeout, ingest.max_pending, ingest.max_pending_bytes)
+        self.writer = Writer(self.pool, Encoder(self.table, worker.pid), ingest.method)
+        self.committer = Committer(
+            self.pool, self.writer, ingest.commit_timeout, self.line_ids, self._ensure_tables_quietly
+        )
+        self._marker_retention_s = int(max(MARKER_RETENTION_S, 10 * ingest.commit_timeout))
+        self._last_prune = time.monotonic()
+        self._flushers = [gevent.spawn(self._flush_loop) for _ in range(ingest.flushers)]
+        self._expirer = gevent.spawn(self.pending.expire_loop)
+        gevent.spawn(self._ensure_tables_quietly)
+
+    # -- the hot path -------------------------------------------------------------------------------
+
+    def handle(self, line: str, client: Peer) -> Share:
+        """Queue one line; return the future of its reply, known once its batch is committed."""
+        return self.pending.add([line], client.addr, None)[0]
+
+    def handle_lines(self, lines: list[str], client: Peer, ids: list[str | None] | None = None) -> list[Share]:
+        """Queue the lines of one read; return the futures of their replies, one per line (lines that join
+        the same batch share one). ``ids`` (server.line_ids): each line's id or None."""
+        return self.pending.add(lines, client.addr, ids)
+
+    def _flush_loop(self) -> None:
+        pending = self.pending
+        committer = self.committer
+        while True:
+            batch = pending.take()
+            if batch is None:
+                return
+            try:
+                reply = committer.commit(functools.partial(pending.unexpired, batch))
+            except Rejected as exc:
+                rows = batch.rows()
+                batch.replies = [ERR_UNAVAILABLE] * len(rows)
+                # Its parts are given up at the latest deadline of its lines, so that no line gets ERR
+                # unavailable before its own (a rejected value is rare: the others may get theirs late).
+                reply = committer.bisect(batch, rows, batch.shares[-1].due, exc)
+            except Exception:
+                log.exception("ingest: batch of %d lines failed", len(batch.texts))
+                reply = ERR_UNAVAILABLE
+            pending.settle(batch, reply)
+            self._maybe_prune()
+
+    # -- tables and housekeeping --------------------------------------------------------------------
+
+    def check(self, worker: WorkerInfo) -> str:
+        """``prefork check``: connect to the database and look for the table (and, with line ids on, its
+        line id column)."""
+        cfg = worker.config
+        table = cfg.section(IngestSettings).table
+        conn = connect_once(cfg.pool.dsn)
+        try:
+            found = table_exists(conn, table)
+            ids_missing = found and cfg.server.line_ids and not has_line_id(conn, table)
+        finally:
+            conn.close()
+        state = "exists" if found else "is missing (the workers create it at start, `prefork initdb` now)"
+        if ids_missing:
+            state += f" without its unique {LINE_ID_COLUMN} column (the workers add it at start, `prefork initdb` now)"
+        return f"database {cfg.pool.dsn.redacted} answers, table `{table}` {state}"
+
+    def initdb(self, worker: WorkerInfo) -> str:
+        """``prefork initdb``: create the table (and the marker tables) if missing; with server.line_ids on,
+        add the line id column and its unique key if missing."""
+        cfg = worker.config
+        table = cfg.section(IngestSettings).table
+        conn = connect_once(cfg.pool.dsn)
+        try:
+            ensure_table(conn, table, line_ids=cfg.server.line_ids)
+        except pymysql.err.MySQLError as exc:
+            raise RuntimeError(f"cannot create table `{table}` in {cfg.pool.dsn.redacted}: {exc}") from None
+        finally:
+            conn.close()
+        return f"table `{table}` ready in {cfg.pool.dsn.redacted}"
+
+    def ensure_tables(self) -> None:
+        """Create the ingest table and the marker table if they are missing (and the line id column, with
+        server.line_ids on)."""
+        with self.pool.connection() as conn:
+            ensure_table(conn, self.table, line_ids=self.line_ids)
+
+    def _ensure_tables_quietly(self) -> None:
+        try:
+            self.ensure_tables()
+        except Exception as exc:
+            log.warning("ingest: cannot create the tables yet (%s); lines wait and batches retry", exc)
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_INTERVAL_S:
+            return
+        self._last_prune = now
+        try:
+            with self.pool.connection() as conn:
+                conn.cursor().execute(
+                    f"DELETE FROM `{MARKER_TABLE}` WHERE created_at < NOW() - INTERVAL %s SECOND "
+                    f"LIMIT {MARKERS_PRUNED_PER_TRY}",
+                    (self._marker_retention_s,),
+                )
+                conn.commit()
+        except Exception as exc:
+            log.info("ingest: pruning old markers failed: %s", exc)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Pool figures and batch counters for `prefork status`."""
+        committer = self.committer
+        return {
+            "pool": self.pool.stats(),
+            "pending": self.pending.lines,
+            "pending_bytes": self.pending.nbytes,
+            "batches": committer.batches_committed,
+            "rows": committer.rows_committed,
+            "rejected": committer.rejected,
+            "already_stored": committer.already_stored,
+        }
+
+    def close(self, timeout: float) -> None:
+        """Finish every queued batch (within timeout), then close the pool."""
+        self.pending.close()
+        gevent.joinall(self._flushers, timeout=timeout)
+        self._expirer.kill(block=False)
+        self.pool.close()
