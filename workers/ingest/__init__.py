@@ -13,7 +13,7 @@ truncated or skipped row instead of an error, so a load that reports any warning
 the batch has, is rolled back and the batch is sent again with INSERT, where a bad value is an error
 (and is bisected, below). Either way the rows hold every byte of every payload as sent.
 
-Failures (SPEC section 6):
+Failures (README: "Reliability"):
 
 - A batch that fails (disconnect, deadlock, database down) is retried through the pool with capped
   backoff; the pool discards broken connections. A line not committed within ``ingest.commit_timeout`` of
