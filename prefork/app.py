@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from prefork.config import Config
+    from prefork.config.loader import Config
 
 # The reply for a line that cannot be answered now (the app failed, or could not store it in time): the
 # framework's and the apps' own.

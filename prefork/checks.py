@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from prefork.config import Config
+from prefork.config.loader import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 2
@@ -43,7 +43,7 @@ def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str |
     """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
     if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
     from prefork.app import AppLoadError, WorkerInfo
-    from prefork.appconfig import settle
+    from prefork.config.probe import settle
 
     try:
         app = load(cfg)

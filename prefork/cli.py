@@ -9,8 +9,8 @@
     prefork send [--to HOST:PORT] [--errors FILE] [--no-ids] [--id-prefix TEXT] [FILE ...]   # exit 0: all OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
-prefork.config names them; an app's sections may declare more, resolved once the app is imported: see
-prefork.appconfig). Errors in the command line or the config: one line on stderr, exit 2.
+prefork.config.loader names them; an app's sections may declare more, resolved once the app is imported: see
+prefork.config.probe). Errors in the command line or the config: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefork import __version__
-from prefork.config import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
+from prefork.config.loader import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
 
 if TYPE_CHECKING:
     from prefork.privileges import Identity
@@ -116,7 +116,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.appconfig).
+    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.config.probe).
     for s in SETTINGS:
         if not s.flag:
             continue
@@ -176,7 +176,7 @@ def load_from_args(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from prefork import logs, sockets
     from prefork.app import AppLoadError, start_directory
-    from prefork.appconfig import needs_probe, probe
+    from prefork.config.probe import needs_probe, probe
     from prefork.daemon import daemonize
     from prefork.master import Master
     from prefork.privileges import file_owner
@@ -364,9 +364,9 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """Every key with its value (the DSN's password as ***) and its source, the app's sections included."""
     from prefork.app import AppLoadError
-    from prefork.appconfig import declared_sections, settle
     from prefork.checks import load
-    from prefork.settings import Section
+    from prefork.config.probe import declared_sections, settle
+    from prefork.config.section import Section
 
     cfg = load_from_args(args)
     try:

@@ -32,8 +32,8 @@ from typing import Any
 
 from prefork import logs, pidfile, sockets
 from prefork.app import AppLoadError, start_directory
-from prefork.appconfig import Probe, needs_probe
-from prefork.config import Config, ConfigError
+from prefork.config.loader import Config, ConfigError
+from prefork.config.probe import Probe, needs_probe
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title

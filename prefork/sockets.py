@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 
-from prefork.config import format_host_port
+from prefork.config.loader import format_host_port
 
 
 class BindError(Exception):

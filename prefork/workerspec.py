@@ -19,7 +19,7 @@ WORKER_BOOT_ERROR = 3  # a worker's exit code when its app cannot be imported or
 class WorkerSpec:
     """Everything a new worker needs from its master."""
 
-    config: Any  # prefork.config.Config
+    config: Any  # prefork.config.loader.Config
     listeners: list[socket.socket]
     generation: int
     heartbeat_fd: int  # an anonymous file shared with the master: state and heartbeat (prefork.state)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prefork.config import (
+from prefork.config.loader import (
     SETTINGS,
     Address,
     Config,
@@ -25,7 +25,7 @@ from prefork.config import (
     parse_override,
     setting,
 )
-from prefork.config import load_config as load_framework_config
+from prefork.config.loader import load_config as load_framework_config
 from prefork.dsn import DSN
 from workers.ingest import IngestSettings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefork.config import ConfigError, load_config
+from prefork.config.loader import ConfigError, load_config
 from prefork.dsn import DSNError, parse_dsn
 
 

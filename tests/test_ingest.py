@@ -427,7 +427,7 @@ def test_lookup_skips_a_session_it_may_not_kill(db):
 def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
     from prefork.app import Client, WorkerInfo
-    from prefork.config import load_config
+    from prefork.config.loader import load_config
     from workers.ingest import IngestApp, Rows
 
     cfg = load_config(env={}, overrides={"pool.dsn": dsn, "ingest.table": "t_dup_marker", "ingest.flushers": "1"})

@@ -22,10 +22,10 @@ from typing import Any
 
 from prefork import logs
 from prefork.app import AppLoadError, enter_app_dir, load_app
-from prefork.config import Config, ConfigError
+from prefork.config.loader import Config, ConfigError
+from prefork.config.section import Section, sections_of
 from prefork.privileges import Identity, PrivilegeError, die_with_parent
 from prefork.privileges import drop as drop_privileges
-from prefork.settings import Section, sections_of
 
 PROBE_POLL_S = 0.1  # how often a waiting probe() looks at its deadline
 

@@ -13,7 +13,7 @@ silently leaves a default in force.
 The framework owns ``[server]`` and ``[pool]`` (ServerConfig, PoolConfig). Every other section belongs to
 the application, which declares it (prefork.settings): the master never imports the app, so a Config
 keeps those values as raw strings, in the order of their sources, and ``check_sections()`` validates
-them once the app's sections are known (prefork.appconfig does that in a forked probe for the master).
+them once the app's sections are known (prefork.config.probe does that in a forked probe for the master).
 ``PREFORK_<SECTION>_*`` variables of a section the app does not declare are ignored, as are other
 ``PREFORK_*`` variables.
 
@@ -34,10 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prefork.dsn import DSN, DSNError, hide_password, parse_dsn
-from prefork.proxy_protocol import MODES as PROXY_MODES
-from prefork.proxy_protocol import parse_networks
-from prefork.settings import (
+from prefork.config.section import (
     KEY_NAME,
     SECTION_NAME,
     Section,
@@ -52,6 +49,9 @@ from prefork.settings import (
     positive_seconds,
     seconds,
 )
+from prefork.dsn import DSN, DSNError, hide_password, parse_dsn
+from prefork.proxy_protocol import MODES as PROXY_MODES
+from prefork.proxy_protocol import parse_networks
 
 ENV_PREFIX = "PREFORK_"
 FRAMEWORK_SECTIONS = ("server", "pool")
