@@ -1,4 +1,4 @@
-"""The line-application interface, and loading an application from ``module:attribute``.
+"""The line-application interface: what an application is, and what it sees of prefork.
 
 An application is any object with these methods (only ``handle`` is required)::
 
@@ -48,16 +48,13 @@ whose id is already stored gets ``OK`` without being stored again: resends becom
 ``server.line_ids`` off it is called as before, without ``ids``. With it on, a worker whose app has not
 opted in does not boot.
 
-The master never imports the application: each worker imports it after the fork, so a SIGHUP's new
+``server.app`` names the application as ``module:attribute`` (prefork.config.appload imports it). The
+master never imports the application: each worker imports it after the fork, so a SIGHUP's new
 generation runs new code.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -94,48 +91,3 @@ class Client:
     addr: str  # peer IP address, or "unix"
     id: int
     data: dict[str, Any] = field(default_factory=dict)  # free for the application's per-client state
-
-
-class AppLoadError(Exception):
-    """The application could not be imported or has no usable ``handle``."""
-
-
-def load_app(spec: str) -> Any:
-    """Import ``module:attribute`` and return the application object (instantiated if it is a class)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise AppLoadError(f"cannot import {module_name!r} (server.app={spec}): {exc!r}") from exc
-    try:
-        app = getattr(module, attr)
-    except AttributeError:
-        raise AppLoadError(f"module {module_name!r} has no attribute {attr!r} (server.app={spec})") from None
-    if isinstance(app, type):
-        app = app()
-    if not callable(getattr(app, "handle", None)):
-        raise AppLoadError(f"{spec} has no handle(line, client) method")
-    return app
-
-
-def start_directory() -> str:
-    """Where prefork was started: $PWD when it names the current directory (it keeps a symlink such as
-    /srv/current, which a deploy may later point at a new release), else the resolved cwd."""
-    cwd = os.getcwd()
-    pwd = os.environ.get("PWD", "")
-    try:
-        if os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
-            return pwd
-    except OSError:
-        pass
-    return cwd
-
-
-def enter_app_dir(app_dir: str, pythonpath: Iterable[str] = ()) -> None:
-    """Make the app importable as a worker does: enter ``app_dir`` (server.chdir, else where prefork
-    started) and put server.pythonpath, then ``app_dir``, first on sys.path. OSError if it cannot enter."""
-    os.chdir(app_dir)
-    for path in reversed([*pythonpath, app_dir]):
-        if path in sys.path:
-            sys.path.remove(path)
-        sys.path.insert(0, path)

@@ -26,7 +26,7 @@ def _fail(message: str) -> int:
 
 def load(cfg: Config) -> Any:
     """Import the configured app here, from where a worker would (server.chdir, server.pythonpath)."""
-    from prefork.app import AppLoadError, enter_app_dir, load_app, start_directory
+    from prefork.config.appload import AppLoadError, enter_app_dir, load_app, start_directory
 
     app_dir = cfg.server.chdir or start_directory()
     try:
@@ -42,8 +42,9 @@ def load(cfg: Config) -> Any:
 def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str | None]:
     """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
     if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
-    from prefork.app import AppLoadError, WorkerInfo
-    from prefork.config.probe import settle
+    from prefork.app import WorkerInfo
+    from prefork.config.appload import AppLoadError
+    from prefork.config.appsections import settle
 
     try:
         app = load(cfg)

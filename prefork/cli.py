@@ -9,8 +9,8 @@
     prefork send [--to HOST:PORT] [--errors FILE] [--no-ids] [--id-prefix TEXT] [FILE ...]   # exit 0: all OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
-prefork.config.loader names them; an app's sections may declare more, resolved once the app is imported: see
-prefork.config.probe). Errors in the command line or the config: one line on stderr, exit 2.
+prefork.config.framework names them; an app's sections may declare more, resolved once the app is imported: see
+prefork.config.appsections). Errors in the command line or the config: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefork import __version__
-from prefork.config.loader import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
+from prefork.config.errors import ConfigError
+from prefork.config.framework import FRAMEWORK, SETTINGS
+from prefork.config.loader import Config, load_config
+from prefork.config.sources import parse_override
 
 if TYPE_CHECKING:
     from prefork.privileges import Identity
@@ -116,7 +119,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.config.probe).
+    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.config.appsections).
     for s in SETTINGS:
         if not s.flag:
             continue
@@ -175,7 +178,7 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from prefork import logs, sockets
-    from prefork.app import AppLoadError, start_directory
+    from prefork.config.appload import AppLoadError, start_directory
     from prefork.config.probe import needs_probe, probe
     from prefork.daemon import daemonize
     from prefork.master import Master
@@ -363,9 +366,9 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Every key with its value (the DSN's password as ***) and its source, the app's sections included."""
-    from prefork.app import AppLoadError
     from prefork.checks import load
-    from prefork.config.probe import declared_sections, settle
+    from prefork.config.appload import AppLoadError
+    from prefork.config.appsections import declared_sections, settle
     from prefork.config.section import Section
 
     cfg = load_from_args(args)

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from prefork import logs, pidfile, sockets
-from prefork.app import AppLoadError, start_directory
-from prefork.config.loader import Config, ConfigError
+from prefork.config.appload import AppLoadError, start_directory
+from prefork.config.errors import ConfigError
+from prefork.config.loader import Config
 from prefork.config.probe import Probe, needs_probe
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner

@@ -37,8 +37,9 @@ from gevent.server import StreamServer  # noqa: E402
 from gevent.socket import socket as green_socket  # noqa: E402
 
 from prefork import logs  # noqa: E402
-from prefork.app import AppLoadError, WorkerInfo, enter_app_dir, load_app  # noqa: E402
-from prefork.config.loader import ConfigError  # noqa: E402
+from prefork.app import WorkerInfo  # noqa: E402
+from prefork.config.appload import AppLoadError, enter_app_dir, load_app  # noqa: E402
+from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402

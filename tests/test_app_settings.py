@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from prefork.config.loader import Config, ConfigError, load_config
-from prefork.config.probe import resolve_flags, settle
+from prefork.config.appsections import resolve_flags, settle
+from prefork.config.errors import ConfigError
+from prefork.config.loader import Config, load_config
 from prefork.settings import Section, choice, option, positive_int, sections_of
 from tests.server import APPS, ServerProcess, cmdline, is_alive, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli

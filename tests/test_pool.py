@@ -517,7 +517,8 @@ def test_constructor_defaults_are_the_config_schema_defaults():
     [pool] section, and POOL_SETTINGS names every key of that section but the DSN."""
     import inspect
 
-    from prefork.config.loader import SETTINGS, load_config
+    from prefork.config.framework import SETTINGS
+    from prefork.config.loader import load_config
     from prefork.pool import POOL_SETTINGS
 
     section = load_config(env={}).pool

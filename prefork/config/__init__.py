@@ -21,5 +21,18 @@ Errors are ConfigError: one line naming the key and the bad value. The database 
 in an error message or in ``Config.as_dict()``. SIGHUP calls ``Config.reload()``: the file is read again,
 while the environment and the command line stay as they were given at start.
 
-``loader`` reads and holds the values, ``section`` declares sections, ``probe`` checks an app's.
+The modules, each importing only those above it:
+
+- ``errors``: ConfigError and its "did you mean" hint.
+- ``address``: ``HOST:PORT``, ``[IPv6]:PORT`` and ``unix:PATH``, parsed and written.
+- ``section``: the Section/option mechanism; ``parsers``: value parsers (apps get both from prefork.settings).
+- ``framework``: ``[server]`` and ``[pool]``.
+- ``sources``: the file, the environment, ``-s``; values kept with their source.
+- ``loader``: ``load_config()`` and ``Config``.
+- ``appload``: importing the app that ``server.app`` names (workers, probe and one-shot commands).
+- ``appsections``: the app's flags and sections, checked once it is imported (``settle()``).
+- ``probe``: the forked child that settles the config for the master, which never imports the app.
+
+This package imports none of its modules: a module that needs an address (the client, the DSN) imports
+``prefork.config.address`` without pulling in the rest.
 """

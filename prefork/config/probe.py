@@ -1,13 +1,14 @@
-"""An application's own settings sections: learned by importing the app, then validated.
+"""The probe: a forked child that imports the app to check the config against its sections, for the master.
 
 The master never imports the application (a reload must run new code, and nothing of the app may live
 in the master), so ``prefork run`` and SIGHUP ask a forked child, the probe, to import it, check the
-config against the sections it declares (prefork.settings), resolve the app's command-line flags and
-report back through a pipe (``Probe``: it runs as server.user and holds nothing of the master's). The
-probe runs only when there is something to check: a value of a section other than [server] and [pool],
-or a flag the framework does not know. At start ``prefork run`` waits for it (``probe()``); on SIGHUP
-the master watches it from its main loop and keeps supervising meanwhile. The one-shot commands
-(``check``, ``initdb``, ``config``) import the app in their own process and call ``settle()``.
+config against the sections it declares (prefork.config.appsections), resolve the app's command-line
+flags and report back through a pipe (``Probe``: it runs as server.user and holds nothing of the
+master's). The probe runs only when there is something to check: a value of a section other than
+[server] and [pool], or a flag the framework does not know (``needs_probe()``). At start ``prefork run``
+waits for it (``probe()``); on SIGHUP the master watches it from its main loop and keeps supervising
+meanwhile. The one-shot commands (``check``, ``initdb``, ``config``) import the app in their own process
+and call ``settle()``.
 """
 
 from __future__ import annotations
@@ -21,51 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefork import logs
-from prefork.app import AppLoadError, enter_app_dir, load_app
-from prefork.config.loader import Config, ConfigError
-from prefork.config.section import Section, sections_of
+from prefork.config.appload import AppLoadError, enter_app_dir, load_app
+from prefork.config.appsections import settle
+from prefork.config.errors import ConfigError
+from prefork.config.loader import Config
 from prefork.privileges import Identity, PrivilegeError, die_with_parent
 from prefork.privileges import drop as drop_privileges
 
 PROBE_POLL_S = 0.1  # how often a waiting probe() looks at its deadline
-
-
-def declared_sections(app: Any) -> tuple[type[Section], ...]:
-    """The Section classes an app lists in its ``settings`` attribute (none if it has no such attribute)."""
-    try:
-        return sections_of(getattr(app, "settings", None))
-    except TypeError as exc:
-        raise AppLoadError(f"{type(app).__name__}.settings: {exc}") from None
-
-
-def resolve_flags(tokens: Sequence[str], sections: Sequence[type[Section]]) -> dict[str, str]:
-    """``--flag VALUE`` / ``--flag=VALUE`` tokens the framework's parser left over, as ``section.key``
-    overrides of the app's sections; ConfigError for a token that is none of their flags."""
-    flags = {s.flag: s.name for kind in sections for s in kind.settings() if s.flag}
-    result: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        flag, eq, value = tokens[i].partition("=")
-        if flag not in flags:
-            offered = f" (the app's flags: {', '.join(sorted(flags))})" if flags else ""
-            raise ConfigError(f"unrecognized argument {tokens[i]!r}{offered}")
-        if not eq:
-            if i + 1 >= len(tokens):
-                raise ConfigError(f"{flag}: expected a value ({flags[flag]})", flags[flag])
-            i += 1
-            value = tokens[i]
-        result[flags[flag]] = value
-        i += 1
-    return result
-
-
-def settle(cfg: Config, app: Any, tokens: Sequence[str] = ()) -> Config:
-    """``cfg`` with the app's flags folded in, its sections validated; ConfigError on the first problem."""
-    sections = declared_sections(app)
-    if tokens:
-        cfg = cfg.with_app_flags(resolve_flags(tokens, sections))
-    cfg.check_sections(sections, cfg.server.app)
-    return cfg
 
 
 def needs_probe(cfg: Config, tokens: Sequence[str] = ()) -> bool:

@@ -1,0 +1,59 @@
+"""Loading the application that ``server.app`` names, from where a worker imports it: the one place that
+does it (workers, the probe, ``prefork check``/``initdb``/``config``) and words its errors.
+
+The master never imports the application: each worker imports it after the fork, so a SIGHUP's new
+generation runs new code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+
+class AppLoadError(Exception):
+    """The application could not be imported or has no usable ``handle``."""
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:attribute`` and return the application object (instantiated if it is a class)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise AppLoadError(f"cannot import {module_name!r} (server.app={spec}): {exc!r}") from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise AppLoadError(f"module {module_name!r} has no attribute {attr!r} (server.app={spec})") from None
+    if isinstance(app, type):
+        app = app()
+    if not callable(getattr(app, "handle", None)):
+        raise AppLoadError(f"{spec} has no handle(line, client) method")
+    return app
+
+
+def start_directory() -> str:
+    """Where prefork was started: $PWD when it names the current directory (it keeps a symlink such as
+    /srv/current, which a deploy may later point at a new release), else the resolved cwd."""
+    cwd = os.getcwd()
+    pwd = os.environ.get("PWD", "")
+    try:
+        if os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
+            return pwd
+    except OSError:
+        pass
+    return cwd
+
+
+def enter_app_dir(app_dir: str, pythonpath: Iterable[str] = ()) -> None:
+    """Make the app importable as a worker does: enter ``app_dir`` (server.chdir, else where prefork
+    started) and put server.pythonpath, then ``app_dir``, first on sys.path. OSError if it cannot enter."""
+    os.chdir(app_dir)
+    for path in reversed([*pythonpath, app_dir]):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
