@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from prefork.config.loader import Config
 
@@ -24,30 +23,15 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
-def load(cfg: Config) -> Any:
-    """Import the configured app here, from where a worker would (server.chdir, server.pythonpath)."""
-    from prefork.config.appload import AppLoadError, enter_app_dir, load_app, start_directory
-
-    app_dir = cfg.server.chdir or start_directory()
-    try:
-        enter_app_dir(app_dir, cfg.server.pythonpath)
-    except OSError as exc:
-        raise AppLoadError(f"server.chdir: cannot enter {app_dir}: {exc.strerror or exc}") from None
-    try:
-        return load_app(cfg.server.app)
-    except SystemExit as exc:
-        raise AppLoadError(f"{cfg.server.app} exited: {exc.code}") from None
-
-
 def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str | None]:
     """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
     if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
     from prefork.app import WorkerInfo
-    from prefork.config.appload import AppLoadError
+    from prefork.config.appload import AppLoadError, import_app
     from prefork.config.appsections import settle
 
     try:
-        app = load(cfg)
+        app = import_app(cfg.server.app, cfg.server.chdir, cfg.server.pythonpath)
     except AppLoadError as exc:
         return _fail(str(exc)), None
     cfg = settle(cfg, app, tokens)

@@ -366,14 +366,13 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Every key with its value (the DSN's password as ***) and its source, the app's sections included."""
-    from prefork.checks import load
-    from prefork.config.appload import AppLoadError
+    from prefork.config.appload import AppLoadError, import_app
     from prefork.config.appsections import declared_sections, settle
     from prefork.config.section import Section
 
     cfg = load_from_args(args)
     try:
-        app = load(cfg)
+        app = import_app(cfg.server.app, cfg.server.chdir, cfg.server.pythonpath)
     except AppLoadError as exc:
         if args.extra or cfg.app_values:
             raise CommandError(f"cannot check the app's settings: {exc}") from None

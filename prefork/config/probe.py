@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefork import logs
-from prefork.config.appload import AppLoadError, enter_app_dir, load_app
+from prefork.config.appload import AppLoadError, import_app
 from prefork.config.appsections import settle
 from prefork.config.errors import ConfigError
 from prefork.config.loader import Config
@@ -192,17 +192,12 @@ def _probe_report(
     except (PrivilegeError, OSError) as exc:
         return {"import_error": f"cannot run as server.user/server.group: {exc}"}
     try:
-        enter_app_dir(app_dir, cfg.server.pythonpath)
-        settled = settle(cfg, load_app(cfg.server.app), tokens)
+        settled = settle(cfg, import_app(cfg.server.app, app_dir, cfg.server.pythonpath), tokens)
         return {"overrides": {k: v for k, v in settled.overrides.items() if k not in cfg.overrides}}
     except ConfigError as exc:
         return {"config_error": str(exc), "key": exc.key}
     except AppLoadError as exc:
         return {"import_error": str(exc)}
-    except OSError as exc:
-        return {"import_error": f"server.chdir: cannot enter {app_dir}: {exc.strerror or exc}"}
-    except SystemExit as exc:
-        return {"import_error": f"{cfg.server.app} exited: {exc.code}"}
     except BaseException as exc:
         return {"import_error": f"cannot load {cfg.server.app}: {exc!r}"}
 
