@@ -47,6 +47,8 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+from prefork.config.address import parse_peer
+
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
 # The capability probe and the server's answer when it takes line ids (prefork.protocol).
@@ -76,17 +78,6 @@ def check_id(ident: str) -> str:
     return ident
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST`` (port 32777) or ``[IPv6]:PORT``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        host, port = text, str(DEFAULT_PORT)
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
-    return host, int(port)
-
-
 class Client:
     """A pipelining line client with reconnect and resend (see the module)."""
 
@@ -112,7 +103,7 @@ class Client:
             raise ValueError("window must be at least 1")
         if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
             raise ValueError(f"bad id prefix {id_prefix!r}: expected at most 40 characters of A-Z a-z 0-9 . _ : -")
-        self.host, self.port = parse_address(address)
+        self.host, self.port = parse_peer(address, DEFAULT_PORT)
         self.window = window
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout

@@ -1,7 +1,8 @@
 """Addresses: ``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH``, parsed and written in one way.
 
-The listeners (``server.bind``), the metrics endpoint, the log's syslog target, the sending client and the
-DSN's hosts all read or write addresses with these functions.
+``server.bind`` and ``server.metrics_bind`` are parsed here (``parse_address``), and so is the server a
+client connects to (``parse_peer``: the same grammar, with a default port); listeners, the metrics
+endpoint and the DSN's hosts are written with ``format_host_port``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def format_host_port(host: str, port: int) -> str:
 
 
 _PORT = re.compile(r"[0-9]{1,5}")
+MAX_PORT = 65535
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _ADDRESS = "expected HOST:PORT, [IPv6]:PORT or unix:PATH with a port 0-65535"
+_PEER = "expected HOST:PORT, [IPv6]:PORT, or HOST alone for port {default}, with a port 1-65535"
 
 
 def parse_address(text: str) -> Address:
@@ -46,8 +49,33 @@ def parse_address(text: str) -> Address:
             raise ValueError("expected unix:PATH with a non-empty path")
         return Address("unix", path=path)
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not _PORT.fullmatch(port) or int(port) > 65535:
+    if not sep:
         raise ValueError(_ADDRESS)
+    host, number = _host_and_port(host, port, _ADDRESS)
+    return Address("tcp", host=host, port=number)
+
+
+def parse_peer(text: str, default_port: int) -> tuple[str, int]:
+    """The (host, port) of a server to connect to: ``HOST:PORT`` or ``[v6]:PORT`` as in server.bind, or a
+    ``HOST`` or ``[v6]`` alone for ``default_port``; ValueError naming the text and what was expected."""
+    given = text.strip()
+    host, sep, port = given.rpartition(":")
+    if not sep or "]" in port:  # no port: HOST or [v6] alone
+        host, port = given, str(default_port)
+    expected = _PEER.format(default=default_port)
+    try:
+        host, number = _host_and_port(host, port, expected)
+        if not number:
+            raise ValueError(expected)
+    except ValueError as exc:
+        raise ValueError(f"bad address {text!r}: {exc}") from None
+    return host, number
+
+
+def _host_and_port(host: str, port: str, expected: str) -> tuple[str, int]:
+    """A host (a name, IPv4, or IPv6 in brackets, returned without them) and a port 0-65535."""
+    if not host or not _PORT.fullmatch(port) or int(port) > MAX_PORT:
+        raise ValueError(expected)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
@@ -63,4 +91,4 @@ def parse_address(text: str) -> Address:
             raise ValueError("expected a valid IPv4 address") from None
     elif not _HOSTNAME.fullmatch(host):
         raise ValueError("expected a valid host name")
-    return Address("tcp", host=host, port=int(port))
+    return host, int(port)
