@@ -10,7 +10,7 @@
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
 prefork.config.framework names them; an app's sections may declare more, resolved once the app is imported: see
-prefork.config.appsections). Errors in the command line or the config: one line on stderr, exit 2.
+prefork.config.flags). Errors in the command line or the config: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from prefork import __version__
 from prefork.config.errors import ConfigError
+from prefork.config.flags import add_setting_flags, overrides
 from prefork.config.framework import FRAMEWORK, SETTINGS
 from prefork.config.loader import Config, load_config
-from prefork.config.sources import parse_override
 
 if TYPE_CHECKING:
     from prefork.privileges import Identity
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the server (foreground, or --daemon)")
     run.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
     _add_config_options(run)
-    _add_setting_flags(run)
+    add_setting_flags(run)
 
     for name, text in (
         ("reload", "reload the config and the app (SIGHUP)"),
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
         _add_config_options(p)
-        _add_setting_flags(p)
+        add_setting_flags(p)
         if name == "config":
             p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -118,17 +118,6 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.config.appsections).
-    for s in SETTINGS:
-        if not s.flag:
-            continue
-        if s.name == "server.daemon":
-            p.add_argument(s.flag, dest="flag:" + s.name, action="store_const", const="on", help=s.help)
-        else:
-            p.add_argument(s.flag, dest="flag:" + s.name, metavar=s.key.upper(), help=f"{s.help} ({s.name})")
-
-
 # Commands that take the flags of the app's sections, and the long options they have of their own.
 APP_FLAG_COMMANDS = ("run", "check", "initdb", "config")
 _OWN_OPTIONS = frozenset({"--config", "--set", "--help", "--json", *(s.flag for s in SETTINGS if s.flag)})
@@ -161,16 +150,7 @@ def split_app_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def load_from_args(args: argparse.Namespace) -> Config:
     """Build the config from -c, the environment, -s and flags (flags win over -s)."""
-    overrides: dict[str, str] = {}
-    for text in args.sets:
-        key, value = parse_override(text)
-        overrides[key] = value
-    if getattr(args, "app", None):
-        overrides["server.app"] = args.app
-    for dest, value in vars(args).items():
-        if dest.startswith("flag:") and value is not None:
-            overrides[dest[5:]] = value
-    return load_config(args.config, os.environ, overrides)
+    return load_config(args.config, os.environ, overrides(args.sets, getattr(args, "app", None), args))
 
 
 # -- commands -------------------------------------------------------------------------------------

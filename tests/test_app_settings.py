@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from prefork.config.appsections import resolve_flags, settle
+from prefork.config.appsections import settle
 from prefork.config.errors import ConfigError
+from prefork.config.flags import resolve_flags
 from prefork.config.loader import Config, load_config
 from prefork.settings import Section, choice, option, positive_int, sections_of
 from tests.server import APPS, ServerProcess, cmdline, is_alive, prefork_cmd, roundtrip, test_env, wait_for

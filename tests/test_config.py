@@ -16,10 +16,10 @@ import pytest
 
 from prefork.config.address import Address, parse_address
 from prefork.config.errors import ConfigError
+from prefork.config.flags import parse_override
 from prefork.config.framework import SETTINGS, PoolConfig, ServerConfig, setting
 from prefork.config.loader import Config
 from prefork.config.loader import load_config as load_framework_config
-from prefork.config.sources import parse_override
 from prefork.dsn import DSN
 from workers.ingest import IngestSettings
 

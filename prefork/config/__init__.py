@@ -27,7 +27,8 @@ The modules, each importing only those above it:
 - ``address``: ``HOST:PORT``, ``[IPv6]:PORT`` and ``unix:PATH``, parsed and written.
 - ``section``: the Section/option mechanism; ``parsers``: value parsers (apps get both from prefork.settings).
 - ``framework``: ``[server]`` and ``[pool]``.
-- ``sources``: the file, the environment, ``-s``; values kept with their source.
+- ``sources``: the file and the environment; values kept with their source.
+- ``flags``: the command line: the framework's flags, ``-s``, APP, and the app's flags.
 - ``loader``: ``load_config()`` and ``Config``.
 - ``appload``: importing the app that ``server.app`` names (workers, probe and one-shot commands).
 - ``appsections``: the app's flags and sections, checked once it is imported (``settle()``).

@@ -1,5 +1,5 @@
-"""The sources of values: the INI file (``-c FILE``), the ``PREFORK_<SECTION>_<KEY>`` environment and
-the command line (``-s section.key=value`` and flags), each value kept with where it came from.
+"""The sources of values: the INI file (``-c FILE``) and the ``PREFORK_<SECTION>_<KEY>`` environment read,
+each value kept with where it came from (the command line's values: prefork.config.flags).
 
 A value of a framework key is parsed here, naming its source when it is bad; a value of any other section
 is kept raw (RawValue) until the app's declaration can parse it.
@@ -24,17 +24,6 @@ def check_name(name: str) -> None:
     section, _, key = name.partition(".")
     if section in FRAMEWORK_SECTIONS or not (SECTION_NAME.fullmatch(section) and KEY_NAME.fullmatch(key)):
         setting(name)
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    """Split the CLI's ``-s section.key=value`` into (name, value); ConfigError if malformed or unknown."""
-    name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        # A mistyped "-s pool.dsn:mysql://u:pw@h" must not show the password.
-        raise ConfigError(hide_password(f"invalid setting {text!r} (expected section.key=value)", text))
-    check_name(name)
-    return name, value.strip()
 
 
 def convert(item: Setting, raw: str, source: str | None) -> Any:
