@@ -27,14 +27,13 @@ def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str |
     """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
     if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
     from prefork.app import WorkerInfo
-    from prefork.config.appload import AppLoadError, import_app
-    from prefork.config.appsections import settle
+    from prefork.config.appload import AppLoadError
+    from prefork.config.appsections import load_settled
 
     try:
-        app = import_app(cfg.server.app, cfg.server.chdir, cfg.server.pythonpath)
-    except AppLoadError as exc:
+        app, cfg, _ = load_settled(cfg, tokens)
+    except AppLoadError as exc:  # it does not import, or declares its sections wrongly
         return _fail(str(exc)), None
-    cfg = settle(cfg, app, tokens)
     if name == "check" and cfg.server.line_ids:
         from prefork.protocol import accepts_line_ids, line_ids_refused
 

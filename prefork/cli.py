@@ -346,21 +346,18 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Every key with its value (the DSN's password as ***) and its source, the app's sections included."""
-    from prefork.config.appload import AppLoadError, import_app
-    from prefork.config.appsections import declared_sections, settle
+    from prefork.config.appload import AppLoadError
+    from prefork.config.appsections import load_settled
     from prefork.config.section import Section
 
     cfg = load_from_args(args)
+    sections: tuple[type[Section], ...] = ()
     try:
-        app = import_app(cfg.server.app, cfg.server.chdir, cfg.server.pythonpath)
+        _, cfg, sections = load_settled(cfg, args.extra)
     except AppLoadError as exc:
         if args.extra or cfg.app_values:
             raise CommandError(f"cannot check the app's settings: {exc}") from None
         print(f"prefork: warning: the app's own settings are not shown: {exc}", file=sys.stderr)
-        sections: tuple[type[Section], ...] = ()
-    else:
-        cfg = settle(cfg, app, args.extra)
-        sections = declared_sections(app)
     values = cfg.as_dict(sections)
     sources = cfg.sources(sections)
     kinds: tuple[type[Section], ...] = (*FRAMEWORK, *sections)

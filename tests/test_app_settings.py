@@ -193,6 +193,19 @@ def test_bad_app_settings_are_exit_2_with_one_line(args, env, expected):
         assert expected in line, line
 
 
+def test_an_app_declaring_its_sections_wrongly_is_named_in_one_line():
+    """Before: check and initdb died with a traceback (exit 1) on a bad ``settings`` attribute."""
+    expected = "BadSettings.settings: settings must be Section classes, not 'not a section'"
+    for command in ("check", "initdb"):
+        line = one_error_line(run_cli(command, "-s", "server.app=testapps:BadSettings"))
+        assert expected in line, line
+    result = run_cli("config", "-s", "server.app=testapps:BadSettings")  # no value for it: a warning
+    assert result.returncode == 0 and f"the app's own settings are not shown: {expected}" in result.stderr, result
+    assert "pool.max_size = 10" in result.stdout
+    line = one_error_line(run_cli("config", "-s", "server.app=testapps:BadSettings", "-s", "bad.key=1"))
+    assert f"cannot check the app's settings: {expected}" in line, line
+
+
 def test_an_app_flag_before_app_takes_its_value_and_leaves_app_alone():
     # "--greeting hi" is not prefork's: its value must not be taken for the positional APP.
     result = run_cli("check", "--greeting", "hi", HOOKED, "--dsn", "mysql://root@127.0.0.1:1/test")

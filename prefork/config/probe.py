@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefork import logs
-from prefork.config.appload import AppLoadError, import_app
-from prefork.config.appsections import settle
+from prefork.config.appload import AppLoadError
+from prefork.config.appsections import load_settled
 from prefork.config.errors import ConfigError
 from prefork.config.loader import Config
 from prefork.privileges import Identity, PrivilegeError, die_with_parent
@@ -192,7 +192,7 @@ def _probe_report(
     except (PrivilegeError, OSError) as exc:
         return {"import_error": f"cannot run as server.user/server.group: {exc}"}
     try:
-        settled = settle(cfg, import_app(cfg.server.app, app_dir, cfg.server.pythonpath), tokens)
+        settled = load_settled(cfg, tokens, app_dir).config
         return {"overrides": {k: v for k, v in settled.overrides.items() if k not in cfg.overrides}}
     except ConfigError as exc:
         return {"config_error": str(exc), "key": exc.key}
