@@ -31,7 +31,7 @@ The modules, each importing only those above it:
 - ``flags``: the command line: the framework's flags, ``-s``, APP, and the app's flags.
 - ``loader``: ``load_config()`` and ``Config``.
 - ``appload``: importing the app that ``server.app`` names (workers, probe and one-shot commands).
-- ``appsections``: the app's flags and sections, checked once it is imported (``settle()``).
+- ``appsections``: the config checked against the app's sections once it is imported (``load_settled()``).
 - ``probe``: the forked child that settles the config for the master, which never imports the app.
 
 This package imports none of its modules: a module that needs an address (the client, the DSN) imports
