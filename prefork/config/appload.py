@@ -15,7 +15,8 @@ from typing import Any
 
 
 class AppLoadError(Exception):
-    """The application could not be imported or has no usable ``handle``; the message is one line."""
+    """The application cannot be used: it does not import, has no usable ``handle`` or declares its
+    settings sections wrongly. The message is one line."""
 
 
 def import_app(spec: str, app_dir: str | None = None, pythonpath: Iterable[str] = ()) -> Any:
