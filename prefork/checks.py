@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from prefork.config import Config
+from prefork.config.loader import Config
 from prefork.exits import EXIT_OK, EXIT_USAGE
 from prefork.interface import Hook, WorkerInfo, accepts_line_ids, hook_of, line_ids_refused
 
@@ -23,32 +22,16 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def load(cfg: Config) -> Any:
-    """Import the configured app here, from where a worker would (server.chdir, server.pythonpath)."""
-    from prefork.app import AppLoadError, enter_app_dir, load_app, start_directory
-
-    app_dir = cfg.server.chdir or start_directory()
-    try:
-        enter_app_dir(app_dir, cfg.server.pythonpath)
-    except OSError as exc:
-        raise AppLoadError(f"server.chdir: cannot enter {app_dir}: {exc.strerror or exc}") from None
-    try:
-        return load_app(cfg.server.app)
-    except SystemExit as exc:
-        raise AppLoadError(f"{cfg.server.app} exited: {exc.code}") from None
-
-
 def _run_hook(cfg: Config, name: Hook, tokens: Sequence[str]) -> tuple[int, str | None]:
     """Load the app, check its settings and run its hook ``name``: (exit code, what the hook said; None
     if it has none). A bad value of the app's settings is a ConfigError (exit 2, printed by the CLI)."""
-    from prefork.app import AppLoadError
-    from prefork.appconfig import settle
+    from prefork.config.appload import AppLoadError
+    from prefork.config.appsections import load_settled
 
     try:
-        app = load(cfg)
-    except AppLoadError as exc:
+        app, cfg, _ = load_settled(cfg, tokens)
+    except AppLoadError as exc:  # it does not import, or declares its sections wrongly
         return _fail(str(exc)), None
-    cfg = settle(cfg, app, tokens)
     if name == "check" and cfg.server.line_ids:
         if not accepts_line_ids(app):
             return _fail(line_ids_refused(cfg.server.app)), None  # its workers would not boot

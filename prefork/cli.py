@@ -9,8 +9,8 @@
     prefork send [--to HOST:PORT] [--errors FILE] [--no-ids] [--id-prefix TEXT] [FILE ...]   # exit 0: all OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
-prefork.config names them; an app's sections may declare more, resolved once the app is imported: see
-prefork.appconfig). Errors in the command line or the config: one line on stderr, exit 2.
+prefork.config.framework names them; an app's sections may declare more, resolved once the app is imported: see
+prefork.config.flags). Errors in the command line or the config: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefork import __version__
-from prefork.config import FRAMEWORK, SETTINGS, Config, ConfigError, load_config, parse_override
+from prefork.config.errors import ConfigError
+from prefork.config.flags import add_setting_flags, overrides
+from prefork.config.framework import FRAMEWORK, SETTINGS
+from prefork.config.loader import Config, load_config
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the server (foreground, or --daemon)")
     run.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
     _add_config_options(run)
-    _add_setting_flags(run)
+    add_setting_flags(run)
 
     for name, text in (
         ("reload", "reload the config and the app (SIGHUP)"),
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("app", nargs="?", help="module:attribute of the line application (server.app)")
         _add_config_options(p)
-        _add_setting_flags(p)
+        add_setting_flags(p)
         if name == "config":
             p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -112,17 +115,6 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    # The framework's flags; the flags of an app's sections are the parser's leftovers (prefork.appconfig).
-    for s in SETTINGS:
-        if not s.flag:
-            continue
-        if s.name == "server.daemon":
-            p.add_argument(s.flag, dest="flag:" + s.name, action="store_const", const="on", help=s.help)
-        else:
-            p.add_argument(s.flag, dest="flag:" + s.name, metavar=s.key.upper(), help=f"{s.help} ({s.name})")
-
-
 # Commands that take the flags of the app's sections, and the long options they have of their own.
 APP_FLAG_COMMANDS = ("run", "check", "initdb", "config")
 _OWN_OPTIONS = frozenset({"--config", "--set", "--help", "--json", *(s.flag for s in SETTINGS if s.flag)})
@@ -155,16 +147,7 @@ def split_app_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def load_from_args(args: argparse.Namespace) -> Config:
     """Build the config from -c, the environment, -s and flags (flags win over -s)."""
-    overrides: dict[str, str] = {}
-    for text in args.sets:
-        key, value = parse_override(text)
-        overrides[key] = value
-    if getattr(args, "app", None):
-        overrides["server.app"] = args.app
-    for dest, value in vars(args).items():
-        if dest.startswith("flag:") and value is not None:
-            overrides[dest[5:]] = value
-    return load_config(args.config, os.environ, overrides)
+    return load_config(args.config, os.environ, overrides(args.sets, getattr(args, "app", None), args))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -172,8 +155,8 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from prefork import logs, sockets
-    from prefork.app import AppLoadError, start_directory
-    from prefork.appconfig import needs_probe, probe
+    from prefork.config.appload import AppLoadError, start_directory
+    from prefork.config.probe import needs_probe, probe
     from prefork.daemon import daemonize
     from prefork.master import Master
     from prefork.privileges import file_owner
@@ -361,22 +344,18 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Every key with its value (the DSN's password as ***) and its source, the app's sections included."""
-    from prefork.app import AppLoadError
-    from prefork.appconfig import declared_sections, settle
-    from prefork.checks import load
-    from prefork.settings import Section
+    from prefork.config.appload import AppLoadError
+    from prefork.config.appsections import load_settled
+    from prefork.config.section import Section
 
     cfg = load_from_args(args)
+    sections: tuple[type[Section], ...] = ()
     try:
-        app = load(cfg)
+        _, cfg, sections = load_settled(cfg, args.extra)
     except AppLoadError as exc:
         if args.extra or cfg.app_values:
             raise CommandError(f"cannot check the app's settings: {exc}") from None
         print(f"prefork: warning: the app's own settings are not shown: {exc}", file=sys.stderr)
-        sections: tuple[type[Section], ...] = ()
-    else:
-        cfg = settle(cfg, app, args.extra)
-        sections = declared_sections(app)
     values = cfg.as_dict(sections)
     sources = cfg.sources(sections)
     kinds: tuple[type[Section], ...] = (*FRAMEWORK, *sections)

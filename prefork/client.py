@@ -47,6 +47,8 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+from prefork.config.address import parse_peer
+
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
 # The capability probe and the server's answer when it takes line ids (prefork.protocol).
@@ -86,17 +88,6 @@ def check_id_prefix(prefix: str) -> str:
     return prefix
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST`` (port 32777) or ``[IPv6]:PORT``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        host, port = text, str(DEFAULT_PORT)
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
-    return host, int(port)
-
-
 class Client:
     """A pipelining line client with reconnect and resend (see the module)."""
 
@@ -122,7 +113,7 @@ class Client:
             raise ValueError("window must be at least 1")
         if id_prefix is not None:
             check_id_prefix(id_prefix)
-        self.host, self.port = parse_address(address)
+        self.host, self.port = parse_peer(address, DEFAULT_PORT)
         self.window = window
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout

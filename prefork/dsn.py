@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
+from prefork.config.address import format_host_port
+
 DEFAULT_PORT = 3306
 MIN_PORT, MAX_PORT = 1, 65535
 _TIMEOUT_PARAMS = {"connect_timeout": 10.0, "read_timeout": 60.0, "write_timeout": 60.0}
@@ -59,9 +61,8 @@ class DSN:
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":***"
-        hosts = ",".join(
-            f"[{quote(host, safe=':')}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts
-        )
+        # An IPv6 host's zone is percent-encoded in a URL: [fe80::1%25eth0].
+        hosts = ",".join(format_host_port(quote(h, safe=":") if ":" in h else h, port) for h, port in self.hosts)
         query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in self.params)
         return f"mysql://{auth}@{hosts}/{self.database}" + (f"?{query}" if query else "")
 

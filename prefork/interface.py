@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from prefork.config import Config
+    from prefork.config.loader import Config
     from prefork.settings import Section
 
 # The reply for a line that cannot be answered now (the app failed, or could not store it in time): the

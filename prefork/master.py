@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from prefork import logs, pidfile, sockets
-from prefork.app import AppLoadError, start_directory
-from prefork.appconfig import Probe, needs_probe
-from prefork.config import Config, ConfigError
+from prefork.config.appload import AppLoadError, start_directory
+from prefork.config.errors import ConfigError
+from prefork.config.loader import Config
+from prefork.config.probe import Probe, needs_probe
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefork import __version__
-from prefork.config import Address, format_host_port
+from prefork.config.address import Address, format_host_port
 from prefork.status import build_report
 
 log = logging.getLogger("prefork.metrics")

@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 
-from prefork.config import format_host_port
+from prefork.config.address import format_host_port
 
 
 class BindError(Exception):
@@ -15,7 +15,7 @@ class BindError(Exception):
 
 
 def bind(address, *, backlog: int, reuse_port: bool, unix_mode: int | None) -> socket.socket:
-    """Bind and listen on a prefork.config.Address; raise BindError naming it.
+    """Bind and listen on a prefork.config.address.Address; raise BindError naming it.
 
     ``backlog``: connections the kernel queues; ``reuse_port``: SO_REUSEPORT on TCP listeners;
     ``unix_mode``: chmod of a unix socket's file (None = as the umask leaves it).

@@ -37,8 +37,8 @@ from gevent.server import StreamServer  # noqa: E402
 from gevent.socket import socket as green_socket  # noqa: E402
 
 from prefork import logs  # noqa: E402
-from prefork.app import AppLoadError, enter_app_dir, load_app  # noqa: E402
-from prefork.config import ConfigError  # noqa: E402
+from prefork.config.appload import AppLoadError, import_app  # noqa: E402
+from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
 from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
@@ -198,14 +198,8 @@ class Worker:
         # The app is imported from server.chdir, by default where prefork was started as $PWD names it: a
         # symlinked release directory (current -> v2) is entered afresh by each new generation, as gunicorn
         # does. server.pythonpath comes first.
-        app_dir = self.spec.app_dir or os.getcwd()
         try:
-            enter_app_dir(app_dir, self.cfg.server.pythonpath)
-        except OSError as exc:
-            log.error("worker failed to boot: server.chdir: cannot enter %s: %s", app_dir, exc.strerror or exc)
-            return False
-        try:
-            self.app = load_app(self.cfg.server.app)
+            self.app = import_app(self.cfg.server.app, self.spec.app_dir or os.getcwd(), self.cfg.server.pythonpath)
             if self.cfg.server.line_ids and not accepts_line_ids(self.app):
                 # Serving it would hand ids to an app that ignores them: resends stored twice, silently.
                 log.error("worker failed to boot: %s", line_ids_refused(self.cfg.server.app))
@@ -217,7 +211,7 @@ class Worker:
             log.error("worker failed to boot: %s", exc)
             return False
         except SystemExit as exc:
-            # sys.exit("message") in the app's import or setup: say what it said.
+            # sys.exit("message") in the app's setup (its import is import_app's): say what it said.
             log.error("worker failed to boot: %s exited: %s", self.cfg.server.app, exc.code)
             return False
         except Exception:

@@ -17,7 +17,7 @@ from prefork.privileges import Identity
 class WorkerSpec:
     """Everything a new worker needs from its master."""
 
-    config: Any  # prefork.config.Config
+    config: Any  # prefork.config.loader.Config
     listeners: list[socket.socket]
     generation: int
     heartbeat_fd: int  # an anonymous file shared with the master: state and heartbeat (prefork.state)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from prefork.appconfig import resolve_flags, settle
-from prefork.config import Config, ConfigError, load_config
+from prefork.config.appsections import settle
+from prefork.config.errors import ConfigError
+from prefork.config.flags import resolve_flags
+from prefork.config.loader import Config, load_config
 from prefork.settings import Section, choice, option, positive_int, sections_of
 from tests.server import APPS, ServerProcess, cmdline, is_alive, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
@@ -189,6 +191,19 @@ def test_bad_app_settings_are_exit_2_with_one_line(args, env, expected):
     for command in ("check", "initdb", "config"):
         line = one_error_line(run_cli(command, "-s", f"server.app={HOOKED}", *args, env=env))
         assert expected in line, line
+
+
+def test_an_app_declaring_its_sections_wrongly_is_named_in_one_line():
+    """Before: check and initdb died with a traceback (exit 1) on a bad ``settings`` attribute."""
+    expected = "BadSettings.settings: settings must be Section classes, not 'not a section'"
+    for command in ("check", "initdb"):
+        line = one_error_line(run_cli(command, "-s", "server.app=testapps:BadSettings"))
+        assert expected in line, line
+    result = run_cli("config", "-s", "server.app=testapps:BadSettings")  # no value for it: a warning
+    assert result.returncode == 0 and f"the app's own settings are not shown: {expected}" in result.stderr, result
+    assert "pool.max_size = 10" in result.stdout
+    line = one_error_line(run_cli("config", "-s", "server.app=testapps:BadSettings", "-s", "bad.key=1"))
+    assert f"cannot check the app's settings: {expected}" in line, line
 
 
 def test_an_app_flag_before_app_takes_its_value_and_leaves_app_alone():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.mariadb import free_port
-from prefork.config import SETTINGS
+from prefork.config.framework import SETTINGS
 from tests.server import (
     ServerProcess,
     cmdline,

@@ -11,17 +11,23 @@ import subprocess
 
 import pytest
 
-from prefork.client import Client, ClientError, parse_address
+from prefork.client import DEFAULT_PORT, Client, ClientError
+from prefork.config.address import parse_peer
 from tests.helpers import query
 from tests.server import ServerProcess, prefork_cmd, test_env, wait_for
 
 
 def test_parse_address():
-    assert parse_address("db1:4000") == ("db1", 4000)
-    assert parse_address("example") == ("example", 32777)
-    assert parse_address("[::1]:5000") == ("::1", 5000)
+    assert parse_peer("db1:4000", DEFAULT_PORT) == ("db1", 4000)
+    assert parse_peer("example", DEFAULT_PORT) == ("example", 32777)
+    assert parse_peer("[::1]:5000", DEFAULT_PORT) == ("::1", 5000)
     with pytest.raises(ValueError, match="HOST:PORT"):
-        parse_address("host:port")
+        parse_peer("host:port", DEFAULT_PORT)
+    assert parse_peer("[::1]", DEFAULT_PORT) == ("::1", 32777)
+    # The grammar of server.bind: a host it would not listen on is refused before any connection attempt.
+    for bad in ("unix:/run/prefork.sock", "127.0.0.1:0", "::1:5000", "300.1.1.1:5", ":5000", "bad host:1"):
+        with pytest.raises(ValueError, match="bad address"):
+            parse_peer(bad, DEFAULT_PORT)
 
 
 @pytest.mark.timeout(60)

@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from prefork.config import (
-    SETTINGS,
-    Address,
-    Config,
-    ConfigError,
-    PoolConfig,
-    ServerConfig,
-    parse_address,
-    parse_override,
-    setting,
-)
-from prefork.config import load_config as load_framework_config
+from prefork.config.address import Address, parse_address
+from prefork.config.errors import ConfigError
+from prefork.config.flags import parse_override
+from prefork.config.framework import SETTINGS, PoolConfig, ServerConfig, setting
+from prefork.config.loader import Config
+from prefork.config.loader import load_config as load_framework_config
 from prefork.dsn import DSN
 from workers.ingest import IngestSettings
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefork.config import SETTINGS
+from prefork.config.framework import SETTINGS
 from tests.server import ROOT
 from workers.ingest import IngestSettings
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefork.config import ConfigError, load_config
+from prefork.config.errors import ConfigError
+from prefork.config.loader import load_config
 from prefork.dsn import DSNError, parse_dsn
 
 

@@ -453,7 +453,7 @@ def test_lookup_skips_a_session_it_may_not_kill(db):
 @pytest.mark.timeout(60)
 def test_duplicate_marker_means_the_batch_is_already_stored(dsn):
     """A retried batch whose marker is already there was committed by an earlier try: no second copy."""
-    from prefork.config import load_config
+    from prefork.config.loader import load_config
     from prefork.interface import Peer, WorkerInfo
     from workers.ingest import IngestApp
     from workers.ingest.batch import Rows

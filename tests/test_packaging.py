@@ -35,9 +35,14 @@ def test_typed_package_and_licence_match_the_metadata():
     assert setup["metadata"]["license"] == "MIT" and licence.startswith("MIT License")
 
 
-def test_the_private_mariadb_helper_is_not_part_of_the_installed_package():
+def test_every_package_is_installed_and_the_private_mariadb_helper_is_not():
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     packages = {p.strip() for p in setup["options"]["packages"].split(",")}
-    assert {p.split(".")[0] for p in packages} == {"prefork", "workers"}  # and their subpackages, not devtools
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("prefork", "workers")
+        for init in (ROOT / top).glob("**/__init__.py")
+    }
+    assert packages == on_disk  # a subpackage left out would be missing from a wheel
     assert (ROOT / "devtools" / "mariadb.py").exists() and not (ROOT / "prefork" / "devdb.py").exists()

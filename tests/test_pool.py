@@ -518,7 +518,8 @@ def test_constructor_defaults_are_the_config_schema_defaults():
     [pool] section, and POOL_SETTINGS names every key of that section but the DSN."""
     import inspect
 
-    from prefork.config import SETTINGS, load_config
+    from prefork.config.framework import SETTINGS
+    from prefork.config.loader import load_config
     from prefork.pool import POOL_SETTINGS
 
     section = load_config(env={}).pool
@@ -529,7 +530,7 @@ def test_constructor_defaults_are_the_config_schema_defaults():
 
 
 def test_from_config_takes_every_limit_of_the_section(dsn):
-    from prefork.config import load_config
+    from prefork.config.loader import load_config
     from prefork.pool import POOL_SETTINGS
 
     overrides = {"pool.dsn": dsn, "pool.min_size": "0", "pool.max_size": "3", "pool.timeout": "2.5"}

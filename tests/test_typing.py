@@ -27,7 +27,7 @@ def test_the_packages_type_check():
 def test_a_typo_in_a_section_is_a_type_error(tmp_path):
     user = tmp_path / "user.py"
     user.write_text(
-        "from prefork.config import load_config\n"
+        "from prefork.config.loader import load_config\n"
         "from workers.ingest import IngestSettings\n"
         "cfg = load_config()\n"
         "size: int = cfg.section(IngestSettings).batch_sise\n"

@@ -284,6 +284,15 @@ class Hooked:
 hooked = Hooked()
 
 
+class BadSettings:
+    """Declares its sections wrongly (``settings`` must hold Section classes): a mistake to report."""
+
+    settings = ("not a section",)
+
+    def handle(self, line: str, client) -> str:
+        return line
+
+
 class IdEcho:
     """Accepts line ids: replies '<id> <line>' for each line, '- <line>' for one without an id, and
     'noids <line>' when it is called without ids (server.line_ids off)."""

@@ -1,13 +1,14 @@
-"""An application's own settings sections: learned by importing the app, then validated.
+"""The probe: a forked child that imports the app to check the config against its sections, for the master.
 
 The master never imports the application (a reload must run new code, and nothing of the app may live
 in the master), so ``prefork run`` and SIGHUP ask a forked child, the probe, to import it, check the
-config against the sections it declares (prefork.settings), resolve the app's command-line flags and
-report back through a pipe (``Probe``: it runs as server.user and holds nothing of the master's). The
-probe runs only when there is something to check: a value of a section other than [server] and [pool],
-or a flag the framework does not know. At start ``prefork run`` waits for it (``probe()``); on SIGHUP
-the master watches it from its main loop and keeps supervising meanwhile. The one-shot commands
-(``check``, ``initdb``, ``config``) import the app in their own process and call ``settle()``.
+config against the sections it declares (prefork.config.appsections), resolve the app's command-line
+flags and report back through a pipe (``Probe``: it runs as server.user and holds nothing of the
+master's). The probe runs only when there is something to check: a value of a section other than
+[server] and [pool], or a flag the framework does not know (``needs_probe()``). At start ``prefork run``
+waits for it (``probe()``); on SIGHUP the master watches it from its main loop and keeps supervising
+meanwhile. The one-shot commands (``check``, ``initdb``, ``config``) import the app in their own process
+and call ``settle()``.
 """
 
 from __future__ import annotations
@@ -21,51 +22,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefork import logs
-from prefork.app import AppLoadError, enter_app_dir, load_app
-from prefork.config import Config, ConfigError
+from prefork.config.appload import AppLoadError
+from prefork.config.appsections import load_settled
+from prefork.config.errors import ConfigError
+from prefork.config.loader import Config
 from prefork.privileges import Identity, PrivilegeError, die_with_parent
 from prefork.privileges import drop as drop_privileges
-from prefork.settings import Section, sections_of
+from prefork.signals import reset_master_handlers
 
 PROBE_POLL_S = 0.1  # how often a waiting probe() looks at its deadline
-
-
-def declared_sections(app: Any) -> tuple[type[Section], ...]:
-    """The Section classes an app lists in its ``settings`` attribute (none if it has no such attribute)."""
-    try:
-        return sections_of(getattr(app, "settings", None))
-    except TypeError as exc:
-        raise AppLoadError(f"{type(app).__name__}.settings: {exc}") from None
-
-
-def resolve_flags(tokens: Sequence[str], sections: Sequence[type[Section]]) -> dict[str, str]:
-    """``--flag VALUE`` / ``--flag=VALUE`` tokens the framework's parser left over, as ``section.key``
-    overrides of the app's sections; ConfigError for a token that is none of their flags."""
-    flags = {s.flag: s.name for kind in sections for s in kind.settings() if s.flag}
-    result: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        flag, eq, value = tokens[i].partition("=")
-        if flag not in flags:
-            offered = f" (the app's flags: {', '.join(sorted(flags))})" if flags else ""
-            raise ConfigError(f"unrecognized argument {tokens[i]!r}{offered}")
-        if not eq:
-            if i + 1 >= len(tokens):
-                raise ConfigError(f"{flag}: expected a value ({flags[flag]})", flags[flag])
-            i += 1
-            value = tokens[i]
-        result[flags[flag]] = value
-        i += 1
-    return result
-
-
-def settle(cfg: Config, app: Any, tokens: Sequence[str] = ()) -> Config:
-    """``cfg`` with the app's flags folded in, its sections validated; ConfigError on the first problem."""
-    sections = declared_sections(app)
-    if tokens:
-        cfg = cfg.with_app_flags(resolve_flags(tokens, sections))
-    cfg.check_sections(sections, cfg.server.app)
-    return cfg
 
 
 def needs_probe(cfg: Config, tokens: Sequence[str] = ()) -> bool:
@@ -202,11 +167,9 @@ def _probe_child(
 ) -> None:
     try:
         # The master's handlers queue signals for its loop: here a TERM or INT must simply end the probe.
-        signal.set_wakeup_fd(-1)  # before its descriptor is closed below
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        for signum in (signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(signum, signal.SIG_IGN)
+        # (The wakeup descriptor goes first: it is closed below.) USR1, TTIN and TTOU are the master's
+        # business: ignored, so that a logrotate's USR1 cannot kill the probe.
+        reset_master_handlers(ignored=(signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU))
         # Logging goes to stderr: the log file's descriptor is about to be closed, and its number could
         # then name a file the app opens.
         logs.setup(cfg.server.log_level, "-", cfg.server.log_format)
@@ -228,17 +191,12 @@ def _probe_report(
     except (PrivilegeError, OSError) as exc:
         return {"import_error": f"cannot run as server.user/server.group: {exc}"}
     try:
-        enter_app_dir(app_dir, cfg.server.pythonpath)
-        settled = settle(cfg, load_app(cfg.server.app), tokens)
+        settled = load_settled(cfg, tokens, app_dir).config
         return {"overrides": {k: v for k, v in settled.overrides.items() if k not in cfg.overrides}}
     except ConfigError as exc:
         return {"config_error": str(exc), "key": exc.key}
     except AppLoadError as exc:
         return {"import_error": str(exc)}
-    except OSError as exc:
-        return {"import_error": f"server.chdir: cannot enter {app_dir}: {exc.strerror or exc}"}
-    except SystemExit as exc:
-        return {"import_error": f"{cfg.server.app} exited: {exc.code}"}
     except BaseException as exc:
         return {"import_error": f"cannot load {cfg.server.app}: {exc!r}"}
 
