@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prefork.dsn import DSN, DSNError, hide_password, parse_dsn
-from prefork.proxy_protocol import MODES as PROXY_MODES
-from prefork.proxy_protocol import parse_networks
+from prefork.protocol.proxy import MODES as PROXY_MODES
+from prefork.protocol.proxy import parse_networks
 from prefork.settings import (
     KEY_NAME,
     SECTION_NAME,

@@ -10,7 +10,7 @@ checks apply to the payload (so max_line does not count the prefix); a line that
 that form is checked whole and, if it is otherwise valid, gets ``ERR bad-id``. A valid line is echoed as
 ``<id or -> <payload>``. Each reply is followed by LF, and nothing else is sent.
 
-The server side is the real `prefork.protocol.LineConnection` in a greenlet of this process, serving
+The server side is the real `prefork.protocol.connection.LineConnection` in a greenlet of this process, serving
 `ModelApp` (an echo that takes ids and whose replies are, line by line, known at once, futures of their own,
 or one future shared by consecutive lines; futures are resolved later, a random subset at a time in random
 order, whenever the reader has paused), on a real loopback TCP connection (gevent sockets on both ends; this
@@ -39,7 +39,14 @@ from gevent.event import AsyncResult
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from prefork.protocol import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, READ_SIZE, Counters, LineConnection, ProtocolSettings
+from prefork.protocol.connection import (
+    MAX_IN_FLIGHT,
+    MAX_IN_FLIGHT_BYTES,
+    READ_SIZE,
+    Counters,
+    LineConnection,
+    ProtocolSettings,
+)
 
 # The reply to one line as sent, per the protocol's rules, with ids off and on (the model of one line).
 from tests.test_protocol import expected_reply, expected_reply_with_ids
