@@ -51,7 +51,7 @@ def _run_hook(cfg: Config, name: str, tokens: Sequence[str]) -> tuple[int, str |
         return _fail(str(exc)), None
     cfg = settle(cfg, app, tokens)
     if name == "check" and cfg.server.line_ids:
-        from prefork.protocol.connection import accepts_line_ids, line_ids_refused
+        from prefork.protocol.lines import accepts_line_ids, line_ids_refused
 
         if not accepts_line_ids(app):
             return _fail(line_ids_refused(cfg.server.app)), None  # its workers would not boot

@@ -1,20 +1,18 @@
-"""The line protocol (v1), in one place: framing, validation, replies in order, backpressure.
+"""One client's connection: reading, the app, replies in order, graceful stop and linger.
 
-Per connection, a reader greenlet frames lines and hands each valid one to the application, while a writer
-greenlet sends the replies in the order the lines came, as they resolve; the reader never waits for a
-reply to be written (pipelining). Rules (SPEC section 5):
+Per connection, a reader greenlet feeds what it reads to a framer (``prefork.protocol.lines.LineFramer``:
+framing, limits, validation and line ids are its job) and hands the lines of each batch to the application,
+while a writer greenlet sends the replies in the order the lines came, as they resolve; the reader never
+waits for a reply to be written (pipelining). Rules (README "Line protocol (v1)"):
 
-- A line ends with LF; one CR before the LF is dropped. At EOF, unterminated trailing bytes are a final
-  line. Exactly one reply per line, in order: the application's reply, or ``ERR too-long`` (the bytes
-  are skipped up to the next LF and the connection stays open), ``ERR bad-utf8``, ``ERR empty``.
+- Exactly one reply per line, in order: the application's, or the framer's early reply (``ERR too-long``...).
 - A half-closed client still gets every reply, then the server closes.
 - ``client_timeout``: a client that sends no complete line for this long is closed; a partial line it
   had started is dropped without a reply (replies for its complete lines are still sent).
-- Memory per connection is bounded: the read buffer never holds more than ``max_line`` (plus ``MAX_PREFIX``
-  with line ids) plus one read,
-  and at most ``MAX_IN_FLIGHT`` lines plus those of one read (and about ``MAX_IN_FLIGHT_BYTES`` of reply
-  text) await their reply; past that the reader stops reading, so a client that never reads its replies
-  stalls only itself.
+- Memory per connection is bounded: the framer's buffer never holds more than ``max_line`` (plus the id
+  prefix) plus one read, and at most ``MAX_IN_FLIGHT`` lines plus those of one read (and about
+  ``MAX_IN_FLIGHT_BYTES`` of reply text) await their reply; past that the reader stops reading, so a client
+  that never reads its replies stalls only itself.
 - ``ack = off``: nothing is sent, and a client that does not read can block nothing.
 - Graceful stop (``stop()``): the reader stops at its next read (data already on its way is still read
   for up to STOP_GRACE_S), not in the middle of a buffer or of a backpressure wait, so every complete line
@@ -23,37 +21,17 @@ reply to be written (pipelining). Rules (SPEC section 5):
 - Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
   lets the event loop serve the worker's other clients.
 
-The hot path works on whole reads, not lines: the complete lines of a read are decoded, stripped of CRs
-and checked in a few C calls, handed to the app together (``handle_lines``, or ``handle`` per line), and
-their replies joined in one call. When they are all known and nothing is queued before them, the reader
-sends them itself with one non-blocking send; otherwise (futures, or a client not reading fast enough)
-they wait in the queue of a writer greenlet, started when a reply must wait and ended when the queue is
-empty: an idle connection, or one whose app answers at once, costs one greenlet. A read with a bad line
-(bad UTF-8, empty, too long) takes the line-by-line path.
-
-Line ids (``server.line_ids = on``, off by default; with it off a line that begins with ``@`` is a payload like
-any other and none of this applies). A line that begins with ``@`` has a prefix:
-
-- ``@ID PAYLOAD``: a client-chosen id (1-64 characters of ``[A-Za-z0-9._:-]``), one space, and the payload,
-  everything after that space as sent. The app gets the id beside the payload (``handle_lines(lines,
-  client, ids)``) and stores it once whatever the resends.
-- ``@ PAYLOAD``: ``@`` and one space, no id: the payload is everything after that space, as sent. This is
-  how a payload that itself begins with ``@`` is sent without an id (``@ @alice`` stores ``@alice``).
-- ``@ID `` and ``@ `` (an empty payload) get ``ERR empty``; any other line that begins with ``@`` gets ``ERR
-  bad-id``. The line ``@\xff`` (not UTF-8, so a server without ids answers it ``ERR bad-utf8``) is the
-  capability probe: answered ``OK ids`` by the framework, never seen by the app.
-- ``max_line`` limits the payload, not the prefix: a line is too long when the bytes after its prefix (the
-  whole line when it has none) are more than ``max_line``. A partial line is kept up to ``max_line`` plus
-  the longest prefix (``MAX_PREFIX``, 66 bytes) before it is skipped.
-
-Checks in this order: the probe, too long, empty, bad UTF-8, bad id. Ids are split off per read, with one
-search for a ``@`` at a line start; with ids off nothing is looked at.
+The hot path works on whole reads, not lines: the framer gives the complete lines of a read as one batch,
+handed to the app together (``handle_lines``, or ``handle`` per line), and their replies are joined in one
+call. When they are all known and nothing is queued before them, the reader sends them itself with one
+non-blocking send; otherwise (futures, or a client not reading fast enough) they wait in the queue of a
+writer greenlet, started when a reply must wait and ended when the queue is empty: an idle connection, or
+one whose app answers at once, costs one greenlet.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from collections import deque
@@ -64,6 +42,8 @@ import gevent
 from gevent.event import Event
 
 from prefork.app import ERR_UNAVAILABLE, Client
+from prefork.protocol.framing import Batch
+from prefork.protocol.lines import LineFramer
 
 READ_SIZE = 65536
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
@@ -72,22 +52,6 @@ LINGER_S = 2.0  # after the last reply, how long a client that keeps sending is 
 FAIR_READS = 8  # after this many full reads in a row, a reader lets the event loop poll the other clients
 FAIR_PAUSE_S = 0.0005  # a timer, not sleep(0): sleep(0) may resume the reader before the loop polls sockets
 STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may still get the data in transit
-
-ERR_TOO_LONG = "ERR too-long"
-ERR_BAD_UTF8 = "ERR bad-utf8"
-ERR_EMPTY = "ERR empty"
-ERR_BAD_ID = "ERR bad-id"
-# The capability probe (invalid UTF-8, so a v1 server without ids answers ERR bad-utf8) and its answer.
-ID_PROBE = b"@\xff"
-OK_IDS = "OK ids"
-MAX_ID = 64
-MAX_PREFIX = MAX_ID + 2  # "@", the id, the space: the bytes of a line that max_line does not count
-# The prefix of a line with ids on: "@ID " or, for a payload without an id, "@ " (group 1 empty).
-_PREFIX = re.compile(r"@([A-Za-z0-9._:-]{0,64}) ")
-_PREFIX_BYTES = re.compile(_PREFIX.pattern.encode())
-# With server.max_line = 65536, lines of up to 16384 characters are surely short enough (4 bytes at most
-# per character in UTF-8) without counting their bytes.
-UTF8_MAX_BYTES = 4
 
 log = logging.getLogger("prefork.protocol")
 
@@ -211,12 +175,8 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        # A partial line longer than this is too long whatever follows (one more byte for a CR before the LF;
-        # with ids, the limit is on the payload, so a prefix may come on top).
-        longest = self.settings.max_line + 1 + (MAX_PREFIX if self.settings.line_ids else 0)
+        framer = LineFramer(self.settings.max_line, self.settings.line_ids)
         timeout = self.settings.client_timeout
-        buf = bytearray()
-        skipping = False  # inside a too-long line: discard up to the next LF
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
         full_reads = 0
@@ -256,105 +216,25 @@ class LineConnection:
                     gevent.sleep(FAIR_PAUSE_S)
             if not data:
                 self._saw_eof = True
-                if buf and not skipping:
-                    self._dispatch(bytes(buf) + b"\n")  # the final unterminated line
-                elif skipping:
-                    self.counters.lines_in += 1
-                    self._queue([ERR_TOO_LONG])
+                batch = framer.feed_eof()  # the final unterminated line, if any
+                if batch is not None:
+                    self._dispatch(batch)
                 return
-            if skipping:
-                nl = data.find(b"\n")
-                if nl < 0:
-                    continue
-                self.counters.lines_in += 1
-                self._queue([ERR_TOO_LONG])
-                skipping = False
-                data = data[nl + 1 :]
+            batch = framer.feed(data)
+            if batch is not None:
                 deadline = clock.now() + timeout
-            buf += data
-            last = buf.rfind(b"\n")
-            if last >= 0:
-                # Every complete line of the buffer at once.
-                chunk = bytes(buf[: last + 1])
-                del buf[: last + 1]
-                deadline = clock.now() + timeout
-                self._dispatch(chunk)
-            if len(buf) > longest:  # the line being read is already too long
-                buf.clear()
-                skipping = True
+                self._dispatch(batch)
 
-    def _dispatch(self, chunk: bytes) -> None:
-        """Answer the complete lines of ``chunk`` (each ends with LF): validate them, hand the valid ones to
-        the app, queue the replies in order."""
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError:
-            text = ""
-        if text:
-            if "\r" in text:
-                text = text.replace("\r\n", "\n")  # one pass: exactly one CR before each LF goes
-            lines = text.split("\n")
-            lines.pop()  # after the last LF
-            if "" not in lines:
-                if not self.settings.line_ids:
-                    if max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line:
-                        self.counters.lines_in += len(lines)
-                        self._queue(self._answer(lines))
-                        return
-                else:
-                    # Each line with a prefix is replaced by its payload, which max_line then limits; None: a
-                    # bad prefix or an empty payload, answered on the slow path.
-                    ids = _split_ids(text, lines)
-                    if ids is not None and max(map(len, lines)) * UTF8_MAX_BYTES <= self.settings.max_line:
-                        self.counters.lines_in += len(lines)
-                        self._queue(self._answer(lines, ids))
-                        return
-        self._dispatch_slowly(chunk[:-1].split(b"\n"))
-
-    def _dispatch_slowly(self, lines: list[bytes]) -> None:
-        """The line-by-line path, for a read with a line that is not valid (or may be too long)."""
-        max_line = self.settings.max_line
-        line_ids = self.settings.line_ids
-        self.counters.lines_in += len(lines)
-        replies: list[Any] = []
-        valid: list[str] = []
-        ids: list[str | None] | None = [] if line_ids else None
-        where: list[int] = []
-        for line in lines:
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            ident = None
-            bad_id = False
-            if line_ids and line[:1] == b"@":
-                if line == ID_PROBE:
-                    replies.append(OK_IDS)
-                    continue
-                prefix = _PREFIX_BYTES.match(line)
-                if prefix is None:
-                    bad_id = True  # measured and checked whole, and then ERR bad-id
-                else:
-                    ident = prefix[1].decode("ascii") or None
-                    line = line[prefix.end() :]
-            if len(line) > max_line:
-                replies.append(ERR_TOO_LONG)
-            elif not line:
-                replies.append(ERR_EMPTY)
-            else:
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError:
-                    replies.append(ERR_BAD_UTF8)
-                    continue
-                if bad_id:
-                    replies.append(ERR_BAD_ID)
-                    continue
-                valid.append(text)
-                if ids is not None:
-                    ids.append(ident)
-                where.append(len(replies))
-                replies.append(None)
-        if valid:
-            for i, reply in zip(where, self._answer(valid, ids), strict=True):
+    def _dispatch(self, batch: Batch) -> None:
+        """Answer the lines of a batch: hand the valid ones to the app, queue every reply in order."""
+        replies = batch.replies
+        if replies is None:  # every line valid: the app's replies are the whole answer
+            self.counters.lines_in += len(batch.payloads)
+            self._queue(self._answer(batch.payloads, batch.ids))
+            return
+        self.counters.lines_in += len(replies)
+        if batch.payloads and batch.slots is not None:
+            for i, reply in zip(batch.slots, self._answer(batch.payloads, batch.ids), strict=True):
                 replies[i] = reply
         self._queue(replies)
 
@@ -643,46 +523,6 @@ class LineConnection:
             pass
         finally:
             sock.close()
-
-
-def parse_id(line: str) -> tuple[str | None, str] | None:
-    """``(id, payload)`` of a line that begins with ``@`` (line ids on): ``@ID PAYLOAD`` gives ``(ID, PAYLOAD)``,
-    ``@ PAYLOAD`` gives ``(None, PAYLOAD)``; None if it has neither form (ERR bad-id). The payload is
-    everything after the prefix's space, and may be empty (ERR empty)."""
-    prefix = _PREFIX.match(line)
-    if prefix is None:
-        return None
-    return prefix[1] or None, line[prefix.end() :]
-
-
-def _split_ids(text: str, lines: list[str]) -> list[str | None] | None:
-    """The ids of the lines of ``text`` (one per line, None where a line has none), each line with a prefix
-    replaced in ``lines`` by its payload; None if a line that begins with ``@`` has no valid prefix or an
-    empty payload (the slow path answers it)."""
-    ids: list[str | None] = [None] * len(lines)
-    if text[0] != "@" and "\n@" not in text:
-        return ids  # one C search per read: no line starts with @
-    for i, line in enumerate(lines):
-        if line[0] == "@":
-            prefix = _PREFIX.match(line)
-            if prefix is None or prefix.end() == len(line):
-                return None
-            ids[i] = prefix[1] or None
-            lines[i] = line[prefix.end() :]
-    return ids
-
-
-def accepts_line_ids(app: Any) -> bool:
-    """Whether ``app`` opted in to line ids: ``accepts_line_ids = True`` and a ``handle_lines`` to take them."""
-    return getattr(app, "accepts_line_ids", False) is True and callable(getattr(app, "handle_lines", None))
-
-
-def line_ids_refused(app_spec: str) -> str:
-    """The one line saying why an app that does not accept line ids cannot serve with them on."""
-    return (
-        f"server.line_ids is on, but the app {app_spec} does not accept line ids "
-        "(it needs accepts_line_ids = True and handle_lines(lines, client, ids))"
-    )
 
 
 def _known_text(replies: list[Any]) -> str | None:
