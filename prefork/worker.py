@@ -42,7 +42,8 @@ from prefork.config import ConfigError  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol.connection import Counters, LineConnection, ProtocolSettings  # noqa: E402
+from prefork.protocol.connection import LineConnection, ProtocolSettings  # noqa: E402
+from prefork.protocol.counters import Counters  # noqa: E402
 from prefork.protocol.lines import accepts_line_ids, line_ids_refused  # noqa: E402
 from prefork.protocol.proxy import client_address  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402

@@ -31,14 +31,9 @@ from gevent.event import AsyncResult
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from prefork.protocol.connection import (
-    MAX_IN_FLIGHT,
-    MAX_IN_FLIGHT_BYTES,
-    READ_SIZE,
-    Counters,
-    LineConnection,
-    ProtocolSettings,
-)
+from prefork.protocol.connection import READ_SIZE, LineConnection, ProtocolSettings
+from prefork.protocol.counters import Counters
+from prefork.protocol.replies import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, ReplyQueue
 
 # The model of the framing rules (one reply per line of the whole stream) and the streams that exercise them.
 from tests.test_framer import chunked_streams, max_lines, model_replies
@@ -138,9 +133,9 @@ class _RecordingSocket:
         return getattr(self._sock, name)
 
 
-class _WaitCountingConnection(LineConnection):
-    """A LineConnection that records, each time its reader stops for room, the lines and reply bytes in
-    flight (to check that the harness reaches the in-flight limits), and then calls ``on_wait``."""
+class _WaitCountingReplies(ReplyQueue):
+    """A ReplyQueue that records, each time its reader stops for room, the lines and reply bytes in flight
+    (to check that the harness reaches the in-flight limits), and then calls ``on_wait``."""
 
     waits: list[tuple[int, int]]
     on_wait: Any = None
@@ -150,6 +145,10 @@ class _WaitCountingConnection(LineConnection):
         if self.on_wait is not None:
             self.on_wait()
         super()._wait_for_room()
+
+
+class _WaitCountingConnection(LineConnection):
+    reply_queue = _WaitCountingReplies
 
 
 def _read_until_eof(sock: gevent.socket.socket) -> bytes:
@@ -186,8 +185,10 @@ def exchange(
                 LineConnection(sock, addr, app, proto, Counters()).serve()
             else:
                 connection = _WaitCountingConnection(sock, addr, app, proto, Counters())
-                connection.waits = waits
-                connection.on_wait = on_wait
+                replies = connection.replies
+                assert isinstance(replies, _WaitCountingReplies)
+                replies.waits = waits
+                replies.on_wait = on_wait
                 connection.serve()
 
         server = gevent.spawn(serve)

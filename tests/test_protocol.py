@@ -728,7 +728,8 @@ def test_handle_lines_future_shared_by_a_read_may_resolve_to_one_reply_per_line(
 def test_tcp_connections_send_replies_without_nagle_delay():
     """A reply known while the previous one is unacknowledged goes out at once: TCP_NODELAY on every TCP
     connection (with Nagle's algorithm, a delayed ACK can hold it for 40 ms)."""
-    from prefork.protocol.connection import Counters, LineConnection, ProtocolSettings
+    from prefork.protocol.connection import LineConnection, ProtocolSettings
+    from prefork.protocol.counters import Counters
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
