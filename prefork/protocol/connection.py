@@ -37,6 +37,7 @@ import gevent
 from prefork.app import ERR_UNAVAILABLE, Client
 from prefork.protocol.counters import Counters
 from prefork.protocol.framing import Batch
+from prefork.protocol.greensock import read_waiter
 from prefork.protocol.lines import LineFramer
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
@@ -131,9 +132,8 @@ class LineConnection:
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
         full_reads = 0
-        # gevent's recv first tries the socket and waits only when it says EAGAIN: after a short read (the
-        # socket was emptied) that try is a wasted system call and exception, so wait for data first.
-        wait = getattr(sock, "_wait", None)
+        # After a short read (the socket was emptied), wait for data before recv, which would try first.
+        wait_readable = read_waiter(sock)
         drained = False
         replies = self.replies
         while not self._stopping and not replies.failed:
@@ -144,9 +144,8 @@ class LineConnection:
             sock.settimeout(remaining)
             self._in_recv = True
             try:
-                read_event = sock._read_event if drained and wait is not None else None  # type: ignore[attr-defined]
-                if read_event is not None:
-                    wait(read_event)  # type: ignore[misc]  # raises socket.timeout (a TimeoutError) as recv would
+                if drained and wait_readable is not None:
+                    wait_readable()  # raises socket.timeout (a TimeoutError) as recv would
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)

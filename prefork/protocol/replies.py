@@ -28,6 +28,7 @@ from gevent.event import Event
 
 from prefork.app import ERR_UNAVAILABLE, Client
 from prefork.protocol.counters import Counters
+from prefork.protocol.greensock import raw_socket
 
 MAX_IN_FLIGHT = 4096  # lines of one connection read but not yet answered
 MAX_IN_FLIGHT_BYTES = 1 << 20  # bytes of replies of one connection waiting to be written
@@ -65,7 +66,7 @@ class ReplyQueue:
         self.reader: gevent.Greenlet | None = None
         self.failed = False  # the client is gone: nothing more can be sent
         # The OS socket under gevent's, for sends that must not block (None: always use the writer).
-        self._raw = getattr(sock, "_sock", None)
+        self._raw = raw_socket(sock)
         # In line order: the replies (str or futures) of each batch; None while nothing waits.
         self._chunks: deque[Any] | None = None
         self._chunk_bytes: deque[int] | None = None  # what each chunk counts in _queued_bytes
