@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator
 
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
-# The capability probe and the server's answer when it takes line ids (prefork.protocol).
+# The capability probe and the server's answer when it takes line ids (prefork.protocol.lines).
 ID_PROBE = b"@\xff\n"
 OK_IDS = "OK ids"
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
