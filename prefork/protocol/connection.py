@@ -36,7 +36,7 @@ import gevent
 
 from prefork.app import ERR_UNAVAILABLE, Client
 from prefork.protocol.counters import Counters
-from prefork.protocol.framing import Batch
+from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import read_waiter
 from prefork.protocol.lines import LineFramer
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
@@ -127,7 +127,8 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        framer = LineFramer(self.settings.max_line, self.settings.line_ids)
+        # Only the Framer shape is used below: another framing (octet counting, RELP) is another framer here.
+        framer: Framer = LineFramer(self.settings.max_line, self.settings.line_ids)
         timeout = self.settings.client_timeout
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
