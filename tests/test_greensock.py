@@ -12,7 +12,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from prefork.protocol.greensock import raw_socket, read_waiter
+from prefork.protocol.greensock import can_wait_readable, raw_socket, wait_readable
 
 TIMEOUT = 0.05  # the socket timeout of a wait that must time out (no data is ever sent)
 IO_TIMEOUT = 10.0  # a wait that must return, bounded so that a broken one fails instead of hanging
@@ -39,20 +39,19 @@ def test_raw_socket_is_the_non_blocking_os_socket_under_gevents(pair) -> None:
             raw.send(b"x" * 65536)
 
 
-def test_read_waiter_waits_for_data_and_times_out_as_recv(pair) -> None:
+def test_wait_readable_waits_for_data_and_times_out_as_recv(pair) -> None:
     a, b = pair
-    wait_readable = read_waiter(b)
-    assert wait_readable is not None, f"gevent {gevent.__version__}: a gevent socket has no _wait or _read_event"
+    assert can_wait_readable(b), f"gevent {gevent.__version__}: a gevent socket has no _wait or _read_event"
     b.settimeout(TIMEOUT)
     with pytest.raises(TimeoutError):  # nothing sent: the socket's own timeout, as recv raises it
-        wait_readable()
+        wait_readable(b)
     b.settimeout(IO_TIMEOUT)
     gevent.spawn_later(TIMEOUT, a.sendall, b"line\n")
-    wait_readable()  # returns once the data is there, without reading it
+    wait_readable(b)  # returns once the data is there, without reading it
     assert b.recv(100, socket.MSG_PEEK) == b"line\n"
     a.shutdown(socket.SHUT_WR)
     assert b.recv(100) == b"line\n"
-    wait_readable()  # EOF is readable too
+    wait_readable(b)  # EOF is readable too
     assert b.recv(100) == b""
 
 
@@ -60,4 +59,4 @@ def test_a_plain_socket_has_neither() -> None:
     a, b = socket.socketpair()
     with a, b:
         assert raw_socket(a) is None
-        assert read_waiter(a) is None
+        assert not can_wait_readable(a)

@@ -37,7 +37,7 @@ import gevent
 from prefork.app import ERR_UNAVAILABLE, Client
 from prefork.protocol.counters import Counters
 from prefork.protocol.framing import Batch, Framer
-from prefork.protocol.greensock import read_waiter
+from prefork.protocol.greensock import can_wait_readable, wait_readable
 from prefork.protocol.lines import LineFramer
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
@@ -134,7 +134,7 @@ class LineConnection:
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
         full_reads = 0
         # After a short read (the socket was emptied), wait for data before recv, which would try first.
-        wait_readable = read_waiter(sock)
+        can_wait = can_wait_readable(sock)
         drained = False
         replies = self.replies
         while not self._stopping and not replies.failed:
@@ -145,8 +145,8 @@ class LineConnection:
             sock.settimeout(remaining)
             self._in_recv = True
             try:
-                if drained and wait_readable is not None:
-                    wait_readable()  # raises socket.timeout (a TimeoutError) as recv would
+                if drained and can_wait:
+                    wait_readable(sock)  # raises socket.timeout (a TimeoutError) as recv would
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)

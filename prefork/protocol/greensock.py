@@ -19,7 +19,6 @@ has them.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
 
@@ -28,14 +27,13 @@ def raw_socket(sock: Any) -> socket.socket | None:
     return getattr(sock, "_sock", None)
 
 
-def read_waiter(sock: Any) -> Callable[[], None] | None:
-    """A function that waits until ``sock`` has data (or EOF), raising ``socket.timeout`` (a TimeoutError)
-    after the socket's timeout as ``recv`` would; None if ``sock`` is not a gevent socket as known here."""
-    wait = getattr(sock, "_wait", None)
-    if wait is None or getattr(sock, "_read_event", None) is None:
-        return None
+def can_wait_readable(sock: Any) -> bool:
+    """Whether ``wait_readable`` works on ``sock`` (a gevent socket as known here)."""
+    return getattr(sock, "_wait", None) is not None and getattr(sock, "_read_event", None) is not None
 
-    def wait_readable() -> None:
-        wait(sock._read_event)  # looked up each time: gevent drops the watcher when the socket closes
 
-    return wait_readable
+def wait_readable(sock: Any) -> None:
+    """Wait until ``sock`` has data (or EOF), raising ``socket.timeout`` (a TimeoutError) after the socket's
+    timeout as ``recv`` would. Only for a socket ``can_wait_readable`` accepts. A function, not a closure
+    kept per connection: thousands of idle connections would each hold one."""
+    sock._wait(sock._read_event)  # the watcher looked up each time: gevent drops it when the socket closes
