@@ -51,7 +51,7 @@ from prefork.config.address import parse_peer
 
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
-# The capability probe and the server's answer when it takes line ids (prefork.protocol).
+# The capability probe and the server's answer when it takes line ids (prefork.protocol.lines).
 ID_PROBE = b"@\xff\n"
 OK_IDS = "OK ids"
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

@@ -44,8 +44,10 @@ from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_r
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol import Counters, LineConnection, ProtocolSettings, StopReading  # noqa: E402
-from prefork.proxy_protocol import client_address  # noqa: E402
+from prefork.protocol.connection import LineConnection, ProtocolSettings  # noqa: E402
+from prefork.protocol.counters import Counters  # noqa: E402
+from prefork.protocol.proxy import client_address  # noqa: E402
+from prefork.protocol.replies import StopReading  # noqa: E402
 from prefork.signals import reset_master_handlers  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WorkerSpec  # noqa: E402

@@ -1,16 +1,9 @@
-"""Property: ANY byte stream, cut into chunks at ANY points, gets exactly the replies of a reference model.
+"""Property: ANY byte stream, cut into chunks at ANY points, gets exactly the replies of a reference model,
+end to end through the real connection.
 
-The model (`model_replies`) restates the framing and validation rules of the protocol in a few lines,
-without any streaming state: split the whole stream on LF, take unterminated trailing bytes as a final line,
-drop one CR at the end of each line, then, with line ids off, check too-long (over ``max_line`` bytes),
-empty, bad UTF-8, in that order, and otherwise echo the line. With line ids on (`expected_reply_with_ids`):
-the probe ``@\\xff`` is answered ``OK ids``; a line that begins with ``@`` is split at its first space into
-``@ID`` (1-64 characters of the id set, or none: the escape ``@ PAYLOAD``) and the payload, and then the same
-checks apply to the payload (so max_line does not count the prefix); a line that begins with ``@`` without
-that form is checked whole and, if it is otherwise valid, gets ``ERR bad-id``. A valid line is echoed as
-``<id or -> <payload>``. Each reply is followed by LF, and nothing else is sent.
-
-The server side is the real `prefork.protocol.LineConnection` in a greenlet of this process, serving
+The framing rules and their model (`model_replies`) are tested without sockets in tests/test_framer.py,
+whose strategies drive this test too. Here the server side is the real
+`prefork.protocol.connection.LineConnection` in a greenlet of this process, serving
 `ModelApp` (an echo that takes ids and whose replies are, line by line, known at once, futures of their own,
 or one future shared by consecutive lines; futures are resolved later, a random subset at a time in random
 order, whenever the reader has paused), on a real loopback TCP connection (gevent sockets on both ends; this
@@ -29,7 +22,6 @@ from __future__ import annotations
 
 import random
 import socket
-from itertools import pairwise
 from typing import Any
 
 import gevent
@@ -39,25 +31,15 @@ from gevent.event import AsyncResult
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from prefork.protocol import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, READ_SIZE, Counters, LineConnection, ProtocolSettings
+from prefork.protocol.connection import READ_SIZE, LineConnection, ProtocolSettings
+from prefork.protocol.counters import Counters
+from prefork.protocol.replies import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, ReplyQueue
 
-# The reply to one line as sent, per the protocol's rules, with ids off and on (the model of one line).
-from tests.test_protocol import expected_reply, expected_reply_with_ids
+# The model of the framing rules (one reply per line of the whole stream) and the streams that exercise them.
+from tests.test_framer import chunked_streams, max_lines, model_replies
 
 IO_TIMEOUT = 20.0  # every blocking step of one exchange: a stuck server fails the example instead of hanging
 RESOLVE_TICK_S = 0.001  # how often held futures are looked at (resolved only once no new ones came meanwhile)
-
-# -- the reference model ----------------------------------------------------------------------------------
-
-
-def model_replies(stream: bytes, max_line: int, line_ids: bool = False) -> bytes:
-    """Everything the server must send for a whole stream: one reply per line, in order, each ended by LF."""
-    *lines, tail = stream.split(b"\n")
-    if tail:
-        lines.append(tail)  # unterminated trailing bytes are a final line; a trailing LF adds no empty line
-    reply = expected_reply_with_ids if line_ids else expected_reply
-    return b"".join(reply(line, max_line) + b"\n" for line in lines)
-
 
 # -- the application --------------------------------------------------------------------------------------
 
@@ -151,9 +133,9 @@ class _RecordingSocket:
         return getattr(self._sock, name)
 
 
-class _WaitCountingConnection(LineConnection):
-    """A LineConnection that records, each time its reader stops for room, the lines and reply bytes in
-    flight (to check that the harness reaches the in-flight limits), and then calls ``on_wait``."""
+class _WaitCountingReplies(ReplyQueue):
+    """A ReplyQueue that records, each time its reader stops for room, the lines and reply bytes in flight
+    (to check that the harness reaches the in-flight limits), and then calls ``on_wait``."""
 
     waits: list[tuple[int, int]]
     on_wait: Any = None
@@ -163,6 +145,10 @@ class _WaitCountingConnection(LineConnection):
         if self.on_wait is not None:
             self.on_wait()
         super()._wait_for_room()
+
+
+class _WaitCountingConnection(LineConnection):
+    reply_queue = _WaitCountingReplies
 
 
 def _read_until_eof(sock: gevent.socket.socket) -> bytes:
@@ -199,8 +185,10 @@ def exchange(
                 LineConnection(sock, addr, app, proto, Counters()).serve()
             else:
                 connection = _WaitCountingConnection(sock, addr, app, proto, Counters())
-                connection.waits = waits
-                connection.on_wait = on_wait
+                replies = connection.replies
+                assert isinstance(replies, _WaitCountingReplies)
+                replies.waits = waits
+                replies.on_wait = on_wait
                 connection.serve()
 
         server = gevent.spawn(serve)
@@ -230,51 +218,6 @@ def exchange(
 
 # -- strategies -------------------------------------------------------------------------------------------
 
-# Bytes that matter to the rules: terminators, ASCII, NUL, invalid UTF-8 (\xff), the two bytes of "é"
-# (\xc3 \xa9, valid together, invalid alone or swapped), whole 2-, 3- and 4-byte characters; the pieces of id
-# prefixes (@, a space, id characters and others, the probe, ids of 64 and 65 characters); plus any byte.
-_TOKENS = [b"\n", b"\r", b"\r\n", b"a", b"\xff", b"\xc3", b"\xa9", b"\x00", "é".encode(), "€".encode(), "🎉".encode()]
-_ID_TOKENS = [b"@", b" ", b"@ ", b"@id ", b"@\xff", b"\n@", b"\n@ ", b"-", b":", b"/", b"@" + b"i" * 64 + b" "]
-_token = st.one_of(
-    st.sampled_from(_TOKENS),
-    st.sampled_from(_ID_TOKENS),
-    st.binary(min_size=1, max_size=1),
-    st.integers(1, 24).map(lambda n: b"a" * n),  # runs that make lines near and past max_line
-    st.integers(60, 70).map(lambda n: b"@" + b"i" * n),  # ids near and past the longest
-)
-# Thousands of short lines in a row: over READ_SIZE (full reads) and over MAX_IN_FLIGHT lines (backpressure
-# while futures are held).
-_BULK_LINES = [b"x\n", b"@id p\n", b"@ @q\r\n", b"@" + b"i" * 64 + b" " + b"r" * 20 + b"\n", b"s" * 30 + b"\n"]
-_bulk = st.tuples(st.sampled_from(_BULK_LINES), st.integers(1000, 8000)).map(lambda t: t[0] * t[1])
-max_lines = st.integers(1, 16)  # small, so that too-long lines (and the skipping path) are common
-SMALL_STREAM = 256  # up to this many bytes, a cut may fall between any two bytes
-
-
-@st.composite
-def streams(draw: st.DrawFn) -> bytes:
-    """Tokens, and at times one bulk run of lines among them."""
-    tokens = draw(st.lists(_token, max_size=40))
-    bulk = draw(st.none() | _bulk)
-    if bulk is not None:
-        tokens.insert(draw(st.integers(0, len(tokens))), bulk)
-    return b"".join(tokens)
-
-
-@st.composite
-def chunked_streams(draw: st.DrawFn) -> list[bytes]:
-    """A stream cut into non-empty chunks at arbitrary points."""
-    stream = draw(streams())
-    gaps = max(len(stream) - 1, 0)
-    if len(stream) <= SMALL_STREAM:
-        # One flag per gap between two bytes: cut there or not (shrinks toward a single chunk).
-        cut_after = draw(st.lists(st.booleans(), min_size=gaps, max_size=gaps))
-        cuts = [i + 1 for i, cut in enumerate(cut_after) if cut]
-    else:
-        cuts = sorted(draw(st.lists(st.integers(1, gaps), max_size=40, unique=True)))
-    points = [0, *cuts, len(stream)]
-    return [stream[start:end] for start, end in pairwise(points) if end > start]
-
-
 seeds = st.none() | st.integers(0, 2**32 - 1)  # None: every reply known at once; else the futures' dice
 
 
@@ -284,25 +227,14 @@ seeds = st.none() | st.integers(0, 2**32 - 1)  # None: every reply known at once
 @pytest.mark.timeout(120)
 @settings(max_examples=300, deadline=None)
 @given(line_ids=st.booleans(), seed=seeds, max_line=max_lines, chunks=chunked_streams())
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"ab\r\n"])  # CR LF: the CR is dropped
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"ab\r", b"\n"])  # CR LF split across two reads
+# The framing cases (CR LF cut, characters cut, limits, prefixes) are examples of tests/test_framer.py; here,
+# what the connection adds: EOF, skipping, early replies placed among the app's, futures.
 @example(line_ids=False, seed=None, max_line=4, chunks=[b"ok\nab\r"])  # lone CR before EOF: dropped too
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"\r"])  # a lone CR then EOF: an empty final line
 @example(line_ids=False, seed=None, max_line=3, chunks=[b"abcdefgh"])  # over-long line ending at EOF
 @example(line_ids=False, seed=None, max_line=3, chunks=[b"ok\nabcde", b"fgh"])  # already skipping at EOF
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"abcd\r\n"])  # max_line bytes plus CR LF: accepted
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"abcd\r", b"\n"])  # the buffer at max_line + 1
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"abcd\r\r\n"])  # a second CR counts toward the limit
 @example(line_ids=False, seed=None, max_line=1, chunks=[b"abc", b"de\nf\n"])  # skipped up to the LF
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"\xc3", b"\xa9\n"])  # a 2-byte character, cut
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"\xf0\x9f", b"\x8e\x89"])  # a 4-byte one, at EOF
 @example(line_ids=False, seed=None, max_line=4, chunks=[])  # empty stream: no reply, the server just closes
-@example(line_ids=False, seed=None, max_line=4, chunks=[b"@x y\n@\xff\n@\n"])  # ids off: @ is a payload
-@example(line_ids=True, seed=None, max_line=4, chunks=[b"@ @a\n@ x\n@id y\n"])  # the escape, fast path
 @example(line_ids=True, seed=None, max_line=4, chunks=[b"@ \n@id \n@ \r\n@\xff\n@@\n"])  # empty, probe, bad
-@example(line_ids=True, seed=None, max_line=2, chunks=[b"@" + b"i" * 64 + b" ab\r\n"])  # prefix over max_line
-@example(line_ids=True, seed=None, max_line=2, chunks=[b"@" + b"i" * 64, b" ab", b"c\n@ ab\n"])  # cut prefix
-@example(line_ids=True, seed=None, max_line=2, chunks=[b"@" + b"i" * 65 + b" ab\n"])  # id too long: whole
 @example(line_ids=True, seed=7, max_line=16, chunks=[b"@id p\n" * 6000])  # futures held: the line limit
 def test_any_chunked_stream_gets_exactly_the_model_replies(
     line_ids: bool, seed: int | None, max_line: int, chunks: list[bytes]

@@ -25,7 +25,7 @@ import gevent.event
 import gevent.socket
 import pytest
 
-from prefork.protocol import READ_SIZE
+from prefork.protocol.connection import READ_SIZE
 from tests.server import ServerProcess, connect, read_all, read_lines, roundtrip, wait_for
 
 ECHO = "workers.echo:app"
@@ -783,7 +783,8 @@ def test_handle_lines_future_shared_by_a_read_may_resolve_to_one_reply_per_line(
 def test_tcp_connections_send_replies_without_nagle_delay():
     """A reply known while the previous one is unacknowledged goes out at once: TCP_NODELAY on every TCP
     connection (with Nagle's algorithm, a delayed ACK can hold it for 40 ms)."""
-    from prefork.protocol import Counters, LineConnection, ProtocolSettings
+    from prefork.protocol.connection import LineConnection, ProtocolSettings
+    from prefork.protocol.counters import Counters
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())

@@ -1,4 +1,4 @@
-"""prefork.proxy_protocol: PROXY v1 and v2 headers parsed exactly, read from a socket without eating the
+"""prefork.protocol.proxy: PROXY v1 and v2 headers parsed exactly, read from a socket without eating the
 client's first bytes, with a deadline and a size bound."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from devtools.mariadb import free_port
-from prefork.proxy_protocol import (
+from prefork.protocol.proxy import (
     V2_SIGNATURE,
     ProxyHeader,
     ProxyHeaderError,

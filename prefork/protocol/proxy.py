@@ -31,7 +31,7 @@ log = logging.getLogger("prefork.proxy")
 HEADER_TIMEOUT = 5.0  # seconds a balancer gets to send the header of a connection it opened
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
-V1_MAX = 107  # the longest v1 header, CR LF included (the spec's figure)
+V1_MAX = 107  # the longest v1 header, CR LF included (the figure of HAProxy's PROXY protocol spec)
 V2_MAX = 16 + 4096  # the fixed part and a generous bound of addresses and TLVs
 MODES = ("off", "v1", "v2", "auto")
 
@@ -103,7 +103,7 @@ def _parse_v1(header: bytes) -> ProxyHeader:
         raise ProxyHeaderError(f"a v1 header with an address that is not {words[1]}") from None
     ports = []
     for word in words[4:]:
-        # Decimal, no sign, no leading zero (the spec's rule): a header is either exact or refused.
+        # Decimal, no sign, no leading zero (the PROXY protocol spec's rule): a header is either exact or refused.
         if not word.isdigit() or not word.isascii() or (len(word) > 1 and word[0] == "0") or int(word) > 65535:
             raise ProxyHeaderError("a v1 header with a bad port")
         ports.append(int(word))

@@ -1,0 +1,9 @@
+"""The protocol wing: how bytes from a client become lines for the app, and replies go back in order.
+
+- ``framing``: what every framer is (``Framer``, ``Batch``) and the early replies they owe; sans-IO.
+- ``lines``: the LF line framer, with line ids (the first framer).
+- ``replies``: replies in line order (the queue, futures, backpressure, the writer greenlet).
+- ``connection``: one client's connection, tying a framer, the app and the replies; graceful stop, linger.
+- ``counters``: the worker-wide figures (``prefork status``).
+- ``proxy``: the PROXY protocol header a balancer may put before a client's bytes.
+"""

@@ -1,0 +1,256 @@
+"""One client's connection: reading, the app, graceful stop and linger.
+
+Per connection, a reader greenlet feeds what it reads to a framer (``prefork.protocol.lines.LineFramer``:
+framing, limits, validation and line ids are its job), hands the lines of each batch to the application and
+puts their replies in the connection's ``ReplyQueue`` (``prefork.protocol.replies``), which sends them in the
+order the lines came, as they resolve; the reader never waits for a reply to be written (pipelining).
+Rules (README "Line protocol (v1)"):
+
+- Exactly one reply per line, in order: the application's, or the framer's early reply (``ERR too-long``...).
+- A half-closed client still gets every reply, then the server closes.
+- ``client_timeout``: a client that sends no complete line for this long is closed; a partial line it
+  had started is dropped without a reply (replies for its complete lines are still sent).
+- Memory per connection is bounded: the framer holds at most a line's limit plus one read, and the reply
+  queue stops the reader past its in-flight limits, so a client that never reads its replies stalls only
+  itself.
+- Graceful stop (``stop()``): the reader stops at its next read (data already on its way is still read
+  for up to STOP_GRACE_S), not in the middle of a buffer or of a backpressure wait, so every complete line
+  already read still gets its reply. The server then half-closes and drains what the client still sends
+  (closing a socket with unread input sends RST, and an RST can destroy replies still on their way).
+- Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
+  lets the event loop serve the worker's other clients.
+
+The hot path works on whole reads, not lines: the framer gives the complete lines of a read as one batch,
+the app gets them together (``handle_lines``, or ``handle`` per line), and their replies are put together.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+
+from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
+from prefork.protocol.counters import Counters
+from prefork.protocol.framing import Batch, Framer
+from prefork.protocol.greensock import can_wait_readable, wait_readable
+from prefork.protocol.lines import LineFramer
+from prefork.protocol.replies import ReplyQueue, StopReading, app_name
+
+READ_SIZE = 65536
+LINGER_S = 2.0  # after the last reply, how long a client that keeps sending is drained before the close
+FAIR_READS = 8  # after this many full reads in a row, a reader lets the event loop poll the other clients
+FAIR_PAUSE_S = 0.0005  # a timer, not sleep(0): sleep(0) may resume the reader before the loop polls sockets
+STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may still get the data in transit
+
+log = logging.getLogger("prefork.protocol")
+
+
+@dataclass
+class ProtocolSettings:
+    """The tunables of the protocol, taken from the ``server`` section of the config."""
+
+    max_line: int = 65536
+    client_timeout: float = 300.0
+    ack: bool = True
+    line_ids: bool = False
+
+
+class LineConnection:
+    """Serve one client until EOF, timeout, error or graceful stop."""
+
+    # Thousands of mostly idle connections per worker: slots keep each one small.
+    __slots__ = (
+        "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
+        "_in_recv", "_wake", "_reader",
+    )  # fmt: skip
+
+    reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
+
+    def __init__(self, sock: socket.socket, addr: Any, app: Any, settings: ProtocolSettings, counters: Counters):
+        self.sock = sock
+        self.app = app
+        self.settings = settings
+        self.counters = counters
+        counters.next_client_id += 1
+        self.client = Peer(addr=_peer_name(sock, addr), id=counters.next_client_id)
+        self.replies = self.reply_queue(sock, app, self.client, counters, settings.ack, settings.client_timeout)
+        self._handle_lines = handle_lines_of(app)
+        if sock.family != socket.AF_UNIX:
+            # Replies are small and go out as soon as they are known: without this, Nagle's algorithm holds a
+            # reply until the client ACKs the previous one, and a delayed ACK takes up to 40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._saw_eof = False  # the client half-closed: nothing is left to drain at close
+        self._stopping = False
+        self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
+        self._wake: Any = None  # a timer that throws StopReading into the reader, cancelled if recv returns first
+        self._reader: gevent.Greenlet | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the reader in this greenlet and the writer beside it; close the socket at the end."""
+        self._reader = self.replies.reader = gevent.getcurrent()
+        self.counters.clients += 1
+        try:
+            try:
+                self._read_loop()
+            except (StopReading, OSError):
+                pass
+            finally:
+                self.replies.reader = None  # reading is over: a client gone has no reader left to stop
+            self.replies.finish()
+        finally:
+            self.counters.clients -= 1
+            self._close()
+
+    def stop(self) -> None:
+        """Stop reading (graceful stop): lines already read are still answered, then the socket closes."""
+        self._stopping = True
+        if self._in_recv and self._wake is None and self._reader is not None:
+            # Lines already on their way (a client that connected just before the stop and is sending) are
+            # still read if they come within STOP_GRACE_S; an idle client is interrupted after it. Not
+            # Greenlet.kill: a kill cannot be taken back, and if data woke the reader first it would land
+            # wherever the reader blocks next (the app, a backpressure wait) and lose lines already read.
+            self._wake = gevent.get_hub().loop.timer(STOP_GRACE_S)
+            self._wake.start(self._interrupt_recv)
+
+    def _interrupt_recv(self) -> None:
+        if self._in_recv and self._reader is not None:
+            self._reader.throw(StopReading)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        sock = self.sock
+        # Only the Framer shape is used below: another framing (octet counting, RELP) is another framer here.
+        framer: Framer = LineFramer(self.settings.max_line, self.settings.line_ids)
+        timeout = self.settings.client_timeout
+        clock = gevent.get_hub().loop
+        deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
+        full_reads = 0
+        # After a short read (the socket was emptied), wait for data before recv, which would try first.
+        can_wait = can_wait_readable(sock)
+        drained = False
+        replies = self.replies
+        while not self._stopping and not replies.failed:
+            remaining = deadline - clock.now()
+            if remaining <= 0:
+                log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
+                return  # no complete line for client_timeout: any partial line is dropped
+            sock.settimeout(remaining)
+            self._in_recv = True
+            try:
+                if drained and can_wait:
+                    wait_readable(sock)  # raises socket.timeout (a TimeoutError) as recv would
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
+                return
+            finally:
+                self._in_recv = False
+                if self._wake is not None:
+                    self._wake.close()  # recv returned first: the stop takes effect at the loop test
+                    self._wake = None
+            drained = len(data) < READ_SIZE
+            if drained:
+                full_reads = 0
+            else:
+                full_reads += 1
+                if full_reads == FAIR_READS:
+                    # Without this, a client sending faster than the worker reads would keep the other
+                    # clients of this worker waiting.
+                    full_reads = 0
+                    gevent.sleep(FAIR_PAUSE_S)
+            if not data:
+                self._saw_eof = True
+                batch = framer.feed_eof()  # the final unterminated line, if any
+                if batch is not None:
+                    self._dispatch(batch)
+                return
+            batch = framer.feed(data)
+            if batch is not None:
+                deadline = clock.now() + timeout
+                self._dispatch(batch)
+
+    def _dispatch(self, batch: Batch) -> None:
+        """Answer the lines of a batch: hand the valid ones to the app, queue every reply in order."""
+        replies = batch.replies
+        if replies is None:  # every line valid: the app's replies are the whole answer
+            self.counters.lines_in += len(batch.payloads)
+            self.replies.put(self._answer(batch.payloads, batch.ids))
+            return
+        self.counters.lines_in += len(replies)
+        if batch.payloads and batch.slots is not None:
+            for i, reply in zip(batch.slots, self._answer(batch.payloads, batch.ids), strict=True):
+                replies[i] = reply
+        self.replies.put(replies)
+
+    def _answer(self, lines: list[str], ids: list[str | None] | None = None) -> list[Any]:
+        """The app's replies (text or futures) to valid lines, one per line; ``ids`` (line ids on) goes to
+        the app's ``handle_lines`` beside them (the worker only boots an app that accepts them)."""
+        client = self.client
+        if self._handle_lines is not None:
+            try:
+                if ids is None:
+                    replies = self._handle_lines(lines, client)
+                else:
+                    replies = self._handle_lines(lines, client, ids)
+            except Exception:
+                log.exception("application %s failed on %d lines from %s", app_name(self.app), len(lines), client.addr)
+                return [ERR_UNAVAILABLE] * len(lines)
+            if type(replies) is not list or len(replies) != len(lines):
+                log.error(
+                    "application %s: handle_lines must return a list of one reply per line; got %s for %d lines",
+                    app_name(self.app),
+                    type(replies).__name__,
+                    len(lines),
+                )
+                return [ERR_UNAVAILABLE] * len(lines)
+            return replies
+        handle = self.app.handle
+        replies = []
+        append = replies.append
+        for line in lines:
+            try:
+                append(handle(line, client))
+            except Exception:
+                log.exception("application %s failed on a line from %s", app_name(self.app), client.addr)
+                append(ERR_UNAVAILABLE)
+        return replies
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Half-close, drain what the client still sends (bounded), then close.
+
+        Closing a socket whose input was not all read sends RST instead of FIN, and an RST can make the
+        client's kernel throw away replies it has not delivered yet. So unless the client already
+        half-closed (nothing left to read) or is gone, the server sends FIN after the last reply and
+        reads until the client closes too, for at most LINGER_S.
+        """
+        sock = self.sock
+        try:
+            if not self._saw_eof and not self.replies.failed:
+                sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + LINGER_S
+                while (remaining := deadline - time.monotonic()) > 0:
+                    sock.settimeout(remaining)
+                    if not sock.recv(READ_SIZE):
+                        break
+        except (OSError, StopReading):
+            pass
+        finally:
+            sock.close()
+
+
+def _peer_name(sock: socket.socket, addr: Any) -> str:
+    if sock.family == socket.AF_UNIX:
+        return "unix"
+    if isinstance(addr, tuple) and addr:
+        return str(addr[0])
+    return str(addr)

@@ -1,0 +1,17 @@
+"""The worker-wide figures of the protocol, shown by ``prefork status``."""
+
+from __future__ import annotations
+
+
+class Counters:
+    """Worker-wide figures shown by ``prefork status``."""
+
+    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id")
+
+    def __init__(self) -> None:
+        self.clients = 0
+        self.lines_in = 0
+        self.ok = 0
+        self.err = 0
+        self.err_by_reason: dict[str, int] = {}  # "too-long", "unavailable", ...
+        self.next_client_id = 0

@@ -1,0 +1,54 @@
+"""What a framer is: bytes in, batches of complete frames out, and nothing else (sans-IO).
+
+A framer turns what a client sends into frames for the app. It holds its own buffer and limits and knows
+nothing of sockets, greenlets or clocks: the connection feeds it the bytes of each read (``feed``) and, at
+EOF, asks for what is left (``feed_eof``); each call gives at most one ``Batch``, the frames completed by
+those bytes. LF-terminated lines (``prefork.protocol.lines.LineFramer``) are the first framer; others (octet
+counting, RELP) are siblings of the same shape.
+
+A batch is the hot path's unit: the frames of a whole read go to the app in one call (``handle_lines``) and
+their replies are queued together, so a framer gives lists, never one object per frame. Frames a framer
+refuses (too long, not UTF-8, empty, a bad id) get an early reply from the framer itself, in their place
+among the app's replies; the connection only fills the places left for the app.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+# The early replies a framer owes for a frame it refuses (the client sees exactly these).
+ERR_TOO_LONG = "ERR too-long"
+ERR_BAD_UTF8 = "ERR bad-utf8"
+ERR_EMPTY = "ERR empty"
+ERR_BAD_ID = "ERR bad-id"
+
+
+class Batch(NamedTuple):
+    """The frames completed by one ``feed``, in the order they came.
+
+    - ``payloads``: the valid frames, for the app, in order.
+    - ``ids``: their line ids (None where a frame has none), or None when ids are off.
+    - ``replies``: None when every frame is valid (the app's replies to ``payloads`` are the whole answer:
+      the hot path). Otherwise one entry per frame: the framer's early reply to it, or None where the app's
+      reply goes; ``slots`` then gives those places, one per payload, in order.
+    """
+
+    payloads: list[str]
+    ids: list[str | None] | None
+    replies: list[str | None] | None = None
+    slots: list[int] | None = None
+
+    @property
+    def frame_count(self) -> int:
+        """How many frames the batch holds (each gets exactly one reply)."""
+        return len(self.payloads) if self.replies is None else len(self.replies)
+
+
+class Framer(Protocol):
+    """The shape every framer has (see the module docstring)."""
+
+    def feed(self, data: bytes) -> Batch | None:
+        """Take the bytes of one read; the frames they complete, or None if they complete none."""
+
+    def feed_eof(self) -> Batch | None:
+        """The client sent its last byte: the frames left (an unterminated last one), or None."""

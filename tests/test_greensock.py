@@ -1,0 +1,62 @@
+"""prefork.protocol.greensock: the gevent socket internals the connection relies on still behave as it assumes.
+
+If a gevent release renames or changes them, the connection still serves (it falls back to its writer
+greenlet and plain recv) but slower: these tests are what notices, naming the attribute.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import gevent.socket
+import pytest
+
+from prefork.protocol.greensock import can_wait_readable, raw_socket, wait_readable
+
+TIMEOUT = 0.05  # the socket timeout of a wait that must time out (no data is ever sent)
+IO_TIMEOUT = 10.0  # a wait that must return, bounded so that a broken one fails instead of hanging
+
+
+@pytest.fixture
+def pair():
+    a, b = gevent.socket.socketpair()
+    with a, b:
+        yield a, b
+
+
+def test_raw_socket_is_the_non_blocking_os_socket_under_gevents(pair) -> None:
+    a, b = pair
+    raw = raw_socket(a)
+    assert raw is not None, f"gevent {gevent.__version__}: a gevent socket has no _sock any more"
+    assert isinstance(raw, socket.SocketType), type(raw)  # the C socket type (_socket.socket)
+    assert raw.fileno() == a.fileno()
+    assert raw.gettimeout() == 0.0, "gevent no longer keeps the OS socket non-blocking: a send could block"
+    assert raw.send(b"hello\n") == 6
+    assert b.recv(100) == b"hello\n"
+    with pytest.raises(BlockingIOError):  # a full socket: the send says so at once, never waits
+        while True:
+            raw.send(b"x" * 65536)
+
+
+def test_wait_readable_waits_for_data_and_times_out_as_recv(pair) -> None:
+    a, b = pair
+    assert can_wait_readable(b), f"gevent {gevent.__version__}: a gevent socket has no _wait or _read_event"
+    b.settimeout(TIMEOUT)
+    with pytest.raises(TimeoutError):  # nothing sent: the socket's own timeout, as recv raises it
+        wait_readable(b)
+    b.settimeout(IO_TIMEOUT)
+    gevent.spawn_later(TIMEOUT, a.sendall, b"line\n")
+    wait_readable(b)  # returns once the data is there, without reading it
+    assert b.recv(100, socket.MSG_PEEK) == b"line\n"
+    a.shutdown(socket.SHUT_WR)
+    assert b.recv(100) == b"line\n"
+    wait_readable(b)  # EOF is readable too
+    assert b.recv(100) == b""
+
+
+def test_a_plain_socket_has_neither() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert raw_socket(a) is None
+        assert not can_wait_readable(a)
