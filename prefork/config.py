@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prefork.dsn import DSN, DSNError, hide_password, parse_dsn
+from prefork.db.dsn import DSN, DSNError, hide_password, parse_dsn
 from prefork.proxy_protocol import MODES as PROXY_MODES
 from prefork.proxy_protocol import parse_networks
 from prefork.settings import (

@@ -26,7 +26,7 @@ from prefork.config import (
     setting,
 )
 from prefork.config import load_config as load_framework_config
-from prefork.dsn import DSN
+from prefork.db.dsn import DSN
 from workers.ingest import IngestSettings
 
 # Every key the default app's config has, in the order of etc/prefork.ini.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefork.config import ConfigError, load_config
-from prefork.dsn import DSNError, parse_dsn
+from prefork.db.dsn import DSNError, parse_dsn
 
 
 def test_full_dsn_to_connect_kwargs():

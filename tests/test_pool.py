@@ -519,7 +519,7 @@ def test_constructor_defaults_are_the_config_schema_defaults():
     import inspect
 
     from prefork.config import SETTINGS, load_config
-    from prefork.pool import POOL_SETTINGS
+    from prefork.db.pool import POOL_SETTINGS
 
     section = load_config(env={}).pool
     assert set(POOL_SETTINGS) == {s.key for s in SETTINGS if s.section == "pool"} - {"dsn"}
@@ -530,7 +530,7 @@ def test_constructor_defaults_are_the_config_schema_defaults():
 
 def test_from_config_takes_every_limit_of_the_section(dsn):
     from prefork.config import load_config
-    from prefork.pool import POOL_SETTINGS
+    from prefork.db.pool import POOL_SETTINGS
 
     overrides = {"pool.dsn": dsn, "pool.min_size": "0", "pool.max_size": "3", "pool.timeout": "2.5"}
     overrides |= {"pool.max_uses": "7", "pool.max_idle": "11", "pool.max_lifetime": "13"}

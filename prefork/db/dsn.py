@@ -2,7 +2,7 @@
 
 Several hosts may be listed, comma separated (``mysql://u:p@db1:3306,db2:3306,db3/test``): the nodes of a
 MariaDB Galera cluster, say. A pool's new connections go to the host in use while it answers, else to the
-first of the others in the order given (``prefork.hosts``), so a worker writes to one node at a time.
+first of the others in the order given (``prefork.db.hosts``), so a worker writes to one node at a time.
 
 The password never leaves this module in readable form: ``str(dsn)``, ``repr(dsn)`` and
 ``dsn.redacted`` all show it as ``***``, so a DSN can be logged or put in an error message safely.
@@ -14,7 +14,7 @@ or an IPv6 address in brackets (``[::1]``, ``[fe80::1%25eth0]`` with a zone), ea
 
 Query parameters: ``unix_socket``, ``charset`` (default utf8mb4), ``connect_timeout`` (10),
 ``read_timeout`` (60) and ``write_timeout`` (60), in seconds. Every connection gets read and write
-timeouts so that no call on a dead network can hang forever; the pool's connections (``prefork.pool``)
+timeouts so that no call on a dead network can hang forever; the pool's connections (``prefork.db.pool``)
 read the server's greeting and the login within ``connect_timeout`` too, not only the TCP connect.
 """
 
