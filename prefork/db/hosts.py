@@ -94,7 +94,7 @@ class HostList:
 
     def _attempt(self, i: int) -> Any:
         """Connect to host ``i`` within its share: the socket's own timeouts bound each step (the driver
-        reads the greeting with connect_timeout, see prefork.db.pool), the timer bounds the sum."""
+        reads the greeting with connect_timeout, see prefork.db.connection), the timer bounds the sum."""
         kwargs = self.targets[i]
         if self.share is None:
             return self._open_connection(**kwargs)

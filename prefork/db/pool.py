@@ -65,11 +65,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import gevent
+import pymysql
 from gevent.event import Event
 from gevent.monkey import get_original
 
+from prefork.db.connection import Connection, open_connection, transaction_closed
 from prefork.db.dsn import DSN, parse_dsn
+from prefork.db.errors import is_disconnect
 from prefork.db.hosts import HostList
+from prefork.db.server import node_ready
 
 log = logging.getLogger("prefork.pool")
 
@@ -77,15 +81,7 @@ log = logging.getLogger("prefork.pool")
 # yield or do I/O, so greenlets never contend for it and plain threads stay correct.
 _Lock = get_original("threading", "Lock")
 
-# Errors that mean the connection is gone: server shutdown in progress (1053), connection killed (1927),
-# server gone away, lost connection, commands out of sync, network read error, lost connection during
-# handshake, and PyMySQL's own "(0, '')".
-UNKNOWN_SYSTEM_VARIABLE = 1193
-# 1047: a Galera node outside the primary component (cut off, or still joining) refuses every statement
-# until it is back: as useless as a broken connection, and a new one goes to a ready host of the DSN.
-DISCONNECT_CODES = frozenset({0, 1047, 1053, 1927, 2006, 2013, 2014, 2045, 2055})
 CLOSE_REASONS = ("max_uses", "max_idle", "max_lifetime", "broken", "closed")
-_IN_TRANS = 1  # SERVER_STATUS_IN_TRANS
 _LIFETIME_JITTER = 0.05  # up to 5% shorter, so connections opened together do not retire together
 _MAINTENANCE_INTERVAL = 1.0
 
@@ -113,60 +109,11 @@ class PoolConnectError(PoolError):
 def connect_once(dsn: str | DSN) -> Any:
     """One plain PyMySQL connection outside any pool, for a command such as an app's ``check`` or
     ``initdb`` hook; close it yourself. PoolConnectError names the DSN, never its password."""
-    import pymysql
-
     parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
     try:
-        return _connection_class()(**parsed.connect_kwargs())
+        return Connection(**parsed.connect_kwargs())
     except pymysql.err.MySQLError as exc:
         raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
-
-
-def set_session_variable(cur: Any, name: str, value: int) -> bool:
-    """``SET SESSION name = value`` on a cursor; False, and nothing set, when the server has no such
-    variable (MySQL lacks MariaDB's own, a server without Galera its wsrep_*); other errors are raised."""
-    import pymysql
-
-    try:
-        cur.execute(f"SET SESSION {name} = {int(value)}")
-    except pymysql.err.MySQLError as exc:
-        if exc.args and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE:
-            return False
-        raise
-    return True
-
-
-def _node_ready(conn: Any) -> bool:
-    """False for a Galera node that accepts connections but not queries yet (joining, or cut off from the
-    primary component); True for any other server, a standalone MariaDB (wsrep_on = 0) included."""
-    import pymysql
-
-    cur = conn.cursor()
-    try:
-        try:
-            cur.execute("SELECT @@wsrep_on")
-        except pymysql.err.MySQLError as exc:
-            return bool(exc.args) and exc.args[0] == UNKNOWN_SYSTEM_VARIABLE  # a server without Galera
-        if not int(cur.fetchone()[0]):
-            return True
-        cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
-        row = cur.fetchone()
-        return row is not None and str(row[1]).upper() == "ON"
-    except Exception:
-        return False
-    finally:
-        cur.close()
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """Tell whether a driver error means the connection is unusable."""
-    import pymysql
-
-    if isinstance(exc, pymysql.err.InterfaceError):
-        return True
-    if isinstance(exc, pymysql.err.OperationalError):
-        return bool(exc.args) and exc.args[0] in DISCONNECT_CODES
-    return isinstance(exc, (ConnectionError, OSError))
 
 
 class _Record:
@@ -275,7 +222,7 @@ class Pool:
     def from_dsn(cls, dsn: str | DSN, **kwargs: Any) -> Pool:
         """Create a pool of PyMySQL connections to ``dsn`` (a string or a parsed DSN)."""
         parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
-        hosts = HostList([parsed.connect_kwargs(i) for i in range(len(parsed.hosts))], _open_connection, _node_ready)
+        hosts = HostList([parsed.connect_kwargs(i) for i in range(len(parsed.hosts))], open_connection, node_ready)
         kwargs.setdefault("name", parsed.redacted)
         pool = cls(hosts.connect, **kwargs)
         hosts.walk_within(pool.timeout)
@@ -562,8 +509,8 @@ class Pool:
         """Roll back an open transaction; return "broken" when the connection could not be reset."""
         conn = record.conn
         # Skip the ROLLBACK only when the block did not raise and the driver vouches that its status is
-        # from the last reply (see _connection_class) and says no transaction is open.
-        if not dirty and getattr(conn, "status_current", False) and not conn.server_status & _IN_TRANS:
+        # from the last reply and says no transaction is open.
+        if not dirty and transaction_closed(conn):
             return None
         try:
             conn.rollback()
@@ -659,104 +606,6 @@ class Pool:
                 log.info("pool %s: could not refill to min_size: %s", self.name, exc)
                 return
             self._release(record, None)
-
-
-def _open_connection(**kwargs: Any) -> Any:
-    """A new PyMySQL connection of the pool's own class, LOAD DATA LOCAL answered from memory only."""
-    return _connection_class()(**kwargs, local_infile=True)
-
-
-_CONNECTION_CLASS: Any = None
-# LOAD DATA LOCAL data goes out in packets of this size (below any server's max_allowed_packet).
-LOCAL_DATA_PACKET = 256 * 1024
-
-
-def _connection_class() -> Any:
-    """PyMySQL's Connection, made to tell whether its ``server_status`` is current, and to answer LOAD DATA
-    LOCAL INFILE from memory only.
-
-    PyMySQL updates ``server_status`` from OK packets only: after an error reply (a duplicate key, a
-    deadlock) or a result set it still holds what an earlier reply said, which may be "no transaction"
-    while one is open. ``status_current`` is true only right after an OK packet was read.
-
-    The server's greeting and the login are read with ``connect_timeout`` as the socket's timeout, like the
-    TCP connect, rather than ``read_timeout`` (PyMySQL 1.1-1.2: a server that accepts but never greets held
-    a connect for read_timeout, 60 s by default).
-
-    ``load_local_data(sql, data)`` runs a ``LOAD DATA LOCAL INFILE`` statement and sends ``data`` when the
-    server asks for the file. PyMySQL itself would open whatever file name the server asks for; this class
-    never opens a file: a request it did not offer data for gets an empty file.
-    """
-    global _CONNECTION_CLASS
-    if _CONNECTION_CLASS is None:
-        import pymysql.connections
-        from pymysql.constants import CR
-
-        class LocalDataResult(pymysql.connections.MySQLResult):
-            def _read_load_local_packet(self, first_packet: Any) -> None:
-                conn = self.connection
-                data = conn.offered_data
-                conn.offered_data = None  # one statement, one file
-                try:
-                    if data is not None:
-                        view = memoryview(data)
-                        for start in range(0, len(view), LOCAL_DATA_PACKET):
-                            conn.write_packet(view[start : start + LOCAL_DATA_PACKET])
-                finally:
-                    conn.write_packet(b"")  # end of file
-                    ok = conn._read_packet()  # raises the statement's error, if any
-                if not ok.is_ok_packet():
-                    raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "Commands Out of Sync")
-                self._read_ok_packet(ok)
-
-        class Connection(pymysql.connections.Connection):
-            status_current = False
-            offered_data: bytes | None = None
-            last_warning_count = 0
-
-            def connect(self, sock: Any = None) -> None:
-                read_timeout = self._read_timeout  # type: ignore[has-type]
-                self._read_timeout = self.connect_timeout  # PyMySQL reads the greeting with _read_timeout
-                try:
-                    super().connect(sock)
-                finally:
-                    self._read_timeout = read_timeout  # the next packet read sets it on the socket
-
-            def _execute_command(self, command: int, sql: Any) -> None:
-                self.status_current = False
-                super()._execute_command(command, sql)
-
-            def _read_ok_packet(self) -> Any:
-                ok = super()._read_ok_packet()
-                self.status_current = True
-                return ok
-
-            def _read_query_result(self, unbuffered: bool = False) -> int:
-                self._result = None
-                result = LocalDataResult(self)
-                if unbuffered:
-                    result.init_unbuffered_query()
-                else:
-                    result.read()
-                self._result = result
-                if result.server_status is not None:
-                    self.server_status = result.server_status
-                self.status_current = result.server_status is not None
-                self.last_warning_count = result.warning_count or 0
-                return result.affected_rows
-
-            def load_local_data(self, sql: str, data: bytes) -> tuple[int, int]:
-                """Run a LOAD DATA LOCAL INFILE statement with ``data`` as its file; return the rows it
-                stored and its warning count (LOCAL turns bad values into warnings, not errors)."""
-                self.offered_data = data
-                try:
-                    rows = self.query(sql)
-                finally:
-                    self.offered_data = None
-                return rows, self.last_warning_count
-
-        _CONNECTION_CLASS = Connection
-    return _CONNECTION_CLASS
 
 
 def _close_quietly(conn: Any) -> None:
