@@ -42,6 +42,8 @@ def test_password_is_redacted_everywhere():
         "mysql://u:topsecret@h/db?bogus=1",
         "mysql://u:topsecret@h/db?read_timeout=-1",
         "mysql://u:topsecret@/db",
+        "u:topsecret@h/db",  # no scheme at all
+        "mysql:/u:topsecret@h/db",  # a slash short
     ],
 )
 def test_errors_never_show_the_password(bad):

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 DEFAULT_PORT = 3306
+MASK = "***"  # what a password is shown as
 MIN_PORT, MAX_PORT = 1, 65535
 _TIMEOUT_PARAMS = {"connect_timeout": 10.0, "read_timeout": 60.0, "write_timeout": 60.0}
 _KNOWN_PARAMS = {"unix_socket", "charset", *_TIMEOUT_PARAMS}
@@ -58,7 +59,7 @@ class DSN:
         """The DSN as a string with the password replaced by ``***``."""
         auth = quote(self.user, safe="")
         if self.password:
-            auth += ":***"
+            auth += f":{MASK}"
         hosts = ",".join(
             f"[{quote(host, safe=':')}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts
         )
@@ -95,7 +96,7 @@ def parse_dsn(text: str) -> DSN:
     raw = text.strip()
 
     def bad(reason: str) -> DSNError:
-        return DSNError(f"bad DSN {_redact_raw(raw)!r}: {reason}")
+        return DSNError(hide_password(f"bad DSN {raw!r}: {reason}", raw))
 
     match = _URL_SCHEME.match(raw)
     if not match or match.group(1).lower() not in _SCHEMES:
@@ -188,21 +189,12 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 def hide_password(message: str, raw: str) -> str:
     """``message`` with whatever could be the password of the DSN text ``raw`` masked as ``***``, even when
-    ``raw`` is too broken to parse or not a DSN at all (a mistyped ``-s pool.dsn:mysql://u:pw@h``)."""
+    ``raw`` is too broken to parse or not a DSN at all (a mistyped ``-s pool.dsn:mysql://u:pw@h``, a DSN
+    without its scheme). Every message that quotes a DSN text goes through here; a parsed DSN shows itself
+    with ``redacted``, which never holds the password."""
     userinfo = raw.strip().rpartition("@")[0]
     match = _SCHEME.match(userinfo)
     password = userinfo[match.end() if match else 0 :].partition(":")[2]
     for form in {password, unquote(password), repr(password)[1:-1]} - {""}:
-        message = message.replace(form, "***")
+        message = message.replace(form, MASK)
     return message
-
-
-def _redact_raw(text: str) -> str:
-    """The DSN text with its password (if it has one) as ``***``, even when it does not parse."""
-    scheme, sep, rest = text.partition("://")
-    if not sep or "@" not in rest:
-        return text
-    auth, at, host = rest.rpartition("@")
-    if ":" in auth:
-        auth = auth.split(":", 1)[0] + ":***"
-    return f"{scheme}://{auth}@{host}"
