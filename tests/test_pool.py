@@ -608,6 +608,22 @@ def test_several_hosts_the_first_that_answers_in_order(db):
     only_dead.close()
 
 
+def test_connect_once_walks_the_hosts_as_the_pool_does(db):
+    """connect_once (the check and initdb hooks' connection) chooses its host as the pool does: a first host
+    that refuses is passed for the next one; with every host refusing, the error names the DSN."""
+    dead = f"127.0.0.1:{free_port()}"
+    live = f"127.0.0.1:{db.port}"
+    conn = connect_once(db.dsn.replace(live, f"{dead},{live}"))
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT @@port")
+        assert cur.fetchone()[0] == db.port
+    finally:
+        conn.close()
+    with pytest.raises(PoolConnectError, match=dead):
+        connect_once(db.dsn.replace(live, f"{dead},{dead.replace('127.0.0.1', '127.0.0.2')}"))
+
+
 def test_several_hosts_stay_on_the_host_they_failed_over_to(db):
     """Two hosts (two proxies in front of the private server): connections go to the first; when it goes
     down they go to the second, and stay there when the first is back (a Galera cluster written on one

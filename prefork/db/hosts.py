@@ -21,6 +21,8 @@ from typing import Any
 
 import gevent
 
+from prefork.db.dsn import DSN
+
 HUNG_HOST_PENALTY = 30.0  # seconds a host that did not answer in time is tried after the others
 
 
@@ -57,6 +59,11 @@ class HostList:
         self.current = 0
         self.share: float | None = None  # seconds per attempt; None: the acquire deadline alone
         self.penalized: dict[int, float] = {}  # host index -> until when it is tried last
+
+    @classmethod
+    def of(cls, dsn: DSN, open_connection: Callable[..., Any], ready: Callable[[Any], bool]) -> HostList:
+        """The hosts of a parsed DSN, in its order (``open_connection`` and ``ready`` as for the constructor)."""
+        return cls([dsn.connect_kwargs(i) for i in range(len(dsn.hosts))], open_connection, ready)
 
     def walk_within(self, acquire_timeout: float) -> None:
         """Bound each attempt so that every host is tried within one acquire of ``acquire_timeout``."""

@@ -108,10 +108,11 @@ class PoolConnectError(PoolError):
 
 def connect_once(dsn: str | DSN) -> Any:
     """One plain PyMySQL connection outside any pool, for a command such as an app's ``check`` or
-    ``initdb`` hook; close it yourself. PoolConnectError names the DSN, never its password."""
+    ``initdb`` hook; close it yourself. Its host is chosen as a pool's are (``prefork.db.hosts``: the first
+    of the DSN's hosts that answers and is ready). PoolConnectError names the DSN, never its password."""
     parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
     try:
-        return Connection(**parsed.connect_kwargs())
+        return HostList.of(parsed, Connection, node_ready).connect()
     except pymysql.err.MySQLError as exc:
         raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
 
@@ -222,7 +223,7 @@ class Pool:
     def from_dsn(cls, dsn: str | DSN, **kwargs: Any) -> Pool:
         """Create a pool of PyMySQL connections to ``dsn`` (a string or a parsed DSN)."""
         parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
-        hosts = HostList([parsed.connect_kwargs(i) for i in range(len(parsed.hosts))], open_connection, node_ready)
+        hosts = HostList.of(parsed, open_connection, node_ready)
         kwargs.setdefault("name", parsed.redacted)
         pool = cls(hosts.connect, **kwargs)
         hosts.walk_within(pool.timeout)
