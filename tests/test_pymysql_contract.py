@@ -108,13 +108,15 @@ def table(dsn):
 
 @pytest.fixture
 def conn(dsn):
+    """A connection of prefork's class (as a pool opens them); ask for it after ``table``, so that it is
+    closed first and a failed test's open transaction does not hold the table's DROP."""
     conn = open_connection(**parse_dsn(dsn).connect_kwargs())
     yield conn
     if conn.open:
         conn.close()
 
 
-def test_status_is_current_only_after_a_reply_that_carried_it(conn, table):
+def test_status_is_current_only_after_a_reply_that_carried_it(table, conn):
     cur = conn.cursor()
     cur.execute(f"INSERT INTO `{table}` VALUES (1, 'a')")
     assert conn.status_current and not transaction_closed(conn), (
@@ -138,9 +140,15 @@ def test_status_is_current_only_after_a_reply_that_carried_it(conn, table):
     assert transaction_closed(conn)
 
 
-def test_load_data_local_sends_the_offered_data_and_counts_warnings(dsn, conn, table):
+def test_load_data_local_sends_the_offered_data_and_counts_warnings(dsn, table, conn):
     sql = f"LOAD DATA LOCAL INFILE 'offered' INTO TABLE `{table}` FIELDS TERMINATED BY ','"
-    rows, warnings = conn.load_local_data(sql, b"1,one\n2,two\nthree,3\n")
+    try:
+        rows, warnings = conn.load_local_data(sql, b"1,one\n2,two\nthree,3\n")
+    except pymysql.err.MySQLError as exc:
+        raise AssertionError(
+            f"PyMySQL {VERSION}: LOAD DATA LOCAL failed ({exc}): the server's request for the file no longer "
+            f"reaches LocalDataResult._read_load_local_packet (Connection._read_query_result); {RELIES}"
+        ) from exc
     assert isinstance(conn._result, LocalDataResult)
     conn.commit()
     assert (rows, warnings) == (3, 1), (
@@ -150,7 +158,7 @@ def test_load_data_local_sends_the_offered_data_and_counts_warnings(dsn, conn, t
     assert query(dsn, f"SELECT k, v FROM `{table}` ORDER BY k") == [(0, "3"), (1, "one"), (2, "two")]
 
 
-def test_a_file_the_server_names_is_never_opened(dsn, conn, table):
+def test_a_file_the_server_names_is_never_opened(dsn, table, conn):
     with tempfile.NamedTemporaryFile("w", suffix=".csv") as f:
         f.write("7,seven\n")
         f.flush()
