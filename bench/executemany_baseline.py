@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pymysql
 
-from prefork.dsn import parse_dsn
+from prefork.db.dsn import parse_dsn
 
 BATCH = 1000
 

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import pymysql
 
-from prefork.dsn import parse_dsn
+from prefork.db.dsn import parse_dsn
 
 BATCH = 1000  # = ingest.batch_size default
 LOAD_FORMAT = "CHARACTER SET utf8mb4 FIELDS TERMINATED BY x'09' ESCAPED BY x'5c' LINES TERMINATED BY x'0a'"

@@ -18,7 +18,7 @@ import pymysql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devtools/ is not installed: the checkout's
 
 from devtools.mariadb import MariaDBServer, ServerBinaryMissing  # noqa: E402
-from prefork.dsn import parse_dsn  # noqa: E402
+from prefork.db.dsn import parse_dsn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "mariadb"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pymysql
 
-from prefork.dsn import parse_dsn
+from prefork.db.dsn import parse_dsn
 
 
 def connect(dsn: str, **overrides) -> pymysql.connections.Connection:

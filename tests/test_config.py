@@ -20,7 +20,7 @@ from prefork.config.flags import parse_override
 from prefork.config.framework import SETTINGS, PoolConfig, ServerConfig, setting
 from prefork.config.loader import Config
 from prefork.config.loader import load_config as load_framework_config
-from prefork.dsn import DSN
+from prefork.db.dsn import DSN
 from workers.ingest import IngestSettings
 
 # Every key the default app's config has, in the order of etc/prefork.ini.

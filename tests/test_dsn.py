@@ -6,7 +6,7 @@ import pytest
 
 from prefork.config.errors import ConfigError
 from prefork.config.loader import load_config
-from prefork.dsn import DSNError, parse_dsn
+from prefork.db.dsn import DSNError, parse_dsn
 
 
 def test_full_dsn_to_connect_kwargs():
@@ -43,6 +43,8 @@ def test_password_is_redacted_everywhere():
         "mysql://u:topsecret@h/db?bogus=1",
         "mysql://u:topsecret@h/db?read_timeout=-1",
         "mysql://u:topsecret@/db",
+        "u:topsecret@h/db",  # no scheme at all
+        "mysql:/u:topsecret@h/db",  # a slash short
     ],
 )
 def test_errors_never_show_the_password(bad):

@@ -520,7 +520,7 @@ def test_constructor_defaults_are_the_config_schema_defaults():
 
     from prefork.config.framework import SETTINGS
     from prefork.config.loader import load_config
-    from prefork.pool import POOL_SETTINGS
+    from prefork.db.pool import POOL_SETTINGS
 
     section = load_config(env={}).pool
     assert set(POOL_SETTINGS) == {s.key for s in SETTINGS if s.section == "pool"} - {"dsn"}
@@ -531,7 +531,7 @@ def test_constructor_defaults_are_the_config_schema_defaults():
 
 def test_from_config_takes_every_limit_of_the_section(dsn):
     from prefork.config.loader import load_config
-    from prefork.pool import POOL_SETTINGS
+    from prefork.db.pool import POOL_SETTINGS
 
     overrides = {"pool.dsn": dsn, "pool.min_size": "0", "pool.max_size": "3", "pool.timeout": "2.5"}
     overrides |= {"pool.max_uses": "7", "pool.max_idle": "11", "pool.max_lifetime": "13"}
@@ -607,6 +607,22 @@ def test_several_hosts_the_first_that_answers_in_order(db):
         with only_dead.connection():
             pass
     only_dead.close()
+
+
+def test_connect_once_walks_the_hosts_as_the_pool_does(db):
+    """connect_once (the check and initdb hooks' connection) chooses its host as the pool does: a first host
+    that refuses is passed for the next one; with every host refusing, the error names the DSN."""
+    dead = f"127.0.0.1:{free_port()}"
+    live = f"127.0.0.1:{db.port}"
+    conn = connect_once(db.dsn.replace(live, f"{dead},{live}"))
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT @@port")
+        assert cur.fetchone()[0] == db.port
+    finally:
+        conn.close()
+    with pytest.raises(PoolConnectError, match=dead):
+        connect_once(db.dsn.replace(live, f"{dead},{dead.replace('127.0.0.1', '127.0.0.2')}"))
 
 
 def test_several_hosts_stay_on_the_host_they_failed_over_to(db):

@@ -15,7 +15,7 @@ from prefork.config.errors import ConfigError
 from prefork.config.framework import SETTINGS
 from prefork.config.section import Section
 from prefork.config.sources import check_name
-from prefork.dsn import hide_password
+from prefork.db.dsn import hide_password
 
 _DEST = "flag:"  # the argparse dest of a framework flag: "flag:section.key"
 

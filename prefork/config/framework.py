@@ -15,7 +15,7 @@ from prefork.config.address import Address, parse_address
 from prefork.config.errors import ConfigError, did_you_mean
 from prefork.config.parsers import boolean, checked, choice, count, optional, positive_int, positive_seconds, seconds
 from prefork.config.section import Section, Setting, option
-from prefork.dsn import DSN, parse_dsn
+from prefork.db.dsn import DSN, parse_dsn
 from prefork.protocol.proxy import MODES as PROXY_MODES
 from prefork.protocol.proxy import parse_networks
 

@@ -15,7 +15,7 @@ from prefork.config.errors import ConfigError, did_you_mean
 from prefork.config.framework import BY_NAME, FRAMEWORK, FRAMEWORK_SECTIONS, SETTINGS, PoolConfig, ServerConfig, setting
 from prefork.config.section import Section
 from prefork.config.sources import ENV_PREFIX, RawValue, check_name, convert, read_file, setting_of_variable
-from prefork.dsn import DSN
+from prefork.db.dsn import DSN
 
 S = TypeVar("S", bound=Section)
 

@@ -14,7 +14,7 @@ from typing import Any
 from prefork.config.errors import ConfigError, did_you_mean
 from prefork.config.framework import BY_NAME, FRAMEWORK_SECTIONS, SETTINGS, setting
 from prefork.config.section import KEY_NAME, SECTION_NAME, Setting
-from prefork.dsn import DSNError, hide_password, parse_dsn
+from prefork.db.dsn import DSNError, hide_password, parse_dsn
 
 ENV_PREFIX = "PREFORK_"
 

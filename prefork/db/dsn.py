@@ -2,7 +2,7 @@
 
 Several hosts may be listed, comma separated (``mysql://u:p@db1:3306,db2:3306,db3/test``): the nodes of a
 MariaDB Galera cluster, say. A pool's new connections go to the host in use while it answers, else to the
-first of the others in the order given (``prefork.hosts``), so a worker writes to one node at a time.
+first of the others in the order given (``prefork.db.hosts``), so a worker writes to one node at a time.
 
 The password never leaves this module in readable form: ``str(dsn)``, ``repr(dsn)`` and
 ``dsn.redacted`` all show it as ``***``, so a DSN can be logged or put in an error message safely.
@@ -14,7 +14,7 @@ or an IPv6 address in brackets (``[::1]``, ``[fe80::1%25eth0]`` with a zone), ea
 
 Query parameters: ``unix_socket``, ``charset`` (default utf8mb4), ``connect_timeout`` (10),
 ``read_timeout`` (60) and ``write_timeout`` (60), in seconds. Every connection gets read and write
-timeouts so that no call on a dead network can hang forever; the pool's connections (``prefork.pool``)
+timeouts so that no call on a dead network can hang forever; the pool's connections (``prefork.db.pool``)
 read the server's greeting and the login within ``connect_timeout`` too, not only the TCP connect.
 """
 
@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, unquote
 from prefork.config.address import format_host_port
 
 DEFAULT_PORT = 3306
+MASK = "***"  # what a password is shown as
 MIN_PORT, MAX_PORT = 1, 65535
 _TIMEOUT_PARAMS = {"connect_timeout": 10.0, "read_timeout": 60.0, "write_timeout": 60.0}
 _KNOWN_PARAMS = {"unix_socket", "charset", *_TIMEOUT_PARAMS}
@@ -60,7 +61,7 @@ class DSN:
         """The DSN as a string with the password replaced by ``***``."""
         auth = quote(self.user, safe="")
         if self.password:
-            auth += ":***"
+            auth += f":{MASK}"
         # An IPv6 host's zone is percent-encoded in a URL: [fe80::1%25eth0].
         hosts = ",".join(format_host_port(quote(h, safe=":") if ":" in h else h, port) for h, port in self.hosts)
         query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in self.params)
@@ -96,7 +97,7 @@ def parse_dsn(text: str) -> DSN:
     raw = text.strip()
 
     def bad(reason: str) -> DSNError:
-        return DSNError(f"bad DSN {_redact_raw(raw)!r}: {reason}")
+        return DSNError(hide_password(f"bad DSN {raw!r}: {reason}", raw))
 
     match = _URL_SCHEME.match(raw)
     if not match or match.group(1).lower() not in _SCHEMES:
@@ -189,21 +190,12 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
 
 def hide_password(message: str, raw: str) -> str:
     """``message`` with whatever could be the password of the DSN text ``raw`` masked as ``***``, even when
-    ``raw`` is too broken to parse or not a DSN at all (a mistyped ``-s pool.dsn:mysql://u:pw@h``)."""
+    ``raw`` is too broken to parse or not a DSN at all (a mistyped ``-s pool.dsn:mysql://u:pw@h``, a DSN
+    without its scheme). Every message that quotes a DSN text goes through here; a parsed DSN shows itself
+    with ``redacted``, which never holds the password."""
     userinfo = raw.strip().rpartition("@")[0]
     match = _SCHEME.match(userinfo)
     password = userinfo[match.end() if match else 0 :].partition(":")[2]
     for form in {password, unquote(password), repr(password)[1:-1]} - {""}:
-        message = message.replace(form, "***")
+        message = message.replace(form, MASK)
     return message
-
-
-def _redact_raw(text: str) -> str:
-    """The DSN text with its password (if it has one) as ``***``, even when it does not parse."""
-    scheme, sep, rest = text.partition("://")
-    if not sep or "@" not in rest:
-        return text
-    auth, at, host = rest.rpartition("@")
-    if ":" in auth:
-        auth = auth.split(":", 1)[0] + ":***"
-    return f"{scheme}://{auth}@{host}"

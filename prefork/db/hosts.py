@@ -21,6 +21,8 @@ from typing import Any
 
 import gevent
 
+from prefork.db.dsn import DSN
+
 HUNG_HOST_PENALTY = 30.0  # seconds a host that did not answer in time is tried after the others
 
 
@@ -58,6 +60,11 @@ class HostList:
         self.share: float | None = None  # seconds per attempt; None: the acquire deadline alone
         self.penalized: dict[int, float] = {}  # host index -> until when it is tried last
 
+    @classmethod
+    def of(cls, dsn: DSN, open_connection: Callable[..., Any], ready: Callable[[Any], bool]) -> HostList:
+        """The hosts of a parsed DSN, in its order (``open_connection`` and ``ready`` as for the constructor)."""
+        return cls([dsn.connect_kwargs(i) for i in range(len(dsn.hosts))], open_connection, ready)
+
     def walk_within(self, acquire_timeout: float) -> None:
         """Bound each attempt so that every host is tried within one acquire of ``acquire_timeout``."""
         if len(self.targets) > 1:
@@ -94,7 +101,7 @@ class HostList:
 
     def _attempt(self, i: int) -> Any:
         """Connect to host ``i`` within its share: the socket's own timeouts bound each step (the driver
-        reads the greeting with connect_timeout, see prefork.pool), the timer bounds the sum."""
+        reads the greeting with connect_timeout, see prefork.db.connection), the timer bounds the sum."""
         kwargs = self.targets[i]
         if self.share is None:
             return self._open_connection(**kwargs)

@@ -1,0 +1,43 @@
+"""What prefork asks a server through a connection: whether a Galera node is ready, and session variables
+a server may not have (MySQL lacks MariaDB's own, a server without Galera its wsrep_*)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+from pymysql.constants import ER
+
+from prefork.db.errors import error_code
+
+
+def set_session_variable(cur: Any, name: str, value: int) -> bool:
+    """``SET SESSION name = value`` on a cursor; False, and nothing set, when the server has no such
+    variable (MySQL lacks MariaDB's own, a server without Galera its wsrep_*); other errors are raised."""
+    try:
+        cur.execute(f"SET SESSION {name} = {int(value)}")
+    except pymysql.err.MySQLError as exc:
+        if error_code(exc) == ER.UNKNOWN_SYSTEM_VARIABLE:
+            return False
+        raise
+    return True
+
+
+def node_ready(conn: Any) -> bool:
+    """False for a Galera node that accepts connections but not queries yet (joining, or cut off from the
+    primary component); True for any other server, a standalone MariaDB (wsrep_on = 0) included."""
+    cur = conn.cursor()
+    try:
+        try:
+            cur.execute("SELECT @@wsrep_on")
+        except pymysql.err.MySQLError as exc:
+            return error_code(exc) == ER.UNKNOWN_SYSTEM_VARIABLE  # a server without Galera
+        if not int(cur.fetchone()[0]):
+            return True
+        cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
+        row = cur.fetchone()
+        return row is not None and str(row[1]).upper() == "ON"
+    except Exception:
+        return False
+    finally:
+        cur.close()
