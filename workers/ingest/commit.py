@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 
 import gevent
-import pymysql
+from pymysql.constants import ER
 
+from prefork.db import errors as E
 from prefork.interface import ERR_UNAVAILABLE
 from prefork.pool import Pool, PoolError, is_disconnect
 from workers.ingest.batch import Batch, Rows
@@ -31,9 +32,7 @@ RETRY_DELAY_MIN = 0.05
 RETRY_DELAY_MAX = 2.0
 # Lock wait timeout, deadlock, and "failed to read auto-increment value": a wait for the table's AUTO-INC
 # lock (which a LOAD holds for its whole statement) that timed out.
-RETRYABLE_CODES = frozenset({1205, 1213, 1467})
-NO_SUCH_TABLE = 1146
-BAD_FIELD = 1054  # unknown column: line_id not added yet (line ids just turned on)
+RETRYABLE_CODES = frozenset({ER.LOCK_WAIT_TIMEOUT, ER.LOCK_DEADLOCK, E.AUTOINC_READ_FAILED})
 
 # ``pick(now)``: the lines still to store and the earliest of their deadlines, those whose deadline has
 # passed being answered (no rows: none is left).
@@ -144,12 +143,12 @@ class Committer:
         """Whether a try that failed so may succeed later (a missing table is created first)."""
         if isinstance(exc, PoolError) or is_disconnect(exc):
             return True
-        if isinstance(exc, pymysql.err.MySQLError) and exc.args:
-            if exc.args[0] == NO_SUCH_TABLE or (exc.args[0] == BAD_FIELD and self.line_ids):
-                self._ensure_tables()
-                return True
-            return exc.args[0] in RETRYABLE_CODES
-        return False
+        code = E.error_code(exc)
+        # A missing table, or an unknown column (line_id not added yet: line ids just turned on).
+        if code == ER.NO_SUCH_TABLE or (code == ER.BAD_FIELD_ERROR and self.line_ids):
+            self._ensure_tables()
+            return True
+        return code in RETRYABLE_CODES
 
     def _resolve_unknown(self, marker: bytes, session: Session) -> bool:
         """After a failed COMMIT: True if the batch is stored, False if it is not.

@@ -25,12 +25,12 @@ from typing import Any
 
 import gevent
 import pymysql
+from pymysql.constants import CR, ER
 
+from prefork.db.errors import error_code
 from prefork.pool import set_session_variable
 from workers.schema import MARKER_TABLE, SERVER_RUN_TABLE
 
-UNKNOWN_THREAD = 1094
-NOT_OWNER = 1095  # "you are not owner of thread": not a session of ours
 SESSION_GONE_WAIT_S = 10.0
 
 
@@ -92,10 +92,10 @@ def _end_session(cur: Any, thread_id: int) -> None:
     try:
         cur.execute(f"KILL {int(thread_id)}")
     except pymysql.err.MySQLError as exc:
-        code = exc.args[0] if exc.args else None
-        if code == NOT_OWNER:
-            return  # the id belongs to another user's session: ours is gone
-        if code != UNKNOWN_THREAD:
+        code = error_code(exc)
+        if code == ER.KILL_DENIED_ERROR:
+            return  # "you are not owner of thread": the id belongs to another user's session, ours is gone
+        if code != ER.NO_SUCH_THREAD:
             raise
     deadline = SESSION_GONE_WAIT_S
     while deadline > 0:
@@ -104,4 +104,4 @@ def _end_session(cur: Any, thread_id: int) -> None:
             return
         gevent.sleep(0.05)
         deadline -= 0.05
-    raise pymysql.err.OperationalError(2013, f"session {thread_id} is still alive after KILL")
+    raise pymysql.err.OperationalError(CR.CR_SERVER_LOST, f"session {thread_id} is still alive after KILL")

@@ -16,7 +16,10 @@ import time
 from typing import Any
 
 import pymysql
+from pymysql.constants import ER
 
+from prefork.db import errors as E
+from prefork.db.connection import force_close
 from prefork.pool import Pool, set_session_variable
 from workers.ingest.batch import Rows
 from workers.ingest.encoding import Encoder
@@ -38,15 +41,30 @@ MIN_CONNECT_WAIT_S = 0.05
 STALLED_CLIENT_S = 5
 # The server refuses LOAD DATA LOCAL INFILE: ER_NOT_ALLOWED_COMMAND (older servers), MariaDB's
 # ER_LOAD_INFILE_CAPABILITY_DISABLED (local_infile = OFF), MySQL 8's "loading local data is disabled".
-LOAD_REFUSED_CODES = frozenset({1148, 4166, 3948, 3950})
-DUPLICATE_KEY = 1062
+LOAD_REFUSED_CODES = frozenset(
+    {ER.NOT_ALLOWED_COMMAND, E.LOAD_INFILE_CAPABILITY_DISABLED, E.CLIENT_LOCAL_FILES_DISABLED}
+)
 # A duplicate on the line id key ("for key 'line_id'", MySQL 8: "'table.line_id'"): the id was committed
 # by another transaction meanwhile. An id never holds a quote, so the key's name is the last quoted part.
 LINE_ID_TAKEN = re.compile(rf"for key '(?:[^']*\.)?{LINE_ID_COLUMN}'$")
 # Errors about a value, which the same rows get every time: bad column value, cannot be NULL, duplicate
 # key (a unique index an operator added), out of range, data too long, incorrect string value (charset),
 # invalid characters, foreign key, CHECK constraint.
-DATA_ERROR_CODES = frozenset({1048, 1062, 1264, 1292, 1300, 1366, 1367, 1406, 1452, 3819, 4025})
+DATA_ERROR_CODES = frozenset(
+    {
+        ER.BAD_NULL_ERROR,
+        ER.DUP_ENTRY,
+        ER.WARN_DATA_OUT_OF_RANGE,
+        ER.TRUNCATED_WRONG_VALUE,
+        ER.INVALID_CHARACTER_STRING,
+        ER.TRUNCATED_WRONG_VALUE_FOR_FIELD,
+        ER.ILLEGAL_VALUE_FOR_TYPE,
+        ER.DATA_TOO_LONG,
+        ER.NO_REFERENCED_ROW_2,
+        E.CHECK_CONSTRAINT_VIOLATED,
+        ER.CONSTRAINT_FAILED,
+    }
+)
 
 
 class UnknownOutcome(Exception):
@@ -88,7 +106,7 @@ class Writer:
                 try:
                     cur.execute(MARKER_INSERT, (marker,))
                 except pymysql.err.IntegrityError as exc:
-                    if exc.args and exc.args[0] == DUPLICATE_KEY:
+                    if E.error_code(exc) == ER.DUP_ENTRY:
                         return 0  # an earlier try of this batch did commit: stored once, done
                     raise
                 rows = lines if lines.ids is None else self._unstored(conn, lines)
@@ -101,7 +119,7 @@ class Writer:
                 except BaseException:
                     # Whatever failed, the server may have committed, and this connection's protocol state
                     # is unknown: it must not serve another batch (nor be the session we KILL later).
-                    _force_close(conn)
+                    force_close(conn)
                     raise
         except Exception as exc:
             # Only here, outside the block, does the error become UnknownOutcome: the pool must see the
@@ -110,7 +128,7 @@ class Writer:
                 raise UnknownOutcome(session) from exc
             if lines.ids is not None and _line_id_taken(exc):
                 raise LineIdTaken(f"a line id of a batch of {len(lines)} lines was committed meanwhile") from exc
-            if isinstance(exc, pymysql.err.MySQLError) and exc.args and exc.args[0] in DATA_ERROR_CODES:
+            if E.error_code(exc) in DATA_ERROR_CODES:
                 raise Rejected(f"{len(lines)} lines refused: {exc}") from exc
             raise
         return len(lines) - len(rows)
@@ -148,7 +166,7 @@ class Writer:
         try:
             stored, warnings = conn.load_local_data(self.encoder.load_statement(lines), self.encoder.load_data(lines))
         except pymysql.err.MySQLError as exc:
-            if not (exc.args and exc.args[0] in LOAD_REFUSED_CODES):
+            if E.error_code(exc) not in LOAD_REFUSED_CODES:
                 raise
             if self.method == "load":
                 log.error("ingest: ingest.method is load, but the server refuses LOAD DATA LOCAL INFILE: %s", exc)
@@ -189,7 +207,7 @@ def _line_id_taken(exc: Exception) -> bool:
     return (
         isinstance(exc, pymysql.err.MySQLError)
         and len(args) > 1
-        and args[0] == DUPLICATE_KEY
+        and args[0] == ER.DUP_ENTRY
         and LINE_ID_TAKEN.search(str(args[1])) is not None
     )
 
@@ -200,12 +218,3 @@ def _first_warning(conn: Any) -> str:
         return str(warnings[0][2]) if warnings else "none listed"
     except Exception as exc:
         return f"unreadable: {exc}"
-
-
-def _force_close(conn: Any) -> None:
-    """Close a connection's socket without a word to the server (QUIT could be misread mid-protocol)."""
-    force = getattr(conn, "_force_close", None)
-    try:
-        force() if force is not None else conn.close()
-    except Exception:
-        pass
