@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from prefork.config.address import parse_peer
+from prefork.config.address import format_host_port, parse_peer
 
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
@@ -150,7 +150,7 @@ class Client:
                 return sock
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
-                    raise ClientError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+                    raise ClientError(f"cannot connect to {format_host_port(self.host, self.port)}: {exc}") from exc
                 time.sleep(delay)
                 delay = min(longest, delay * 2)
 
@@ -176,7 +176,8 @@ class Client:
         offered = text[:-1] == OK_IDS
         if self.ids and not offered:
             raise ClientError(
-                f"{self.host}:{self.port} does not take line ids (the probe got {text[:-1]!r}; server.line_ids is off?)"
+                f"{format_host_port(self.host, self.port)} does not take line ids "
+                f"(the probe got {text[:-1]!r}; server.line_ids is off?)"
             )
         return offered
 

@@ -24,8 +24,11 @@ import sys
 import time
 from typing import Any
 
+from prefork.config.address import parse_peer
+
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 SYSLOG_FORMAT = "prefork[%(process)d]: [%(levelname)s] %(name)s: %(message)s"
+SYSLOG_UDP_PORT = 514
 SYSLOG_DEFAULT_ADDRESS = "/dev/log"
 # sd-daemon(3) priority prefixes, by logging level.
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -102,8 +105,7 @@ def syslog_address(log_file: str) -> str | tuple[str, int] | None:
     address = log_file.partition(":")[2] or SYSLOG_DEFAULT_ADDRESS
     if address.startswith("/"):
         return address
-    host, _, port = address.rpartition(":")
-    return (host or "localhost", int(port)) if port.isdigit() else (address, 514)
+    return parse_peer(address, SYSLOG_UDP_PORT)  # HOST, HOST:PORT, [v6] or [v6]:PORT; ValueError otherwise
 
 
 def setup(

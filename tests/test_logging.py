@@ -62,3 +62,31 @@ def test_stderr_lines_carry_syslog_priorities_under_journald():
         lines = srv.logs().splitlines()
     assert lines and all(line.startswith(("<6>[", "<4>[", "<3>[", "<7>[", "<2>[")) for line in lines), lines[:5]
     assert any(line.startswith("<6>[") and "Workers are serving" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("log_file", "address"),
+    [
+        ("syslog", "/dev/log"),
+        ("syslog:/run/other.sock", "/run/other.sock"),
+        ("syslog:logs.example", ("logs.example", 514)),
+        ("syslog:10.0.0.1:5514", ("10.0.0.1", 5514)),
+        ("syslog:[::1]:514", ("::1", 514)),  # before: ('[::1]', 514), a host name no resolver knows
+        ("syslog:[::1]", ("::1", 514)),
+        ("/var/log/prefork.log", None),
+    ],
+)
+def test_a_syslog_address_is_read_like_every_other_address(log_file, address):
+    from prefork.logs import syslog_address
+
+    assert syslog_address(log_file) == address
+
+
+@pytest.mark.parametrize("log_file", ["syslog:host:99999", "syslog:[::1", "syslog:::1:514"])
+def test_a_bad_syslog_address_is_a_config_error_naming_the_key(log_file):
+    """Before: accepted by the config and only failing (or logging nowhere) when the log was opened."""
+    from prefork.config.errors import ConfigError
+    from prefork.config.loader import load_config
+
+    with pytest.raises(ConfigError, match="server.log_file"):
+        load_config(env={}, overrides={"server.log_file": log_file})

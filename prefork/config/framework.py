@@ -16,6 +16,7 @@ from prefork.config.errors import ConfigError, did_you_mean
 from prefork.config.parsers import boolean, checked, choice, count, optional, positive_int, positive_seconds, seconds
 from prefork.config.section import Section, Setting, option
 from prefork.db.dsn import DSN, parse_dsn
+from prefork.logs import syslog_address
 from prefork.protocol.proxy import MODES as PROXY_MODES
 from prefork.protocol.proxy import parse_networks
 
@@ -75,7 +76,17 @@ _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _parse_app = checked("expected module.path:attribute", _is_app)
 # The name goes into process titles and log lines: no control characters.
 _parse_name = checked("expected a non-empty printable name", lambda t: t and t.isprintable())
-_parse_log_file = checked("expected a file path, or - for stderr", bool)
+
+
+def _parse_log_file(text: str) -> str:
+    """A file path, ``-`` (stderr), or ``syslog`` / ``syslog:ADDRESS`` (a socket path, HOST[:PORT], [v6][:PORT])."""
+    text = text.strip()
+    if not text:
+        raise ValueError("expected a file path, - for stderr, or syslog[:ADDRESS]")
+    syslog_address(text)  # ValueError naming a bad syslog address now, not when the log is opened
+    return text
+
+
 _parse_log_level = choice(*_LOG_LEVELS)
 _parse_log_format = choice("text", "json")
 _parse_mode = checked(

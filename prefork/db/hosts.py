@@ -21,6 +21,7 @@ from typing import Any
 
 import gevent
 
+from prefork.config.address import format_host_port
 from prefork.db.dsn import DSN
 
 HUNG_HOST_PENALTY = 30.0  # seconds a host that did not answer in time is tried after the others
@@ -113,7 +114,7 @@ class HostList:
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
-            where = f"{kwargs.get('host')}:{kwargs.get('port')}"
+            where = format_host_port(str(kwargs.get("host")), int(kwargs.get("port") or 0))
             raise HostTimeout(f"{where} did not connect, greet and log in within {share:g}s") from None
         finally:
             timer.close()
