@@ -1,0 +1,141 @@
+"""workers.syslog:app end to end: a real master, the private MariaDB, the messages real shippers sent
+(tests/fixtures/syslog/) and the RFCs' examples sent as lines; the table checked column by column."""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import json
+
+import pytest
+
+from tests.helpers import query
+from tests.server import ServerProcess, roundtrip
+from tests.syslog_fixtures import EXPECTED, messages
+from tests.test_cli import one_error_line, run_cli
+from workers.syslog.parse import COLUMNS, parse
+
+pytestmark = pytest.mark.timeout(120)
+
+APP = "workers.syslog:app"
+# The RFCs' own examples and a few hard cases, beside the shippers' messages.
+EXAMPLES = [
+    "<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \ufeff'su root' failed for lonvick on /dev/pts/8",
+    "<165>1 2003-08-24T05:14:15.000003-07:00 192.0.2.1 myproc 8710 - - %% It's time to make the do-nuts.",
+    '<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" '
+    'eventSource="Application" eventID="1011"][examplePriority@32473 class="high"]',
+    "<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8",
+    "<0>1 - - - - - -",
+    r'<191>1 2016-12-31T23:59:60.5+01:00 h\x a\tb 1 M [x@1 v="\]\"\\ é"] back\slash and tab	here',
+]
+UNPARSED = ["Use the BFG!", "<192>1 - - - - - - bad pri", "tab\there and back\\slash"]
+SELECT = f"SELECT {', '.join(COLUMNS)}, raw, client_addr, worker_pid, received_at FROM `{{table}}` ORDER BY id"
+
+
+def loads(dsn: str) -> int:
+    return int(query(dsn, "SHOW GLOBAL STATUS LIKE 'Com_load'")[0][1])
+
+
+def every_message() -> list[str]:
+    return [text for name in sorted(EXPECTED) for text in messages(name)] + EXAMPLES
+
+
+def stored(dsn: str, table: str) -> list[dict]:
+    names = [*COLUMNS, "raw", "client_addr", "worker_pid", "received_at"]
+    return [dict(zip(names, row, strict=True)) for row in query(dsn, SELECT.format(table=table))]
+
+
+def as_sent(value: str | None, column: str) -> object:
+    """A parsed field as the table gives it back."""
+    if value is None:
+        return None
+    if column in ("facility", "severity"):
+        return int(value)
+    if column == "ts_utc":
+        return datetime.datetime.fromisoformat(value)
+    if column == "structured_data":
+        return json.loads(value)
+    return value
+
+
+def check_row(row: dict, text: str, pids: list[int]) -> None:
+    received = calendar.timegm(row["received_at"].timetuple())
+    fields = parse(text, received)
+    for column, value in zip(COLUMNS, fields or (None,) * len(COLUMNS), strict=True):
+        got = row[column]
+        if column == "structured_data" and got is not None:
+            got = json.loads(got)
+        assert got == as_sent(value, column), (column, text)
+    assert row["raw"] == text
+    assert row["client_addr"] == "127.0.0.1" and row["worker_pid"] in pids
+
+
+@pytest.mark.parametrize("method", ["load", "insert"])
+def test_shippers_messages_and_rfc_examples_are_stored_column_by_column(dsn, method):
+    table = f"syslog_e2e_{method}"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    sent = every_message() + UNPARSED
+    args = [APP, "--dsn", dsn, "--syslog-table", table, "--workers", "1", "--ingest-method", method]
+    loads_before = loads(dsn)
+    with ServerProcess(args) as srv:
+        replies = roundtrip(srv.port, [text.encode() for text in sent])
+        pids = srv.worker_pids()
+        logs = srv.logs()
+    assert replies == [b"OK"] * len(sent)
+    assert "again with INSERT" not in logs and "refuses" not in logs  # a LOAD that was clean, not redone
+    assert (loads(dsn) > loads_before) == (method == "load")
+    rows = stored(dsn, table)
+    assert [row["raw"] for row in rows] == sent
+    for row, text in zip(rows, sent, strict=True):
+        check_row(row, text, pids)
+    # The shippers' messages, against what each must be (not only against the parser).
+    by_raw = {row["raw"]: row for row in rows}
+    for name, expected in EXPECTED.items():
+        for text, (facility, severity, host, app_name, procid, msgid, sd, message) in zip(
+            messages(name), expected, strict=True
+        ):
+            row = by_raw[text]
+            assert (row["facility"], row["severity"], row["hostname"]) == (facility, severity, host), text
+            assert (row["app_name"], row["procid"], row["msgid"], row["message"]) == (app_name, procid, msgid, message)
+            assert (json.loads(row["structured_data"]) if row["structured_data"] else None) == sd
+    example = by_raw[EXAMPLES[-1]]
+    assert example["ts_utc"] == datetime.datetime(2016, 12, 31, 23, 0, 0, 500000)  # 23:59:60.5+01:00
+    assert (example["hostname"], example["app_name"]) == ("h\\x", "a\\tb")
+    assert json.loads(example["structured_data"]) == {"x@1": {"v": ']"\\ é'}}
+    assert example["message"] == "back\\slash and tab\there"
+    for text in UNPARSED:
+        assert [by_raw[text][c] for c in COLUMNS] == [None] * len(COLUMNS)
+
+
+def test_unparsed_reject_answers_err_rejected_and_stores_the_rest(dsn):
+    table = "syslog_reject"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    good = every_message()[:5]
+    sent = [good[0], UNPARSED[0], good[1], UNPARSED[1], UNPARSED[2], *good[2:]]
+    args = [APP, "--dsn", dsn, "--syslog-table", table, "--workers", "1", "-s", "syslog.unparsed=reject"]
+    with ServerProcess(args) as srv:
+        replies = roundtrip(srv.port, [text.encode() for text in sent])
+        alone = roundtrip(srv.port, [UNPARSED[0].encode()])
+    assert replies == [b"OK", b"ERR rejected", b"OK", b"ERR rejected", b"ERR rejected", b"OK", b"OK", b"OK"]
+    assert alone == [b"ERR rejected"]
+    assert [row["raw"] for row in stored(dsn, table)] == good
+
+
+def test_check_and_initdb_make_and_check_the_table(dsn):
+    table = "syslog_hooks"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    # Missing is no error (the workers create it), a missing column is (nobody would add it).
+    result = run_cli("check", APP, "--dsn", dsn, "--syslog-table", table)
+    assert result.returncode == 0 and f"table `{table}` is missing" in result.stdout, result.stderr
+    result = run_cli("initdb", APP, "--dsn", dsn, "--syslog-table", table)
+    assert result.returncode == 0 and f"table `{table}` ready" in result.stdout, result.stderr
+    result = run_cli("check", APP, "--dsn", dsn, "-s", f"syslog.table={table}")
+    assert result.returncode == 0 and f"table `{table}` exists" in result.stdout, result.stderr
+    indexes = {row[2] for row in query(dsn, f"SHOW INDEX FROM `{table}`")}
+    assert {"ts_utc", "host_ts", "severity_ts", "received_at"} <= indexes
+    query(dsn, f"ALTER TABLE `{table}` DROP COLUMN msgid, DROP COLUMN structured_data")
+    line = one_error_line(run_cli("check", APP, "--dsn", dsn, "--syslog-table", table))
+    assert f"table `{table}`" in line and "no column msgid, structured_data" in line
+    assert "syslog.unparsed: invalid value 'drop'" in one_error_line(
+        run_cli("check", APP, "-s", "syslog.unparsed=drop")
+    )
