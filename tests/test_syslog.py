@@ -105,6 +105,11 @@ def test_shippers_messages_and_rfc_examples_are_stored_column_by_column(dsn, met
     assert example["message"] == "back\\slash and tab\there"
     for text in UNPARSED:
         assert [by_raw[text][c] for c in COLUMNS] == [None] * len(COLUMNS)
+    # README's example query on a structured-data parameter.
+    sd_query = (
+        f"SELECT raw FROM `{table}` WHERE JSON_VALUE(structured_data, '$.\"exampleSDID@32473\".eventID') = '1011'"
+    )
+    assert query(dsn, sd_query) == [(EXAMPLES[2],)]
 
 
 def test_unparsed_reject_answers_err_rejected_and_stores_the_rest(dsn):
