@@ -1,10 +1,12 @@
 """Capture what real syslog shippers send, into tests/fixtures/syslog/ (its README says how and with what).
 
-Usage: ``python devtools/capture_syslog.py OUTDIR [RSYSLOG_ROOT]``. A plain TCP (and UDP) listener on
+Usage: ``python devtools/capture_syslog.py OUTDIR [RSYSLOG_ROOT [SYSLOG_NG_ROOT]]``. A plain TCP (and UDP) listener on
 127.0.0.1 keeps the bytes as received, one file per shipper and form: TCP streams as they came, UDP
 datagrams one per line (a datagram is a message; the LF between them is the only byte added).
 ``RSYSLOG_ROOT`` is a tree with ``usr/sbin/rsyslogd`` (``apt-get download rsyslog`` then ``dpkg -x``): it
-runs with a config of its own in a temporary directory, never the system's.
+runs with a config of its own in a temporary directory, never the system's. ``SYSLOG_NG_ROOT`` likewise
+holds ``usr/sbin/syslog-ng`` (``syslog-ng-core``, ``libivykis0``, ``libpcre3``, ``libnet1`` unpacked: the
+package conflicts with rsyslog).
 """
 
 from __future__ import annotations
@@ -158,6 +160,60 @@ def rsyslog_forms(cap: Capture, out: Path, root: Path) -> None:
                 proc.wait()
 
 
+SYSLOG_NG_CONF = """@version: 3.38
+options {{ keep-hostname(yes); }};
+source s_in {{ network(ip("127.0.0.1") port({inport}) transport("tcp")); }};
+destination d_out {{ {driver}("127.0.0.1" port({outport}) transport("tcp")); }};
+log {{ source(s_in); destination(d_out); }};
+"""
+
+
+def syslog_ng_forms(cap: Capture, out: Path, root: Path) -> None:
+    forms = {"syslog-ng-syslog-octet-counted": "syslog", "syslog-ng-network": "network"}
+    libs = [root / "usr/lib/syslog-ng", root / "usr/lib/x86_64-linux-gnu", root / "lib/x86_64-linux-gnu"]
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(map(str, libs)))
+    for name, driver in forms.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = socket.create_server((HOST, 0))
+            inport = probe.getsockname()[1]
+            probe.close()
+            conf = Path(tmp) / "syslog-ng.conf"
+            conf.write_text(SYSLOG_NG_CONF.format(inport=inport, outport=cap.port, driver=driver))
+            cmd = [
+                str(root / "usr/sbin/syslog-ng"),
+                "-F",
+                "--no-caps",
+                "-f",
+                str(conf),
+                f"--module-path={root / 'usr/lib/syslog-ng/3.38'}",
+                "-p",
+                f"{tmp}/pid",
+                "-R",
+                f"{tmp}/persist",
+                "-c",
+                f"{tmp}/ctl",
+            ]
+            proc = subprocess.Popen(cmd, env=env)
+            try:
+                _wait_listening(inport)
+                base = ["logger", "--tcp", "-n", HOST, "-P", str(inport), "-t", "relayed", "-p", "user.warning"]
+                for text in MESSAGES:
+                    subprocess.run([*base, "--rfc3164", text.format(who=name)], check=True)
+                (out / f"{name}.txt").write_bytes(cap.take())
+            finally:
+                proc.terminate()
+                proc.wait()
+
+
+def _wait_listening(port: int) -> None:
+    for _ in range(100):
+        try:
+            socket.create_connection((HOST, port)).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     cap = Capture()
@@ -165,6 +221,8 @@ def main() -> None:
     python_handler(cap, out)
     if len(sys.argv) > 2:
         rsyslog_forms(cap, out, Path(sys.argv[2]))
+    if len(sys.argv) > 3:
+        syslog_ng_forms(cap, out, Path(sys.argv[3]))
 
 
 if __name__ == "__main__":

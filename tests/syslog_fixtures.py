@@ -14,6 +14,7 @@ AWKWARD = 'brackets ] [x] and "quotes" \\ back'
 TIME_QUALITY = {"timeQuality": {"tzKnown": "1", "isSynced": "0"}}
 LOCAL3_NOTICE = (19, 5)
 MAIL_ERR = (2, 3)
+USER_WARNING = (1, 4)
 
 
 def messages(name: str) -> list[str]:
@@ -65,6 +66,15 @@ def _rsyslog(name: str, protocol23: bool) -> list[Expected]:
     ]
 
 
+def _syslog_ng(name: str) -> list[Expected]:
+    # Given RFC 3164 by logger; syslog() relays it in RFC 5424 (no structured data), network() as it came.
+    return [
+        (*USER_WARNING, "vm", "relayed", None, None, None, f"hello from {name}"),
+        (*USER_WARNING, "vm", "relayed", None, None, None, TAB),
+        (*USER_WARNING, "vm", "relayed", None, None, None, AWKWARD),
+    ]
+
+
 def _python(name: str) -> list[Expected]:
     return [
         (23, 4, None, None, None, None, None, f"hello from {name}"),
@@ -82,6 +92,8 @@ EXPECTED: dict[str, list[Expected]] = {
     "rsyslog-omfwd-forwardformat": _rsyslog("rsyslog-omfwd-forwardformat", False),
     "rsyslog-omfwd-protocol23": _rsyslog("rsyslog-omfwd-protocol23", True),
     "rsyslog-omfwd-protocol23-octet-counted": _rsyslog("rsyslog-omfwd-protocol23-octet-counted", True),
+    "syslog-ng-syslog-octet-counted": _syslog_ng("syslog-ng-syslog-octet-counted"),
+    "syslog-ng-network": _syslog_ng("syslog-ng-network"),
     "python-syslog-handler-udp": _python("python-syslog-handler-udp"),
     "python-syslog-handler-tcp": _python("python-syslog-handler-tcp"),
 }
