@@ -144,3 +144,18 @@ def test_check_and_initdb_make_and_check_the_table(dsn):
     assert "syslog.unparsed: invalid value 'drop'" in one_error_line(
         run_cli("check", APP, "-s", "syslog.unparsed=drop")
     )
+
+
+def test_line_ids_store_a_resent_message_once_and_reject_mode_keeps_ids_in_step(dsn):
+    table = "syslog_ids"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    good = every_message()[:3]
+    sent = [f"@m{i} {text}" for i, text in enumerate(good)] + [f"@junk {UNPARSED[0]}", f"@m9 {good[0]}"]
+    args = [APP, "--dsn", dsn, "--syslog-table", table, "--workers", "1", "--line-ids", "on"]
+    with ServerProcess([*args, "-s", "syslog.unparsed=reject"]) as srv:
+        assert roundtrip(srv.port, [text.encode() for text in sent]) == [b"OK"] * 3 + [b"ERR rejected", b"OK"]
+        # Resent (a lost reply): OK, and not stored again.
+        assert roundtrip(srv.port, [text.encode() for text in sent[:3]]) == [b"OK"] * 3
+    ids = query(dsn, f"SELECT line_id, raw, app_name FROM `{table}` ORDER BY id")
+    assert [(r[0], r[1]) for r in ids] == [("m0", good[0]), ("m1", good[1]), ("m2", good[2]), ("m9", good[0])]
+    assert ids[0][2] == parse(good[0], 0)[COLUMNS.index("app_name")]  # type: ignore[index]
