@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.helpers import query
-from tests.server import ServerProcess, roundtrip
+from tests.server import ServerProcess, roundtrip, wait_for
 from tests.syslog_fixtures import EXPECTED, messages
 from tests.test_cli import one_error_line, run_cli
 from workers.syslog.parse import COLUMNS, parse
@@ -30,6 +30,11 @@ EXAMPLES = [
 ]
 UNPARSED = ["Use the BFG!", "<192>1 - - - - - - bad pri", "tab\there and back\\slash"]
 SELECT = f"SELECT {', '.join(COLUMNS)}, raw, client_addr, worker_pid, received_at FROM `{{table}}` ORDER BY id"
+
+
+def unparsed_counted(srv: ServerProcess) -> int | None:
+    workers = srv.status()["workers"]
+    return workers[0]["app"].get("unparsed") if workers else None
 
 
 def loads(dsn: str) -> int:
@@ -80,8 +85,10 @@ def test_shippers_messages_and_rfc_examples_are_stored_column_by_column(dsn, met
     with ServerProcess(args) as srv:
         replies = roundtrip(srv.port, [text.encode() for text in sent])
         pids = srv.worker_pids()
+        wait_for(lambda: unparsed_counted(srv) == len(UNPARSED), what="the unparsed lines in the stats")
         logs = srv.logs()
     assert replies == [b"OK"] * len(sent)
+    assert logs.count("is no syslog message") == 1 and "stored raw" in logs  # the first, once
     assert "again with INSERT" not in logs and "refuses" not in logs  # a LOAD that was clean, not redone
     assert (loads(dsn) > loads_before) == (method == "load")
     rows = stored(dsn, table)
@@ -121,6 +128,7 @@ def test_unparsed_reject_answers_err_rejected_and_stores_the_rest(dsn):
     with ServerProcess(args) as srv:
         replies = roundtrip(srv.port, [text.encode() for text in sent])
         alone = roundtrip(srv.port, [UNPARSED[0].encode()])
+        wait_for(lambda: unparsed_counted(srv) == len(UNPARSED) + 1, what="the rejected lines in the stats")
     assert replies == [b"OK", b"ERR rejected", b"OK", b"ERR rejected", b"ERR rejected", b"OK", b"OK", b"OK"]
     assert alone == [b"ERR rejected"]
     assert [row["raw"] for row in stored(dsn, table)] == good
