@@ -94,7 +94,8 @@ def test_nilvalues_everywhere_are_null():
 def test_pri_bounds():
     assert fields("<0>1 - - - - - - x")[("facility")] == "0"
     assert (fields("<191>1 - - - - - - x")["facility"], fields("<191>1 - - - - - - x")["severity"]) == ("23", "7")
-    for bad in ("<192>1 - - - - - - x", "<999>x", "<>x", "<01>x", "<1a>x", "no pri at all", "", "<-1>x"):
+    fullwidth = "<\uff11\uff13>x"  # digits, but not ASCII ones
+    for bad in ("<192>1 - - - - - - x", "<999>x", "<>x", "<01>x", "<1a>x", "no pri at all", "", "<-1>x", fullwidth):
         assert parse(bad, RECEIVED) is None, bad
         assert not is_syslog(bad)
     assert is_syslog("<0>") and is_syslog("<191>x")
@@ -128,6 +129,12 @@ def test_timestamps_offsets_fractions_and_a_leap_second():
     # A leap second is the first instant of the next minute (here, of the next year).
     leap = fields("<13>1 2016-12-31T23:59:60.25Z h a - - -")
     assert (leap["ts_text"], leap["ts_utc"]) == ("2016-12-31T23:59:60.25Z", "2017-01-01 00:00:00.250000")
+
+
+def test_timestamps_in_other_digits_are_no_timestamps():
+    arabic = "<13>1 \u0662\u0660\u0660\u0663-10-11T22:14:15Z h a - - - m"
+    assert fields(arabic)["ts_text"] is None and fields(arabic)["hostname"] is None
+    assert fields("<13>Oct 1\u0661 22:14:15 h t: m")["ts_text"] is None
 
 
 def test_a_bad_header_is_not_rfc5424_but_keeps_its_pri():

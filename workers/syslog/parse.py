@@ -59,19 +59,22 @@ MICRO_DIGITS = 6  # DATETIME(6): a longer fraction is truncated
 LEAP_SECOND = 60  # read as the last second plus one: the first instant of the next minute
 MIN_YEAR, MAX_YEAR = 1000, 9999  # DATETIME's range
 
-# <PRI>: 1 to 3 digits, no leading zero but for 0 itself.
-PRI = re.compile(r"<(0|[1-9]\d{0,2})>")
+# <PRI>: 1 to 3 digits, no leading zero but for 0 itself. Digits are ASCII only (re.ASCII): int() would
+# read other scripts' digits too.
+PRI = re.compile(r"<(0|[1-9]\d{0,2})>", re.ASCII)
 # RFC 5424 after <PRI>: VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP, then SD [SP MSG].
 # The fields are PRINTUSASCII (33-126) of the RFC's lengths.
 RFC5424 = re.compile(r"1 (\S+) ([!-~]{1,255}) ([!-~]{1,48}) ([!-~]{1,128}) ([!-~]{1,32}) ")
-RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", re.ASCII)
 # One SD-ELEMENT: "[" SD-ID *(SP SD-PARAM) "]"; names are PRINTUSASCII but for = SP ] ", 1 to 32 of them.
 SD_ELEMENT = re.compile(r'\[([!#-<>-\\^-~]{1,32})((?: [!#-<>-\\^-~]{1,32}="(?:[^"\\]|\\.)*")*)\]', re.DOTALL)
 SD_PARAM = re.compile(r'([!#-<>-\\^-~]{1,32})="((?:[^"\\]|\\.)*)"', re.DOTALL)
 SD_ESCAPE = re.compile(r'\\(["\\\]])')
 # RFC 3164's TIMESTAMP (a space pads a one-digit day), or an RFC 3339 one, then a space.
-RFC3164_STAMP = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([ \d]\d) (\d\d):(\d\d):(\d\d) ")
-RFC3339_STAMP = re.compile(RFC3339.pattern + " ")
+RFC3164_STAMP = re.compile(
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([ \d]\d) (\d\d):(\d\d):(\d\d) ", re.ASCII
+)
+RFC3339_STAMP = re.compile(RFC3339.pattern + " ", re.ASCII)
 # The first word is a tag already (no HOSTNAME): it ends with ":" (after its optional [PID]).
 TAG_FIRST = re.compile(r"[^\s:\[\]]{1,48}(?:\[[^\s\]]{1,128}\])?:")
 # TAG[PID] then ":" (and a space) or a space, then MSG.
