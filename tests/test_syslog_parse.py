@@ -5,10 +5,13 @@ INSERT."""
 from __future__ import annotations
 
 import calendar
+import datetime as dt
 import json
 
 import pymysql.converters
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.syslog_fixtures import EXPECTED, messages
 from workers.ingest.batch import Rows
@@ -272,3 +275,58 @@ def test_rows_as_sql_values():
     values = shape.sql_values(escape, Rows(["<14>it's", "junk"], [(RECEIVED, "a", 1), (RECEIVED, "b", 1)]))
     assert values[0] == "'1','6',NULL,NULL,NULL,NULL,NULL,NULL,NULL,'it\\'s','<14>it\\'s'"
     assert values[1] == ",".join(["NULL"] * len(COLUMNS) + ["'junk'"])
+
+
+# -- properties ---------------------------------------------------------------------------------------------
+
+PRINTUSASCII = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
+SD_NAME = st.text(
+    st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters='= ]"'), min_size=1, max_size=32
+)
+NOT_NIL = PRINTUSASCII.filter(lambda v: v != "-")
+
+
+def sd_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pri=st.integers(0, 191),
+    when=st.datetimes(min_value=dt.datetime(1001, 1, 2), max_value=dt.datetime(9998, 12, 30)),
+    offset=st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    header=st.tuples(NOT_NIL, NOT_NIL, NOT_NIL, NOT_NIL),
+    sd=st.dictionaries(SD_NAME, st.dictionaries(SD_NAME, st.text(max_size=20), max_size=3), max_size=3),
+    message=st.none() | st.text(max_size=50).filter(lambda m: "\n" not in m and not m.startswith("\ufeff")),
+)
+def test_any_rfc5424_message_is_read_back(pri, when, offset, header, sd, message):
+    """A message built from any fields within the RFC's bounds gives those fields back."""
+    zone = "Z" if offset == 0 else f"{'+' if offset > 0 else '-'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{when.microsecond:06d}" if when.microsecond else "") + zone
+    hostname, app_name, procid, msgid = header
+    sd_text = "".join(
+        f"[{sd_id}" + "".join(f' {k}="{sd_escape(v)}"' for k, v in params.items()) + "]" for sd_id, params in sd.items()
+    )
+    text = f"<{pri}>1 {stamp} {hostname} {app_name[:48]} {procid} {msgid} {sd_text or '-'}"
+    if message is not None:
+        text += " " + message
+    got = fields(text)
+    utc = when - dt.timedelta(minutes=offset)
+    assert got["ts_text"] == stamp
+    assert got["ts_utc"] == (utc.strftime("%Y-%m-%d %H:%M:%S.%f") if 1000 <= utc.year <= 9999 else None)
+    assert (got["facility"], got["severity"]) == (str(pri // 8), str(pri % 8))
+    assert (got["hostname"], got["app_name"], got["procid"], got["msgid"]) == (hostname, app_name[:48], procid, msgid)
+    assert (json.loads(got["structured_data"]) if got["structured_data"] else {}) == sd
+    assert got["message"] == message
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80) | st.builds(lambda p, t: f"<{p}>{t}", st.integers(0, 300), st.text(max_size=80)))
+def test_any_text_parses_or_is_no_syslog_message_and_never_raises(text):
+    parsed = parse(text, RECEIVED)
+    assert (parsed is not None) == is_syslog(text)
+    if parsed is not None:
+        assert len(parsed) == len(COLUMNS)
+        assert all(value is None or isinstance(value, str) for value in parsed)
+        if parsed[COLUMNS.index("structured_data")] is not None:
+            json.loads(parsed[COLUMNS.index("structured_data")] or "")
