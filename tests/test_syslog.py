@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import datetime
 import json
+import threading
 
 import pytest
 
@@ -167,3 +168,39 @@ def test_line_ids_store_a_resent_message_once_and_reject_mode_keeps_ids_in_step(
     ids = query(dsn, f"SELECT line_id, raw, app_name FROM `{table}` ORDER BY id")
     assert [(r[0], r[1]) for r in ids] == [("m0", good[0]), ("m1", good[1]), ("m2", good[2]), ("m9", good[0])]
     assert ids[0][2] == parse(good[0], 0)[COLUMNS.index("app_name")]  # type: ignore[index]
+
+
+def test_many_clients_many_messages_are_group_committed_each_once(dsn):
+    """Several clients pipelining thousands of messages each: every one OK, stored once, in its columns, in
+    batches of many rows (the ingest app's group commit, not a row per transaction)."""
+    table = "syslog_volume"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    clients, each = 4, 5000
+    args = [APP, "--dsn", dsn, "--syslog-table", table, "--workers", "2"]
+    replies: dict[int, list[bytes]] = {}
+
+    def send(c: int) -> None:
+        lines = [f"<{c + 8}>1 2026-12-06T14:00:00.{i:06d}Z host{c} app {i} - - message {c}/{i}" for i in range(each)]
+        replies[c] = roundtrip(port, [line.encode() for line in lines])
+
+    with ServerProcess(args) as srv:
+        port = srv.port
+        threads = [threading.Thread(target=send, args=(c,)) for c in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=100)
+        stats = [w["app"] for w in wait_for(lambda: stats_of(srv, clients * each), what="rows in the stats")]
+    assert {c: set(r) for c, r in replies.items()} == {c: {b"OK"} for c in range(clients)}
+    assert all(len(r) == each for r in replies.values())
+    counts = query(dsn, f"SELECT hostname, COUNT(*), COUNT(DISTINCT procid), MIN(severity) FROM `{table}` GROUP BY 1")
+    assert sorted(counts) == [(f"host{c}", each, each, c) for c in range(clients)]
+    assert sum(s["batches"] for s in stats) < clients * each / 10  # many rows per COMMIT
+    row = query(dsn, f"SELECT ts_utc, message FROM `{table}` WHERE hostname = 'host3' AND procid = '4321'")
+    assert row == [(datetime.datetime(2026, 12, 6, 14, 0, 0, 4321), "message 3/4321")]
+
+
+def stats_of(srv: ServerProcess, rows: int) -> list[dict] | None:
+    workers = srv.status()["workers"]
+    done = len(workers) == 2 and sum(w["app"].get("rows", 0) for w in workers) == rows
+    return workers if done else None
