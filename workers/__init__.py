@@ -4,7 +4,7 @@ if TYPE_CHECKING:
     # mypy holds the bundled apps to the application interface (make lint): one line per optional member
     # an app has, each an error naming the member if its signature drifts from prefork.interface.
     from prefork import interface as api
-    from workers import echo, ingest, lookup
+    from workers import echo, ingest, lookup, syslog
 
     _e1: api.App = echo.app
     _e2: api.HandlesLines = echo.app
@@ -26,3 +26,13 @@ if TYPE_CHECKING:
     _i7: api.HasCheck = ingest.app
     _i8: api.HasInitdb = ingest.app
     _i9: api.HasSettings = ingest.app
+
+    _s1: api.App = syslog.app
+    _s2: api.HandlesLines = syslog.app
+    _s3: api.AcceptsLineIds = syslog.app
+    _s4: api.HasSetup = syslog.app
+    _s5: api.HasClose = syslog.app
+    _s6: api.HasStats = syslog.app
+    _s7: api.HasCheck = syslog.app
+    _s8: api.HasInitdb = syslog.app
+    _s9: api.HasSettings = syslog.app

@@ -1,8 +1,9 @@
-"""The ingest app's tables (README, "The ingest app"). The table's name is configurable and always quoted
-with backticks.
+"""The ingest app's tables (README, "The ingest app") and the syslog app's (README, "The syslog app"). A
+table's name is configurable and always quoted with backticks.
 
-``etc/schema.sql`` is made from this module (``python -m workers.schema > etc/schema.sql``), and a test
-fails when the two differ: the statements here are the ones the workers and ``prefork initdb`` run.
+``etc/schema.sql`` and ``etc/syslog.sql`` are made from this module (``python -m workers.schema >
+etc/schema.sql``, ``python -m workers.schema syslog > etc/syslog.sql``), and a test fails when they differ
+from it: the statements here are the ones the workers and ``prefork initdb`` run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,34 @@ def create_table_sql(table: str) -> str:
 ) ENGINE=InnoDB"""
 
 
+def create_syslog_table_sql(table: str) -> str:
+    """The CREATE TABLE statement of the syslog app's table: the ingest table's head, the fields of the
+    message (NULL where it has none, or is no syslog message), the line as sent, and indexes for time
+    ranges (the message's own time, and its arrival), hosts and severities."""
+    text = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    return f"""CREATE TABLE IF NOT EXISTS {quote_identifier(table)} (
+  id              BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  received_at     DATETIME(6)      NOT NULL,
+  client_addr     VARCHAR(64)      NOT NULL,
+  worker_pid      INT UNSIGNED     NOT NULL,
+  facility        TINYINT UNSIGNED NULL,
+  severity        TINYINT UNSIGNED NULL,
+  ts_text         VARCHAR(40) CHARACTER SET ascii COLLATE ascii_bin NULL,
+  ts_utc          DATETIME(6)      NULL,
+  hostname        VARCHAR(255) {text} NULL,
+  app_name        VARCHAR(48)  {text} NULL,
+  procid          VARCHAR(128) {text} NULL,
+  msgid           VARCHAR(32)  {text} NULL,
+  structured_data JSON             NULL,
+  message         MEDIUMTEXT {text} NULL,
+  raw             MEDIUMTEXT {text} NOT NULL,
+  KEY ts_utc (ts_utc),
+  KEY host_ts (hostname, ts_utc),
+  KEY severity_ts (severity, ts_utc),
+  KEY received_at (received_at)
+) ENGINE=InnoDB"""
+
+
 # With server.line_ids on: the client-chosen id of each line (NULL for a line without one), unique, so that
 # a line resent after a lost reply is found instead of stored again. Case-sensitive, as ids are.
 LINE_ID_COLUMN = "line_id"
@@ -47,6 +76,18 @@ def add_line_id_sql(table: str) -> str:
         f"ALTER TABLE {quote_identifier(table)} ADD COLUMN IF NOT EXISTS {LINE_ID_COLUMN} {LINE_ID_TYPE}, "
         f"ADD UNIQUE KEY IF NOT EXISTS {LINE_ID_COLUMN} ({LINE_ID_COLUMN})"
     )
+
+
+def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str]:
+    """Those of ``columns`` the table lacks (what an app's ``check`` hook reports)."""
+    cur = conn.cursor()
+    cur.execute(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+        (table,),
+    )
+    have = {str(row[0]).lower() for row in cur.fetchall()}
+    cur.close()
+    return [column for column in columns if column.lower() not in have]
 
 
 def has_line_id(conn: Any, table: str) -> bool:
@@ -62,11 +103,12 @@ def has_line_id(conn: Any, table: str) -> bool:
     return bool(found)
 
 
-def ensure_table(conn: Any, table: str, line_ids: bool = False) -> None:
-    """Create the ingest table, the marker table and the server run table if they are missing; with
-    ``line_ids``, add the line id column and its unique key to the ingest table if they are missing."""
+def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str | None = None) -> None:
+    """Create the ingest table (``create_sql``, another app's CREATE TABLE, in its place), the marker table
+    and the server run table if they are missing; with ``line_ids``, add the line id column and its unique
+    key to the ingest table if they are missing."""
     cur = conn.cursor()
-    cur.execute(create_table_sql(table))
+    cur.execute(create_sql if create_sql is not None else create_table_sql(table))
     cur.execute(create_marker_table_sql())
     cur.execute(create_server_run_table_sql())
     cur.close()
@@ -124,5 +166,27 @@ def schema_sql(table: str) -> str:
     return SCHEMA_FILE_HEADER.format(table=table) + created + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
 
 
+SYSLOG_FILE_HEADER = """\
+-- The syslog app's table (workers.syslog:app); `prefork initdb workers.syslog:app` and every worker create it
+-- when missing, with the marker and server run tables of etc/schema.sql. A configured syslog.table replaces
+-- `{table}`.
+-- Made by `python -m workers.schema syslog` from workers/schema.py: change that, then run it again.
+"""
+
+
+def syslog_schema_sql(table: str) -> str:
+    """The text of ``etc/syslog.sql`` for the syslog table ``table``."""
+    return (
+        SYSLOG_FILE_HEADER.format(table=table)
+        + f"\n{create_syslog_table_sql(table)};\n"
+        + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
+    )
+
+
 if __name__ == "__main__":
-    print(schema_sql("received_lines"), end="")
+    import sys
+
+    if sys.argv[1:] == ["syslog"]:
+        print(syslog_schema_sql("syslog_messages"), end="")
+    else:
+        print(schema_sql("received_lines"), end="")

@@ -4,13 +4,18 @@ the id lookup, and their escaping.
 No I/O here: an ``Encoder`` builds text and bytes, the writer (``workers.ingest.write``) sends them. Every
 value that goes into SQL goes through the driver's escaping, passed in as ``escape`` (``conn.escape``, which
 honours NO_BACKSLASH_ESCAPES); a LOAD file has its own escaping (``escape_field``).
+
+Every row starts with ``received_at, client_addr, worker_pid``; what follows, the columns a line fills, is
+the encoder's ``RowShape``: ingest's is ``Payload`` (the line as sent), the syslog app's parses the line
+into its columns (``workers.syslog.rows``). A shape works on all the rows of a write at once, so that
+ingest's builds nothing per line.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from workers.ingest.batch import Rows
 from workers.schema import LINE_ID_COLUMN, quote_identifier
@@ -28,20 +33,61 @@ LOAD_FIELDS_KEPT = 10000
 
 # The driver's escaping of one value into an SQL literal (``conn.escape``).
 Escape = Callable[[Any], str]
+# The fields of a row that come before the line's own, in every table the encoder writes.
+ROW_HEAD = ("received_at", "client_addr", "worker_pid")
+NULL_FIELD = "\\N"  # NULL in a LOAD file (LOAD_FORMAT)
+
+
+class RowShape(Protocol):
+    """The columns a line fills, after ROW_HEAD, and their values for some rows."""
+
+    @property
+    def columns(self) -> tuple[str, ...]: ...
+
+    def load_fields(self, rows: Rows) -> list[str]:
+        """Per row, its fields after ROW_HEAD as a LOAD file holds them: escaped (``escape_field``, NULL
+        as NULL_FIELD), joined by tabs."""
+        ...
+
+    def sql_values(self, escape: Escape, rows: Rows) -> list[str]:
+        """Per row, its values after ROW_HEAD as SQL literals (through ``escape``), joined by commas."""
+        ...
+
+
+class Payload:
+    """Ingest's rows: the line as sent, in ``payload``."""
+
+    columns = ("payload",)
+
+    def load_fields(self, rows: Rows) -> list[str]:
+        texts = rows.texts
+        joined = "\n".join(texts)  # a payload never holds LF
+        if "\\" in joined or "\t" in joined or "\0" in joined:
+            return escape_field(joined).split("\n")
+        return texts
+
+    def sql_values(self, escape: Escape, rows: Rows) -> list[str]:
+        return list(map(escape, rows.texts))
+
+
+PAYLOAD = Payload()
 
 
 class Encoder:
-    """The statements and LOAD files for one worker's rows of one table (``worker_pid`` is this worker's)."""
+    """The statements and LOAD files for one worker's rows of one table (``worker_pid`` is this worker's),
+    each row ROW_HEAD then the columns of ``shape``."""
 
-    def __init__(self, table: str, pid: int) -> None:
+    def __init__(self, table: str, pid: int, shape: RowShape = PAYLOAD) -> None:
         self.pid = pid
+        self.shape = shape
         quoted = quote_identifier(table)
-        columns = "(received_at, client_addr, worker_pid, payload)"
+        names = ROW_HEAD + tuple(shape.columns)
+        columns = f"({', '.join(names)})"
         self._insert_head = f"INSERT INTO {quoted} {columns} VALUES "
         self._load_sql = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {columns}"
         # Rows with ids name the line id column too; rows without any keep the statements above, so that
         # with line ids off nothing differs from a table without the column.
-        with_id = f"(received_at, client_addr, worker_pid, payload, {LINE_ID_COLUMN})"
+        with_id = f"({', '.join(names)}, {LINE_ID_COLUMN})"
         self._insert_head_ids = f"INSERT INTO {quoted} {with_id} VALUES "
         self._load_sql_ids = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {with_id}"
         self._id_lookup = f"SELECT {LINE_ID_COLUMN} FROM {quoted} WHERE {LINE_ID_COLUMN} IN "
@@ -54,14 +100,11 @@ class Encoder:
         return self._load_sql if rows.ids is None else self._load_sql_ids
 
     def load_data(self, rows: Rows) -> bytes:
-        """The rows as the file of a LOAD (LOAD_FORMAT): stamp, address, pid and payload per row.
+        """The rows as the file of a LOAD (LOAD_FORMAT): stamp, address, pid and the shape's fields per row.
 
-        Built per run, not per line: the fields before the payload are the same for a whole run.
+        Built per run, not per line: the fields before the line's own are the same for a whole run.
         """
-        texts = rows.texts
-        joined = "\n".join(texts)  # a payload never holds LF
-        if "\\" in joined or "\t" in joined or "\0" in joined:
-            texts = escape_field(joined).split("\n")
+        texts = self.shape.load_fields(rows)
         if rows.ids is not None:
             # One more field, the id (\N: NULL); ids hold no character that needs escaping.
             texts = [
@@ -87,7 +130,7 @@ class Encoder:
         return field
 
     def inserts(self, escape: Escape, rows: Rows) -> Iterator[str]:
-        """Multi-row INSERTs of the rows, each under STATEMENT_CHARS of payload.
+        """Multi-row INSERTs of the rows, each under STATEMENT_CHARS of the lines' escaped values.
 
         Values go through the driver's own parameter escaping (``escape``: ``conn.escape``, which is what
         ``cursor.execute(sql, params)`` applies, and which honours NO_BACKSLASH_ESCAPES); building the
@@ -96,7 +139,7 @@ class Encoder:
         """
         values: list[str] = []
         size = 0
-        texts = iter(rows.texts)
+        texts = iter(self.shape.sql_values(escape, rows))
         if rows.ids is None:
             insert_head, ends = self._insert_head, None
         else:
@@ -109,7 +152,7 @@ class Encoder:
                 if size + len(text) > STATEMENT_CHARS and values:
                     yield insert_head + ",".join(values)
                     values, size = [], 0
-                values.append(f"{head}{escape(text)}{next(ends) if ends is not None else ')'}")
+                values.append(f"{head}{text}{next(ends) if ends is not None else ')'}")
                 size += len(text)
         if values:
             yield insert_head + ",".join(values)

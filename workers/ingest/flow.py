@@ -7,20 +7,31 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gevent
 import pymysql
 
+from prefork.config import Config
 from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
 from prefork.pool import Pool, connect_once
+from prefork.settings import Section
 from workers.ingest.batch import Share
 from workers.ingest.commit import Committer
-from workers.ingest.encoding import Encoder
+from workers.ingest.encoding import PAYLOAD, ROW_HEAD, Encoder, RowShape
 from workers.ingest.pending import Pending
 from workers.ingest.settings import IngestSettings
 from workers.ingest.write import Rejected, Writer, session_setup
-from workers.schema import LINE_ID_COLUMN, MARKER_TABLE, ensure_table, has_line_id, table_exists
+from workers.schema import (
+    LINE_ID_COLUMN,
+    MARKER_TABLE,
+    create_table_sql,
+    ensure_table,
+    has_line_id,
+    missing_columns,
+    table_exists,
+)
 
 log = logging.getLogger("workers.ingest")
 
@@ -35,9 +46,13 @@ class IngestApp:
     The instance exists before any worker (``workers.ingest:app`` is imported by the master and by
     ``prefork check``, which never call ``setup``): its per-worker state is declared here, and each
     attribute is set once, in ``setup``.
+
+    Another app stores its lines through the same path by overriding ``table_of`` (its table's name),
+    ``row_shape`` (the columns a line fills and their values) and ``table_sql`` (its CREATE TABLE), as
+    ``workers.syslog`` does; batching, retries and replies stay this class's, set by ``[ingest]``.
     """
 
-    settings: ClassVar[type[IngestSettings]] = IngestSettings
+    settings: ClassVar[type[Section] | Sequence[type[Section]]] = IngestSettings
     accepts_line_ids: ClassVar[bool] = True  # handle_lines takes the ids; each is stored once (server.line_ids)
 
     table: str  # ingest.table
@@ -55,11 +70,11 @@ class IngestApp:
         """Build this worker's pool (it connects lazily) and start the flushers."""
         cfg = worker.config
         ingest = cfg.section(IngestSettings)
-        self.table = ingest.table
+        self.table = self.table_of(cfg)
         self.line_ids = cfg.server.line_ids
         self.pool = Pool.from_config(cfg.pool, on_connect=session_setup)
         self.pending = Pending(ingest.batch_size, ingest.commit_timeout, ingest.max_pending, ingest.max_pending_bytes)
-        self.writer = Writer(self.pool, Encoder(self.table, worker.pid), ingest.method)
+        self.writer = Writer(self.pool, Encoder(self.table, worker.pid, self.row_shape(cfg)), ingest.method)
         self.committer = Committer(
             self.pool, self.writer, ingest.commit_timeout, self.line_ids, self._ensure_tables_quietly
         )
@@ -68,6 +83,20 @@ class IngestApp:
         self._flushers = [gevent.spawn(self._flush_loop) for _ in range(ingest.flushers)]
         self._expirer = gevent.spawn(self.pending.expire_loop)
         gevent.spawn(self._ensure_tables_quietly)
+
+    # -- what the rows are (overridden by an app that stores lines its own way) ----------------------
+
+    def table_of(self, cfg: Config) -> str:
+        """The name of the table the lines go to: ``ingest.table``."""
+        return cfg.section(IngestSettings).table
+
+    def row_shape(self, cfg: Config) -> RowShape:
+        """The columns a line fills after received_at, client_addr and worker_pid: the payload."""
+        return PAYLOAD
+
+    def table_sql(self, table: str) -> str:
+        """The CREATE TABLE (IF NOT EXISTS) of the table."""
+        return create_table_sql(table)
 
     # -- the hot path -------------------------------------------------------------------------------
 
@@ -104,17 +133,21 @@ class IngestApp:
     # -- tables and housekeeping --------------------------------------------------------------------
 
     def check(self, worker: WorkerInfo) -> str:
-        """``prefork check``: connect to the database and look for the table (and, with line ids on, its
-        line id column)."""
+        """``prefork check``: connect to the database and look for the table, its columns (and, with line
+        ids on, its line id column)."""
         cfg = worker.config
-        table = cfg.section(IngestSettings).table
+        table = self.table_of(cfg)
         conn = connect_once(cfg.pool.dsn)
         try:
             found = table_exists(conn, table)
             ids_missing = found and cfg.server.line_ids and not has_line_id(conn, table)
+            absent = missing_columns(conn, table, ROW_HEAD + tuple(self.row_shape(cfg).columns)) if found else []
         finally:
             conn.close()
         state = "exists" if found else "is missing (the workers create it at start, `prefork initdb` now)"
+        if absent:
+            # The workers create a missing table, but never alter a table someone else made.
+            raise RuntimeError(f"table `{table}` in {cfg.pool.dsn.redacted} has no column {', '.join(absent)}")
         if ids_missing:
             state += f" without its unique {LINE_ID_COLUMN} column (the workers add it at start, `prefork initdb` now)"
         return f"database {cfg.pool.dsn.redacted} answers, table `{table}` {state}"
@@ -123,10 +156,10 @@ class IngestApp:
         """``prefork initdb``: create the table (and the marker tables) if missing; with server.line_ids on,
         add the line id column and its unique key if missing."""
         cfg = worker.config
-        table = cfg.section(IngestSettings).table
+        table = self.table_of(cfg)
         conn = connect_once(cfg.pool.dsn)
         try:
-            ensure_table(conn, table, line_ids=cfg.server.line_ids)
+            ensure_table(conn, table, line_ids=cfg.server.line_ids, create_sql=self.table_sql(table))
         except pymysql.err.MySQLError as exc:
             raise RuntimeError(f"cannot create table `{table}` in {cfg.pool.dsn.redacted}: {exc}") from None
         finally:
@@ -137,7 +170,7 @@ class IngestApp:
         """Create the ingest table and the marker table if they are missing (and the line id column, with
         server.line_ids on)."""
         with self.pool.connection() as conn:
-            ensure_table(conn, self.table, line_ids=self.line_ids)
+            ensure_table(conn, self.table, line_ids=self.line_ids, create_sql=self.table_sql(self.table))
 
     def _ensure_tables_quietly(self) -> None:
         try:
