@@ -36,9 +36,9 @@ import gevent
 
 from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
+from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import can_wait_readable, wait_readable
-from prefork.protocol.lines import LineFramer
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
 READ_SIZE = 65536
@@ -56,8 +56,9 @@ class ProtocolSettings:
 
     max_line: int = 65536
     client_timeout: float = 300.0
-    ack: bool = True
+    ack: bool = True  # server.ack of the listener, resolved (auto: by the framing)
     line_ids: bool = False
+    framing: str = "lines"  # server.framing of the listener (prefork.protocol.framers)
 
 
 class LineConnection:
@@ -127,8 +128,8 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        # Only the Framer shape is used below: another framing (octet counting, RELP) is another framer here.
-        framer: Framer = LineFramer(self.settings.max_line, self.settings.line_ids)
+        # Only the Framer shape is used below: each framing is another framer here.
+        framer: Framer = make_framer(self.settings.framing, self.settings.max_line, self.settings.line_ids)
         timeout = self.settings.client_timeout
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
@@ -176,6 +177,12 @@ class LineConnection:
             if batch is not None:
                 deadline = clock.now() + timeout
                 self._dispatch(batch)
+                if framer.broken is not None:
+                    log.warning(
+                        "client %d (%s) closed: %s (server.framing = %s): the stream cannot be framed any further",
+                        self.client.id, self.client.addr, framer.broken, self.settings.framing,
+                    )  # fmt: skip
+                    return
 
     def _dispatch(self, batch: Batch) -> None:
         """Answer the lines of a batch: hand the valid ones to the app, queue every reply in order."""

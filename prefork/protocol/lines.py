@@ -34,7 +34,6 @@ id) takes the line-by-line path.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from prefork.protocol.framing import ERR_BAD_ID, ERR_BAD_UTF8, ERR_EMPTY, ERR_TOO_LONG, Batch
 
@@ -55,6 +54,7 @@ class LineFramer:
     """LF-terminated lines (ids split off with ``line_ids``), at most ``max_line`` bytes of payload each."""
 
     __slots__ = ("max_line", "line_ids", "_longest", "_buf", "_skipping")
+    broken: str | None = None  # never set: lines always resynchronise at the next LF
 
     def __init__(self, max_line: int, line_ids: bool = False) -> None:
         self.max_line = max_line
