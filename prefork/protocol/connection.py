@@ -39,6 +39,7 @@ from prefork.protocol.counters import Counters
 from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import can_wait_readable, wait_readable
+from prefork.protocol.rejects import REJECTS
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
 READ_SIZE = 65536
@@ -178,10 +179,7 @@ class LineConnection:
                 deadline = clock.now() + timeout
                 self._dispatch(batch)
                 if framer.broken is not None:
-                    log.warning(
-                        "client %d (%s) closed: %s (server.framing = %s): the stream cannot be framed any further",
-                        self.client.id, self.client.addr, framer.broken, self.settings.framing,
-                    )  # fmt: skip
+                    REJECTS.broken(self._name(), self.settings.framing, framer.broken)
                     return
 
     def _dispatch(self, batch: Batch) -> None:
@@ -192,6 +190,8 @@ class LineConnection:
             self.replies.put(self._answer(batch.payloads, batch.ids))
             return
         self.counters.lines_in += len(replies)
+        if not self.settings.ack:
+            REJECTS.refused(self._name(), self.settings.framing, replies)  # counted, and no reply will say it
         if batch.payloads and batch.slots is not None:
             for i, reply in zip(batch.slots, self._answer(batch.payloads, batch.ids), strict=True):
                 replies[i] = reply
@@ -229,6 +229,9 @@ class LineConnection:
                 log.exception("application %s failed on a line from %s", app_name(self.app), client.addr)
                 append(ERR_UNAVAILABLE)
         return replies
+
+    def _name(self) -> str:
+        return f"client {self.client.id} ({self.client.addr})"
 
     # -- closing ------------------------------------------------------------------------------------
 
