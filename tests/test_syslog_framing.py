@@ -145,3 +145,12 @@ def _named_in_log(logs: str) -> dict[str, int] | None:
             for n, reason in re.findall(r"(\d+) ([a-z0-9-]+)(?:,|$)", line.rsplit(": ", 1)[1]):
                 named[reason] = named.get(reason, 0) + int(n)
     return named if sum(named.values()) >= 2 * BAD_FRAMES else None
+
+
+def test_with_ack_on_each_frame_gets_its_reply_and_a_bad_length_the_last():
+    """octet-count with ack on: one reply per frame as for lines, refused ones included; after a bad length
+    the server answers it and closes (nothing after it can be framed)."""
+    args = ["workers.echo:app", "--workers", "1", "--framing", "octet-count", "--ack", "on", "--max-line", "4"]
+    with ServerProcess(args) as srv, connect(srv.port) as sock:
+        sock.sendall(b"2 ok6 123456\n2 \xff\xfe3 end05 after")
+        assert read_all(sock) == b"ok\nERR too-long\nERR bad-utf8\nend\nERR bad-length\n"
