@@ -9,15 +9,21 @@ import socket
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devtools.mariadb import free_port
 from prefork.protocol.rejects import LOG_INTERVAL_S
+from tests import test_framer_octet_count as octet_model
+from tests import test_framer_syslog as syslog_model
 from tests.server import ServerProcess, connect, read_all, read_lines, wait_for
+from tests.syslog_model import cut
 from tests.test_cli import one_error_line, run_cli
 from tests.test_master import http_get
 
 STALL_S = 2.0  # no room to send for this long: the server stopped reading from the client
 BAD_FRAMES = 2000
+ECHO_MAX_LINE = 10  # the largest max_line of the framers' models (tests/syslog_model.py max_lines)
 
 
 @pytest.mark.parametrize(
@@ -154,3 +160,46 @@ def test_with_ack_on_each_frame_gets_its_reply_and_a_bad_length_the_last():
     with ServerProcess(args) as srv, connect(srv.port) as sock:
         sock.sendall(b"2 ok6 123456\n2 \xff\xfe3 end05 after")
         assert read_all(sock) == b"ok\nERR too-long\nERR bad-utf8\nend\nERR bad-length\n"
+
+
+# -- the framers' models, end to end through a real server (the echo app, ack on) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def echo_listeners():
+    """One server, max_line 10 (the models' largest), an octet-count and a syslog listener, both with ack on."""
+    counted, mixed = free_port(), free_port()
+    args = ["workers.echo:app", "--workers", "1", "--max-line", "10", "--ack", "on"]
+    args += ["--framing", "octet-count,syslog"]
+    with ServerProcess(args, bind=f"127.0.0.1:{counted},127.0.0.1:{mixed}"):
+        yield {"octet-count": counted, "syslog": mixed}
+
+
+def _echoed(outcomes: list[str]) -> bytes:
+    """What the echo app's replies to these outcomes are on the wire (a reply cannot hold a LF)."""
+    replies = []
+    for item in outcomes:
+        payload = item[3:] if item.startswith("OK:") else None
+        if payload is None:
+            replies.append(item)
+        else:
+            replies.append("ERR unavailable" if "\n" in payload else payload)
+    return "".join(r + "\n" for r in replies).encode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_the_models_hold_through_a_real_server(echo_listeners, data):
+    """Streams of each framer's model, sent in random chunks to a real server: the replies are the model's.
+    (max_line is fixed at 10 here: the models' streams use at most that.)"""
+    framing = data.draw(st.sampled_from(["octet-count", "syslog"]))
+    module = octet_model if framing == "octet-count" else syslog_model
+    case = data.draw(module.streams(ECHO_MAX_LINE))
+    _, stream, expected = case[:3]
+    points = data.draw(st.lists(st.integers(0, 10_000), max_size=6))
+    with connect(echo_listeners[framing]) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for chunk in cut(stream, points):
+            sock.sendall(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == _echoed(expected)
