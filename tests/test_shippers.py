@@ -110,15 +110,20 @@ def test_python_syslog_handler_as_shipped(dsn):
 
 
 @pytest.mark.timeout(300)
-def test_rsyslog_omfwd_octet_counted(dsn, tmp_path):
+@pytest.mark.parametrize(
+    "framing, tcp_framing",
+    [("octet-count", "octet-counted"), ("syslog", "octet-counted"), ("syslog", "traditional")],
+)
+def test_rsyslog_omfwd(dsn, tmp_path, framing, tcp_framing):
     """rsyslogd (its own config, in the foreground) takes 10,000 lines on its TCP input and forwards them
-    with omfwd, TCP_Framing="octet-counted", RFC 5424 (a LF at the end of each, inside the count)."""
-    table = "rsyslog_octet"
+    with omfwd, RFC 5424 (a LF at the end of each: inside the count when octet-counted)."""
+    table = f"rsyslog_{tcp_framing.replace('-', '_')}_{framing.replace('-', '_')}"
     sent = messages()
-    with syslog_server(dsn, table, "octet-count") as srv:
+    with syslog_server(dsn, table, framing) as srv:
         in_port = free_port()
         directory = tmp_path / "rsyslog"
-        with Rsyslog(directory, omfwd_config(directory, in_port, srv.port), wait_port=in_port) as rsyslog:
+        config = omfwd_config(directory, in_port, srv.port, framing=tcp_framing)
+        with Rsyslog(directory, config, wait_port=in_port) as rsyslog:
             send_lines(in_port, [f"<13>Dec  6 12:00:00 sender shipper: {m}".encode() for m in sent])
             assert_stored_as_sent(dsn, table, sent, r"<13>1 \S+ sender shipper - - - ")
             assert "error" not in rsyslog.logs().lower(), rsyslog.logs()
