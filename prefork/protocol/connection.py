@@ -1,6 +1,7 @@
 """One client's connection: reading, the app, graceful stop and linger.
 
-Per connection, a reader greenlet feeds what it reads to a framer (``prefork.protocol.lines.LineFramer``:
+Per connection, a reader greenlet feeds what it reads to the framer of its listener's ``server.framing``
+(``prefork.protocol.framers``: ``LineFramer`` for lines, ``SyslogFramer`` for octet-count and syslog;
 framing, limits, validation and line ids are its job), hands the lines of each batch to the application and
 puts their replies in the connection's ``ReplyQueue`` (``prefork.protocol.replies``), which sends them in the
 order the lines came, as they resolve; the reader never waits for a reply to be written (pipelining).
