@@ -81,8 +81,9 @@ def _metric(port: int, sample: str) -> int | None:
 def test_a_client_that_never_reads_is_logged_once_and_counted():
     """ack on, a client that sends lines and reads no reply: once both socket buffers are full of replies the
     reader stops; the worker says so once (naming server.ack = off), /metrics counts it, and another client
-    is still served. Before, nothing said why the connection stalled until client_timeout cut it."""
-    args = ["workers.echo:app", "--workers", "1", "--metrics-bind", "127.0.0.1:0"]
+    is still served; client_timeout then closes it, with a log line saying how many lines went unanswered.
+    Before, nothing said why the connection stalled, nor that client_timeout cut it."""
+    args = ["workers.echo:app", "--workers", "1", "--metrics-bind", "127.0.0.1:0", "--client-timeout", "10"]
     with ServerProcess(args) as srv:
         metrics = _metrics_port(srv)
         stalled = connect(srv.port)
@@ -105,6 +106,14 @@ def test_a_client_that_never_reads_is_logged_once_and_counted():
             wait_for(lambda: _metric(metrics, sample) == 1, what="the client counted in /metrics")
             assert srv.logs().count("does not read its replies") == 1
             assert "set server.ack = off for this listener" in srv.logs()
+            closed = wait_for(
+                lambda: re.search(
+                    r"closed: it took no reply for client_timeout \((\d+) lines unanswered\)", srv.logs()
+                ),
+                timeout=60,
+                what="the close at client_timeout",
+            )
+            assert int(closed.group(1)) > 0
         finally:
             stalled.close()
 
