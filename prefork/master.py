@@ -141,7 +141,7 @@ class Master:
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
-        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}}
+        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0}
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
@@ -520,6 +520,8 @@ class Master:
                 config=cfg,
                 listeners=list(listeners.values()),
                 proxy_modes=proxy_modes(cfg, listeners),
+                framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
+                acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
@@ -572,6 +574,7 @@ class Master:
         self.accept_table.release(worker.slot)  # a dead worker's clients no longer hold the others back
         self.retired["lines"] += last.get("lines_in") or 0
         self.retired["ok"] += last.get("ok") or 0
+        self.retired["unread_clients"] += last.get("unread_clients") or 0
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
@@ -751,9 +754,14 @@ def _raise_fd_limit(needed: int) -> None:
 
 def proxy_modes(cfg: Config, listeners: dict[str, socket.socket]) -> list[str]:
     """server.proxy_protocol for each listener (keyed by its configured address), in the listeners' order."""
-    modes = cfg.server.proxy_protocol
-    by_address = {str(a): modes[i if len(modes) > 1 else 0] for i, a in enumerate(cfg.server.bind)}
-    return [by_address.get(key, "off") for key in listeners]
+    return per_listener(cfg, listeners, cfg.server.proxy_protocol, "off")
+
+
+def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[str, ...], default: str) -> list[str]:
+    """A per-listener key's values (one for all, or one per server.bind address) for each listener, in the
+    listeners' order; ``default`` for a listener the config does not name."""
+    by_address = {str(a): values[i if len(values) > 1 else 0] for i, a in enumerate(cfg.server.bind)}
+    return [by_address.get(key, default) for key in listeners]
 
 
 def _remove(path: Path) -> None:

@@ -1,6 +1,7 @@
 """One client's connection: reading, the app, graceful stop and linger.
 
-Per connection, a reader greenlet feeds what it reads to a framer (``prefork.protocol.lines.LineFramer``:
+Per connection, a reader greenlet feeds what it reads to the framer of its listener's ``server.framing``
+(``prefork.protocol.framers``: ``LineFramer`` for lines, ``SyslogFramer`` for octet-count and syslog;
 framing, limits, validation and line ids are its job), hands the lines of each batch to the application and
 puts their replies in the connection's ``ReplyQueue`` (``prefork.protocol.replies``), which sends them in the
 order the lines came, as they resolve; the reader never waits for a reply to be written (pipelining).
@@ -36,9 +37,10 @@ import gevent
 
 from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
+from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import can_wait_readable, wait_readable
-from prefork.protocol.lines import LineFramer
+from prefork.protocol.rejects import REJECTS
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
 READ_SIZE = 65536
@@ -56,8 +58,9 @@ class ProtocolSettings:
 
     max_line: int = 65536
     client_timeout: float = 300.0
-    ack: bool = True
+    ack: bool = True  # server.ack of the listener, resolved (auto: by the framing)
     line_ids: bool = False
+    framing: str = "lines"  # server.framing of the listener (prefork.protocol.framers)
 
 
 class LineConnection:
@@ -127,8 +130,8 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        # Only the Framer shape is used below: another framing (octet counting, RELP) is another framer here.
-        framer: Framer = LineFramer(self.settings.max_line, self.settings.line_ids)
+        # Only the Framer shape is used below: each framing is another framer here.
+        framer: Framer = make_framer(self.settings.framing, self.settings.max_line, self.settings.line_ids)
         timeout = self.settings.client_timeout
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
@@ -176,6 +179,9 @@ class LineConnection:
             if batch is not None:
                 deadline = clock.now() + timeout
                 self._dispatch(batch)
+                if framer.broken is not None:
+                    REJECTS.broken(self._name(), self.settings.framing, framer.broken)
+                    return
 
     def _dispatch(self, batch: Batch) -> None:
         """Answer the lines of a batch: hand the valid ones to the app, queue every reply in order."""
@@ -185,6 +191,8 @@ class LineConnection:
             self.replies.put(self._answer(batch.payloads, batch.ids))
             return
         self.counters.lines_in += len(replies)
+        if not self.settings.ack:
+            REJECTS.refused(self._name(), self.settings.framing, replies)  # counted, and no reply will say it
         if batch.payloads and batch.slots is not None:
             for i, reply in zip(batch.slots, self._answer(batch.payloads, batch.ids), strict=True):
                 replies[i] = reply
@@ -222,6 +230,9 @@ class LineConnection:
                 log.exception("application %s failed on a line from %s", app_name(self.app), client.addr)
                 append(ERR_UNAVAILABLE)
         return replies
+
+    def _name(self) -> str:
+        return f"client {self.client.id} ({self.client.addr})"
 
     # -- closing ------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import gevent
 import pymysql
 
-from prefork.config import Config
+from prefork.config.loader import Config
 from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
 from prefork.pool import Pool, connect_once
 from prefork.settings import Section

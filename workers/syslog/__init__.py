@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from prefork.config import Config
+from prefork.config.loader import Config
 from prefork.interface import Peer, Reply, WorkerInfo
 from prefork.settings import Section
 from workers.ingest import IngestApp, IngestSettings
