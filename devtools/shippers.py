@@ -233,7 +233,10 @@ def syslog_ng_root(cache: Path | None = None) -> Path:
 
 
 def _run(cmd: list[str], cwd: str) -> None:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except OSError as exc:  # no apt-get or dpkg: as loud as a failed download
+        raise RuntimeError(f"`{' '.join(cmd)}` failed: {exc}") from exc
     if result.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed with {result.returncode}: {result.stderr[-2000:]}")
 

@@ -69,7 +69,7 @@ def syslog_server(dsn: str, table: str, framing: str) -> ServerProcess:
 
 
 def rows(dsn: str, table: str) -> list[tuple]:
-    sql = f"SELECT facility, severity, hostname, app_name, procid, message FROM `{table}` ORDER BY id"
+    sql = f"SELECT facility, severity, ts_utc, hostname, app_name, procid, message FROM `{table}` ORDER BY id"
     return query(dsn, sql)
 
 
@@ -85,20 +85,21 @@ def check_rows(
     app_name: str,
     procid: str | None,
     lead: str = "",
-    hostname: bool = True,
+    header: bool = True,
 ) -> Counter:
     """Every row one whole message of ``sent`` in its columns (``lead``: what the shipper puts before the
-    message text, rsyslog's space after `TAG:`; ``hostname``: one host name in every row, else none); the
-    count of each message stored."""
+    message text, rsyslog's space after `TAG:`; ``header``: a timestamp and one host name in every row, else
+    neither); the count of each message stored."""
     expected = {lead + text for text in sent}
     counts: Counter = Counter()
     hosts = set()
-    for facility, sev, host, app, pid, message in rows(dsn, table):
+    for facility, sev, ts_utc, host, app, pid, message in rows(dsn, table):
         assert message in expected, message  # not merged, split, framed wrong or altered
         assert (facility, sev, app, pid) == (LOCAL3, severity, app_name, procid), message
+        assert (ts_utc is not None) == header, message
         hosts.add(host)
         counts[message] += 1
-    assert len(hosts) <= 1 and (None not in hosts) == hostname, hosts
+    assert len(hosts) <= 1 and (None not in hosts) == header, hosts
     return counts
 
 
@@ -245,9 +246,9 @@ def test_python_syslog_handler(dsn, tmp_path):
         assert proc.returncode == 0 and not proc.stderr, proc.stderr
         count_sql = f"SELECT COUNT(*) FROM `{table}`"
         wait_for(lambda: int(query(dsn, count_sql)[0][0]) >= len(sent), STORE_TIMEOUT_S, 0.1, "every row")
-        procids = {r[4] for r in rows(dsn, table)}
+        procids = {r[5] for r in rows(dsn, table)}
         assert len(procids) == 1, procids
-        counts = check_rows(dsn, table, sent, WARNING, "myapp", procids.pop(), hostname=False)
+        counts = check_rows(dsn, table, sent, WARNING, "myapp", procids.pop(), header=False)
         report(table, len(sent), counts, started)
     assert sorted(counts) == sorted(sent) and set(counts.values()) == {1}
 
@@ -259,3 +260,10 @@ def test_every_config_names_prefork_by_the_placeholders():
         assert (ETC_SHIPPERS / name).is_file(), name
         text = shipper_config(name, "127.0.0.1", 1)
         assert PLACEHOLDER_HOST not in text, name
+
+
+def test_a_failed_syslog_ng_download_fails_naming_the_command(tmp_path, monkeypatch):
+    """No apt-get (an empty PATH here): the syslog-ng tests fail, never skip, and say what to run."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="apt-get download syslog-ng-core"):
+        syslog_ng_root(tmp_path / "cache")
