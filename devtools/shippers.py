@@ -60,13 +60,14 @@ class Rsyslog:
     base of ``SyslogNg`` too)."""
 
     name = "rsyslogd"
+    config_name = "rsyslog.conf"
 
     def __init__(
         self, directory: Path, config: str, wait_port: int | None = None, wait_path: Path | None = None
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.config_path = self.directory / f"{self.name}.conf"
+        self.config_path = self.directory / self.config_name
         self.config_path.write_text(config)
         self.pidfile = self.directory / f"{self.name}.pid"
         self.log_path = self.directory / f"{self.name}.log"
@@ -75,9 +76,11 @@ class Rsyslog:
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
+        """The daemon's command line, in the foreground."""
         return [rsyslogd_path(), "-n", "-f", str(self.config_path), "-i", str(self.pidfile)]
 
     def environment(self) -> dict[str, str] | None:
+        """The daemon's environment (None: this one's)."""
         return None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> Rsyslog:
@@ -246,6 +249,7 @@ class SyslogNg(Rsyslog):
     persist and control files in ``directory``; a context manager."""
 
     name = "syslog-ng"
+    config_name = "syslog-ng.conf"
 
     def __init__(
         self,
