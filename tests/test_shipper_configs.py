@@ -190,11 +190,16 @@ def test_rsyslog_omfwd_conf(dsn, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "conf, framing", [("syslog-ng-syslog.conf", "octet-count"), ("syslog-ng-network.conf", "syslog")]
+    "conf, framing",
+    [
+        ("syslog-ng-syslog.conf", "octet-count"),
+        ("syslog-ng-syslog.conf", "syslog"),  # the config's other listener: counted frames on a syslog port
+        ("syslog-ng-network.conf", "syslog"),
+    ],
 )
 def test_syslog_ng_conf(dsn, tmp_path, conf, framing):
     """etc/shippers/syslog-ng-*.conf as /etc/syslog-ng/conf.d/prefork.conf, Debian's syslog-ng unpacked."""
-    table = "shipper_" + conf.removesuffix(".conf").replace("-", "_")
+    table = "shipper_" + conf.removesuffix(".conf").replace("-", "_") + "_into_" + framing.replace("-", "_")
     root = syslog_ng_root()  # a download that fails raises here, naming the command
     directory = tmp_path / "syslog-ng"
     directory.mkdir()
