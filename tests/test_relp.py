@@ -23,7 +23,6 @@ from gevent.event import AsyncResult
 from prefork.protocol.connection import LineConnection, ProtocolSettings
 from prefork.protocol.counters import Counters
 from prefork.protocol.relp import SERVERCLOSE
-
 from tests.test_framer_relp import OPEN_OFFERS, rsp, wire
 
 IO_TIMEOUT = 20.0
