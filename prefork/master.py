@@ -520,6 +520,8 @@ class Master:
                 config=cfg,
                 listeners=list(listeners.values()),
                 proxy_modes=proxy_modes(cfg, listeners),
+                framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
+                acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
@@ -751,9 +753,14 @@ def _raise_fd_limit(needed: int) -> None:
 
 def proxy_modes(cfg: Config, listeners: dict[str, socket.socket]) -> list[str]:
     """server.proxy_protocol for each listener (keyed by its configured address), in the listeners' order."""
-    modes = cfg.server.proxy_protocol
-    by_address = {str(a): modes[i if len(modes) > 1 else 0] for i, a in enumerate(cfg.server.bind)}
-    return [by_address.get(key, "off") for key in listeners]
+    return per_listener(cfg, listeners, cfg.server.proxy_protocol, "off")
+
+
+def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[str, ...], default: str) -> list[str]:
+    """A per-listener key's values (one for all, or one per server.bind address) for each listener, in the
+    listeners' order; ``default`` for a listener the config does not name."""
+    by_address = {str(a): values[i if len(values) > 1 else 0] for i, a in enumerate(cfg.server.bind)}
+    return [by_address.get(key, default) for key in listeners]
 
 
 def _remove(path: Path) -> None:

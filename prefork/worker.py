@@ -46,6 +46,7 @@ from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
 from prefork.protocol.connection import LineConnection, ProtocolSettings  # noqa: E402
 from prefork.protocol.counters import Counters  # noqa: E402
+from prefork.protocol.framers import acks  # noqa: E402
 from prefork.protocol.proxy import client_address  # noqa: E402
 from prefork.protocol.replies import StopReading  # noqa: E402
 from prefork.signals import reset_master_handlers  # noqa: E402
@@ -146,12 +147,20 @@ class Worker:
         self._stop_event = Event()
         self._quick = False
         self.counters = Counters()
-        self.settings = ProtocolSettings(
-            max_line=self.cfg.server.max_line,
-            client_timeout=self.cfg.server.client_timeout,
-            ack=self.cfg.server.ack,
-            line_ids=self.cfg.server.line_ids,
-        )
+        count = len(self.spec.listeners)
+        framings = self.spec.framings or ["lines"] * count
+        ack_modes = self.spec.acks or ["auto"] * count
+        # Per listener (server.framing and server.ack may differ by server.bind address).
+        self.settings = [
+            ProtocolSettings(
+                max_line=self.cfg.server.max_line,
+                client_timeout=self.cfg.server.client_timeout,
+                ack=acks(framing, ack),
+                line_ids=self.cfg.server.line_ids,
+                framing=framing,
+            )
+            for framing, ack in zip(framings, ack_modes, strict=True)
+        ]
         if not self._boot_app():
             return False
         self._start_servers()
@@ -226,9 +235,12 @@ class Worker:
         # the servers stop accepting and further clients wait in the listen backlog.
         pool = Pool(self.cfg.server.worker_connections)
         modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
-        for sock, mode in zip(self.spec.listeners, modes, strict=True):
+        for sock, mode, settings in zip(self.spec.listeners, modes, self.settings, strict=True):
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-            handle = self._handle if mode == "off" else functools.partial(self._handle_proxied, mode)
+            if mode == "off":
+                handle = functools.partial(self._handle, settings)
+            else:
+                handle = functools.partial(self._handle_proxied, mode, settings)
             server = GatedStreamServer(listener, handle, spawn=pool)
             server.gate = self.gate
             server.start()
@@ -238,7 +250,7 @@ class Worker:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def _handle_proxied(self, mode: str, sock: Any, addr: Any) -> None:
+    def _handle_proxied(self, mode: str, settings: ProtocolSettings, sock: Any, addr: Any) -> None:
         # A balancer's header first (server.proxy_protocol): the client it names is the one served. The wait
         # for it (up to HEADER_TIMEOUT, or that long to tell a direct client) is cut short by a graceful stop.
         me = gevent.getcurrent()
@@ -253,11 +265,11 @@ class Worker:
             sock.close()
             self.gate.released()
             return
-        self._handle(sock, client)
+        self._handle(settings, sock, client)
 
-    def _handle(self, sock: Any, addr: Any) -> None:
+    def _handle(self, settings: ProtocolSettings, sock: Any, addr: Any) -> None:
         try:
-            conn = LineConnection(sock, addr, self.app, self.settings, self.counters)
+            conn = LineConnection(sock, addr, self.app, settings, self.counters)
             self.connections.add(conn)
             if self.draining:
                 # A client the stop did not see (its header came, or its greenlet ran, after the stop went

@@ -28,3 +28,5 @@ class WorkerSpec:
     accept_table: Any = None  # prefork.state.AcceptTable shared by all workers: client counts per worker
     accept_slot: int | None = None  # this worker's slot in it (None: takes no part in balancing)
     proxy_modes: list[str] = field(default_factory=list)  # server.proxy_protocol of each listener, in order
+    framings: list[str] = field(default_factory=list)  # server.framing of each listener, in order
+    acks: list[str] = field(default_factory=list)  # server.ack (on, off, auto) of each listener, in order

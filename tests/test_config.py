@@ -72,7 +72,7 @@ def test_defaults():
     assert cfg.server.timeout == 30.0 and cfg.server.graceful_timeout == 30.0
     assert cfg.server.max_requests == 0 and cfg.server.max_requests_jitter == 0
     assert cfg.server.client_timeout == 300.0 and cfg.server.max_line == 65536
-    assert cfg.server.ack is True and cfg.server.daemon is False
+    assert cfg.server.ack == ("auto",) and cfg.server.framing == ("lines",) and cfg.server.daemon is False
     assert cfg.server.name == "prefork"
     assert cfg.server.pidfile is None and cfg.server.user is None and cfg.server.group is None
     assert cfg.server.log_file == "-" and cfg.server.log_level == "info"
@@ -105,7 +105,7 @@ def test_defaults():
 def test_settings_table_matches_spec_order_and_names():
     names = [s.name for s in ALL]
     assert names[:3] == ["server.bind", "server.workers", "server.worker_connections"]
-    assert names[-1] == "ingest.method" and len(names) == len(set(names)) == 45
+    assert names[-1] == "ingest.method" and len(names) == len(set(names)) == 46
     assert {s.section for s in SETTINGS} == {"server", "pool"}  # the framework names no app's section
     assert [s.section for s in ALL] == sorted((s.section for s in ALL), key=["server", "pool", "ingest"].index)
     for s in ALL:
@@ -163,7 +163,7 @@ def test_overrides_beat_env_and_file(tmp_path):
     env = {"PREFORK_POOL_MAX_SIZE": "20", "PREFORK_INGEST_FLUSHERS": "4"}
     cfg = load_config(path, env=env, overrides={"pool.max_size": "30", "server.ack": "off"})
     assert cfg.pool.max_size == 30 and ingest(cfg).batch_size == 7 and ingest(cfg).flushers == 4
-    assert cfg.server.ack is False
+    assert cfg.server.ack == ("off",)
     assert cfg.overrides == {"pool.max_size": "30", "server.ack": "off"}
 
 
@@ -222,8 +222,10 @@ def test_address_str(address, text):
 @pytest.mark.parametrize(
     "name, raw, value",
     [
-        ("server.ack", "OFF", False),
-        ("server.ack", "yes", True),
+        ("server.ack", "OFF", ("off",)),
+        ("server.ack", "yes", ("on",)),
+        ("server.ack", "Auto", ("auto",)),
+        ("server.framing", "Octet-Count", ("octet-count",)),
         ("server.daemon", "1", True),
         ("server.daemon", "False", False),
         ("server.log_level", "DEBUG", "debug"),
@@ -287,6 +289,9 @@ BAD_VALUES = [
     ("server.client_timeout", "0"),
     ("server.max_line", "0"),
     ("server.ack", "maybe"),
+    ("server.ack", "on,maybe"),
+    ("server.framing", "rfc5424"),
+    ("server.framing", "lines,"),
     ("server.daemon", "2"),
     ("server.name", ""),
     ("server.name", "a\tb"),

@@ -16,6 +16,7 @@ from prefork.config.errors import ConfigError, did_you_mean
 from prefork.config.parsers import boolean, checked, choice, count, optional, positive_int, positive_seconds, seconds
 from prefork.config.section import Section, Setting, option
 from prefork.dsn import DSN, parse_dsn
+from prefork.protocol.framers import ACK_MODES, FRAMINGS
 from prefork.protocol.proxy import MODES as PROXY_MODES
 from prefork.protocol.proxy import parse_networks
 
@@ -97,6 +98,27 @@ def _parse_proxy_modes(text: str) -> tuple[str, ...]:
     return modes
 
 
+def _per_listener(name: str, words: tuple[str, ...], aliases: dict[str, str] | None = None) -> Any:
+    """A parser of one word of ``words`` for all listeners, or one per server.bind address, comma separated."""
+    aliases = aliases or {}
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(aliases.get(item.strip().lower(), item.strip().lower()) for item in text.split(","))
+        if not all(value in words for value in values):
+            raise ValueError(f"expected {', '.join(words)}, or one of them per listener, comma separated")
+        return values
+
+    parse.__name__ = f"_parse_{name}"
+    return parse
+
+
+_parse_framings = _per_listener("framing", FRAMINGS)
+# on/off as every boolean key takes them (true/false, yes/no, 1/0 too), and auto.
+_parse_acks = _per_listener(
+    "ack", ACK_MODES, {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
+)
+
+
 def _parse_networks(text: str) -> tuple[Any, ...]:
     networks = parse_networks(text)
     if not networks:
@@ -141,7 +163,16 @@ class ServerConfig(Section, name="server"):
     max_line: int = option(
         "65536", positive_int, "longest accepted line in bytes, terminator (LF or CR LF) and line id prefix excluded",
         flag="--max-line")
-    ack: bool = option("on", boolean, "off: send no replies (fire-and-forget clients)", flag="--ack")
+    framing: tuple[str, ...] = option(
+        "lines", _parse_framings,
+        "how a client's bytes are cut into messages: lines (LF), octet-count (RFC 6587 LEN SP MSG) or syslog "
+        "(octet-counted or LF/NUL-terminated, per message, as rsyslog takes them) or relp (rsyslog's omrelp, each "
+        "message acked once the app answers OK); one for all listeners, or one "
+        "per server.bind address, comma separated", flag="--framing")
+    ack: tuple[str, ...] = option(
+        "auto", _parse_acks,
+        "on: one reply per message; off: none (clients that read nothing); auto: on for lines, off for the syslog "
+        "framings; one for all listeners, or one per server.bind address, comma separated", flag="--ack")
     line_ids: bool = option(
         "off", boolean, "on: a line may begin with @ID and a space, a client-chosen id the app stores once (the app "
         "must accept ids)", flag="--line-ids")

@@ -19,6 +19,9 @@ from prefork.dsn import DSN
 
 S = TypeVar("S", bound=Section)
 
+# Keys with one value for all listeners or one per server.bind address (prefork.master.per_listener).
+PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack")
+
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, (Address, DSN, ipaddress.IPv4Network, ipaddress.IPv6Network)):
@@ -181,13 +184,14 @@ def load_config(
             values[name] = convert(BY_NAME[name], raw, None)
         else:
             app_values.append(RawValue(name, raw, "command line"))
-    modes, binds = values["server.proxy_protocol"], values["server.bind"]
-    if len(modes) not in (1, len(binds)):
-        raise ConfigError(
-            f"server.proxy_protocol: {len(modes)} values for the {len(binds)} addresses of server.bind "
-            "(give one for all, or one per address)",
-            "server.proxy_protocol",
-        )
+    binds = values["server.bind"]
+    for name in PER_LISTENER:
+        if len(values[name]) not in (1, len(binds)):
+            raise ConfigError(
+                f"{name}: {len(values[name])} values for the {len(binds)} addresses of server.bind "
+                "(give one for all, or one per address)",
+                name,
+            )
     if values["pool.min_size"] > values["pool.max_size"]:
         raise ConfigError(
             f"pool.min_size: invalid value {str(values['pool.min_size'])!r} "

@@ -41,9 +41,9 @@ import gevent
 
 from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
+from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import can_wait_readable, wait_readable
-from prefork.protocol.lines import LineFramer
 from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
@@ -62,16 +62,9 @@ class ProtocolSettings:
 
     max_line: int = 65536
     client_timeout: float = 300.0
-    ack: bool = True
+    ack: bool = True  # server.ack of the listener, resolved (auto: by the framing)
     line_ids: bool = False
-    framing: str = "lines"  # "lines" or "relp"
-
-
-def make_framer(settings: ProtocolSettings) -> Framer:
-    """A new framer of the listener's framing, for one connection."""
-    if settings.framing == "relp":
-        return RelpSession(settings.max_line)
-    return LineFramer(settings.max_line, settings.line_ids)
+    framing: str = "lines"  # server.framing of the listener (prefork.protocol.framers)
 
 
 class LineConnection:
@@ -92,7 +85,7 @@ class LineConnection:
         self.counters = counters
         counters.next_client_id += 1
         self.client = Peer(addr=_peer_name(sock, addr), id=counters.next_client_id)
-        self.framer = make_framer(settings)
+        self.framer = make_framer(settings.framing, settings.max_line, settings.line_ids)
         # A RELP session answers with frames of its own, always (its acks are the protocol's, not server.ack).
         self._session = self.framer if isinstance(self.framer, RelpSession) else None
         ack = settings.ack or self._session is not None
@@ -150,7 +143,7 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        # Only the Framer shape is used below (and a RELP session's ``closing``).
+        # Only the Framer shape is used below (and a RELP session's ``closing``): each framing is another framer.
         framer: Framer = self.framer
         session = self._session
         timeout = self.settings.client_timeout
@@ -200,6 +193,12 @@ class LineConnection:
             if batch is not None:
                 deadline = clock.now() + timeout
                 self._dispatch(batch)
+                if framer.broken is not None:
+                    log.warning(
+                        "client %d (%s) closed: %s (server.framing = %s): the stream cannot be framed any further",
+                        self.client.id, self.client.addr, framer.broken, self.settings.framing,
+                    )  # fmt: skip
+                    return
             if session is not None and session.closing:
                 return  # the session ended (close, a malformed frame, ERR unavailable): read nothing more
 

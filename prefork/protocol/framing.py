@@ -3,8 +3,9 @@
 A framer turns what a client sends into frames for the app. It holds its own buffer and limits and knows
 nothing of sockets, greenlets or clocks: the connection feeds it the bytes of each read (``feed``) and, at
 EOF, asks for what is left (``feed_eof``); each call gives at most one ``Batch``, the frames completed by
-those bytes. LF-terminated lines (``prefork.protocol.lines.LineFramer``) are the first framer; others (octet
-counting, RELP) are siblings of the same shape.
+those bytes. LF-terminated lines (``prefork.protocol.lines.LineFramer``) are the first framer; octet counting and
+syslog's mixed framing (``prefork.protocol.syslog.SyslogFramer``) are siblings of the same shape, and
+``prefork.protocol.framers`` picks one per listener (``server.framing``).
 
 A batch is the hot path's unit: the frames of a whole read go to the app in one call (``handle_lines``) and
 their replies are queued together, so a framer gives lists, never one object per frame. Frames a framer
@@ -21,6 +22,8 @@ ERR_TOO_LONG = "ERR too-long"
 ERR_BAD_UTF8 = "ERR bad-utf8"
 ERR_EMPTY = "ERR empty"
 ERR_BAD_ID = "ERR bad-id"
+ERR_BAD_LENGTH = "ERR bad-length"  # an octet count that is not one (the connection is then closed)
+ERR_TRUNCATED = "ERR truncated"  # an octet-counted frame cut short by the client's EOF
 
 
 class Batch(NamedTuple):
@@ -45,7 +48,14 @@ class Batch(NamedTuple):
 
 
 class Framer(Protocol):
-    """The shape every framer has (see the module docstring)."""
+    """The shape every framer has (see the module docstring).
+
+    ``broken``: None, or why the stream cannot be framed any further (a framing with no delimiter to find
+    the next frame by, after a bad octet count): the batch that set it ends with that frame's early reply,
+    and the connection then reads no more.
+    """
+
+    broken: str | None
 
     def feed(self, data: bytes) -> Batch | None:
         """Take the bytes of one read; the frames they complete, or None if they complete none."""

@@ -54,6 +54,7 @@ class LineFramer:
     """LF-terminated lines (ids split off with ``line_ids``), at most ``max_line`` bytes of payload each."""
 
     __slots__ = ("max_line", "line_ids", "_longest", "_buf", "_skipping")
+    broken: str | None = None  # never set: lines always resynchronise at the next LF
 
     def __init__(self, max_line: int, line_ids: bool = False) -> None:
         self.max_line = max_line

@@ -72,7 +72,7 @@ class RelpSession:
     """One client's RELP session: a framer for the connection and the encoder of its replies."""
 
     __slots__ = (
-        "max_line", "closing", "close_reason", "_buf", "_expected", "_opened", "_syslog", "_skip",
+        "max_line", "closing", "close_reason", "broken", "_buf", "_expected", "_opened", "_syslog", "_skip",
         "_reply_txnr", "_open_rsp",
     )  # fmt: skip
 
@@ -80,6 +80,7 @@ class RelpSession:
         self.max_line = max_line
         self.closing = False  # the session is over: read nothing more, send the replies owed, then close
         self.close_reason: str | None = None  # why it ended, when not by the client's close
+        self.broken: str | None = None  # the Framer's: always None (``closing`` says more, and is logged)
         self._buf = bytearray()
         self._expected = 1  # the TXNR the next command must carry
         self._opened = False
