@@ -1,0 +1,120 @@
+"""RELP for real: rsyslog's omrelp (Debian's rsyslog and rsyslog-relp) into a prefork relp listener with the
+ingest app and the private MariaDB, while MariaDB is killed and restarted and prefork reloads (HUP) and
+restarts (TERM, then a new master on the same port).
+
+rsyslog (devtools.shippers.Rsyslog) takes N distinct messages over plain TCP and forwards them with omrelp
+and its reliable settings (retry forever, a queue for what is not acked). The messages are fed at a steady
+pace while the faults happen, then the test waits until every one is stored. 0 lost; duplicates happen only
+where a session broke with acks not yet delivered (a message committed whose ``rsp`` never reached rsyslog is
+sent again), so there are at most rsyslog's window of them per break; the count is printed.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.mariadb import MariaDBServer
+from devtools.shippers import RELP_FORWARDER, Rsyslog, ShipperMissing
+from tests.helpers import query
+from tests.server import ServerProcess, wait_for
+
+MESSAGES = 20_000
+CHUNK = 100  # messages fed to rsyslog at a time
+CHUNK_PAUSE_S = 0.1  # between chunks: the feed lasts (20 s) while the faults happen
+WINDOW = 128  # omrelp's window: the most frames unacked on one session
+STORE_TIMEOUT_S = 240.0
+COMMIT_TIMEOUT = "3"  # so that lines held while MariaDB is down get ERR unavailable (and are resent) soon
+
+
+def message(i: int) -> bytes:
+    return b"<13>Dec  6 14:00:00 relphost app: relp-%06d" % i
+
+
+def relp_server(dsn: str, table: str, port: int = 0) -> ServerProcess:
+    return ServerProcess(
+        ["--dsn", dsn, "--table", table, "--workers", "2", "--framing", "relp", "--graceful-timeout", "20",
+         "--commit-timeout", COMMIT_TIMEOUT],
+        bind=f"127.0.0.1:{port}",
+    )  # fmt: skip
+
+
+def feed(port: int, fed: list[int]) -> None:
+    """Send every message to rsyslog's TCP input, CHUNK at a time."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        for start in range(0, MESSAGES, CHUNK):
+            sock.sendall(b"".join(message(i) + b"\n" for i in range(start, min(start + CHUNK, MESSAGES))))
+            fed[0] = start + CHUNK
+            time.sleep(CHUNK_PAUSE_S)
+
+
+def stored(dsn: str, table: str) -> tuple[int, set[str]]:
+    """(rows, the distinct payloads) in the table (counted here: no temporary table on the server)."""
+    payloads = [row[0] for row in query(dsn, f"SELECT payload FROM `{table}`")]
+    return len(payloads), set(payloads)
+
+
+@pytest.mark.timeout(600)
+def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
+    db: MariaDBServer, tmp_path: Path, show
+) -> None:
+    table = "relp_rsyslog"
+    query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
+    srv = relp_server(db.dsn, table).start()
+    servers = [srv]
+    try:
+        port = srv.port
+        try:
+            rsyslog = Rsyslog(tmp_path / "rsyslog", RELP_FORWARDER, target="127.0.0.1", target_port=port, window=WINDOW)
+        except ShipperMissing as exc:
+            pytest.fail(str(exc), pytrace=False)
+        with rsyslog:
+            fed = [0]
+            feeder = threading.Thread(target=feed, args=(rsyslog.port, fed), daemon=True)
+            feeder.start()
+            disruptions = 0
+
+            def after(count: int) -> None:
+                wait_for(lambda: fed[0] >= count, 120, what=f"{count} messages fed")
+
+            after(MESSAGES // 5)
+            db.kill()  # MariaDB crashes: lines wait, then ERR unavailable closes sessions; rsyslog resends
+            disruptions += 1
+            time.sleep(float(COMMIT_TIMEOUT) + 1)
+            db.start()
+            after(2 * MESSAGES // 5)
+            srv.signal(signal.SIGHUP)  # a reload: new workers, the old ones stop gracefully
+            disruptions += 1
+            after(3 * MESSAGES // 5)
+            srv.signal(signal.SIGTERM)  # a stop, then a new master on the same port
+            assert srv.wait(60) == 0
+            disruptions += 1
+            srv = relp_server(db.dsn, table, port).start()
+            servers.append(srv)
+            after(4 * MESSAGES // 5)
+            db.kill()
+            disruptions += 1
+            db.start()
+            feeder.join(120)
+            wanted = {message(i).decode() for i in range(MESSAGES)}
+            try:
+                wait_for(lambda: len(stored(db.dsn, table)[1]) >= MESSAGES, STORE_TIMEOUT_S, 0.5, "every message")
+            finally:
+                time.sleep(2)  # what rsyslog may still resend lands too, and is counted
+                rows, payloads = stored(db.dsn, table)
+                distinct = len(payloads)
+                show(f"{len(wanted - payloads)} lost of {MESSAGES}")
+            assert payloads == wanted  # 0 lost, nothing else
+            closed = sum(server.logs().count("RELP session closed") for server in servers)
+            show(f"rsyslog omrelp -> prefork relp: {MESSAGES} sent, {distinct} stored, 0 lost, "
+                 f"{rows - distinct} duplicates across {disruptions} disruptions (window {WINDOW}); "
+                 f"{closed} sessions closed by prefork on an error")  # fmt: skip
+            assert rows - distinct <= WINDOW * disruptions * 2, "more duplicates than acks a break can lose"
+    finally:
+        for server in servers:
+            server.stop()
