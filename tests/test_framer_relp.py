@@ -19,7 +19,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prefork.protocol.framing import Batch
-from prefork.protocol.relp import HEADER_MAX, MAX_TXNR, OFFERS_MAX, RelpSession, next_txnr, parse_offers
+from prefork.protocol.relp import (
+    HEADER_MAX,
+    MAX_TXNR,
+    OFFERS_MAX,
+    RelpSession,
+    message_id,
+    next_txnr,
+    parse_offers,
+)
 
 OPEN_OFFERS = b"relp_version=0\nrelp_software=librelp,1.11.0,http://librelp.adiscon.com\ncommands=syslog"
 READ = 65536
@@ -112,6 +120,10 @@ def model(frames: list[Frame], max_line: int) -> tuple[bytes, bytes, bool, bool]
 def render(session: RelpSession, batch: Batch) -> bytes:
     """What the connection sends for a batch: the app's replies in their slots, encoded by the session."""
     answers = [app_reply(message) for message in batch.payloads]
+    if session.line_ids:  # each message's id is the hash of its bytes (a resend has the same)
+        assert batch.ids == [message_id(message.encode()) for message in batch.payloads]
+    else:
+        assert batch.ids is None
     replies: list[str | None]
     if batch.replies is None:
         replies = list(answers)
@@ -125,9 +137,9 @@ def render(session: RelpSession, batch: Batch) -> bytes:
     return session.encode("".join(f"{reply}\n" for reply in replies))
 
 
-def served(chunks: list[bytes], max_line: int) -> tuple[bytes, RelpSession]:
+def served(chunks: list[bytes], max_line: int, line_ids: bool = False) -> tuple[bytes, RelpSession]:
     """Feed the chunks (one read each, none after the session ends: the connection stops reading), then EOF."""
-    session = RelpSession(max_line)
+    session = RelpSession(max_line, line_ids)
     out = bytearray()
     for chunk in chunks:
         if session.closing:
@@ -195,14 +207,19 @@ def cut(stream: bytes, data: st.DataObject) -> list[bytes]:
 
 @pytest.mark.timeout(120)
 @settings(max_examples=1000, deadline=None)
-@given(max_line=st.integers(1, 16), frames=sessions(), data=st.data())
-@example(max_line=8, frames=[Frame("open", OPEN_OFFERS), Frame("syslog", b"m" * 20), Frame("syslog", b"ok")], data=None)
+@given(max_line=st.integers(1, 16), line_ids=st.booleans(), frames=sessions(), data=st.data())
+@example(
+    max_line=8,
+    line_ids=False,
+    frames=[Frame("open", OPEN_OFFERS), Frame("syslog", b"m" * 20), Frame("syslog", b"ok")],
+    data=None,
+)
 def test_any_session_cut_anywhere_gets_the_models_replies(
-    max_line: int, frames: list[Frame], data: st.DataObject | None
+    max_line: int, line_ids: bool, frames: list[Frame], data: st.DataObject | None
 ) -> None:
     stream, expected, ended, error = model(frames, max_line)
     chunks = [stream] if data is None else cut(stream, data)
-    out, session = served(chunks, max_line)
+    out, session = served(chunks, max_line, line_ids)
     assert out == expected
     assert session.closing == ended
     assert (session.close_reason is not None) == error

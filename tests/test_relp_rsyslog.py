@@ -21,8 +21,11 @@ import pytest
 
 from devtools.mariadb import MariaDBServer
 from devtools.shippers import RELP_FORWARDER, Rsyslog, ShipperMissing
+from prefork.protocol.relp import SERVERCLOSE
 from tests.helpers import query
 from tests.server import ServerProcess, wait_for
+from tests.test_framer_relp import OPEN_OFFERS, rsp, wire
+from tests.test_relp import OPEN_RSP
 
 MESSAGES = 20_000
 CHUNK = 100  # messages fed to rsyslog at a time
@@ -118,3 +121,36 @@ def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
     finally:
         for server in servers:
             server.stop()
+
+
+# -- line ids: a resend after a lost ack is stored once --------------------------------------------------
+
+
+def relp_exchange(port: int, messages: list[bytes]) -> bytes:
+    """One RELP session as librelp opens it: open, the messages, close; everything the server sent back."""
+    frames = wire("open", 1, OPEN_OFFERS)
+    frames += b"".join(wire("syslog", txnr, m) for txnr, m in enumerate(messages, 2))
+    frames += wire("close", len(messages) + 2)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(frames)
+        received = bytearray()
+        while data := sock.recv(65536):
+            received += data
+    return bytes(received)
+
+
+@pytest.mark.timeout(120)
+def test_with_line_ids_a_message_resent_on_a_new_session_is_stored_once(db: MariaDBServer) -> None:
+    table = "relp_line_ids"
+    query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
+    messages = [message(i) for i in range(500)]
+    with ServerProcess(["--dsn", db.dsn, "--table", table, "--framing", "relp", "--line-ids", "on"]) as srv:
+        first = relp_exchange(srv.port, messages)
+        # The same messages again, as librelp resends the frames of a session whose acks were lost: new
+        # transaction numbers, the same bytes.
+        second = relp_exchange(srv.port, messages[:300] + [message(500)])
+    acks = b"".join(rsp(txnr, "200 OK") for txnr in range(2, 503))
+    assert first == OPEN_RSP + acks + SERVERCLOSE
+    assert second == OPEN_RSP + b"".join(rsp(txnr, "200 OK") for txnr in range(2, 304)) + SERVERCLOSE
+    rows = [row[0] for row in query(db.dsn, f"SELECT payload FROM `{table}` ORDER BY id")]
+    assert rows == [m.decode() for m in messages] + [message(500).decode()]

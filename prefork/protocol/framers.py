@@ -27,7 +27,8 @@ def acks(framing: str, mode: str) -> bool:
 
 
 def make_framer(framing: str, max_line: int, line_ids: bool = False) -> Framer:
-    """A new framer for one connection of a listener with this framing (line ids are the lines framing's)."""
+    """A new framer for one connection of a listener with this framing (line ids: the lines framing's, and
+    RELP's ids from each message's hash)."""
     if framing == "lines":
         return LineFramer(max_line, line_ids)
     if framing == "octet-count":
@@ -35,5 +36,5 @@ def make_framer(framing: str, max_line: int, line_ids: bool = False) -> Framer:
     if framing == "syslog":
         return SyslogFramer(max_line, mixed=True)
     if framing == "relp":
-        return RelpSession(max_line)
+        return RelpSession(max_line, line_ids)
     raise ValueError(f"unknown framing {framing!r}")

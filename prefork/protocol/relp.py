@@ -28,6 +28,11 @@ Rules:
   the limit for a command other than ``syslog``) ends the session: no more frames are read, the replies
   owed are sent, then ``serverclose`` and the close; ``close_reason`` says why, for one log line.
 
+Line ids (``server.line_ids = on``): each message gets an id derived from its content (``message_id``, a hash
+of its bytes), so a message resent after a lost ack (librelp resends every frame not acked, with new
+transaction numbers) is stored once by an app that stores each id once (the ingest app). Two messages with
+the same bytes are then one message: with timestamps and hostnames in them, syslog messages rarely are.
+
 Memory is bounded: the buffer holds at most one frame's header and ``max_line`` (plus ``OFFERS_MAX`` for
 ``open``) of data, plus one read.
 """
@@ -35,6 +40,7 @@ Memory is bounded: the buffer holds at most one frame's header and ``max_line`` 
 from __future__ import annotations
 
 import re
+from hashlib import blake2b
 
 from prefork.protocol.framing import ERR_BAD_UTF8, ERR_EMPTY, ERR_TOO_LONG, Batch
 
@@ -50,6 +56,7 @@ HEADER_MAX = 9 + 1 + 32 + 1 + 9 + 1
 # What the start of a header may look like while its end has not arrived (anything else is malformed).
 _PARTIAL_HEADER = re.compile(rb"[0-9]{0,9}(?: [A-Za-z]{0,32}(?: [0-9]{0,9})?)?")
 LF = 0x0A
+ID_BYTES = 16  # a message id is this many bytes of hash, in hex (32 of the 64 characters an id may have)
 
 OK = "OK"
 ERR_UNAVAILABLE_REASON = "unavailable"
@@ -62,6 +69,11 @@ def next_txnr(txnr: int) -> int:
     return 1 if txnr >= MAX_TXNR else txnr + 1
 
 
+def message_id(data: bytes) -> str:
+    """The line id of a message with line ids on: a hash of its bytes (a resend has the same one)."""
+    return blake2b(data, digest_size=ID_BYTES).hexdigest()
+
+
 def rsp_frame(txnr: int, data: str) -> bytes:
     """One ``rsp`` frame: ``TXNR rsp DATALEN DATA LF``."""
     raw = data.encode("utf-8")
@@ -72,12 +84,14 @@ class RelpSession:
     """One client's RELP session: a framer for the connection and the encoder of its replies."""
 
     __slots__ = (
-        "max_line", "closing", "close_reason", "broken", "_buf", "_expected", "_opened", "_syslog", "_skip",
-        "_reply_txnr", "_open_rsp",
+        "max_line", "line_ids", "closing", "close_reason", "broken", "_ids", "_buf", "_expected", "_opened",
+        "_syslog", "_skip", "_reply_txnr", "_open_rsp",
     )  # fmt: skip
 
-    def __init__(self, max_line: int) -> None:
+    def __init__(self, max_line: int, line_ids: bool = False) -> None:
         self.max_line = max_line
+        self.line_ids = line_ids
+        self._ids: list[str | None] | None = None  # with line ids: those of the payloads being framed
         self.closing = False  # the session is over: read nothing more, send the replies owed, then close
         self.close_reason: str | None = None  # why it ended, when not by the client's close
         self.broken: str | None = None  # the Framer's: always None (``closing`` says more, and is logged)
@@ -102,6 +116,8 @@ class RelpSession:
             return None
         replies: list[str | None] = []
         payloads: list[str] = []
+        ids: list[str | None] | None = [] if self.line_ids else None
+        self._ids = ids
         if self._skip:
             if len(data) < self._skip:
                 self._skip -= len(data)
@@ -119,9 +135,9 @@ class RelpSession:
         if not replies:
             return None
         if len(payloads) == len(replies):  # only syslog messages, all valid: the app answers them all
-            return Batch(payloads, None)
+            return Batch(payloads, ids)
         slots = [i for i, reply in enumerate(replies) if reply is None]
-        return Batch(payloads, None, replies, slots)
+        return Batch(payloads, ids, replies, slots)
 
     def feed_eof(self) -> Batch | None:
         """The client sent its last byte: a frame not complete is dropped (nobody is left to answer)."""
@@ -225,6 +241,8 @@ class RelpSession:
         except UnicodeDecodeError:
             replies.append(ERR_BAD_UTF8)
             return
+        if self._ids is not None:
+            self._ids.append(message_id(data))
         replies.append(None)
 
     def _open(self, txnr: int, data: bytes) -> str:
