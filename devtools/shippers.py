@@ -1,11 +1,14 @@
-"""Real log shippers for tests and benchmarks: a private rsyslogd, never the machine's own.
+"""Real syslog shippers for the tests and benchmarks: rsyslogd in the foreground with a config of its own.
 
-``Rsyslog(workdir, config)`` runs ``rsyslogd -n -f CONF -i PIDFILE`` from the installed Debian package
-(``rsyslog``, with ``rsyslog-relp`` for omrelp) with a config of the caller's in its own directory: its queue
-files, pid file and log are there, and it listens only where that config says (a private port on loopback).
-``RELP_FORWARDER`` is such a config: messages in over plain TCP (``imtcp``, LF-framed), out over RELP
-(``omrelp``) with rsyslog's reliable settings (retry forever, a queue that holds what is not acked yet), each
-forwarded as the raw line it received.
+``Rsyslog(directory, config)`` writes the config into ``directory`` (its work directory, pidfile and log
+too) and runs ``rsyslogd -n -f CONF -i PIDFILE`` there, as a process of its own session, never touching the
+machine's rsyslog (its config, its pidfile, ``/dev/log``: a config given here loads no input it does not
+name). ``omfwd_config`` is a config that takes syslog lines on a local TCP port (``imtcp``) and forwards
+them to prefork (``omfwd``, octet-counted by default); ``omrelp_config`` forwards over RELP (``omrelp``,
+Debian's ``rsyslog-relp``) with rsyslog's reliable settings instead.
+
+    with Rsyslog(tmp_path / "rsyslog", omfwd_config(tmp_path / "rsyslog", in_port, prefork_port)) as rs:
+        send_lines(in_port, [b"<13>hello"])
 """
 
 from __future__ import annotations
@@ -16,100 +19,88 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-RSYSLOGD = "/usr/sbin/rsyslogd"
-OMRELP = "omrelp.so"
+STOP_TIMEOUT_S = 30.0  # rsyslogd flushes its queues at SIGTERM: give it this long before SIGKILL
 START_TIMEOUT_S = 30.0
-
-# {port}: where rsyslog takes messages (imtcp); {target}/{target_port}: the RELP server; {workdir}: its own.
-RELP_FORWARDER = """\
-global(workDirectory="{workdir}" maxMessageSize="64k")
-module(load="imtcp")
-module(load="omrelp")
-template(name="raw" type="string" string="%rawmsg%")
-input(type="imtcp" address="127.0.0.1" port="{port}")
-action(type="omrelp" target="{target}" port="{target_port}" template="raw" windowSize="{window}"
-       timeout="10" conn.timeout="5" rebindInterval="0"
-       action.resumeRetryCount="-1" action.resumeInterval="1"
-       queue.type="LinkedList" queue.size="1000000" queue.dequeueBatchSize="512"
-       queue.filename="relpq" queue.saveOnShutdown="on" queue.maxDiskSpace="1g")
-"""
+POLL_S = 0.05
+# RFC 5424 as rsyslog forwards it (its own RSYSLOG_SyslogProtocol23Format): ends with a LF, inside the count.
+RFC5424_TEMPLATE = "RSYSLOG_SyslogProtocol23Format"
 
 
-class ShipperMissing(RuntimeError):
-    """The shipper's Debian package is not installed (the message says which one)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def find_module_dir() -> Path:
-    """Where rsyslog's modules are (omrelp among them), or ShipperMissing naming the package."""
-    if not os.access(RSYSLOGD, os.X_OK):
-        raise ShipperMissing("rsyslogd is not installed: apt-get install rsyslog rsyslog-relp")
-    for candidate in Path("/usr/lib").glob("*/rsyslog"):
-        if (candidate / OMRELP).exists():
-            return candidate
-    raise ShipperMissing("rsyslog's omrelp module is not installed: apt-get install rsyslog-relp")
+def rsyslogd_path() -> str:
+    """The rsyslogd binary (Debian's package ``rsyslog`` puts it in /usr/sbin, not always on PATH)."""
+    found = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    if not os.access(found, os.X_OK):
+        raise FileNotFoundError("rsyslogd not found: install the Debian package rsyslog")
+    return found
 
 
 class Rsyslog:
-    """One private ``rsyslogd -n`` with ``config`` (a format string of RELP_FORWARDER's fields)."""
+    """rsyslogd in the foreground with its own config, work directory and pidfile; a context manager."""
 
-    def __init__(self, workdir: Path, config: str, **fields: object) -> None:
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.module_dir = find_module_dir()
-        self.port = free_port()
-        self.conf = self.workdir / "rsyslog.conf"
-        self.conf.write_text(config.format(workdir=self.workdir, port=self.port, **fields))
-        self.pidfile = self.workdir / "rsyslogd.pid"
-        self.log_path = self.workdir / "rsyslogd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, directory: Path, config: str, wait_port: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.directory / "rsyslog.conf"
+        self.config_path.write_text(config)
+        self.pidfile = self.directory / "rsyslogd.pid"
+        self.log_path = self.directory / "rsyslogd.log"
+        self.wait_port = wait_port  # an input port to wait for at start (None: wait for the pidfile)
+        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Rsyslog:
-        """Start it and wait until its TCP input takes connections."""
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.pidfile), "-M", str(self.module_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+    def start(self, timeout: float = START_TIMEOUT_S) -> Rsyslog:
+        """Start rsyslogd and wait until it serves (its input port accepts, or its pidfile is written)."""
+        cmd = [rsyslogd_path(), "-n", "-f", str(self.config_path), "-i", str(self.pidfile)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not self._serving():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"rsyslogd exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"rsyslogd does not listen on {self.port}: {self.log_tail()}") from None
-                time.sleep(0.05)
+                raise RuntimeError(f"rsyslogd exited with {self.proc.returncode}: {self.logs()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"rsyslogd did not start within {timeout}s: {self.logs()[-2000:]}")
+            time.sleep(POLL_S)
+        return self
 
-    def log_tail(self, lines: int = 30) -> str:
+    def _serving(self) -> bool:
+        if self.wait_port is None:
+            return self.pidfile.exists()
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with socket.create_connection(("127.0.0.1", self.wait_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (rsyslogd flushes what it holds), SIGKILL after ``timeout``; its exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.proc = None
+        return proc.returncode
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signum)
+
+    def logs(self) -> str:
+        """What rsyslogd wrote to stdout and stderr."""
+        try:
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (rsyslog saves its queue), then SIGKILL after ``timeout``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
     def __enter__(self) -> Rsyslog:
         return self.start()
@@ -118,5 +109,47 @@ class Rsyslog:
         self.stop()
 
 
-def cleanup(workdir: Path) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)
+def omfwd_config(
+    directory: Path,
+    in_port: int,
+    target_port: int,
+    framing: str = "octet-counted",
+    template: str = RFC5424_TEMPLATE,
+    action_options: str = "",
+) -> str:
+    """Take syslog over TCP on 127.0.0.1:in_port, forward every message to prefork on 127.0.0.1:target_port
+    with ``omfwd`` (``framing``: octet-counted or traditional); ``action_options`` go into the action as is
+    (queue and retry settings). Control characters (a tab) are kept as received, not escaped (``#011``)."""
+    return f"""\
+global(workDirectory="{directory}" maxMessageSize="64k" parser.escapeControlCharactersOnReceive="off")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{in_port}")
+action(type="omfwd" target="127.0.0.1" port="{target_port}" protocol="tcp" TCP_Framing="{framing}"
+       template="{template}" {action_options})
+"""
+
+
+def omrelp_config(directory: Path, in_port: int, target_port: int, window: int = 128) -> str:
+    """Take syslog over TCP on 127.0.0.1:in_port, forward every message as received (``%rawmsg%``) to a
+    prefork relp listener on 127.0.0.1:target_port with ``omrelp`` and rsyslog's reliable settings: retry
+    forever, a queue (saved to ``directory`` at a stop) for what is not acked, ``window`` frames in flight."""
+    return f"""\
+global(workDirectory="{directory}" maxMessageSize="64k")
+module(load="imtcp")
+module(load="omrelp")
+template(name="raw" type="string" string="%rawmsg%")
+input(type="imtcp" address="127.0.0.1" port="{in_port}")
+action(type="omrelp" target="127.0.0.1" port="{target_port}" template="raw" windowSize="{window}"
+       timeout="10" conn.timeout="5" action.resumeRetryCount="-1" action.resumeInterval="1"
+       queue.type="LinkedList" queue.size="1000000" queue.dequeueBatchSize="512"
+       queue.filename="relpq" queue.saveOnShutdown="on" queue.maxDiskSpace="1g")
+"""
+
+
+def send_lines(port: int, lines: Iterable[bytes], timeout: float = 60.0) -> None:
+    """Send LF-terminated lines to a shipper's TCP input (127.0.0.1:port), then close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"".join(line + b"\n" for line in lines))
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass

@@ -141,7 +141,7 @@ class Master:
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
-        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}}
+        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0}
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
@@ -574,6 +574,7 @@ class Master:
         self.accept_table.release(worker.slot)  # a dead worker's clients no longer hold the others back
         self.retired["lines"] += last.get("lines_in") or 0
         self.retired["ok"] += last.get("ok") or 0
+        self.retired["unread_clients"] += last.get("unread_clients") or 0
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n

@@ -64,9 +64,16 @@ def render(state: dict[str, Any]) -> str:
     family(
         "replies_total",
         "counter",
-        "replies sent, all workers ever, by result and reason",
+        "replies, all workers ever, by result and reason (with server.ack off counted though not sent: every "
+        "refused frame is here)",
         [({"result": "ok", "reason": ""}, _sum(live, retired, "ok", "ok"))]
         + [({"result": "err", "reason": reason}, n) for reason, n in sorted(errors.items())],
+    )
+    family(
+        "clients_not_reading_total",
+        "counter",
+        "connections stopped because the client read none of its replies (set server.ack = off for such clients)",
+        [({}, _sum(live, retired, "unread_clients", "unread_clients"))],
     )
     family(
         "worker_restarts_total",

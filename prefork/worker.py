@@ -313,6 +313,7 @@ class Worker:
             "ok": c.ok,
             "err": c.err,
             "err_by_reason": c.err_by_reason,
+            "unread_clients": c.unread_clients,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),

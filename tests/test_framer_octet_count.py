@@ -15,9 +15,9 @@ TRAILERS = st.sampled_from([b"", b"\n", b"\r\n"])
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> tuple[int, bytes, list[str], bool]:
-    """(max_line, stream, the outcome of every frame, whether the framer must break)."""
-    max_line = draw(max_lines)
+def streams(draw: st.DrawFn, max_line: int | None = None) -> tuple[int, bytes, list[str], bool]:
+    """(max_line, stream, the outcome of every frame, whether the framer must break); max_line drawn unless given."""
+    max_line = draw(max_lines) if max_line is None else max_line
     data = b""
     expected: list[str] = []
     for _ in range(draw(st.integers(0, 6))):

@@ -27,9 +27,9 @@ TERMINATORS = st.sampled_from([b"\n", b"\r\n", b"\0"])
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> tuple[int, bytes, list[str]]:
-    """(max_line, stream, the outcome of every frame)."""
-    max_line = draw(max_lines)
+def streams(draw: st.DrawFn, max_line: int | None = None) -> tuple[int, bytes, list[str]]:
+    """(max_line, stream, the outcome of every frame); max_line drawn unless given."""
+    max_line = draw(max_lines) if max_line is None else max_line
     data = b""
     expected: list[str] = []
     for _ in range(draw(st.integers(0, 6))):

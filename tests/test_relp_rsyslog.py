@@ -2,11 +2,12 @@
 ingest app and the private MariaDB, while MariaDB is killed and restarted and prefork reloads (HUP) and
 restarts (TERM, then a new master on the same port).
 
-rsyslog (devtools.shippers.Rsyslog) takes N distinct messages over plain TCP and forwards them with omrelp
-and its reliable settings (retry forever, a queue for what is not acked). The messages are fed at a steady
-pace while the faults happen, then the test waits until every one is stored. 0 lost; duplicates happen only
-where a session broke with acks not yet delivered (a message committed whose ``rsp`` never reached rsyslog is
-sent again), so there are at most rsyslog's window of them per break; the count is printed.
+rsyslog (devtools.shippers.Rsyslog with its omrelp_config) takes N distinct messages over plain TCP and
+forwards them with omrelp and its reliable settings (retry forever, a queue for what is not acked). The
+messages are fed at a steady pace while the faults happen, then the test waits until every one is stored. 0
+lost; duplicates happen only where a session broke with acks not yet delivered (a message committed whose
+``rsp`` never reached rsyslog is sent again), so there are at most rsyslog's window of them per break; the
+count is printed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.mariadb import MariaDBServer
-from devtools.shippers import RELP_FORWARDER, Rsyslog, ShipperMissing
+from devtools.mariadb import MariaDBServer, free_port
+from devtools.shippers import Rsyslog, omrelp_config
 from prefork.protocol.relp import SERVERCLOSE
 from tests.helpers import query
 from tests.server import ServerProcess, wait_for
@@ -62,6 +63,7 @@ def stored(dsn: str, table: str) -> tuple[int, set[str]]:
     return len(payloads), set(payloads)
 
 
+@pytest.mark.shippers
 @pytest.mark.timeout(600)
 def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
     db: MariaDBServer, tmp_path: Path, show
@@ -72,13 +74,12 @@ def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
     servers = [srv]
     try:
         port = srv.port
-        try:
-            rsyslog = Rsyslog(tmp_path / "rsyslog", RELP_FORWARDER, target="127.0.0.1", target_port=port, window=WINDOW)
-        except ShipperMissing as exc:
-            pytest.fail(str(exc), pytrace=False)
-        with rsyslog:
+        in_port = free_port()
+        workdir = tmp_path / "rsyslog"
+        config = omrelp_config(workdir, in_port, port, WINDOW)
+        with Rsyslog(workdir, config, wait_port=in_port):
             fed = [0]
-            feeder = threading.Thread(target=feed, args=(rsyslog.port, fed), daemon=True)
+            feeder = threading.Thread(target=feed, args=(in_port, fed), daemon=True)
             feeder.start()
             disruptions = 0
 

@@ -2,6 +2,9 @@
 
 - ``framing``: what every framer is (``Framer``, ``Batch``) and the early replies they owe; sans-IO.
 - ``lines``: the LF line framer, with line ids (the first framer).
+- ``syslog``: the octet-count and syslog framers (RFC 6587 octet counting; counted or LF/NUL per message).
+- ``framers``: the framings a listener may use (``server.framing``) and the ack mode each implies.
+- ``rejects``: the rate-limited log of frames refused with no reply (``server.ack = off``).
 - ``replies``: replies in line order (the queue, futures, backpressure, the writer greenlet).
 - ``connection``: one client's connection, tying a framer, the app and the replies; graceful stop, linger.
 - ``counters``: the worker-wide figures (``prefork status``).

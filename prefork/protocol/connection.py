@@ -1,6 +1,7 @@
 """One client's connection: reading, the app, graceful stop and linger.
 
-Per connection, a reader greenlet feeds what it reads to a framer (``prefork.protocol.lines.LineFramer``:
+Per connection, a reader greenlet feeds what it reads to the framer of its listener's ``server.framing``
+(``prefork.protocol.framers``: ``LineFramer`` for lines, ``SyslogFramer`` for octet-count and syslog;
 framing, limits, validation and line ids are its job), hands the lines of each batch to the application and
 puts their replies in the connection's ``ReplyQueue`` (``prefork.protocol.replies``), which sends them in the
 order the lines came, as they resolve; the reader never waits for a reply to be written (pipelining).
@@ -44,6 +45,7 @@ from prefork.protocol.counters import Counters
 from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import can_wait_readable, wait_readable
+from prefork.protocol.rejects import REJECTS
 from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
@@ -194,10 +196,7 @@ class LineConnection:
                 deadline = clock.now() + timeout
                 self._dispatch(batch)
                 if framer.broken is not None:
-                    log.warning(
-                        "client %d (%s) closed: %s (server.framing = %s): the stream cannot be framed any further",
-                        self.client.id, self.client.addr, framer.broken, self.settings.framing,
-                    )  # fmt: skip
+                    REJECTS.broken(self._name(), self.settings.framing, framer.broken)
                     return
             if session is not None and session.closing:
                 return  # the session ended (close, a malformed frame, ERR unavailable): read nothing more
@@ -210,6 +209,8 @@ class LineConnection:
             self.replies.put(self._answer(batch.payloads, batch.ids))
             return
         self.counters.lines_in += len(replies)
+        if not self.settings.ack:
+            REJECTS.refused(self._name(), self.settings.framing, replies)  # counted, and no reply will say it
         if batch.payloads and batch.slots is not None:
             for i, reply in zip(batch.slots, self._answer(batch.payloads, batch.ids), strict=True):
                 replies[i] = reply
@@ -247,6 +248,9 @@ class LineConnection:
                 log.exception("application %s failed on a line from %s", app_name(self.app), client.addr)
                 append(ERR_UNAVAILABLE)
         return replies
+
+    def _name(self) -> str:
+        return f"client {self.client.id} ({self.client.addr})"
 
     # -- closing ------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
-    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id")
+    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients")
 
     def __init__(self) -> None:
         self.clients = 0
@@ -15,3 +15,4 @@ class Counters:
         self.err = 0
         self.err_by_reason: dict[str, int] = {}  # "too-long", "unavailable", ...
         self.next_client_id = 0
+        self.unread_clients = 0  # connections whose reader stopped because the client read no replies

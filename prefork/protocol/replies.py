@@ -54,7 +54,7 @@ class ReplyQueue:
     __slots__ = (
         "sock", "app", "client", "counters", "ack", "timeout", "reader", "failed", "_raw", "_chunks",
         "_chunk_bytes", "_head", "_queued", "_queued_bytes", "_has_room", "_writer", "_unsent", "_linked",
-        "session",
+        "_socket_full", "_told_unread", "session",
     )  # fmt: skip
 
     def __init__(
@@ -82,6 +82,8 @@ class ReplyQueue:
         self._writer: gevent.Greenlet | None = None
         self._unsent: bytes | None = None  # replies the socket did not take at once: the writer sends them first
         self._linked: Any = None  # the future at the head of the queue that calls _on_ready when resolved
+        self._socket_full = False  # the socket took not all replies at once: the writer waits for the client
+        self._told_unread = False  # the log line of a client that does not read its replies was written
         # The encoder of a protocol with frames of its own (``encode(text) -> bytes``, ``closing``), or None.
         self.session: Any = None
 
@@ -135,10 +137,24 @@ class ReplyQueue:
     def _wait_for_room(self) -> None:
         # Backpressure: stop reading until the writer catches up. A graceful stop does not interrupt this
         # wait (the rest of the buffer still gets its replies); a writer that dies does.
+        if self._socket_full and not self._told_unread:
+            self._unread()
         if self._has_room is None:
             self._has_room = Event()
         self._has_room.clear()
         self._has_room.wait()
+
+    def _unread(self) -> None:
+        """The reader stops because the client does not take its replies (the socket is full, not the app
+        slow): said once per connection, and counted, for a shipper that reads nothing would otherwise
+        stall here until client_timeout cuts it, with no sign on either side."""
+        self._told_unread = True
+        self.counters.unread_clients += 1
+        log.warning(
+            "client %d (%s) does not read its replies: its lines wait; with a shipper that reads nothing set "
+            "server.ack = off for this listener",
+            self.client.id, self.client.addr,
+        )  # fmt: skip
 
     def _made_room(self) -> None:
         room = self._has_room
@@ -164,6 +180,7 @@ class ReplyQueue:
                 self._client_gone()
                 return
         if sent < len(data):
+            self._socket_full = True
             self._unsent = data[sent:]
             self._queued_bytes += len(data) - sent
             self._start_writer()
@@ -239,6 +256,7 @@ class ReplyQueue:
                 if self._unsent is not None:
                     data, self._unsent = self._unsent, None
                     sock.sendall(data)
+                    self._socket_full = False
                     self._queued_bytes -= len(data)
                     self._made_room()
                     continue
@@ -250,8 +268,16 @@ class ReplyQueue:
                 _count_replies(text, count, self.counters)
                 self._made_room()
                 if self.ack:
-                    sock.sendall(text.encode("utf-8") if self.session is None else self._encode(text))
-        except OSError:
+                    data = text.encode("utf-8") if self.session is None else self._encode(text)
+                    self._socket_full = True  # until sendall returns: it waits only while the socket is full
+                    sock.sendall(data)
+                    self._socket_full = False
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning(
+                    "client %d (%s) closed: it took no reply for client_timeout (%d lines unanswered)",
+                    self.client.id, self.client.addr, self._queued,
+                )  # fmt: skip
             self._writer = None
             self._client_gone()  # the client is gone (or never read for client_timeout)
             return

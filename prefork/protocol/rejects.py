@@ -1,0 +1,85 @@
+"""Frames refused with no reply to say so (``server.ack = off``), and streams that cannot be framed any
+further: logged, at most one line per ``LOG_INTERVAL_S`` per worker; what falls between is summed up in
+one line (how many, by reason) once the interval is over.
+
+Every one is counted besides (``err_by_reason``: ``prefork status`` and ``prefork_replies_total`` in
+/metrics, by reason, whether or not the reply was sent), so nothing is refused without a trace, and a
+client sending a flood of bad frames cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+LOG_INTERVAL_S = 1.0
+
+log = logging.getLogger("prefork.protocol")
+
+
+class RejectLog:
+    """One per worker: the rate-limited log of refused frames."""
+
+    __slots__ = ("_next", "_left_out", "_summary")
+
+    def __init__(self) -> None:
+        self._next = 0.0  # monotonic time before which a new line is left out
+        self._left_out: dict[str, int] = {}  # frames refused, by reason, since the last line, not named by one
+        self._summary: gevent.Greenlet | None = None  # writes the line of those left out, once the interval ends
+
+    def refused(self, client: str, framing: str, replies: list[str | None]) -> None:
+        """The early replies of one batch, none of which the client will see (ack off)."""
+        reasons: dict[str, int] = {}
+        for reply in replies:
+            if reply is not None and reply.startswith("ERR"):
+                reason = reply[4:] or "unknown"
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if not reasons:
+            return
+        if "bad-length" in reasons:  # the line of the broken stream, which comes next, says it
+            reasons.pop("bad-length")
+            if not reasons:
+                return
+        if self._quiet(reasons):
+            return
+        log.warning(
+            "%s: frames refused, not stored, no reply sent (server.ack off, server.framing = %s): %s",
+            client, framing, _named(reasons),
+        )  # fmt: skip
+
+    def broken(self, client: str, framing: str, why: str) -> None:
+        """A connection closed because its stream cannot be framed any further (a bad octet count)."""
+        if self._quiet({"bad-length": 1}):
+            return
+        log.warning(
+            "%s closed: %s (server.framing = %s): the stream cannot be framed any further, the client has to "
+            "reconnect", client, why, framing,
+        )  # fmt: skip
+
+    def _quiet(self, reasons: dict[str, int]) -> bool:
+        """True if a line was written less than LOG_INTERVAL_S ago: ``reasons`` then wait for the summary."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + LOG_INTERVAL_S
+            return False
+        for reason, n in reasons.items():
+            self._left_out[reason] = self._left_out.get(reason, 0) + n
+        if self._summary is None:
+            self._summary = gevent.spawn_later(self._next - now, self._sum_up)
+        return True
+
+    def _sum_up(self) -> None:
+        self._summary = None
+        left_out, self._left_out = self._left_out, {}
+        if left_out:
+            self._next = time.monotonic() + LOG_INTERVAL_S
+            log.warning("frames refused, not stored, no reply sent, not logged one by one: %s", _named(left_out))
+
+
+def _named(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+
+
+REJECTS = RejectLog()  # this worker's (a process of its own: no sharing across workers)
