@@ -22,10 +22,19 @@ from gevent.event import AsyncResult
 
 from prefork.protocol.connection import LineConnection, ProtocolSettings
 from prefork.protocol.counters import Counters
+from prefork.protocol.rejects import REJECTS
 from prefork.protocol.relp import SERVERCLOSE
 from tests.test_framer_relp import OPEN_OFFERS, rsp, wire
 
 IO_TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _log_lines_not_held_back() -> None:
+    """Each test sees its own log line: the worker-wide rate limit starts afresh."""
+    REJECTS._next = 0.0
+
+
 OPEN_RSP = rsp(1, "200 OK\nrelp_version=0\nrelp_software=prefork\ncommands=syslog")
 
 

@@ -122,8 +122,7 @@ class LineConnection:
             self.counters.clients -= 1
             session = self._session
             if session is not None and session.close_reason is not None:
-                log.warning("client %d (%s): RELP session closed: %s", self.client.id, self.client.addr,
-                            session.close_reason)  # fmt: skip
+                REJECTS.session_closed(self._name(), "RELP", session.close_reason)
             self._close()
 
     def stop(self) -> None:
