@@ -271,3 +271,16 @@ def test_err_unavailable_ends_the_session_before_its_reply() -> None:
     session.feed(wire("open", 1, OPEN_OFFERS) + wire("syslog", 2, b"a") + wire("syslog", 3, b"b"))
     assert session.encode("OK\nOK\nERR unavailable\n").endswith(rsp(2, "200 OK"))
     assert session.closing and session.encode("OK\n") == b""
+
+
+def test_data_over_the_limit_for_another_command_than_syslog_ends_the_session() -> None:
+    session = RelpSession(16)
+    assert session.feed(b"1 open %d " % (OFFERS_MAX + 1)) is None
+    assert session.closing and session.close_reason == f"open frame of {OFFERS_MAX + 1} bytes"
+    assert session.feed(b"x" * 100) is None  # nothing more is read
+
+
+def test_a_header_that_cannot_become_one_ends_the_session_at_once() -> None:
+    session = RelpSession(16)
+    assert session.feed(b"1 " + b"a" * 33) is None  # a command is at most 32 letters
+    assert session.closing and session.close_reason is not None
