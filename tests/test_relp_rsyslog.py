@@ -12,6 +12,7 @@ count is printed.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -40,10 +41,10 @@ def message(i: int) -> bytes:
     return b"<13>Dec  6 14:00:00 relphost app: relp-%06d" % i
 
 
-def relp_server(dsn: str, table: str, port: int = 0) -> ServerProcess:
+def relp_server(dsn: str, table: str, port: int = 0, line_ids: bool = False) -> ServerProcess:
     return ServerProcess(
         ["--dsn", dsn, "--table", table, "--workers", "2", "--framing", "relp", "--graceful-timeout", "20",
-         "--commit-timeout", COMMIT_TIMEOUT],
+         "--commit-timeout", COMMIT_TIMEOUT, "--line-ids", "on" if line_ids else "off"],
         bind=f"127.0.0.1:{port}",
     )  # fmt: skip
 
@@ -65,12 +66,15 @@ def stored(dsn: str, table: str) -> tuple[int, set[str]]:
 
 @pytest.mark.shippers
 @pytest.mark.timeout(600)
-def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
-    db: MariaDBServer, tmp_path: Path, show
+@pytest.mark.parametrize("line_ids", [False, True], ids=["plain", "line-ids"])
+def test_rsyslog_omrelp_loses_nothing_through_db_kills_worker_kills_reloads_and_restarts(
+    db: MariaDBServer, tmp_path: Path, show, line_ids: bool
 ) -> None:
+    """A worker killed with SIGKILL loses the acks of what it committed: those messages come again, and are
+    duplicates, unless line ids (a hash of each message) store each one once."""
     table = "relp_rsyslog"
     query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
-    srv = relp_server(db.dsn, table).start()
+    srv = relp_server(db.dsn, table, line_ids=line_ids).start()
     servers = [srv]
     try:
         port = srv.port
@@ -98,8 +102,12 @@ def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
             srv.signal(signal.SIGTERM)  # a stop, then a new master on the same port
             assert srv.wait(60) == 0
             disruptions += 1
-            srv = relp_server(db.dsn, table, port).start()
+            srv = relp_server(db.dsn, table, port, line_ids).start()
             servers.append(srv)
+            after(7 * MESSAGES // 10)
+            for pid in srv.worker_pids():  # a crash: no answers for what was committed, no serverclose
+                os.kill(pid, signal.SIGKILL)
+            disruptions += 1
             after(4 * MESSAGES // 5)
             db.kill()
             disruptions += 1
@@ -115,10 +123,12 @@ def test_rsyslog_omrelp_loses_nothing_through_db_kills_reloads_and_restarts(
                 show(f"{len(wanted - payloads)} lost of {MESSAGES}")
             assert payloads == wanted  # 0 lost, nothing else
             closed = sum(server.logs().count("RELP session closed") for server in servers)
-            show(f"rsyslog omrelp -> prefork relp: {MESSAGES} sent, {distinct} stored, 0 lost, "
-                 f"{rows - distinct} duplicates across {disruptions} disruptions (window {WINDOW}); "
-                 f"{closed} sessions closed by prefork on an error")  # fmt: skip
+            show(f"rsyslog omrelp -> prefork relp ({'line ids' if line_ids else 'no line ids'}): {MESSAGES} sent, "
+                 f"{distinct} stored, 0 lost, {rows - distinct} duplicates across {disruptions} disruptions "
+                 f"(window {WINDOW}); {closed} sessions closed by prefork on an error")  # fmt: skip
             assert rows - distinct <= WINDOW * disruptions * 2, "more duplicates than acks a break can lose"
+            if line_ids:
+                assert rows == distinct, "a message stored twice despite its line id"
     finally:
         for server in servers:
             server.stop()
