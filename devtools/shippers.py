@@ -4,8 +4,8 @@
 too) and runs ``rsyslogd -n -f CONF -i PIDFILE`` there, as a process of its own session, never touching the
 machine's rsyslog (its config, its pidfile, ``/dev/log``: a config given here loads no input it does not
 name). ``omfwd_config`` is a config that takes syslog lines on a local TCP port (``imtcp``) and forwards
-them to prefork (``omfwd``, octet-counted by default); ``omrelp_config`` forwards over RELP (``omrelp``,
-Debian's ``rsyslog-relp``) with rsyslog's reliable settings instead.
+them to prefork (``omfwd``, octet-counted by default); ``omrelp_config`` forwards over RELP instead, with the
+repository's ``etc/rsyslog-omrelp.conf`` (``omrelp``, Debian's ``rsyslog-relp``, rsyslog's reliable settings).
 
     with Rsyslog(tmp_path / "rsyslog", omfwd_config(tmp_path / "rsyslog", in_port, prefork_port)) as rs:
         send_lines(in_port, [b"<13>hello"])
@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+OMRELP_CONF = Path(__file__).resolve().parent.parent / "etc" / "rsyslog-omrelp.conf"
 STOP_TIMEOUT_S = 30.0  # rsyslogd flushes its queues at SIGTERM: give it this long before SIGKILL
 START_TIMEOUT_S = 30.0
 POLL_S = 0.05
@@ -130,20 +131,19 @@ action(type="omfwd" target="127.0.0.1" port="{target_port}" protocol="tcp" TCP_F
 
 
 def omrelp_config(directory: Path, in_port: int, target_port: int, window: int = 128) -> str:
-    """Take syslog over TCP on 127.0.0.1:in_port, forward every message as received (``%rawmsg%``) to a
-    prefork relp listener on 127.0.0.1:target_port with ``omrelp`` and rsyslog's reliable settings: retry
-    forever, a queue (saved to ``directory`` at a stop) for what is not acked, ``window`` frames in flight."""
+    """Take syslog over TCP on 127.0.0.1:in_port and forward it with the repository's own
+    ``etc/rsyslog-omrelp.conf`` (omrelp, retry forever, a queue saved in ``directory``), its port made
+    ``target_port`` and its window ``window``."""
+    action = OMRELP_CONF.read_text()
+    for default, value in (('port="32777"', f'port="{target_port}"'), ('windowSize="128"', f'windowSize="{window}"')):
+        if default not in action:
+            raise ValueError(f"{OMRELP_CONF} no longer holds {default}: the test cannot point it at prefork")
+        action = action.replace(default, value)
     return f"""\
 global(workDirectory="{directory}" maxMessageSize="64k")
 module(load="imtcp")
-module(load="omrelp")
-template(name="raw" type="string" string="%rawmsg%")
 input(type="imtcp" address="127.0.0.1" port="{in_port}")
-action(type="omrelp" target="127.0.0.1" port="{target_port}" template="raw" windowSize="{window}"
-       timeout="10" conn.timeout="5" action.resumeRetryCount="-1" action.resumeInterval="1"
-       queue.type="LinkedList" queue.size="1000000" queue.dequeueBatchSize="512"
-       queue.filename="relpq" queue.saveOnShutdown="on" queue.maxDiskSpace="1g")
-"""
+{action}"""
 
 
 def send_lines(port: int, lines: Iterable[bytes], timeout: float = 60.0) -> None:
