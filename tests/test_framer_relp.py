@@ -284,3 +284,35 @@ def test_a_header_that_cannot_become_one_ends_the_session_at_once() -> None:
     session = RelpSession(16)
     assert session.feed(b"1 " + b"a" * 33) is None  # a command is at most 32 letters
     assert session.closing and session.close_reason is not None
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=500, deadline=None)
+@given(max_line=st.integers(1, 16), frames=sessions(), data=st.data())
+def test_replies_encoded_in_any_grouping_are_the_same(max_line: int, frames: list[Frame], data: st.DataObject) -> None:
+    """A window of commands answered later: the reply queue hands the session replies in whatever groups they
+    resolve in (parts of a batch, several batches), never out of order. The frames are the same whatever the
+    grouping: the session numbers replies by counting, and stops at an ERR unavailable wherever it falls."""
+    stream, expected, ended, error = model(frames, max_line)
+    session = RelpSession(max_line)
+    texts: list[str] = []
+    for chunk in cut(stream, data):
+        if session.closing:
+            break
+        batch = session.feed(chunk)
+        if batch is None:
+            continue
+        answers = iter(app_reply(message) for message in batch.payloads)
+        if batch.replies is None:
+            texts += list(answers)
+        else:
+            texts += [next(answers) if reply is None else reply for reply in batch.replies]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(texts)), max_size=10)))
+    out = b"".join(
+        session.encode("".join(f"{text}\n" for text in texts[a:b]))
+        for a, b in pairwise([0, *cuts, len(texts)])
+        if b > a
+    )
+    assert out == expected
+    assert session.closing == ended
+    assert (session.close_reason is not None) == error
