@@ -233,6 +233,8 @@ class ReplyQueue:
         reader = self.reader
         if self.session.closing and reader is not None and reader is not gevent.getcurrent():
             # Asynchronously (the reader itself sees ``closing`` after its batch): ``data`` must still go out.
+            # Once: the reader is done with this queue.
+            self.reader = None
             reader.kill(StopReading, block=False)
         return data
 
