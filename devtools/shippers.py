@@ -5,8 +5,8 @@ config of its own.
 too) and runs ``rsyslogd -n -f CONF -i PIDFILE`` there, as a process of its own session, never touching the
 machine's rsyslog (its config, its pidfile, ``/dev/log``: a config given here loads no input it does not
 name). ``omfwd_config`` is a config that takes syslog lines on a local TCP port (``imtcp``) and forwards
-them to prefork (``omfwd``, octet-counted by default). The RELP helpers build on the same class with
-another config.
+them to prefork (``omfwd``, octet-counted by default); ``omrelp_config`` forwards over RELP instead, with the
+repository's ``etc/shippers/rsyslog-omrelp.conf`` (``omrelp``, Debian's ``rsyslog-relp``, rsyslog's reliable settings).
 
 ``SyslogNg(directory, config)`` runs Debian's syslog-ng the same way (``syslog-ng -F``, its pid, persist and
 control files in ``directory``) from the package unpacked by ``syslog_ng_root()`` (``apt-get download`` and
@@ -40,6 +40,7 @@ PLACEHOLDER_PORT = "6514"
 SYSLOG_NG_PACKAGES = ("syslog-ng-core", "libivykis0", "libpcre3", "libnet1")
 SYSLOG_NG_VERSION = "3.38"
 
+OMRELP_CONF = ETC_SHIPPERS / "rsyslog-omrelp.conf"
 STOP_TIMEOUT_S = 30.0  # rsyslogd flushes its queues at SIGTERM: give it this long before SIGKILL
 START_TIMEOUT_S = 30.0
 POLL_S = 0.05
@@ -167,6 +168,22 @@ input(type="imtcp" address="127.0.0.1" port="{in_port}")
 action(type="omfwd" target="127.0.0.1" port="{target_port}" protocol="tcp" TCP_Framing="{framing}"
        template="{template}" {action_options})
 """
+
+
+def omrelp_config(directory: Path, in_port: int, target_port: int, window: int = 128) -> str:
+    """Take syslog over TCP on 127.0.0.1:in_port and forward it with the repository's own
+    ``etc/shippers/rsyslog-omrelp.conf`` (omrelp, retry forever, a queue saved in ``directory``), its port made
+    ``target_port`` and its window ``window``."""
+    action = OMRELP_CONF.read_text()
+    for default, value in (('port="32777"', f'port="{target_port}"'), ('windowSize="128"', f'windowSize="{window}"')):
+        if default not in action:
+            raise ValueError(f"{OMRELP_CONF} no longer holds {default}: the test cannot point it at prefork")
+        action = action.replace(default, value)
+    return f"""\
+global(workDirectory="{directory}" maxMessageSize="64k")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{in_port}")
+{action}"""
 
 
 def send_lines(port: int, lines: Iterable[bytes], timeout: float = 60.0) -> None:

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Debian packages the test suite needs besides MariaDB: faketime (the wall-clock step test), haproxy,
 # galera-4 and rsync (the cluster suite: prefork behind HAProxy, a Galera cluster whose joiners take their
-# state by rsync), rsyslog (the shippers suite: rsyslogd run in the foreground with its own config, never the
-# machine's service). Installed when root and missing; otherwise one clear line naming what to install and a
-# non-zero exit, so `make test` stops before pytest instead of tests failing one by one.
+# state by rsync), rsyslog and rsyslog-relp (the shippers suite and RELP: rsyslogd run in the foreground with
+# its own config, never the machine's service). Installed when root and missing; otherwise one clear line
+# naming what to install and a non-zero exit, so `make test` stops before pytest instead of tests failing one
+# by one.
 set -eu
 have_faketime() { ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; }
 have_haproxy() { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }
@@ -15,6 +16,7 @@ have_galera_4() {
 }
 have_rsync() { command -v rsync >/dev/null 2>&1; }
 have_rsyslog() { command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ]; }
+have_rsyslog_relp() { ls /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1; }
 
 missing() {
     out=""
@@ -23,6 +25,7 @@ missing() {
     have_galera_4 || out="$out galera-4"
     have_rsync || out="$out rsync"
     have_rsyslog || out="$out rsyslog"
+    have_rsyslog_relp || out="$out rsyslog-relp"
     echo "${out# }"
 }
 

@@ -177,7 +177,8 @@ class ServerConfig(Section, name="server"):
     framing: tuple[str, ...] = option(
         "lines", _parse_framings,
         "how a client's bytes are cut into messages: lines (LF), octet-count (RFC 6587 LEN SP MSG) or syslog "
-        "(octet-counted or LF/NUL-terminated, per message, as rsyslog takes them); one for all listeners, or one "
+        "(octet-counted or LF/NUL-terminated, per message, as rsyslog takes them) or relp (rsyslog's omrelp, each "
+        "message acked once the app answers OK); one for all listeners, or one "
         "per server.bind address, comma separated", flag="--framing")
     ack: tuple[str, ...] = option(
         "auto", _parse_acks,

@@ -21,6 +21,11 @@ Rules (README "Line protocol (v1)"):
 - Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
   lets the event loop serve the worker's other clients.
 
+The framer is the listener's (``server.framing``): LF-terminated lines, or RELP (``prefork.protocol.relp``),
+whose session also encodes the replies (``rsp`` frames) and may end the connection itself (a ``close``, a
+malformed frame): then nothing more is read, the replies owed go out, the client is told ``serverclose``,
+and the connection closes, with one log line when the session ended on an error.
+
 The hot path works on whole reads, not lines: the framer gives the complete lines of a read as one batch,
 the app gets them together (``handle_lines``, or ``handle`` per line), and their replies are put together.
 """
@@ -41,6 +46,7 @@ from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
 from prefork.protocol.greensock import can_wait_readable, wait_readable
 from prefork.protocol.rejects import REJECTS
+from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
 READ_SIZE = 65536
@@ -69,7 +75,7 @@ class LineConnection:
     # Thousands of mostly idle connections per worker: slots keep each one small.
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
-        "_in_recv", "_wake", "_reader",
+        "_in_recv", "_wake", "_reader", "framer", "_session",
     )  # fmt: skip
 
     reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
@@ -81,7 +87,12 @@ class LineConnection:
         self.counters = counters
         counters.next_client_id += 1
         self.client = Peer(addr=_peer_name(sock, addr), id=counters.next_client_id)
-        self.replies = self.reply_queue(sock, app, self.client, counters, settings.ack, settings.client_timeout)
+        self.framer = make_framer(settings.framing, settings.max_line, settings.line_ids)
+        # A RELP session answers with frames of its own, always (its acks are the protocol's, not server.ack).
+        self._session = self.framer if isinstance(self.framer, RelpSession) else None
+        ack = settings.ack or self._session is not None
+        self.replies = self.reply_queue(sock, app, self.client, counters, ack, settings.client_timeout)
+        self.replies.session = self._session
         self._handle_lines = handle_lines_of(app)
         if sock.family != socket.AF_UNIX:
             # Replies are small and go out as soon as they are known: without this, Nagle's algorithm holds a
@@ -109,6 +120,9 @@ class LineConnection:
             self.replies.finish()
         finally:
             self.counters.clients -= 1
+            session = self._session
+            if session is not None and session.close_reason is not None:
+                REJECTS.session_closed(self._name(), "RELP", session.close_reason)
             self._close()
 
     def stop(self) -> None:
@@ -130,8 +144,9 @@ class LineConnection:
 
     def _read_loop(self) -> None:
         sock = self.sock
-        # Only the Framer shape is used below: each framing is another framer here.
-        framer: Framer = make_framer(self.settings.framing, self.settings.max_line, self.settings.line_ids)
+        # Only the Framer shape is used below (and a RELP session's ``closing``): each framing is another framer.
+        framer: Framer = self.framer
+        session = self._session
         timeout = self.settings.client_timeout
         clock = gevent.get_hub().loop
         deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
@@ -182,6 +197,8 @@ class LineConnection:
                 if framer.broken is not None:
                     REJECTS.broken(self._name(), self.settings.framing, framer.broken)
                     return
+            if session is not None and session.closing:
+                return  # the session ended (close, a malformed frame, ERR unavailable): read nothing more
 
     def _dispatch(self, batch: Batch) -> None:
         """Answer the lines of a batch: hand the valid ones to the app, queue every reply in order."""
@@ -247,6 +264,9 @@ class LineConnection:
         sock = self.sock
         try:
             if not self._saw_eof and not self.replies.failed:
+                if self._session is not None:
+                    sock.settimeout(LINGER_S)
+                    sock.sendall(SERVERCLOSE)  # the RELP hint: the client need not wait for the FIN to know
                 sock.shutdown(socket.SHUT_WR)
                 deadline = time.monotonic() + LINGER_S
                 while (remaining := deadline - time.monotonic()) > 0:

@@ -1,6 +1,6 @@
-"""Frames refused with no reply to say so (``server.ack = off``), and streams that cannot be framed any
-further: logged, at most one line per ``LOG_INTERVAL_S`` per worker; what falls between is summed up in
-one line (how many, by reason) once the interval is over.
+"""Frames refused with no reply to say so (``server.ack = off``), streams that cannot be framed any further, and
+sessions the server ends on an error (RELP): logged, at most one line per ``LOG_INTERVAL_S`` per worker; what
+falls between is summed up in one line (how many, by reason) once the interval is over.
 
 Every one is counted besides (``err_by_reason``: ``prefork status`` and ``prefork_replies_total`` in
 /metrics, by reason, whether or not the reply was sent), so nothing is refused without a trace, and a
@@ -57,6 +57,13 @@ class RejectLog:
             "%s closed: %s (server.framing = %s): the stream cannot be framed any further, the client has to "
             "reconnect", client, why, framing,
         )  # fmt: skip
+
+    def session_closed(self, client: str, protocol: str, why: str) -> None:
+        """A session the server ended on an error (RELP: a malformed frame, a wrong transaction number, an
+        ERR unavailable that the client must resend): one line per session, within the same limit."""
+        if self._quiet({f"{protocol.lower()}-session-closed": 1}):
+            return
+        log.warning("%s: %s session closed: %s", client, protocol, why)
 
     def _quiet(self, reasons: dict[str, int]) -> bool:
         """True if a line was written less than LOG_INTERVAL_S ago: ``reasons`` then wait for the summary."""

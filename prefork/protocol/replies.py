@@ -14,6 +14,10 @@ never reads its replies stalls only itself. With ``ack = off`` nothing is sent, 
 
 Every reply is checked: one that is not one line of text becomes ``ERR unavailable`` for its line only,
 with a log line naming the app. Each reply is counted as OK or ERR (by reason) when it is sent.
+
+Replies go out as lines (each reply and a LF), unless the connection speaks a protocol with frames of its
+own (RELP): then its ``session`` encodes them (``encode``), and when that ends the session (``closing``)
+the reader is stopped; what is queued still goes out as the session encodes it.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class ReplyQueue:
     __slots__ = (
         "sock", "app", "client", "counters", "ack", "timeout", "reader", "failed", "_raw", "_chunks",
         "_chunk_bytes", "_head", "_queued", "_queued_bytes", "_has_room", "_writer", "_unsent", "_linked",
-        "_socket_full", "_told_unread",
+        "_socket_full", "_told_unread", "session",
     )  # fmt: skip
 
     def __init__(
@@ -80,6 +84,8 @@ class ReplyQueue:
         self._linked: Any = None  # the future at the head of the queue that calls _on_ready when resolved
         self._socket_full = False  # the socket took not all replies at once: the writer waits for the client
         self._told_unread = False  # the log line of a client that does not read its replies was written
+        # The encoder of a protocol with frames of its own (``encode(text) -> bytes``, ``closing``), or None.
+        self.session: Any = None
 
     def finish(self) -> None:
         """After the last ``put``: send (or wait for) the rest, in a writer greenlet that this one joins."""
@@ -104,7 +110,10 @@ class ReplyQueue:
             if text is not None:
                 _count_replies(text, count, self.counters)
                 if self.ack:
-                    self._send((text + "\n").encode("utf-8"))
+                    if self.session is None:
+                        self._send((text + "\n").encode("utf-8"))
+                    else:
+                        self._send(self._encode(text + "\n"))
                 return
         if type(replies[0]) is str:
             try:
@@ -189,7 +198,7 @@ class ReplyQueue:
                 text = "\n".join(pieces)
                 _count_replies(text, count, self.counters)
                 if self.ack:
-                    self._send(text.encode("utf-8"))
+                    self._send(text.encode("utf-8") if self.session is None else self._encode(text))
                 self._made_room()
                 continue
             head = self._chunks[0][self._head]
@@ -217,6 +226,17 @@ class ReplyQueue:
     def _start_writer(self) -> None:
         if self._writer is None and not self.failed:
             self._writer = gevent.spawn(self._write_loop)
+
+    def _encode(self, text: str) -> bytes:
+        """The session's frames for replies (each followed by LF); a session that this ends stops the reader."""
+        data: bytes = self.session.encode(text)
+        reader = self.reader
+        if self.session.closing and reader is not None and reader is not gevent.getcurrent():
+            # Asynchronously (the reader itself sees ``closing`` after its batch): ``data`` must still go out.
+            # Once: the reader is done with this queue.
+            self.reader = None
+            reader.kill(StopReading, block=False)
+        return data
 
     def _client_gone(self) -> None:
         """No reply can be sent any more, so the reader must end too, wherever it waits (in recv, for room,
@@ -250,8 +270,9 @@ class ReplyQueue:
                 _count_replies(text, count, self.counters)
                 self._made_room()
                 if self.ack:
+                    data = text.encode("utf-8") if self.session is None else self._encode(text)
                     self._socket_full = True  # until sendall returns: it waits only while the socket is full
-                    sock.sendall(text.encode("utf-8"))
+                    sock.sendall(data)
                     self._socket_full = False
         except OSError as exc:
             if isinstance(exc, TimeoutError):
