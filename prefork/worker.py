@@ -70,6 +70,9 @@ ACCEPT_STALE_NS = 1_000_000_000  # a worker not stamped for 1 s has a blocked lo
 # growing, because a worker kept ahead (the others busy, or one with a blocked loop not yet left out) would
 # otherwise wake thousands of times a second.
 ACCEPT_PAUSE_S = (0.0002, 0.005)
+# At a graceful stop, connections read on for this share of graceful_timeout at most: the rest is left to
+# answer what they read and to close the app before the master's kill at graceful_timeout.
+STOP_READ_SHARE = 0.8
 
 log = logging.getLogger("prefork.worker")
 
@@ -104,6 +107,7 @@ class Worker:
         # so not in `connections`, but a graceful stop must end them too.
         self.handshakes: set[gevent.Greenlet] = set()
         self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
+        self.read_until = 0.0  # once draining: the event loop's time at which every connection stops reading
         self.ready = False
         self.loop_lag_ms = 0.0
         self.max_requests = 0
@@ -262,7 +266,7 @@ class Worker:
             if self.draining:
                 # A client the stop did not see (its header came, or its greenlet ran, after the stop went
                 # through `connections`): stopped as those were, once its reader waits.
-                gevent.spawn(conn.stop)
+                gevent.spawn(conn.stop, self.read_until)
             try:
                 conn.serve()
             finally:
@@ -334,6 +338,27 @@ class Worker:
 
     # -- stopping -----------------------------------------------------------------------------------
 
+    def _serve_backlog(self, server: StreamServer) -> None:
+        """Accept what the listen backlog holds (connections the kernel completed that no worker accepted
+        yet), waiting for room as clients leave, then close the listener in this process. The last close of
+        a listener resets the connections still queued on it: accepted, they are served through the stop
+        like the others. Bounded by the stop's reading time."""
+        server.stop_accepting()
+        clock = gevent.get_hub().loop
+        try:
+            while (left := self.read_until - clock.now()) > 0:
+                if server.pool is not None and not server.pool.wait_available(timeout=left):
+                    break
+                try:
+                    accepted = server.do_read()
+                except OSError:
+                    break
+                if not accepted:
+                    break  # the backlog is empty
+                server.do_handle(*accepted)
+        finally:
+            server.close()
+
     def _on_term(self) -> None:
         self._stop_event.set()
 
@@ -343,13 +368,15 @@ class Worker:
 
     def _graceful_stop(self) -> None:
         """Stop accepting, stop reading, answer every line already read, close clients, close the app."""
-        deadline = time.monotonic() + self.cfg.server.graceful_timeout
+        graceful = self.cfg.server.graceful_timeout
+        deadline = time.monotonic() + graceful
         self.gate.close()  # first: the other workers stop comparing themselves with this one
-        for server in self.servers:
-            server.close()  # stops accepting; the listening socket closes in this process only
+        self.read_until = gevent.get_hub().loop.now() + graceful * STOP_READ_SHARE
         self.draining = True
         for conn in list(self.connections):
-            conn.stop()
+            conn.stop(self.read_until)
+        backlogs = [gevent.spawn(self._serve_backlog, server) for server in self.servers]
+        gevent.joinall(backlogs, timeout=max(0.0, deadline - time.monotonic()))
         for handshake in list(self.handshakes):
             handshake.kill(StopReading, block=False)
         pools = {server.pool for server in self.servers}

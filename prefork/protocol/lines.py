@@ -34,7 +34,6 @@ id) takes the line-by-line path.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from prefork.protocol.framing import ERR_BAD_ID, ERR_BAD_UTF8, ERR_EMPTY, ERR_TOO_LONG, Batch
 
