@@ -40,6 +40,7 @@ from prefork import logs  # noqa: E402
 from prefork.config.appload import AppLoadError, import_app  # noqa: E402
 from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
+from prefork.handoff import HANDOFF_TIMEOUT_S, adopt, channel_name  # noqa: E402
 from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
@@ -108,6 +109,9 @@ class Worker:
         self.handshakes: set[gevent.Greenlet] = set()
         self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
         self.read_until = 0.0  # once draining: the event loop's time at which every connection stops reading
+        self.handoff_to: str | None = None  # a reload's stop: the new generation's channel (prefork.handoff)
+        self.adopter: Any = None  # the server adopting connections handed off by the previous generation
+        self.pool: Any = None
         self.ready = False
         self.loop_lag_ms = 0.0
         self.max_requests = 0
@@ -228,7 +232,7 @@ class Worker:
     def _start_servers(self) -> None:
         # One connection pool across all listeners: worker_connections is per worker. When it is full
         # the servers stop accepting and further clients wait in the listen backlog.
-        pool = Pool(self.cfg.server.worker_connections)
+        pool = self.pool = Pool(self.cfg.server.worker_connections)
         modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
         for sock, mode in zip(self.spec.listeners, modes, strict=True):
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
@@ -238,6 +242,11 @@ class Worker:
             server.start()
             self.servers.append(server)
             self.gate.servers.append(server)
+        channel = self.spec.handoff_channel
+        if channel is not None:
+            listener = green_socket(channel.family, channel.type, channel.proto, fileno=channel.detach())
+            self.adopter = StreamServer(listener, self._adopt)
+            self.adopter.start()
         self.gate.open()
 
     # -- serving ------------------------------------------------------------------------------------
@@ -259,16 +268,32 @@ class Worker:
             return
         self._handle(sock, client)
 
-    def _handle(self, sock: Any, addr: Any) -> None:
+    def _adopt(self, channel: Any, _addr: Any) -> None:
+        """A connection handed off by a worker of the previous generation at a reload (prefork.handoff):
+        served as if accepted here, its carried bytes first."""
+        channel.settimeout(HANDOFF_TIMEOUT_S)
+        try:
+            adopted = adopt(channel)
+        finally:
+            channel.close()
+        if adopted is None:
+            return
+        fd, addr, carried = adopted
+        sock = green_socket(fileno=fd)
+        self.counters.handoffs["in"] += 1
+        self.gate.accepted()
+        self.pool.spawn(self._handle, sock, addr, carried)
+
+    def _handle(self, sock: Any, addr: Any, carried: bytes = b"") -> None:
         try:
             conn = LineConnection(sock, addr, self.app, self.settings, self.counters)
             self.connections.add(conn)
             if self.draining:
                 # A client the stop did not see (its header came, or its greenlet ran, after the stop went
                 # through `connections`): stopped as those were, once its reader waits.
-                gevent.spawn(conn.stop, self.read_until)
+                gevent.spawn(conn.stop, self.read_until, self.handoff_to)
             try:
-                conn.serve()
+                conn.serve(carried)
             finally:
                 self.connections.discard(conn)
         finally:
@@ -305,6 +330,7 @@ class Worker:
             "ok": c.ok,
             "err": c.err,
             "err_by_reason": c.err_by_reason,
+            "handoffs": c.handoffs,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),
@@ -372,13 +398,26 @@ class Worker:
         deadline = time.monotonic() + graceful
         self.gate.close()  # first: the other workers stop comparing themselves with this one
         self.read_until = gevent.get_hub().loop.now() + graceful * STOP_READ_SHARE
+        if self.adopter is not None:
+            self.adopter.close()  # this generation takes no more connections from the one before
+        serving = self.spec.handoff_board.get() if self.spec.handoff_board is not None else 0
+        if serving not in (0, self.spec.generation):
+            # A reload: the listeners stay open for the new generation, and the connections move to it.
+            self.handoff_to = channel_name(self.spec.master_pid, serving)
+        final = serving == 0
+        if not final:
+            # The listeners stay open in the master for the workers that go on: what waits in the backlog
+            # is theirs.
+            for server in self.servers:
+                server.close()  # stops accepting; the listening socket closes in this process only
         self.draining = True
         for conn in list(self.connections):
-            conn.stop(self.read_until)
-        backlogs = [gevent.spawn(self._serve_backlog, server) for server in self.servers]
-        gevent.joinall(backlogs, timeout=max(0.0, deadline - time.monotonic()))
+            conn.stop(self.read_until, self.handoff_to)
         for handshake in list(self.handshakes):
             handshake.kill(StopReading, block=False)
+        if final:  # the last close of a listener resets what its backlog holds: serve that first
+            backlogs = [gevent.spawn(self._serve_backlog, server) for server in self.servers]
+            gevent.joinall(backlogs, timeout=max(0.0, deadline - time.monotonic()))
         pools = {server.pool for server in self.servers}
         for pool in pools:
             pool.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -28,3 +28,5 @@ class WorkerSpec:
     accept_table: Any = None  # prefork.state.AcceptTable shared by all workers: client counts per worker
     accept_slot: int | None = None  # this worker's slot in it (None: takes no part in balancing)
     proxy_modes: list[str] = field(default_factory=list)  # server.proxy_protocol of each listener, in order
+    handoff_channel: socket.socket | None = None  # this generation's handoff listener (prefork.handoff)
+    handoff_board: Any = None  # prefork.handoff.HandoffBoard: the generation serving now

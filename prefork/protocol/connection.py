@@ -36,6 +36,7 @@ from typing import Any
 
 import gevent
 
+from prefork.handoff import hand_off
 from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
 from prefork.protocol.framing import Batch, Framer
@@ -68,7 +69,7 @@ class LineConnection:
     # Thousands of mostly idle connections per worker: slots keep each one small.
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
-        "_in_recv", "_wake", "_reader", "_read_until", "_lingering", "_framer",
+        "_in_recv", "_wake", "_reader", "_read_until", "_lingering", "_framer", "_handoff",
     )  # fmt: skip
 
     reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
@@ -90,6 +91,7 @@ class LineConnection:
         self._stopping = False
         self._read_until = 0.0  # once stopping: the event loop's time at which reading ends whatever comes
         self._lingering = False  # half-closed by the server: what comes is handled, never answered
+        self._handoff: str | None = None  # a reload's stop: where to hand the connection (prefork.handoff)
         # Only the Framer shape is used: another framing (octet counting, RELP) is another framer here.
         self._framer: Framer = LineFramer(settings.max_line, settings.line_ids)
         self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
@@ -98,30 +100,75 @@ class LineConnection:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def serve(self) -> None:
-        """Run the reader in this greenlet and the writer beside it; close the socket at the end."""
-        self._reader = self.replies.reader = gevent.getcurrent()
+    def serve(self, carried: bytes = b"") -> None:
+        """Run the reader in this greenlet and the writer beside it; close the socket at the end (or hand it
+        to the next generation). ``carried``: bytes read before, of a frame not complete yet (a connection
+        handed off at a reload), fed to the framer first."""
+        self._reader = gevent.getcurrent()
         self.counters.clients += 1
         try:
-            try:
-                self._read_loop()
-            except (StopReading, OSError):
-                pass
-            finally:
-                self.replies.reader = None  # reading is over: a client gone has no reader left to stop
-            self.replies.finish()
+            if self._read_and_answer(carried) and self._handoff is not None:
+                if self._hand_off():
+                    return
+                self._handoff = None  # fell back: served through the stop and closed here, as at any stop
+                self._read_and_answer()
         finally:
             self.counters.clients -= 1
-            self._close()
+        self._close()
 
-    def stop(self, until: float) -> None:
+    def _read_and_answer(self, carried: bytes = b"") -> bool:
+        """Read until the end (EOF, timeout, the stop), then send every reply; whether the client is still
+        there with nothing read left unanswered (so that the connection can be handed off)."""
+        self.replies.reader = self._reader
+        try:
+            if carried:
+                self._read(carried)
+            self._read_loop()
+        except (StopReading, OSError):
+            pass
+        finally:
+            self.replies.reader = None  # reading is over: a client gone has no reader left to stop
+        self.replies.finish()
+        return not self._saw_eof and not self.replies.failed
+
+    def _read(self, data: bytes) -> None:
+        batch = self._framer.feed(data)
+        if batch is not None:
+            self._dispatch(batch)
+
+    def _hand_off(self) -> bool:
+        """Pass the socket, what the framer holds and the client's address to the new generation (see
+        ``prefork.handoff``); True once it took them, and then this process's copy is closed."""
+        unframed = getattr(self._framer, "unframed", None)  # a framer that cannot say has state to keep
+        carried = unframed() if unframed is not None else None
+        if (
+            carried is None
+            or self._handoff is None
+            or not hand_off(self._handoff, self.sock, self.client.addr, carried)
+        ):
+            self.counters.handoffs["fallback"] += 1
+            return False
+        self.counters.handoffs["out"] += 1
+        self.sock.close()  # the new worker's copy keeps the connection open: no FIN, no reset
+        return True
+
+    def stop(self, until: float, handoff: str | None = None) -> None:
         """Graceful stop: serve on until the client closes, goes quiet (STOP_IDLE_S, nothing owed) or the
-        event loop's time ``until``; every line read is answered, then the socket closes (``_close``)."""
+        event loop's time ``until``; every line read is answered, then the socket closes (``_close``).
+        With ``handoff`` (a reload: the new generation's channel) the reader stops at once instead, and once
+        every line read is answered the connection moves there open (a fallback to the above if it cannot)."""
         if self._stopping:
             return
         self._stopping = True
         self._read_until = until
+        self._handoff = handoff
         if self._in_recv and self._wake is None and self._reader is not None:
+            if handoff is not None:
+                # The unread bytes stay in the socket and go with it: the reader stops now, in the hub's
+                # turn (a throw from this greenlet would never come back to it).
+                self._wake = gevent.get_hub().loop.timer(0)
+                self._wake.start(self._interrupt_recv)
+                return
             # The reader may wait in recv for up to client_timeout: it looks again after STOP_IDLE_S. A
             # timeout thrown into the wait, as recv's own would be: no data is taken from the socket. Not
             # Greenlet.kill: a kill cannot be taken back, and if data woke the reader first it would land
@@ -131,7 +178,7 @@ class LineConnection:
 
     def _interrupt_recv(self) -> None:
         if self._in_recv and self._reader is not None:
-            self._reader.throw(TimeoutError)
+            self._reader.throw(StopReading if self._handoff is not None else TimeoutError)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -153,6 +200,8 @@ class LineConnection:
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
                 return  # no complete line for client_timeout: any partial line is dropped
             if self._stopping:
+                if self._handoff is not None:
+                    return  # a reload: the rest goes to the new generation with the socket
                 left = self._read_until - now
                 if left <= 0:
                     return  # the stop's time is up: what was read is answered, then the close

@@ -6,7 +6,7 @@ from __future__ import annotations
 class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
-    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id")
+    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "handoffs")
 
     def __init__(self) -> None:
         self.clients = 0
@@ -15,3 +15,6 @@ class Counters:
         self.err = 0
         self.err_by_reason: dict[str, int] = {}  # "too-long", "unavailable", ...
         self.next_client_id = 0
+        # Connections moved at a reload (prefork.handoff): "out" handed to the new generation, "fallback" not
+        # (closed here as at any graceful stop), "in" adopted from the old one.
+        self.handoffs = {"out": 0, "fallback": 0, "in": 0}
