@@ -229,3 +229,17 @@ def test_a_connection_that_cannot_move_falls_back_to_a_graceful_close_and_is_cou
         sock.close()
         handoffs = wait_for(lambda: (h := srv.status()["handoffs"])["fallback"] and h, 10, what="the count")
         assert handoffs == {"out": 0, "fallback": 1, "in": 0}
+
+
+def test_hand_off_to_a_channel_nobody_listens_on_says_so_and_keeps_the_connection():
+    """hand_off gives False, at once, when the new generation's channel is gone: the caller still owns the
+    connection (its fallback serves and closes it)."""
+    from prefork.handoff import channel_name, hand_off
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        with client, served:
+            assert hand_off(channel_name(os.getpid(), 999_999), served, "127.0.0.1", b"") is False
+            client.sendall(b"still here\n")
+            assert served.recv(100) == b"still here\n"

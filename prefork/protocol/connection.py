@@ -106,15 +106,17 @@ class LineConnection:
         handed off at a reload), fed to the framer first."""
         self._reader = gevent.getcurrent()
         self.counters.clients += 1
+        moved = False
         try:
             if self._read_and_answer(carried) and self._handoff is not None:
-                if self._hand_off():
-                    return
-                self._handoff = None  # fell back: served through the stop and closed here, as at any stop
-                self._read_and_answer()
+                moved = self._hand_off()
+                if not moved:
+                    self._handoff = None  # fell back: served through the stop and closed here, as at any stop
+                    self._read_and_answer()
         finally:
             self.counters.clients -= 1
-        self._close()
+            if not moved:
+                self._close()
 
     def _read_and_answer(self, carried: bytes = b"") -> bool:
         """Read until the end (EOF, timeout, the stop), then send every reply; whether the client is still
