@@ -6,7 +6,9 @@ and sets up the application (the master never imports it, so each generation run
 serves every listener with a gevent StreamServer limited to ``worker_connections`` clients (and paused
 while it holds more than its share of the clients: ``AcceptGate``), and reports to the master through
 its heartbeat file every second (``prefork.state``). Signals from the master:
-TERM = graceful stop, INT/QUIT = quick stop, USR1 = reopen logs, ABRT = dump stacks (then killed).
+TERM = graceful stop (at a reload, when ``prefork.handoff``'s board names a newer generation, the
+connections move to it open; at the final stop the listen backlog is served first), INT/QUIT = quick
+stop, USR1 = reopen logs, ABRT = dump stacks (then killed).
 
 Exit codes: 0 after a stop, ``EXIT_BOOT`` when the app cannot be imported or set up (the master
 counts these to stop a fork loop), 1 on any other failure.

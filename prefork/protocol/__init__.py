@@ -3,7 +3,8 @@
 - ``framing``: what every framer is (``Framer``, ``Batch``) and the early replies they owe; sans-IO.
 - ``lines``: the LF line framer, with line ids (the first framer).
 - ``replies``: replies in line order (the queue, futures, backpressure, the writer greenlet).
-- ``connection``: one client's connection, tying a framer, the app and the replies; graceful stop, linger.
+- ``connection``: one client's connection, tying a framer, the app and the replies; graceful stop, linger,
+  and handing the connection to the next generation at a reload (``prefork.handoff``).
 - ``counters``: the worker-wide figures (``prefork status``).
 - ``proxy``: the PROXY protocol header a balancer may put before a client's bytes.
 """

@@ -20,6 +20,10 @@ Rules (README "Line protocol (v1)"):
   reply, and the server half-closes and goes on reading for up to LINGER_S: what comes then is still
   handled (stored) though no reply can follow its FIN, and closing only after the client's own FIN (or
   with nothing unread) sends no RST, which could destroy replies still on their way.
+- Reload (``stop(until, handoff)``): the reader stops at once (what the client sends meanwhile waits in
+  the socket), every line read is answered, then the socket moves, open, to the new generation with the
+  framer's unframed bytes (``prefork.handoff``); a connection the new generation does not take is served
+  through the stop and closed as above. A connection handed over is ``serve(carried)`` there.
 - Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
   lets the event loop serve the worker's other clients.
 
