@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.helpers import query
-from tests.server import ServerProcess, connect, read_all, wait_for
+from tests.server import ServerProcess, connect, read_all, read_lines, wait_for
 
 RELOADS = 10
 RATE = 2000  # lines per second a client sends (the measured figure the README gives)
@@ -243,3 +243,26 @@ def test_hand_off_to_a_channel_nobody_listens_on_says_so_and_keeps_the_connectio
             assert hand_off(channel_name(os.getpid(), 999_999), served, "127.0.0.1", b"") is False
             client.sendall(b"still here\n")
             assert served.recv(100) == b"still here\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_proxied_connection_keeps_the_address_its_proxy_header_gave_through_reloads():
+    """Behind a balancer (PROXY v1 from 127.0.0.1), the client's address comes from the header, sent once
+    at the connection's start: after each reload the new worker serves the connection under that address
+    (carried over with the socket), and takes no new header. The bytes of a line not complete at the
+    reload are carried over too."""
+    args = ["testapps:client_addr", "--workers", "1", "--proxy-protocol", "v1"]
+    with ServerProcess(args) as srv:
+        sock = connect(srv.port)
+        sock.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 32777\r\nfirst\n")
+        assert read_lines(sock, 1) == [b"203.0.113.7 first"]
+        for i in range(3):
+            sock.sendall(b"split-")
+            time.sleep(0.2)  # read by the old worker: held by its framer when the reload comes
+            reload_and_wait(srv)
+            sock.sendall(b"%d\n" % i)
+            assert read_lines(sock, 1) == [b"203.0.113.7 split-%d" % i]
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b""
+        sock.close()
+        assert srv.status()["handoffs"]["out"] == 3
