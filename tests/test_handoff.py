@@ -266,3 +266,30 @@ def test_a_proxied_connection_keeps_the_address_its_proxy_header_gave_through_re
         assert read_all(sock) == b""
         sock.close()
         assert srv.status()["handoffs"]["out"] == 3
+
+
+@pytest.mark.timeout(90)
+def test_a_handoff_whose_new_worker_died_falls_back_and_loses_nothing(tmp_path):
+    """The new worker is SIGKILLed after the reload while the old one still waits for a reply (held), and
+    its replacement never finishes booting: the old worker's handoff gets no answer within 5 s, so it falls
+    back to the graceful stop: the held line and a line sent meanwhile are both answered, then a clean EOF;
+    the fallback is counted."""
+    release = tmp_path / "release"
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    args = ["testapps:staged", "--workers", "1", "--graceful-timeout", "60"]
+    with ServerProcess(args, env={"TESTAPP_STAGE_DIR": str(stage)}) as srv:
+        (old,) = srv.worker_pids()
+        sock = connect(srv.port)
+        sock.sendall(b"hold %s\n" % str(release).encode())
+        wait_for(lambda: srv.status()["totals"]["lines_in"] == 1, what="the held line read")
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "Reloaded: generation 2" in srv.logs(), 30, what="the reload")
+        (new,) = [pid for pid in srv.worker_pids() if pid != old]
+        os.kill(new, signal.SIGKILL)  # its replacement waits in its setup for good (testapps.Staged)
+        sock.sendall(b"sent meanwhile\n")
+        release.touch()
+        assert read_all(sock) == b"hold %s\nsent meanwhile\n" % str(release).encode()
+        sock.close()
+        handoffs = wait_for(lambda: (h := srv.status()["handoffs"])["fallback"] and h, 30, what="the count")
+        assert handoffs["fallback"] == 1 and handoffs["out"] == 0, handoffs
