@@ -73,7 +73,7 @@ class LineConnection:
     # Thousands of mostly idle connections per worker: slots keep each one small.
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
-        "_in_recv", "_wake", "_reader", "_read_until", "_lingering", "_framer", "_handoff",
+        "_in_recv", "_wake", "_reader", "_read_until", "_lingering", "_framer", "_handoff", "_expired",
     )  # fmt: skip
 
     reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
@@ -96,6 +96,7 @@ class LineConnection:
         self._read_until = 0.0  # once stopping: the event loop's time at which reading ends whatever comes
         self._lingering = False  # half-closed by the server: what comes is handled, never answered
         self._handoff: str | None = None  # a reload's stop: where to hand the connection (prefork.handoff)
+        self._expired = False  # closed for client_timeout: never handed off (the new worker would revive it)
         # Only the Framer shape is used: another framing (octet counting, RELP) is another framer here.
         self._framer: Framer = LineFramer(settings.max_line, settings.line_ids)
         self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
@@ -135,7 +136,7 @@ class LineConnection:
         finally:
             self.replies.reader = None  # reading is over: a client gone has no reader left to stop
         self.replies.finish()
-        return not self._saw_eof and not self.replies.failed
+        return not self._saw_eof and not self.replies.failed and not self._expired
 
     def _read(self, data: bytes) -> None:
         batch = self._framer.feed(data)
@@ -204,6 +205,7 @@ class LineConnection:
             remaining = deadline - now
             if remaining <= 0:
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
+                self._expired = True
                 return  # no complete line for client_timeout: any partial line is dropped
             if self._stopping:
                 if self._handoff is not None:
@@ -224,6 +226,7 @@ class LineConnection:
                         return  # quiet with nothing owed (or the linger is over): the stop closes it now
                     continue  # replies still owed: a client reading them may answer with more lines
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
+                self._expired = True
                 return
             finally:
                 self._in_recv = False
