@@ -403,8 +403,10 @@ class Worker:
         if self.adopter is not None:
             self.adopter.close()  # this generation takes no more connections from the one before
         serving = self.spec.handoff_board.get() if self.spec.handoff_board is not None else 0
-        if serving not in (0, self.spec.generation):
-            # A reload: the listeners stay open for the new generation, and the connections move to it.
+        if serving != 0 and (serving != self.spec.generation or self.spec.handoff_channel is not None):
+            # The server goes on (a reload, or this worker alone stops: max_requests, TTOU): the listeners
+            # stay open for the workers that go on, and the connections move to them (the serving
+            # generation's; this worker no longer adopts).
             self.handoff_to = channel_name(self.spec.master_pid, serving)
         final = serving == 0
         if not final:

@@ -293,3 +293,23 @@ def test_a_handoff_whose_new_worker_died_falls_back_and_loses_nothing(tmp_path):
         sock.close()
         handoffs = wait_for(lambda: (h := srv.status()["handoffs"])["fallback"] and h, 30, what="the count")
         assert handoffs["fallback"] == 1 and handoffs["out"] == 0, handoffs
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_restarted_by_max_requests_hands_its_connection_to_its_replacement():
+    """max_requests 50, one worker: the connection that made it restart is not closed but moves to the
+    replacement worker, which answers its next lines (they carry the new pid)."""
+    with ServerProcess(["testapps:pid", "--workers", "1", "--max-requests", "50", "--graceful-timeout", "30"]) as srv:
+        (first,) = srv.worker_pids()
+        sock = connect(srv.port)
+        sock.sendall(b"".join(b"l%d\n" % i for i in range(60)))
+        replies = read_lines(sock, 60)
+        assert all(r.startswith(b"%d " % first) for r in replies)
+        wait_for(lambda: first not in srv.worker_pids(), 30, what="the worker to restart")
+        (second,) = wait_for(lambda: srv.worker_pids(), 30, what="its replacement")
+        sock.sendall(b"next\n")
+        assert read_lines(sock, 1) == [b"%d  next" % second]
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b""
+        sock.close()
+        assert srv.status()["handoffs"]["out"] == 1
