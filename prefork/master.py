@@ -13,7 +13,8 @@ connection: workers import the app after the fork, so a HUP's new generation run
 Reload (HUP) is ready-gated: the new generation is started beside the old one, and only when every new
 worker reports ready are the old ones stopped gracefully. Listeners stay open throughout, so no client is
 refused. A config that fails to load, a listener that fails to bind or a generation that fails to boot
-is logged, and the old workers keep serving.
+is logged, and the old workers keep serving. The old workers hand their connections, open, to the new
+generation (``prefork.handoff``): a reload closes no client connection.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from prefork.config.errors import ConfigError
 from prefork.config.loader import Config
 from prefork.config.probe import Probe, needs_probe
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from prefork.handoff import HandoffBoard, open_channel
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
@@ -141,7 +143,7 @@ class Master:
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
-        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0}
+        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0, "handoffs": {}}
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
@@ -149,6 +151,11 @@ class Master:
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
         # share of long-lived clients (see AcceptTable). Slots are given at fork and zeroed at reaping.
         self.accept_table = AcceptTable()
+        # Reloads move connections, open, from the old generation to the new (prefork.handoff): each
+        # generation's channel, opened before its first worker is forked, and the board that tells stopping
+        # workers which generation serves now. The master never accepts on a channel.
+        self.handoff_board = HandoffBoard()
+        self.channels: dict[int, socket.socket] = {}
 
     # -- setup --------------------------------------------------------------------------------------
 
@@ -170,6 +177,7 @@ class Master:
                 raise HaltServer(str(exc), EXIT_USAGE) from None
             # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
             Path(self.cfg.server.pidfile + PIDFILE_STATE_SUFFIX).write_text(f"{self.state_dir}\n")
+        self.handoff_board.set(self.generation)
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
@@ -309,6 +317,7 @@ class Master:
 
         An INT or QUIT that comes during a graceful stop turns it into a quick one.
         """
+        self.handoff_board.set(0)  # a final stop: the workers hand off nothing, and serve their backlog
         if self.probing is not None:
             self.probing.kill()
             log.info("reload abandoned: stopped while importing %s to check its settings", self.probing.cfg.server.app)
@@ -449,6 +458,8 @@ class Master:
             server, owner = self.cfg.server, file_owner(self.identity)
             logs.setup(server.log_level, server.log_file, server.log_format, owner=owner)
             set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
+            self.handoff_board.set(self.generation)  # before the stop: the old workers' connections come here
+            self.close_channels()
             for w in old:
                 self.stop_worker(w, "reload")
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
@@ -462,6 +473,7 @@ class Master:
             for key in pending.opened:
                 sockets.close(pending.listeners[key])
             self.pending = None
+            self.close_channels()
         else:
             return
         self.notify.ready(self.summary())
@@ -499,7 +511,8 @@ class Master:
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
         heartbeat = Heartbeat(f"prefork-worker-gen{generation}", file_owner(self.identity))
-        close_fds = self._fds_not_for(listeners)
+        channel = self.open_channel(generation)
+        close_fds = self._fds_not_for(listeners, generation)
         slot = self.accept_table.claim({w.slot for w in self.workers.values() if w.slot is not None})
         pid = os.fork()
         if pid:
@@ -530,13 +543,34 @@ class Master:
                 app_dir=cfg.server.chdir or self.start_dir,
                 accept_table=self.accept_table,
                 accept_slot=slot,
+                handoff_channel=channel,
+                handoff_board=self.handoff_board,
             )
         )
 
-    def _fds_not_for(self, listeners: dict[str, socket.socket]) -> list[int]:
+    def open_channel(self, generation: int) -> socket.socket | None:
+        """The handoff channel of a generation (prefork.handoff), opened with its first worker; None if it
+        cannot be opened: that generation's workers then adopt nothing, and reloads close connections."""
+        channel = self.channels.get(generation)
+        if channel is None:
+            try:
+                channel = self.channels[generation] = open_channel(self.pid, generation)
+            except OSError as exc:
+                log.warning("no connection handoff to generation %d: %s", generation, exc)
+        return channel
+
+    def close_channels(self) -> None:
+        """Close the handoff channels of every generation but the serving one and a pending reload's."""
+        keep = {self.generation, *([self.pending.generation] if self.pending else [])}
+        for generation in [g for g in self.channels if g not in keep]:
+            self.channels.pop(generation).close()
+
+    def _fds_not_for(self, listeners: dict[str, socket.socket], generation: int) -> list[int]:
         """Descriptors a new worker must close: the master's own, and listeners of the other generation
-        (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)."""
+        (a worker holding a removed listener open would keep it accepting into a backlog nobody serves)
+        and its handoff channel (a worker adopts only for its own generation)."""
         fds = [*(self._pipe or ()), *([self.metrics.fileno()] if self.metrics else [])]
+        fds += [channel.fileno() for g, channel in self.channels.items() if g != generation]
         fds += [w.heartbeat.fd for w in self.workers.values()]  # each worker writes only its own
         fds += self.notify.filenos()
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
@@ -578,6 +612,9 @@ class Master:
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
+        handoffs = self.retired["handoffs"]
+        for result, n in (last.get("handoffs") or {}).items():
+            handoffs[result] = handoffs.get(result, 0) + n
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
         if reason != "shutdown":

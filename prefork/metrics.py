@@ -87,6 +87,13 @@ def render(state: dict[str, Any]) -> str:
         "reloads, by outcome",
         [({"outcome": outcome}, n) for outcome, n in sorted((state.get("reloads") or {}).items())],
     )
+    handoffs = report["handoffs"]
+    family(
+        "handoffs_total",
+        "counter",
+        "client connections at reloads: out = handed to the new generation, fallback = closed instead, in = adopted",
+        [({"result": result}, handoffs.get(result, 0)) for result in ("out", "fallback", "in")],
+    )
     family("generation", "gauge", "current worker generation", [({}, m.get("generation") or 0)])
     family("uptime_seconds", "gauge", "seconds since the master started", [({}, m.get("uptime_s") or 0)])
     family("workers_target", "gauge", "workers wanted", [({}, m.get("workers_target") or 0)])

@@ -54,6 +54,14 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         entry["pool"] = pool_figures(app.get("pool") if isinstance(app, dict) else state.get("pool"))
         entry["app"] = app
         workers.append(entry)
+    # Connections at reloads (prefork.handoff), all workers ever: the retired ones' last counts and the live.
+    handoffs = {"out": 0, "fallback": 0, "in": 0}
+    for counts in [
+        (master.get("retired") or {}).get("handoffs"),
+        *(s.get("handoffs") for s in master.get("workers", [])),
+    ]:
+        for result, n in (counts or {}).items():
+            handoffs[result] = handoffs.get(result, 0) + n
     master = dict(master)
     if "started_at" in master:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
@@ -70,7 +78,7 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         "pool_in_use": sum(w["pool"]["in_use"] for w in workers),
         "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
     }
-    return {"master": master, "workers": workers, "totals": totals}
+    return {"master": master, "workers": workers, "totals": totals, "handoffs": handoffs}
 
 
 def pool_figures(pool: Any) -> dict[str, Any]:
@@ -114,6 +122,11 @@ def render_table(report: dict[str, Any]) -> str:
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
         f"{t['err']:>8} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
     )
+    h = report["handoffs"]
+    if any(h.values()):
+        lines.append(
+            f"connections at reloads: {h['out']} handed off, {h['fallback']} closed instead, {h['in']} adopted"
+        )
     # What the apps report besides their pool, one line per worker (the whole of it is in --json).
     extra = [(w["pid"], _without_pool(w.get("app"))) for w in report["workers"]]
     if any(app is not None for _, app in extra):

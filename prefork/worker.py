@@ -6,7 +6,9 @@ and sets up the application (the master never imports it, so each generation run
 serves every listener with a gevent StreamServer limited to ``worker_connections`` clients (and paused
 while it holds more than its share of the clients: ``AcceptGate``), and reports to the master through
 its heartbeat file every second (``prefork.state``). Signals from the master:
-TERM = graceful stop, INT/QUIT = quick stop, USR1 = reopen logs, ABRT = dump stacks (then killed).
+TERM = graceful stop (at a reload, when ``prefork.handoff``'s board names a newer generation, the
+connections move to it open; at the final stop the listen backlog is served first), INT/QUIT = quick
+stop, USR1 = reopen logs, ABRT = dump stacks (then killed).
 
 Exit codes: 0 after a stop, ``EXIT_BOOT`` when the app cannot be imported or set up (the master
 counts these to stop a fork loop), 1 on any other failure.
@@ -40,6 +42,7 @@ from prefork import logs  # noqa: E402
 from prefork.config.appload import AppLoadError, import_app  # noqa: E402
 from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
+from prefork.handoff import HANDOFF_TIMEOUT_S, adopt, channel_name  # noqa: E402
 from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
@@ -71,6 +74,9 @@ ACCEPT_STALE_NS = 1_000_000_000  # a worker not stamped for 1 s has a blocked lo
 # growing, because a worker kept ahead (the others busy, or one with a blocked loop not yet left out) would
 # otherwise wake thousands of times a second.
 ACCEPT_PAUSE_S = (0.0002, 0.005)
+# At a graceful stop, connections read on for this share of graceful_timeout at most: the rest is left to
+# answer what they read and to close the app before the master's kill at graceful_timeout.
+STOP_READ_SHARE = 0.8
 
 log = logging.getLogger("prefork.worker")
 
@@ -105,6 +111,10 @@ class Worker:
         # so not in `connections`, but a graceful stop must end them too.
         self.handshakes: set[gevent.Greenlet] = set()
         self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
+        self.read_until = 0.0  # once draining: the event loop's time at which every connection stops reading
+        self.handoff_to: str | None = None  # a reload's stop: the new generation's channel (prefork.handoff)
+        self.adopter: Any = None  # the server adopting connections handed off by the previous generation
+        self.pool: Any = None
         self.ready = False
         self.loop_lag_ms = 0.0
         self.max_requests = 0
@@ -233,7 +243,7 @@ class Worker:
     def _start_servers(self) -> None:
         # One connection pool across all listeners: worker_connections is per worker. When it is full
         # the servers stop accepting and further clients wait in the listen backlog.
-        pool = Pool(self.cfg.server.worker_connections)
+        pool = self.pool = Pool(self.cfg.server.worker_connections)
         modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
         for sock, mode, settings in zip(self.spec.listeners, modes, self.settings, strict=True):
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
@@ -246,6 +256,11 @@ class Worker:
             server.start()
             self.servers.append(server)
             self.gate.servers.append(server)
+        channel = self.spec.handoff_channel
+        if channel is not None:
+            listener = green_socket(channel.family, channel.type, channel.proto, fileno=channel.detach())
+            self.adopter = StreamServer(listener, self._adopt)
+            self.adopter.start()
         self.gate.open()
 
     # -- serving ------------------------------------------------------------------------------------
@@ -267,16 +282,45 @@ class Worker:
             return
         self._handle(settings, sock, client)
 
-    def _handle(self, settings: ProtocolSettings, sock: Any, addr: Any) -> None:
+    def _adopt(self, channel: Any, _addr: Any) -> None:
+        """A connection handed off by a worker of the previous generation at a reload (prefork.handoff):
+        served as if accepted here, its carried bytes first."""
+        channel.settimeout(HANDOFF_TIMEOUT_S)
+        try:
+            adopted = adopt(channel)
+        finally:
+            channel.close()
+        if adopted is None:
+            return
+        fd, addr, carried = adopted
+        sock = green_socket(fileno=fd)
+        self.counters.handoffs["in"] += 1
+        self.gate.accepted()
+        self.pool.spawn(self._handle, self._settings_of(sock), sock, addr, carried)
+
+    def _settings_of(self, sock: Any) -> ProtocolSettings:
+        """The settings of the listener an adopted connection came in on: the one whose address is its local
+        address (a wildcard bind matches by port), the first listener's if none does."""
+        local = sock.getsockname()
+        for server, settings in zip(self.servers, self.settings, strict=False):
+            bound = server.socket.getsockname()
+            if bound == local:
+                return settings
+            if isinstance(bound, tuple) and isinstance(local, tuple) and bound[1] == local[1]:
+                if bound[0] in ("0.0.0.0", "::"):
+                    return settings
+        return self.settings[0]
+
+    def _handle(self, settings: ProtocolSettings, sock: Any, addr: Any, carried: bytes = b"") -> None:
         try:
             conn = LineConnection(sock, addr, self.app, settings, self.counters)
             self.connections.add(conn)
             if self.draining:
                 # A client the stop did not see (its header came, or its greenlet ran, after the stop went
                 # through `connections`): stopped as those were, once its reader waits.
-                gevent.spawn(conn.stop)
+                gevent.spawn(conn.stop, self.read_until, self.handoff_to)
             try:
-                conn.serve()
+                conn.serve(carried)
             finally:
                 self.connections.discard(conn)
         finally:
@@ -314,6 +358,7 @@ class Worker:
             "err": c.err,
             "err_by_reason": c.err_by_reason,
             "unread_clients": c.unread_clients,
+            "handoffs": c.handoffs,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),
@@ -347,6 +392,27 @@ class Worker:
 
     # -- stopping -----------------------------------------------------------------------------------
 
+    def _serve_backlog(self, server: StreamServer) -> None:
+        """Accept what the listen backlog holds (connections the kernel completed that no worker accepted
+        yet), waiting for room as clients leave, then close the listener in this process. The last close of
+        a listener resets the connections still queued on it: accepted, they are served through the stop
+        like the others. Bounded by the stop's reading time."""
+        server.stop_accepting()
+        clock = gevent.get_hub().loop
+        try:
+            while (left := self.read_until - clock.now()) > 0:
+                if server.pool is not None and not server.pool.wait_available(timeout=left):
+                    break
+                try:
+                    accepted = server.do_read()
+                except OSError:
+                    break
+                if not accepted:
+                    break  # the backlog is empty
+                server.do_handle(*accepted)
+        finally:
+            server.close()
+
     def _on_term(self) -> None:
         self._stop_event.set()
 
@@ -356,15 +422,32 @@ class Worker:
 
     def _graceful_stop(self) -> None:
         """Stop accepting, stop reading, answer every line already read, close clients, close the app."""
-        deadline = time.monotonic() + self.cfg.server.graceful_timeout
+        graceful = self.cfg.server.graceful_timeout
+        deadline = time.monotonic() + graceful
         self.gate.close()  # first: the other workers stop comparing themselves with this one
-        for server in self.servers:
-            server.close()  # stops accepting; the listening socket closes in this process only
+        self.read_until = gevent.get_hub().loop.now() + graceful * STOP_READ_SHARE
+        if self.adopter is not None:
+            self.adopter.close()  # this generation takes no more connections from the one before
+        serving = self.spec.handoff_board.get() if self.spec.handoff_board is not None else 0
+        if serving != 0 and (serving != self.spec.generation or self.spec.handoff_channel is not None):
+            # The server goes on (a reload, or this worker alone stops: max_requests, TTOU): the listeners
+            # stay open for the workers that go on, and the connections move to them (the serving
+            # generation's; this worker no longer adopts).
+            self.handoff_to = channel_name(self.spec.master_pid, serving)
+        final = serving == 0
+        if not final:
+            # The listeners stay open in the master for the workers that go on: what waits in the backlog
+            # is theirs.
+            for server in self.servers:
+                server.close()  # stops accepting; the listening socket closes in this process only
         self.draining = True
         for conn in list(self.connections):
-            conn.stop()
+            conn.stop(self.read_until, self.handoff_to)
         for handshake in list(self.handshakes):
             handshake.kill(StopReading, block=False)
+        if final:  # the last close of a listener resets what its backlog holds: serve that first
+            backlogs = [gevent.spawn(self._serve_backlog, server) for server in self.servers]
+            gevent.joinall(backlogs, timeout=max(0.0, deadline - time.monotonic()))
         pools = {server.pool for server in self.servers}
         for pool in pools:
             pool.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -695,8 +695,8 @@ def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
 @pytest.mark.timeout(60)
 def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_reader(tmp_path):
     """A reader waiting for room (5000 lines in flight) is not killed by TERM: those lines are answered,
-    then the server half-closes and drains, so the client reads every reply and a clean EOF even though it
-    kept sending (a close with unread input would send RST)."""
+    and so are the lines the client sent after the stop began (read, not thrown away), then a clean EOF
+    (a close with unread input would send RST)."""
     gate = tmp_path / "gate"
     with ServerProcess([GATED, "--workers", "1"], env={"TESTAPP_GATE": str(gate)}) as srv:
         (worker,) = srv.worker_pids()
@@ -710,11 +710,11 @@ def test_graceful_stop_answers_every_line_read_while_backpressure_holds_the_read
         wait_for(lambda: tcp_queues(srv.port, port)[1] == 0, 20, what="the server to read everything")
         srv.signal(signal.SIGTERM)
         wait_for(lambda: not holds_listener(worker, srv.port), 20, what="the worker to stop accepting")
-        sock.sendall(b"sent after the stop\n" * 100)  # never read by the server: it must drain it
+        sock.sendall(b"sent after the stop\n" * 100)  # read and answered like any other line
         gate.touch()
         data = read_all(sock)  # a reset here (RST instead of FIN) fails the test too
         sock.close()
-        assert data.split(b"\n")[:-1] == lines
+        assert data.split(b"\n")[:-1] == lines + [b"sent after the stop"] * 100
         assert srv.wait(30) == 0
 
 

@@ -90,7 +90,7 @@ def serve_one(send: bytes, app: LateApp, stop_after: float | None = None) -> byt
         client.sendall(send)
         if stop_after is not None:
             gevent.sleep(stop_after)
-            connections[0].stop()
+            connections[0].stop(gevent.get_hub().loop.now() + IO_TIMEOUT)  # read on until the client is quiet
         received = reader.get(timeout=IO_TIMEOUT)
         server.get(timeout=IO_TIMEOUT)
         return received

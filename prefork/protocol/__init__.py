@@ -6,7 +6,8 @@
 - ``framers``: the framings a listener may use (``server.framing``) and the ack mode each implies.
 - ``rejects``: the rate-limited log of frames refused with no reply (``server.ack = off``).
 - ``replies``: replies in line order (the queue, futures, backpressure, the writer greenlet).
-- ``connection``: one client's connection, tying a framer, the app and the replies; graceful stop, linger.
+- ``connection``: one client's connection, tying a framer, the app and the replies; graceful stop, linger,
+  and handing the connection to the next generation at a reload (``prefork.handoff``).
 - ``counters``: the worker-wide figures (``prefork status``).
 - ``proxy``: the PROXY protocol header a balancer may put before a client's bytes.
 """

@@ -14,10 +14,17 @@ Rules (README "Line protocol (v1)"):
 - Memory per connection is bounded: the framer holds at most a line's limit plus one read, and the reply
   queue stops the reader past its in-flight limits, so a client that never reads its replies stalls only
   itself.
-- Graceful stop (``stop()``): the reader stops at its next read (data already on its way is still read
-  for up to STOP_GRACE_S), not in the middle of a buffer or of a backpressure wait, so every complete line
-  already read still gets its reply. The server then half-closes and drains what the client still sends
-  (closing a socket with unread input sends RST, and an RST can destroy replies still on their way).
+- Graceful stop (``stop(until)``): nothing a client sends is thrown away. The reader goes on reading,
+  and what comes is handled like any other line (stored, answered), until the client closes, or has sent
+  nothing for STOP_IDLE_S with every reply sent (the moment a close is least likely to meet a line on its
+  way), or ``until`` (the worker's share of ``graceful_timeout``) has come. Then every line read gets its
+  reply, and the server half-closes and goes on reading for up to LINGER_S: what comes then is still
+  handled (stored) though no reply can follow its FIN, and closing only after the client's own FIN (or
+  with nothing unread) sends no RST, which could destroy replies still on their way.
+- Reload (``stop(until, handoff)``): the reader stops at once (what the client sends meanwhile waits in
+  the socket), every line read is answered, then the socket moves, open, to the new generation with the
+  framer's unframed bytes (``prefork.handoff``); a connection the new generation does not take is served
+  through the stop and closed as above. A connection handed over is ``serve(carried)`` there.
 - Fairness: recv never blocks while a socket has data, so after FAIR_READS full reads in a row a reader
   lets the event loop serve the worker's other clients.
 
@@ -34,12 +41,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
 
+from prefork.handoff import hand_off
 from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
 from prefork.protocol.framers import make_framer
@@ -50,10 +57,10 @@ from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 
 READ_SIZE = 65536
-LINGER_S = 2.0  # after the last reply, how long a client that keeps sending is drained before the close
+LINGER_S = 2.0  # after the server's FIN, how long what a client still sends is read (and handled) before the close
 FAIR_READS = 8  # after this many full reads in a row, a reader lets the event loop poll the other clients
 FAIR_PAUSE_S = 0.0005  # a timer, not sleep(0): sleep(0) may resume the reader before the loop polls sockets
-STOP_GRACE_S = 0.5  # at a graceful stop, how long a reader waiting in recv may still get the data in transit
+STOP_IDLE_S = 0.5  # at a graceful stop, a client silent this long with nothing owed to it is closed
 
 log = logging.getLogger("prefork.protocol")
 
@@ -75,7 +82,7 @@ class LineConnection:
     # Thousands of mostly idle connections per worker: slots keep each one small.
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
-        "_in_recv", "_wake", "_reader", "framer", "_session",
+        "_in_recv", "_wake", "_reader", "framer", "_session", "_read_until", "_lingering", "_handoff", "_expired",
     )  # fmt: skip
 
     reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
@@ -100,45 +107,100 @@ class LineConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._saw_eof = False  # the client half-closed: nothing is left to drain at close
         self._stopping = False
+        self._read_until = 0.0  # once stopping: the event loop's time at which reading ends whatever comes
+        self._lingering = False  # half-closed by the server: what comes is handled, never answered
+        self._handoff: str | None = None  # a reload's stop: where to hand the connection (prefork.handoff)
+        self._expired = False  # closed for client_timeout: never handed off (the new worker would revive it)
         self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
         self._wake: Any = None  # a timer that throws StopReading into the reader, cancelled if recv returns first
         self._reader: gevent.Greenlet | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def serve(self) -> None:
-        """Run the reader in this greenlet and the writer beside it; close the socket at the end."""
-        self._reader = self.replies.reader = gevent.getcurrent()
+    def serve(self, carried: bytes = b"") -> None:
+        """Run the reader in this greenlet and the writer beside it; close the socket at the end (or hand it
+        to the next generation). ``carried``: bytes read before, of a frame not complete yet (a connection
+        handed off at a reload), fed to the framer first."""
+        self._reader = gevent.getcurrent()
         self.counters.clients += 1
+        moved = False
         try:
-            try:
-                self._read_loop()
-            except (StopReading, OSError):
-                pass
-            finally:
-                self.replies.reader = None  # reading is over: a client gone has no reader left to stop
-            self.replies.finish()
+            if self._read_and_answer(carried) and self._handoff is not None:
+                moved = self._hand_off()
+                if not moved:
+                    self._handoff = None  # fell back: served through the stop and closed here, as at any stop
+                    self._read_and_answer()
         finally:
             self.counters.clients -= 1
             session = self._session
             if session is not None and session.close_reason is not None:
                 REJECTS.session_closed(self._name(), "RELP", session.close_reason)
-            self._close()
+            if not moved:
+                self._close()
 
-    def stop(self) -> None:
-        """Stop reading (graceful stop): lines already read are still answered, then the socket closes."""
+    def _read_and_answer(self, carried: bytes = b"") -> bool:
+        """Read until the end (EOF, timeout, the stop), then send every reply; whether the client is still
+        there with nothing read left unanswered (so that the connection can be handed off)."""
+        self.replies.reader = self._reader
+        try:
+            if carried:
+                self._read(carried)
+            self._read_loop()
+        except (StopReading, OSError):
+            pass
+        finally:
+            self.replies.reader = None  # reading is over: a client gone has no reader left to stop
+        self.replies.finish()
+        return not self._saw_eof and not self.replies.failed and not self._expired
+
+    def _read(self, data: bytes) -> None:
+        batch = self.framer.feed(data)
+        if batch is not None:
+            self._dispatch(batch)
+
+    def _hand_off(self) -> bool:
+        """Pass the socket, what the framer holds and the client's address to the new generation (see
+        ``prefork.handoff``); True once it took them, and then this process's copy is closed."""
+        unframed = getattr(self.framer, "unframed", None)  # a framer that cannot say has state to keep
+        carried = unframed() if unframed is not None else None
+        if (
+            carried is None
+            or self._handoff is None
+            or not hand_off(self._handoff, self.sock, self.client.addr, carried)
+        ):
+            self.counters.handoffs["fallback"] += 1
+            return False
+        self.counters.handoffs["out"] += 1
+        self.sock.close()  # the new worker's copy keeps the connection open: no FIN, no reset
+        return True
+
+    def stop(self, until: float, handoff: str | None = None) -> None:
+        """Graceful stop: serve on until the client closes, goes quiet (STOP_IDLE_S, nothing owed) or the
+        event loop's time ``until``; every line read is answered, then the socket closes (``_close``).
+        With ``handoff`` (a reload: the new generation's channel) the reader stops at once instead, and once
+        every line read is answered the connection moves there open (a fallback to the above if it cannot)."""
+        if self._stopping:
+            return
         self._stopping = True
+        self._read_until = until
+        self._handoff = handoff
         if self._in_recv and self._wake is None and self._reader is not None:
-            # Lines already on their way (a client that connected just before the stop and is sending) are
-            # still read if they come within STOP_GRACE_S; an idle client is interrupted after it. Not
+            if handoff is not None:
+                # The unread bytes stay in the socket and go with it: the reader stops now, in the hub's
+                # turn (a throw from this greenlet would never come back to it).
+                self._wake = gevent.get_hub().loop.timer(0)
+                self._wake.start(self._interrupt_recv)
+                return
+            # The reader may wait in recv for up to client_timeout: it looks again after STOP_IDLE_S. A
+            # timeout thrown into the wait, as recv's own would be: no data is taken from the socket. Not
             # Greenlet.kill: a kill cannot be taken back, and if data woke the reader first it would land
             # wherever the reader blocks next (the app, a backpressure wait) and lose lines already read.
-            self._wake = gevent.get_hub().loop.timer(STOP_GRACE_S)
+            self._wake = gevent.get_hub().loop.timer(STOP_IDLE_S)
             self._wake.start(self._interrupt_recv)
 
     def _interrupt_recv(self) -> None:
         if self._in_recv and self._reader is not None:
-            self._reader.throw(StopReading)
+            self._reader.throw(StopReading if self._handoff is not None else TimeoutError)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -155,11 +217,20 @@ class LineConnection:
         can_wait = can_wait_readable(sock)
         drained = False
         replies = self.replies
-        while not self._stopping and not replies.failed:
-            remaining = deadline - clock.now()
+        while not replies.failed:
+            now = clock.now()
+            remaining = deadline - now
             if remaining <= 0:
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
+                self._expired = True
                 return  # no complete line for client_timeout: any partial line is dropped
+            if self._stopping:
+                if self._handoff is not None:
+                    return  # a reload: the rest goes to the new generation with the socket
+                left = self._read_until - now
+                if left <= 0:
+                    return  # the stop's time is up: what was read is answered, then the close
+                remaining = min(remaining, left) if self._lingering else min(remaining, left, STOP_IDLE_S)
             sock.settimeout(remaining)
             self._in_recv = True
             try:
@@ -167,7 +238,12 @@ class LineConnection:
                     wait_readable(sock)  # raises socket.timeout (a TimeoutError) as recv would
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
+                if self._stopping and clock.now() < deadline:
+                    if self._lingering or replies.idle():
+                        return  # quiet with nothing owed (or the linger is over): the stop closes it now
+                    continue  # replies still owed: a client reading them may answer with more lines
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
+                self._expired = True
                 return
             finally:
                 self._in_recv = False
@@ -254,12 +330,14 @@ class LineConnection:
     # -- closing ------------------------------------------------------------------------------------
 
     def _close(self) -> None:
-        """Half-close, drain what the client still sends (bounded), then close.
+        """Half-close, read on (bounded, what comes is handled), then close.
 
         Closing a socket whose input was not all read sends RST instead of FIN, and an RST can make the
         client's kernel throw away replies it has not delivered yet. So unless the client already
         half-closed (nothing left to read) or is gone, the server sends FIN after the last reply and
-        reads until the client closes too, for at most LINGER_S.
+        reads until the client closes too, for at most LINGER_S. What it reads then is handled as any line
+        (a shipper that reads no replies sees no FIN and may still send): stored, never thrown away, but
+        unanswered, since nothing can follow the FIN.
         """
         sock = self.sock
         try:
@@ -268,11 +346,15 @@ class LineConnection:
                     sock.settimeout(LINGER_S)
                     sock.sendall(SERVERCLOSE)  # the RELP hint: the client need not wait for the FIN to know
                 sock.shutdown(socket.SHUT_WR)
-                deadline = time.monotonic() + LINGER_S
-                while (remaining := deadline - time.monotonic()) > 0:
-                    sock.settimeout(remaining)
-                    if not sock.recv(READ_SIZE):
-                        break
+                self._stopping = self._lingering = True
+                self._read_until = gevent.get_hub().loop.now() + LINGER_S
+                self.replies.ack = False  # counted, never sent
+                self.replies.reader = self._reader
+                try:
+                    self._read_loop()
+                finally:
+                    self.replies.reader = None
+                self.replies.finish()
         except (OSError, StopReading):
             pass
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
-    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients")
+    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients", "handoffs")
 
     def __init__(self) -> None:
         self.clients = 0
@@ -16,3 +16,6 @@ class Counters:
         self.err_by_reason: dict[str, int] = {}  # "too-long", "unavailable", ...
         self.next_client_id = 0
         self.unread_clients = 0  # connections whose reader stopped because the client read no replies
+        # Connections moved at a reload (prefork.handoff): "out" handed to the new generation, "fallback" not
+        # (closed here as at any graceful stop), "in" adopted from the old one.
+        self.handoffs = {"out": 0, "fallback": 0, "in": 0}

@@ -70,6 +70,11 @@ class LineFramer:
         """Bytes held of a line not complete yet (bounded: see the module docstring)."""
         return len(self._buf)
 
+    def unframed(self) -> bytes | None:
+        """The bytes held of a line not complete yet, for a connection moving to another worker (a reload,
+        ``prefork.handoff``); None while a too-long line is being skipped (that state does not travel)."""
+        return None if self._skipping else bytes(self._buf)
+
     def feed(self, data: bytes) -> Batch | None:
         """The lines that ``data`` (the bytes of one read) completes, or None."""
         skipped = False

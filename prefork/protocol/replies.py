@@ -100,6 +100,10 @@ class ReplyQueue:
             except StopReading:
                 pass
 
+    def idle(self) -> bool:
+        """Whether every reply put so far is sent (with ack off: counted): nothing is owed to the client."""
+        return not self._chunks and self._writer is None and self._unsent is None
+
     def put(self, replies: list[Any]) -> None:
         """Send the replies (text or futures) of one batch, in line order, or queue them; wait for room if
         too much is queued. Raises StopReading if the client is gone."""

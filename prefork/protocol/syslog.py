@@ -57,6 +57,14 @@ class SyslogFramer:
         """Bytes held of a frame not complete yet (at most max_line plus a header, a trailer and one read)."""
         return len(self._buf)
 
+    def unframed(self) -> bytes | None:
+        """The bytes held of a frame not complete yet, for a connection moving to another worker (a reload,
+        ``prefork.handoff``); None while a too-long frame is being skipped or after a broken count (that
+        state does not travel: the connection is then served through the stop and closed instead)."""
+        if self.broken is not None or self._skip_count or self._skip_line:
+            return None
+        return bytes(self._buf)
+
     def feed(self, data: bytes) -> Batch | None:
         """The frames that ``data`` (the bytes of one read) completes, or None."""
         if self.broken is not None:
