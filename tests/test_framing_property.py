@@ -236,6 +236,9 @@ seeds = st.none() | st.integers(0, 2**32 - 1)  # None: every reply known at once
 @example(line_ids=False, seed=None, max_line=4, chunks=[])  # empty stream: no reply, the server just closes
 @example(line_ids=True, seed=None, max_line=4, chunks=[b"@ \n@id \n@ \r\n@\xff\n@@\n"])  # empty, probe, bad
 @example(line_ids=True, seed=7, max_line=16, chunks=[b"@id p\n" * 6000])  # futures held: the line limit
+# One future shared by the app's last two lines, which an early reply (ERR empty) separates here: each of its
+# places gets its own reply (before: both ERR unavailable, "not one line of text").
+@example(line_ids=False, seed=0, max_line=1, chunks=[b"x\n" * 1000 + b"\n@\n"])
 def test_any_chunked_stream_gets_exactly_the_model_replies(
     line_ids: bool, seed: int | None, max_line: int, chunks: list[bytes]
 ) -> None:

@@ -356,14 +356,21 @@ def _resolve(chunk: list[Any], start: int, wait: bool, app: Any) -> int:
         while places < end and chunk[places] is item:
             places += 1
         if isinstance(result, list):
-            if len(result) != places - i:
-                result = _bad_reply(app, result)
-        elif not isinstance(result, str) or "\n" in result:
-            result = _bad_reply(app, result)
-        if isinstance(result, list):
-            for j, reply in enumerate(result, i):
-                chunk[j] = reply if isinstance(reply, str) and "\n" not in reply else _bad_reply(app, reply)
+            spots = list(range(i, places))
+            if len(result) > len(spots):
+                # Consecutive for the app, but not here: the framer's early replies (ERR empty, ...) of the
+                # same read sit between its lines. Its other places are further on in the chunk.
+                spots += [j for j in range(places, end) if chunk[j] is item]
+            if len(result) != len(spots):
+                bad = _bad_reply(app, result)
+                for j in spots:
+                    chunk[j] = bad
+            else:
+                for j, reply in zip(spots, result, strict=True):
+                    chunk[j] = reply if isinstance(reply, str) and "\n" not in reply else _bad_reply(app, reply)
         else:
+            if not isinstance(result, str) or "\n" in result:
+                result = _bad_reply(app, result)
             chunk[i:places] = [result] * (places - i)
         i = places
     return end
