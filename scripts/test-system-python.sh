@@ -11,10 +11,14 @@ MAIN_PY=${2:-.venv/bin/python}
 VENV=${3:-.venv-system}
 [ "$#" -ge 3 ] && shift 3 || shift "$#"
 
-# Process supervision, the ingest app's load tests and the app probe: minutes of subprocesses and waits
-# that test our code, not the interpreter's library; the main run has them.
+# Process supervision, the ingest app's load tests, the app probe, reload handoffs, stops, unprivileged
+# workers and the real shippers' daemons: minutes of subprocesses and waits that test our code, not the
+# interpreter's library; the main run has them. What stays runs the parsers, the framers, the config, the
+# client and the pool on this interpreter (with servers of its own where they need one).
 FAST_SKIP="test_master.py test_supervision.py test_ingest.py test_app_settings.py test_balance.py test_typing.py
-test_faults.py test_hostile.py test_cluster.py test_cluster_infra.py"
+test_faults.py test_hostile.py test_cluster.py test_cluster_infra.py test_handoff.py test_stop.py
+test_privileges.py test_systemd_unit.py test_shippers.py test_shipper_configs.py test_relp_rsyslog.py
+test_syslog.py test_syslog_framing.py test_line_ids.py test_lookup.py test_logging.py"
 
 if [ ! -x "$SYSTEM_PYTHON" ]; then
     echo "prefork: no $SYSTEM_PYTHON: the suite ran under $MAIN_PY only" >&2

@@ -18,8 +18,8 @@ USER_WARNING = (1, 4)
 
 
 def messages(name: str) -> list[str]:
-    """The messages of one fixture file, one per line: octet-counted frames cut by their length, NUL
-    terminated ones at the NUL (which stays, as a tolerant parser must take it), others at LF."""
+    """The messages of one fixture file as the framing hands them over: octet-counted frames cut by their
+    length, NUL-terminated ones at the NUL (taken off, as ``server.framing = syslog`` does), others at LF."""
     data = (FIXTURES / f"{name}.txt").read_bytes()
     out: list[bytes] = []
     if "octet-count" in name:
@@ -31,8 +31,8 @@ def messages(name: str) -> list[str]:
             pos = space + 1 + length
             while data[pos : pos + 1] == b"\n":
                 pos += 1
-    elif name == "python-syslog-handler-tcp":
-        out = [part + b"\0" for part in data.split(b"\0") if part]
+    elif name.startswith("python-syslog-handler"):  # each record ends with a NUL (a datagram per line, for UDP)
+        out = [part.strip(b"\n") for part in data.split(b"\0") if part.strip(b"\n")]
     else:
         out = [line for line in data.split(b"\n") if line]
     return [m.decode() for m in out]

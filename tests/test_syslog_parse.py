@@ -222,14 +222,16 @@ def test_rfc3164_forms_without_host_or_colon():
     assert fields("<13>Oct 11 22:14:15 host")["message"] == ""
 
 
-def test_python_sysloghandler_forms_and_nul_terminator():
-    assert fields("<14>plain words: no ident\x00") == dict.fromkeys(COLUMNS) | {
+def test_python_sysloghandler_forms_and_a_nul_kept_as_sent():
+    """SysLogHandler's NUL terminator is the framing's (server.framing = syslog takes it off): a NUL that
+    reaches the parser is part of the message and stored as sent (before, trailing NULs were dropped)."""
+    assert fields("<14>plain words: no ident") == dict.fromkeys(COLUMNS) | {
         "facility": "1",
         "severity": "6",
         "message": "plain words: no ident",
     }
     got = fields("<14>app[7]: with an ident\x00\x00")
-    assert (got["app_name"], got["procid"], got["message"]) == ("app", "7", "with an ident")
+    assert (got["app_name"], got["procid"], got["message"]) == ("app", "7", "with an ident\x00\x00")
 
 
 # -- the shippers' own messages ----------------------------------------------------------------------------

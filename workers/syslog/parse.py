@@ -19,7 +19,8 @@ The forms, tried in this order after ``<PRI>``:
 - ``<PRI>`` alone before the message (Python's ``SysLogHandler``): facility and severity; a leading
   ``TAG[PID]: `` (with its ``[PID]``) is taken as app-name and procid; the rest is MSG.
 
-Trailing NUL characters (``SysLogHandler``'s terminator) are not part of the message.
+A NUL is part of the message like any other character: ``SysLogHandler``'s NUL terminator is the framing's
+(``server.framing = syslog`` takes it off), not the message's.
 
 Timestamps: ``ts_text`` is the timestamp as sent; ``ts_utc`` the same instant in UTC (DATETIME(6) text).
 A second of ``60`` (a leap second) is the first instant of the next minute. An RFC 3164 timestamp has no
@@ -105,8 +106,6 @@ def parse(text: str, received: float) -> Fields | None:
     value = int(pri.group(1))
     if value > MAX_PRI:
         return None
-    if text.endswith("\0"):
-        text = text.rstrip("\0")
     facility, severity = str(value >> 3), str(value & 7)
     start = pri.end()
     fields = _rfc5424(text, start, facility, severity)
