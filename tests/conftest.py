@@ -17,6 +17,7 @@ import pytest
 
 from devtools.galera import GaleraCluster, GaleraMissing
 from devtools.mariadb import MariaDBServer, ServerBinaryMissing
+from tests.certs import Pki, make_pki
 
 # PyMySQL in this (test) process talks over gevent sockets, as it does in a monkey-patched worker, so that
 # pool tests can run many greenlets against the real server without patching pytest itself.
@@ -33,6 +34,12 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory):
         pytest.fail(f"{exc} (the tests need a private MariaDB server)", pytrace=False)
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test CA with server and client certificates made by openssl (tests/certs.py), once per run."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
