@@ -215,7 +215,6 @@ class MariaDBServer:
                 time.sleep(0.1)
 
     def _create_database(self) -> None:
-
         self.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
 
     def execute(self, sql: str) -> None:

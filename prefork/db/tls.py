@@ -126,7 +126,8 @@ def _check_files(options: TlsOptions) -> None:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(options.cert, options.key)
         except ssl.SSLError as exc:
             files = f"ssl_cert={options.cert!r}" + (f", ssl_key={options.key!r}" if options.key else "")
-            raise ValueError(f"{files}: not a certificate and its key ({_reason(exc)})") from None
+            alone = "" if options.key else "; without ssl_key the key must be in the certificate's file"
+            raise ValueError(f"{files}: not a certificate and its key ({_reason(exc)}){alone}") from None
 
 
 def _reason(exc: BaseException) -> str:
