@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -187,8 +189,22 @@ def test_the_hosts_of_a_dsn_share_one_context_and_the_paths_show(pki):
     assert parse_dsn(str(dsn).replace("***", "pw")) == dsn
 
 
+def _encrypted_pair(directory: Path) -> tuple[Path, Path]:
+    """A certificate and its password-protected key (OpenSSL would ask for the password on the terminal)."""
+    key, cert = directory / "encrypted.key", directory / "encrypted.pem"
+    if not cert.exists():
+        for args in (
+            ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-aes256", "-pass", "pass:pw"],
+            ["req", "-x509", "-new", "-key", str(key), "-passin", "pass:pw", "-days", "1", "-subj", "/CN=x"],
+        ):
+            out = ["-out", str(key if args[0] == "genpkey" else cert)]
+            subprocess.run(["openssl", *args, *out], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
 def _bad_tls_dsns(pki) -> list[tuple[str, list[str]]]:
     """(query, what the error must name) of each bad combination."""
+    encrypted = _encrypted_pair(pki.dir)
     return [
         ("ssl_mode=preferred", ["ssl_mode='preferred'", "disabled, required, verify_ca, verify_identity"]),
         ("ssl_mode=on", ["ssl_mode='on'"]),
@@ -201,6 +217,7 @@ def _bad_tls_dsns(pki) -> list[tuple[str, list[str]]]:
         (f"ssl_ca={pki.dir}/ca.db/serial", ["ssl_ca=", "not a PEM CA certificate"]),
         (f"ssl_cert={pki.client}&ssl_key={pki.server_key}", [f"ssl_key='{pki.server_key}'", "key values mismatch"]),
         (f"ssl_cert={pki.client}", [f"ssl_cert='{pki.client}'", "without ssl_key the key must be in"]),  # no key in it
+        (f"ssl_cert={encrypted[0]}&ssl_key={encrypted[1]}", [f"ssl_key='{encrypted[1]}'", "the key is encrypted"]),
     ]
 
 

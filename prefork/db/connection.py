@@ -89,7 +89,7 @@ class Connection(pymysql.connections.Connection):
             where = format_host_port(self.host, self.port)
             raise pymysql.err.OperationalError(
                 CR.CR_SSL_CONNECTION_ERROR,
-                f"{where} does not offer TLS and the DSN's ssl_mode requires it (the server has no certificate)",
+                f"{where} does not offer TLS and the DSN's ssl_mode requires it (no certificate on the server?)",
             )
         try:
             super()._request_authentication()

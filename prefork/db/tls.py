@@ -8,7 +8,8 @@ Options (MySQL's own names, as the ``mysql`` client's ``--ssl-mode``, ``--ssl-ca
   multi-host DSN is checked against its own name). Case does not matter.
 - ``ssl_ca``: PEM file of the CA(s) to trust instead of the system's;
 - ``ssl_cert`` and ``ssl_key``: PEM files of a client certificate and its key (the key may sit in the
-  certificate's file; a key without a certificate is refused).
+  certificate's file; a key without a certificate is refused, as is an encrypted key: no password is
+  asked for).
 
 The default is ``disabled`` without any ``ssl_*`` file, ``verify_identity`` with one: naming a CA or a
 client certificate turns TLS on with every check, unless ``ssl_mode`` says less. ``required`` with
@@ -69,8 +70,14 @@ class TlsOptions:
             context.verify_mode = ssl.CERT_NONE
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.cert:
-            context.load_cert_chain(self.cert, self.key)
+            context.load_cert_chain(self.cert, self.key, password=_encrypted_key)
         return context
+
+
+def _encrypted_key() -> str:
+    """The password callback of ``load_cert_chain``: without one, OpenSSL would ask for an encrypted key's
+    password on the terminal, and a master or ``prefork check`` would wait there."""
+    raise ValueError("the key is encrypted, and prefork takes no key password: give it an unencrypted key")
 
 
 def tls_options(params: dict[str, str], read_files: bool = True) -> TlsOptions:
@@ -123,9 +130,11 @@ def _check_files(options: TlsOptions) -> None:
             raise ValueError(f"ssl_ca={options.ca!r}: not a PEM CA certificate ({_reason(exc)})") from None
     if options.cert:
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(options.cert, options.key)
-        except ssl.SSLError as exc:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(options.cert, options.key, password=_encrypted_key)
+        except (ssl.SSLError, ValueError) as exc:
             files = f"ssl_cert={options.cert!r}" + (f", ssl_key={options.key!r}" if options.key else "")
+            if not isinstance(exc, ssl.SSLError):
+                raise ValueError(f"{files}: {exc}") from None
             alone = "" if options.key else "; without ssl_key the key must be in the certificate's file"
             raise ValueError(f"{files}: not a certificate and its key ({_reason(exc)}){alone}") from None
 
