@@ -115,6 +115,9 @@ def test_ingest_over_tls_while_the_server_refuses_plaintext(tls_db, db_pki):
     with secure_transport_required(tls_db):
         line = one_error_line(run_cli("check", "--dsn", plain, "--table", table))
         assert f"127.0.0.1:{tls_db.port}" in line and "requires secure transport" in line, line
+        result = run_cli("check", "--dsn", secure, "--table", table)
+        assert result.returncode == 0 and "answers (TLSv1." in result.stdout, result.stdout + result.stderr
+        assert "ssl_mode=verify_identity), table" in result.stdout, result.stdout
         with ServerProcess(["--dsn", secure, "--table", table, "--workers", "1"]) as srv:
             lines = [f"over tls {i}" for i in range(5)]
             with connect(srv.port) as sock:
