@@ -29,7 +29,6 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import time  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
@@ -48,15 +47,14 @@ from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_r
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
-from prefork.protocol.allow import EVERYONE, AllowList  # noqa: E402
+from prefork.protocol.allow import EVERYONE  # noqa: E402
 from prefork.protocol.connection import LineConnection, ProtocolSettings  # noqa: E402
 from prefork.protocol.counters import Counters  # noqa: E402
-from prefork.protocol.door import Door  # noqa: E402
+from prefork.protocol.door import REFUSED_PER_WAKE, Door, door_for  # noqa: E402
 from prefork.protocol.framers import acks  # noqa: E402
 from prefork.protocol.proxy import client_address  # noqa: E402
 from prefork.protocol.replies import StopReading  # noqa: E402
 from prefork.signals import reset_master_handlers  # noqa: E402
-from prefork.sockets import address_of  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WorkerSpec  # noqa: E402
 
@@ -78,9 +76,6 @@ ACCEPT_STALE_NS = 1_000_000_000  # a worker not stamped for 1 s has a blocked lo
 # growing, because a worker kept ahead (the others busy, or one with a blocked loop not yet left out) would
 # otherwise wake thousands of times a second.
 ACCEPT_PAUSE_S = (0.0002, 0.005)
-# Connections refused at accept (server.allow_from) in one go before the event loop gets a turn: a flood of
-# them must not starve the clients already served.
-ACCEPT_REFUSED_MAX = 64
 # At a graceful stop, connections read on for this share of graceful_timeout at most: the rest is left to
 # answer what they read and to close the app before the master's kill at graceful_timeout.
 STOP_READ_SHARE = 0.8
@@ -255,7 +250,8 @@ class Worker:
         allows = self.spec.allow_from or [EVERYONE] * len(self.spec.listeners)
         for sock, mode, settings, allow in zip(self.spec.listeners, modes, self.settings, allows, strict=True):
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-            door = self._door(listener, allow, mode)
+            balancers = None if mode == "off" else self.cfg.server.proxy_allow_from
+            door = door_for(listener, allow, balancers, self.counters)
             if mode == "off":
                 handle = functools.partial(self._handle, settings)
             else:
@@ -272,14 +268,6 @@ class Worker:
             self.adopter = StreamServer(listener, self._adopt)
             self.adopter.start()
         self.gate.open()
-
-    def _door(self, listener: Any, allow: AllowList, mode: str) -> Door | None:
-        """The check of server.allow_from on a listener; None when it lets everyone in (a unix socket too:
-        its peers have no address, and its file mode says who may connect)."""
-        if allow.everyone or listener.family == socket.AF_UNIX:
-            return None
-        balancers = None if mode == "off" else self.cfg.server.proxy_allow_from
-        return Door(allow, address_of(listener), balancers, self.counters)
 
     # -- serving ------------------------------------------------------------------------------------
 
@@ -579,12 +567,12 @@ class GatedStreamServer(StreamServer):
 
     gate: AcceptGate
     door: Door | None = None
-    refused_only = False  # the last do_read refused ACCEPT_REFUSED_MAX connections and accepted none: more may wait
+    refused_only = False  # the last do_read refused REFUSED_PER_WAKE connections and accepted none: more may wait
 
     def do_read(self) -> Any:
         # Called by gevent's accept loop (up to max_accept times per wake-up); None ends the loop.
         self.refused_only = False
-        for _ in range(ACCEPT_REFUSED_MAX):
+        for _ in range(REFUSED_PER_WAKE):
             if not self.gate.admit():
                 return None
             accepted = super().do_read()

@@ -15,8 +15,12 @@ from prefork.protocol.allow import AllowList
 from prefork.protocol.counters import Counters
 from prefork.protocol.proxy import Networks, allowed
 from prefork.protocol.rejects import DOOR
+from prefork.sockets import address_of
 
 SETTING = "server.allow_from"
+# Connections refused at accept in one go before the event loop gets a turn: a flood of them must not starve
+# the clients already served.
+REFUSED_PER_WAKE = 64
 
 
 class Door:
@@ -51,3 +55,12 @@ class Door:
         self.counters.refused["allow_from"] += 1
         DOOR.connection_refused(who, self.listener, SETTING)
         return False
+
+
+def door_for(listener: socket.socket, allow: AllowList, balancers: Networks | None, counters: Counters) -> Door | None:
+    """The check of ``allow`` on a listener (``balancers``: server.proxy_allow_from if it takes PROXY headers);
+    None when it lets everyone in, and for a unix socket (its peers have no address; its file mode, set by
+    server.unix_mode, says who may connect)."""
+    if allow.everyone or listener.family == socket.AF_UNIX:
+        return None
+    return Door(allow, address_of(listener), balancers, counters)
