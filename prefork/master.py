@@ -43,6 +43,7 @@ from prefork.handoff import HandoffBoard, open_channel
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
+from prefork.protocol.allow import EVERYONE
 from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
     MASTER_FILE,
@@ -143,7 +144,14 @@ class Master:
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
-        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0, "handoffs": {}}
+        self.retired: dict[str, Any] = {
+            "lines": 0,
+            "ok": 0,
+            "err_by_reason": {},
+            "unread_clients": 0,
+            "handoffs": {},
+            "refused": {},
+        }
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
@@ -535,6 +543,7 @@ class Master:
                 proxy_modes=proxy_modes(cfg, listeners),
                 framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
                 acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
+                allow_from=per_listener(cfg, listeners, cfg.server.allow_from, EVERYONE),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
@@ -615,6 +624,9 @@ class Master:
         handoffs = self.retired["handoffs"]
         for result, n in (last.get("handoffs") or {}).items():
             handoffs[result] = handoffs.get(result, 0) + n
+        refused = self.retired["refused"]
+        for reason, n in (last.get("refused") or {}).items():
+            refused[reason] = refused.get(reason, 0) + n
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
         if reason != "shutdown":
@@ -794,7 +806,7 @@ def proxy_modes(cfg: Config, listeners: dict[str, socket.socket]) -> list[str]:
     return per_listener(cfg, listeners, cfg.server.proxy_protocol, "off")
 
 
-def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[str, ...], default: str) -> list[str]:
+def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[Any, ...], default: Any) -> list[Any]:
     """A per-listener key's values (one for all, or one per server.bind address) for each listener, in the
     listeners' order; ``default`` for a listener the config does not name."""
     by_address = {str(a): values[i if len(values) > 1 else 0] for i, a in enumerate(cfg.server.bind)}

@@ -6,7 +6,17 @@ from __future__ import annotations
 class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
-    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients", "handoffs")
+    __slots__ = (
+        "clients",
+        "lines_in",
+        "ok",
+        "err",
+        "err_by_reason",
+        "next_client_id",
+        "unread_clients",
+        "handoffs",
+        "refused",
+    )
 
     def __init__(self) -> None:
         self.clients = 0
@@ -19,3 +29,5 @@ class Counters:
         # Connections moved at a reload (prefork.handoff): "out" handed to the new generation, "fallback" not
         # (closed here as at any graceful stop), "in" adopted from the old one.
         self.handoffs = {"out": 0, "fallback": 0, "in": 0}
+        # Connections closed as they came, by reason: "allow_from" (outside server.allow_from; prefork.protocol.door).
+        self.refused = {"allow_from": 0}

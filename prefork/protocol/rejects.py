@@ -1,6 +1,8 @@
 """Frames refused with no reply to say so (``server.ack = off``), streams that cannot be framed any further, and
 sessions the server ends on an error (RELP): logged, at most one line per ``LOG_INTERVAL_S`` per worker; what
-falls between is summed up in one line (how many, by reason) once the interval is over.
+falls between is summed up in one line (how many, by reason) once the interval is over. Connections closed as
+they are accepted (``server.allow_from``) have a log of their own, limited the same way (``DOOR``), so a flood
+of them hides no refused frame.
 
 Every one is counted besides (``err_by_reason``: ``prefork status`` and ``prefork_replies_total`` in
 /metrics, by reason, whether or not the reply was sent), so nothing is refused without a trace, and a
@@ -20,11 +22,13 @@ log = logging.getLogger("prefork.protocol")
 
 
 class RejectLog:
-    """One per worker: the rate-limited log of refused frames."""
+    """One per worker: the rate-limited log of refused frames (of refused connections: ``DOOR``); ``what`` is
+    what the summary line says was left out."""
 
-    __slots__ = ("_next", "_left_out", "_summary")
+    __slots__ = ("_next", "_left_out", "_summary", "_what")
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "frames refused, not stored, no reply sent") -> None:
+        self._what = what
         self._next = 0.0  # monotonic time before which a new line is left out
         self._left_out: dict[str, int] = {}  # frames refused, by reason, since the last line, not named by one
         self._summary: gevent.Greenlet | None = None  # writes the line of those left out, once the interval ends
@@ -65,6 +69,12 @@ class RejectLog:
             return
         log.warning("%s: %s session closed: %s", client, protocol, why)
 
+    def connection_refused(self, peer: str, listener: str, setting: str) -> None:
+        """A connection closed as it was accepted, its peer being outside ``setting`` (server.allow_from)."""
+        if self._quiet({setting: 1}):
+            return
+        log.warning("closing a connection from %s at %s: outside %s", peer, listener, setting)
+
     def _quiet(self, reasons: dict[str, int]) -> bool:
         """True if a line was written less than LOG_INTERVAL_S ago: ``reasons`` then wait for the summary."""
         now = time.monotonic()
@@ -82,7 +92,7 @@ class RejectLog:
         left_out, self._left_out = self._left_out, {}
         if left_out:
             self._next = time.monotonic() + LOG_INTERVAL_S
-            log.warning("frames refused, not stored, no reply sent, not logged one by one: %s", _named(left_out))
+            log.warning("%s, not logged one by one: %s", self._what, _named(left_out))
 
 
 def _named(reasons: dict[str, int]) -> str:
@@ -90,3 +100,4 @@ def _named(reasons: dict[str, int]) -> str:
 
 
 REJECTS = RejectLog()  # this worker's (a process of its own: no sharing across workers)
+DOOR = RejectLog("connections closed as they came")  # this worker's, of connections refused at accept
