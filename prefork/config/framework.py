@@ -243,7 +243,8 @@ class PoolConfig(Section, name="pool"):
 
     dsn: DSN = option(
         "mysql://root@127.0.0.1:3306/test", parse_dsn,
-        "mysql://user:password@host:port/db?unix_socket=...&charset=...", flag="--dsn")
+        "mysql://user:password@host:port/db?unix_socket=...&charset=...&ssl_mode=... (TLS: see 'The connection pool')",
+        flag="--dsn")
     min_size: int = option("1", count, "connections kept open once the pool is first used", flag="--pool-min")
     max_size: int = option(
         "10", positive_int, "hard upper bound of open connections per worker", flag="--pool-max")
