@@ -1,7 +1,8 @@
 """prefork.client and `prefork send` over TLS, against a real TLS terminator: HAProxy (`ssl crt` on its bind
 lines, TCP mode) in front of a plaintext prefork storing into the private MariaDB. Lines and rows, a connection
 cut mid-stream resent and stored once (line ids), mutual TLS, a wrong CA, a name the certificate does not
-carry, and the command line; the TLS units that need no server at the end.
+carry, the command line, the client under gevent; against `openssl s_server`, an expired certificate and a
+server older than TLS 1.2; the units that need no server at the end.
 
 One HAProxy and one prefork serve the whole module. The tests reach them only through ``TLSFronts``, so
 another TLS endpoint (prefork's own TLS listeners) can stand in for HAProxy."""
@@ -11,8 +12,11 @@ from __future__ import annotations
 import concurrent.futures
 import signal
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -23,7 +27,7 @@ from prefork.client import Client, ClientError
 from prefork.client_tls import client_context
 from tests.certs import Pki
 from tests.helpers import connect, query
-from tests.server import ServerProcess, wait_for
+from tests.server import ServerProcess, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
 
 TABLE = "t_client_tls"
@@ -101,18 +105,22 @@ def cut_with_replies_held(fronts: TLSFronts, locked: threading.Event) -> set[str
     stored at the cut. (In a thread of its own, with connections of its own: PyMySQL runs on gevent sockets
     here, which belong to the thread that made them.)"""
     waiting = "SELECT 1 FROM information_schema.PROCESSLIST WHERE STATE LIKE 'Waiting for table%'"
-    rows_before = len(stored(fronts.dsn, "cut-"))
+    count = f"SELECT COUNT(*) FROM `{TABLE}` WHERE payload LIKE 'cut-%'"
     try:
         with connect(fronts.dsn) as lock:
-            lock.cursor().execute(f"LOCK TABLES `{TABLE}` WRITE")
+            cursor = lock.cursor()
+            cursor.execute(f"LOCK TABLES `{TABLE}` WRITE")
             locked.set()
             try:
                 wait_for(lambda: query(fronts.dsn, waiting), what="ingest's INSERT to wait for the lock")
                 fronts.freeze()
+                cursor.execute(count)  # the lock's holder alone can read the table: the rows before the held lines
+                before = cursor.fetchone()[0]
             finally:
-                lock.cursor().execute("UNLOCK TABLES")
-        wait_for(lambda: len(stored(fronts.dsn, "cut-")) > rows_before, what="the held lines to be committed")
-        wait_for(lambda: not query(fronts.dsn, waiting), what="ingest's INSERTs to end")
+                cursor.execute("UNLOCK TABLES")
+        wait_for(lambda: query(fronts.dsn, count)[0][0] > before, what="the held lines to be committed")
+        idle = "SELECT 1 FROM information_schema.INNODB_TRX UNION ALL " + waiting
+        wait_for(lambda: not query(fronts.dsn, idle), what="ingest's transactions to end")
         return set(stored(fronts.dsn, "cut-"))
     finally:
         locked.set()
@@ -192,6 +200,77 @@ def test_prefork_send_over_tls(fronts, pki, tmp_path):
     assert out.stderr.startswith(f"prefork send: TLS: cannot verify the certificate of {fronts.tls}: "), out.stderr
     line = one_error_line(run_cli("send", "--tls-ca", str(tmp_path / "none.pem"), "--to", fronts.tls, str(source)))
     assert line.startswith("prefork: error: tls_ca / --tls-ca: cannot load") and "none.pem" in line, line
+
+
+@pytest.mark.timeout(60)
+def test_under_gevent_monkey_patching(fronts, pki):
+    """gevent's SSLSocket where the standard library's was: what a client inside a worker or a gevent app
+    gets. Big lines, so that TLS records are split across reads and writes here too."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import sys\n"
+        "from prefork.client import Client\n"
+        "lines = [f'gevent-{i} ' + 'y' * (i % 3 * 9000) for i in range(1500)]\n"
+        "with Client(sys.argv[1], tls_ca=sys.argv[2], window=300) as client:\n"
+        "    assert client.send_all(lines) == ['OK'] * len(lines)\n"
+        "    print(type(client._sock).__module__, client.tls_version)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, fronts.tls, str(pki.ca)],
+        env=test_env(),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("gevent.") and "TLSv1." in out.stdout, out.stdout
+    assert len(stored(fronts.dsn, "gevent-")) == 1500
+
+
+@contextmanager
+def s_server(*args: str) -> Iterator[str]:
+    """``openssl s_server`` with ``args`` on a free loopback port, as HOST:PORT once it accepts."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", *args],
+        stdin=subprocess.PIPE,  # it stops at the end of its input
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # "ACCEPT" once it listens
+            if line.startswith("ACCEPT"):
+                break
+        else:
+            raise AssertionError(f"openssl s_server exited with {proc.wait()}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "server, reason",
+    [
+        (
+            ("-cert", "expired.pem", "-key", "expired.key"),
+            "TLS: cannot verify the certificate of {}: certificate has expired",
+        ),
+        (
+            ("-cert", "server.pem", "-key", "server.key", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"),
+            r"TLS with {} failed: no TLS version in common \(this client speaks TLS 1.2 and later\)",
+        ),
+    ],
+    ids=["expired", "tls1.1"],
+)
+def test_an_expired_certificate_or_a_server_older_than_tls_1_2_is_refused(pki, server, reason):
+    args = [str(pki.dir / arg) if arg.endswith((".pem", ".key")) else arg for arg in server]
+    with s_server(*args) as address:
+        with pytest.raises(ClientError, match=reason.format(address)):
+            Client(address, tls_ca=str(pki.ca)).send_all(["never sent"])
 
 
 # -- units ------------------------------------------------------------------------------------------
