@@ -23,8 +23,8 @@ Stdin's lines are ``<TEXT>:<line number>`` with ``--id-prefix TEXT``, else rando
 one run only).
 
 TLS (``--tls``, implied by ``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--tls-server-name``) is the
-client's (``prefork.client_tls``): a file that will not load is a usage error (exit 2), a certificate that
-does not verify one line naming the server and the reason (exit 1, like a server that cannot be reached).
+client's (``prefork.client_tls``): a file that will not load is a usage error (exit 2); a certificate that
+does not verify is one line naming the server and the reason (exit 1, like a server that cannot be reached).
 """
 
 from __future__ import annotations
@@ -170,8 +170,8 @@ def send_files(
                     last_drawn = now
                     _draw(client, lines, now - start)
     except (ClientError, OSError) as exc:
-        # One line; on a terminal, below the progress bar.
-        print(f"{chr(10) if tty else ''}prefork send: {exc}", file=sys.stderr)
+        below_bar = "\n" if tty else ""  # one line, under the progress bar on a terminal
+        print(f"{below_bar}prefork send: {exc}", file=sys.stderr)
         return EXIT_NOT_ALL_OK
     finally:
         if errors_file is not None:
