@@ -252,6 +252,15 @@ def s_server(*args: str) -> Iterator[str]:
 
 
 @pytest.mark.timeout(30)
+def test_tls_1_2_is_enough(pki):
+    """A bare TLS 1.2 peer (s_server -rev answers each line reversed, the probe with no OK ids)."""
+    with s_server("-cert", str(pki.server), "-key", str(pki.server_key), "-tls1_2", "-rev") as address:
+        with Client(address, tls_ca=str(pki.ca)) as client:
+            assert client.send_all(["abc", "hello world"]) == ["cba", "dlrow olleh"]
+            assert client.tls_version == "TLSv1.2" and client.server_ids is False
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "server, reason",
     [
@@ -281,7 +290,10 @@ def test_tls_options_turn_tls_on_and_files_that_will_not_load_are_named(pki, tmp
     assert Client("127.0.0.1:1", tls=True).tls_context is not None  # the system's trust store
     client = Client("127.0.0.1:1", tls_ca=str(pki.ca))
     assert client.tls and client.server_name == "127.0.0.1"
-    assert client.tls_context is not None and client.tls_context.minimum_version == ssl.TLSVersion.TLSv1_2
+    context = client.tls_context
+    assert context is not None and context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.options & ssl.OP_NO_RENEGOTIATION
     assert Client("[::1]:1", server_name="db.example").tls
     with pytest.raises(ValueError, match="tls=False"):
         Client("127.0.0.1:1", tls=False, tls_ca=str(pki.ca))
