@@ -28,7 +28,7 @@ window, 128. The window must not be smaller than the batch: omrelp corks its soc
 and a full window then waits for its last partial segment to leave, up to the kernel's 200 ms, for every
 window (measured: window 128 with batches of 1024, 660 messages/s).
 
-Environment: BENCH_SHIPPER_MESSAGES (200000), BENCH_SHIPPER_ROUNDS (2), BENCH_SHIPPER_SETTINGS
+Environment: BENCH_SHIPPER_MESSAGES (200000), BENCH_SHIPPER_ROUNDS (3), BENCH_SHIPPER_SETTINGS
 (BATCH:WINDOW,...: 1024:1024,128:128), BENCH_WORKERS (CPUs).
 """
 
@@ -58,7 +58,7 @@ from devtools.shippers import RFC5424_TEMPLATE, Rsyslog  # noqa: E402
 from workers.schema import create_syslog_table_sql  # noqa: E402
 
 MESSAGES = int(os.environ.get("BENCH_SHIPPER_MESSAGES", 200_000))
-ROUNDS = int(os.environ.get("BENCH_SHIPPER_ROUNDS", 2))
+ROUNDS = int(os.environ.get("BENCH_SHIPPER_ROUNDS", 3))
 # (queue.dequeueBatchSize of every queue, omrelp's windowSize) per set of settings the contenders run with
 SETTINGS = tuple(
     (int(b), int(w))

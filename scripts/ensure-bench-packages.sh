@@ -3,8 +3,9 @@
 # (ommysql), for the shipper bench (bench/shippers.py: rsyslogd run in the foreground with its own config,
 # never the machine's service). Installed when root and missing; otherwise one clear line naming what to
 # install and a non-zero exit: the bench never leaves a contender out.
-# rsyslog-mysql's own setup (dbconfig-common) would create a database and a user in the machine's MySQL and
-# a /etc/rsyslog.d/mysql.conf: it is told not to (the bench gives ommysql its own server and table).
+# rsyslog-mysql's own setup (dbconfig-common) would create a database and a user in the machine's MySQL: it
+# is told not to (the bench gives ommysql its own server and table). The package still drops
+# /etc/rsyslog.d/mysql.conf, read only by the machine's rsyslog service, which the bench never starts.
 set -eu
 have_rsyslog() { command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ]; }
 have_rsyslog_relp() { ls /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1; }
