@@ -411,11 +411,11 @@ def report(entries: list[Contender]) -> tuple[list[str], list[str], bool]:
         dups = max((r["dups"] for r in c.rounds), default=0)
         rounds = " ".join(f"{r['rate'] / 1e3:.1f}" if r["ok"] else "LOST" for r in c.rounds)
         if best is None:
-            table.append(f"{c.name:<50}{'LOST':>9}{'':>10}{lost:>6}{dups:>6}{'':>37}    {rounds}")
+            table.append(f"{c.name:<50}{'LOST':>9}{'':>10}{lost:>6,}{dups:>6,}{'':>37}    {rounds}")
             continue
         cpu = best.get("cpu", {})
         table.append(
-            f"{c.name:<50}{best['rate']:>9,.0f}{best['rows']:>10,}{lost:>6}{dups:>6}"
+            f"{c.name:<50}{best['rate']:>9,.0f}{best['rows']:>10,}{lost:>6,}{dups:>6,}"
             f"{best['rows'] / max(1, best['commits']):>12,.0f}"
             + "".join(f"{cpu[k]:>8.2f}" if k in cpu else f"{'-':>8}" for k in ("rsyslogd", "prefork", "mysqld"))
             + f"    {rounds}"
