@@ -330,19 +330,25 @@ def run_round(db: MariaDBServer, conn: pymysql.Connection, c: Contender, mysqld:
         seconds = seen["last_t"] - seen["first_t"]
         result["seconds"] = seconds
         result["rate"] = (MESSAGES - seen["first_rows"]) / seconds if seconds > 0 else float("inf")
-        result["cpu"] = {k: (cpu1[k] - cpu0[k]) / MESSAGES * 1e6 for k in cpu0 if cpu1.get(k) is not None}
+        result["cpu"] = {k: (cpu1[k] - cpu0[k]) / MESSAGES * 1e6 for k in cpu0 if k in cpu1}
     else:
         result["rate"] = 0.0
     return result
 
 
 def _cpus(rsyslogd: int, server: subprocess.Popen | None, mysqld: int | None) -> dict:
-    """CPU seconds so far of rsyslogd, prefork's group and mysqld (what is known)."""
-    out = {"rsyslogd": process_cpu_seconds(rsyslogd)}
+    """CPU seconds so far of rsyslogd, prefork's group and mysqld (those known and alive)."""
+    out = {}
+    readers = {"rsyslogd": lambda: process_cpu_seconds(rsyslogd)}
     if server is not None:
-        out["prefork"] = group_cpu_seconds(server.pid)
+        readers["prefork"] = lambda: group_cpu_seconds(server.pid)
     if mysqld is not None:
-        out["mysqld"] = process_cpu_seconds(mysqld)
+        readers["mysqld"] = lambda: process_cpu_seconds(mysqld)
+    for name, read in readers.items():
+        try:
+            out[name] = read()
+        except OSError:  # it exited: the round reports why, its CPU is left out
+            pass
     return out
 
 
