@@ -49,9 +49,12 @@ test-system-python: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
 	sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV) $(PYTEST_ARGS)
 
-# Throughput against baselines measured in the same run (bench/run.py says what each contender is).
+# Throughput against baselines measured in the same run (bench/run.py says what each contender is);
+# BENCH=shippers runs the rsyslog part alone (bench/shippers.py).
+BENCH ?=
 bench: $(STAMP) server-binary
-	$(PY) bench/run.py
+	sh scripts/ensure-bench-packages.sh
+	$(PY) bench/run.py $(if $(BENCH),--only $(BENCH))
 
 lint: $(STAMP)
 	$(PY) -m ruff check prefork workers tests bench scripts devtools

@@ -33,6 +33,7 @@ WORKER_KEYS = (
     "lines_in",
     "ok",
     "err",
+    "unread_clients",
     "rss_bytes",
     "loop_lag_ms",
     "refused",  # connections closed as they came, by reason (allow_from)
@@ -75,6 +76,7 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         "lines_in": sum(w["lines_in"] or 0 for w in workers),
         "ok": sum(w["ok"] or 0 for w in workers),
         "err": sum(w["err"] or 0 for w in workers),
+        "unread_clients": sum(w["unread_clients"] or 0 for w in workers),
         "pool_size": sum(w["pool"]["size"] for w in workers),
         "pool_in_use": sum(w["pool"]["in_use"] for w in workers),
         "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
@@ -108,7 +110,7 @@ def render_table(report: dict[str, Any]) -> str:
         f"master {m['pid']} [{m['name']}] generation {m['generation']}, up {_duration(m['uptime_s'])}, "
         f"{m['workers_target']} workers wanted, listening at {', '.join(m['listeners'] or [])}",
         "",
-        f"{'PID':>8} {'GEN':>4} {'AGE':>8} {'CLIENTS':>8} {'LINES':>10} {'OK':>10} {'ERR':>8} "
+        f"{'PID':>8} {'GEN':>4} {'AGE':>8} {'CLIENTS':>8} {'LINES':>10} {'OK':>10} {'ERR':>8} {'UNREAD':>7} "
         f"{'POOL size/idle/use/wait':>24}",
     ]
     for w in report["workers"]:
@@ -116,12 +118,12 @@ def render_table(report: dict[str, Any]) -> str:
         pool = f"{p['size']}/{p['idle']}/{p['in_use']}/{p['waiting']}"
         lines.append(
             f"{w['pid']:>8} {w['generation']:>4} {_duration(w['age_s']):>8} {w['clients']:>8} "
-            f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {pool:>24}"
+            f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {w['unread_clients'] or 0:>7} {pool:>24}"
         )
     t = report["totals"]
     lines.append(
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
-        f"{t['err']:>8} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
+        f"{t['err']:>8} {t['unread_clients']:>7} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
     )
     h = report["handoffs"]
     if any(h.values()):

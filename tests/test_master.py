@@ -462,6 +462,7 @@ WORKER_KEYS = {
     "lines_in",
     "ok",
     "err",
+    "unread_clients",  # connections stopped because the client read no reply (tests/test_syslog_framing.py)
     "rss_bytes",
     "loop_lag_ms",
     "refused",  # connections closed as they came, by reason: {"allow_from": n}
@@ -481,7 +482,17 @@ POOL_KEYS = {
     "wait_total_s",
     "wait_max_s",
 }
-TOTAL_KEYS = {"workers", "clients", "lines_in", "ok", "err", "pool_size", "pool_in_use", "pool_waiting"}
+TOTAL_KEYS = {
+    "workers",
+    "clients",
+    "lines_in",
+    "ok",
+    "err",
+    "unread_clients",
+    "pool_size",
+    "pool_in_use",
+    "pool_waiting",
+}
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
 
 
@@ -504,7 +515,7 @@ def test_status_json_and_table():
             assert set(w["pool"]) == POOL_KEYS
             assert isinstance(w["pool"]["closed"], dict)
             assert w["generation"] == 1 and ISO.fullmatch(w["started_at"])
-            for key in ("clients", "lines_in", "ok", "err", "rss_bytes"):
+            for key in ("clients", "lines_in", "ok", "err", "unread_clients", "rss_bytes"):
                 assert isinstance(w[key], int) and w[key] >= 0, (key, w)
             assert w["rss_bytes"] > 0
         t = status["totals"]
@@ -512,6 +523,7 @@ def test_status_json_and_table():
         assert t["workers"] == 2
         assert t["lines_in"] == sum(w["lines_in"] for w in status["workers"]) == 3
         assert t["ok"] == sum(w["ok"] for w in status["workers"])
+        assert t["unread_clients"] == 0  # these clients read their replies
 
         out = subprocess.run(
             prefork_cmd("status", "--pidfile", srv.pidfile()), env=srv.env, capture_output=True, text=True, timeout=30
@@ -519,6 +531,7 @@ def test_status_json_and_table():
         assert out.returncode == 0, out.stderr
         assert "stat" in out.stdout and str(srv.pid) in out.stdout
         rows = out.stdout.splitlines()
+        assert "UNREAD" in out.stdout.split()
         for pid in workers:
             assert any(row.split()[:2] == [str(pid), "1"] for row in rows), out.stdout
         assert any(row.split()[:1] == ["total"] for row in rows), out.stdout
