@@ -235,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         for address in cfg.server.bind:
             bind = partial(sockets.bind, address, **sockets.bind_options(cfg.server))
-            listeners[str(address)] = sockets.retry_in_use(bind, f"server.bind={address}")
+            listeners[str(address)] = sockets.retry_in_use(bind, f"server.bind={address}", cfg.server.bind_attempts)
     except sockets.BindError as exc:
         for sock in listeners.values():
             sock.close()
@@ -248,7 +248,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return MetricsServer(metrics_bind, lambda: master.state())
 
         try:
-            metrics = sockets.retry_in_use(serve_metrics, f"server.metrics_bind={metrics_bind}")
+            what = f"server.metrics_bind={metrics_bind}"
+            metrics = sockets.retry_in_use(serve_metrics, what, cfg.server.bind_attempts)
         except sockets.BindError as exc:
             for sock in listeners.values():
                 sock.close()

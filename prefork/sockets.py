@@ -16,9 +16,9 @@ from prefork.config.address import format_host_port
 log = logging.getLogger("prefork.master")
 T = TypeVar("T")
 
-# A port still held at start is tried this many times, this far apart (gunicorn's 5 tries, 1 s apart): a
-# restart racing the old process's exit must not become a failure that RestartPreventExitStatus=2 keeps.
-BIND_ATTEMPTS = 5
+# A port still held at start is tried again this far apart (server.bind_attempts times in all; gunicorn
+# tries 5 times, 1 s apart): a restart racing the old process's exit must not become a failure that
+# RestartPreventExitStatus=2 keeps.
 BIND_RETRY_DELAY = 1.0
 
 
@@ -44,22 +44,22 @@ def bind(address, *, backlog: int, reuse_port: bool, unix_mode: int | None) -> s
         raise BindError(f"cannot bind server.bind={address}: {exc.strerror or exc}", exc.errno) from None
 
 
-def retry_in_use(attempt: Callable[[], T], what: str) -> T:
-    """``attempt()`` (a bind), tried again while its address is in use, up to BIND_ATTEMPTS times with one
-    log line each, then a BindError saying so; other errors are raised as they are. ``what`` names the
-    address as the config does (``server.bind=HOST:PORT``)."""
-    for tries in range(1, BIND_ATTEMPTS + 1):
+def retry_in_use(attempt: Callable[[], T], what: str, attempts: int) -> T:
+    """``attempt()`` (a bind), tried again while its address is in use, up to ``attempts`` times in all with
+    one log line each retry, then a BindError saying so; other errors are raised as they are. ``what``
+    names the address as the config does (``server.bind=HOST:PORT``)."""
+    for tries in range(1, attempts + 1):
         try:
             return attempt()
         except (BindError, OSError) as exc:
-            if exc.errno != errno.EADDRINUSE:
+            if exc.errno != errno.EADDRINUSE or attempts == 1:
                 raise
-        if tries < BIND_ATTEMPTS:
+        if tries < attempts:
             log.warning(
-                "%s: address in use, trying again in %gs (%d of %d)", what, BIND_RETRY_DELAY, tries + 1, BIND_ATTEMPTS
+                "%s: address in use, trying again in %gs (%d of %d)", what, BIND_RETRY_DELAY, tries + 1, attempts
             )
             time.sleep(BIND_RETRY_DELAY)
-    tried = f"tried {BIND_ATTEMPTS} times, {BIND_RETRY_DELAY:g}s apart"
+    tried = f"tried {attempts} times, {BIND_RETRY_DELAY:g}s apart"
     raise BindError(f"cannot bind {what}: {os.strerror(errno.EADDRINUSE)} ({tried})", errno.EADDRINUSE)
 
 
