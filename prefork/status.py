@@ -125,9 +125,12 @@ def render_table(report: dict[str, Any]) -> str:
         f"{t['err']:>8} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
     )
     r = m.get("reload") or {}
-    if r.get("outcome"):
-        reason = f": {r['reason']}" if r.get("reason") else ""
-        lines.append(f"last reload: {r['outcome']} at {r['finished_at']}, generation {r['generation']} serving{reason}")
+    if r.get("outcome") == "serving":
+        lines.append(f"last reload ({r['finished_at']}): generation {r['generation']} serving")
+    elif r.get("outcome"):
+        lines.append(
+            f"last reload ({r['finished_at']}): {r['outcome']}: {r['reason']}; generation {r['generation']} kept"
+        )
     h = report["handoffs"]
     if any(h.values()):
         lines.append(

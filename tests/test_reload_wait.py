@@ -62,6 +62,8 @@ def test_wait_returns_once_the_new_generation_serves(srv: ServerProcess, files: 
     record = srv.status()["master"]["reload"]
     assert record["outcome"] == "serving" and record["answered"] == record["requested"]
     assert roundtrip(srv.port, [b"after"]) == [b"after"]
+    table = run(prefork_cmd("status", "--pidfile", str(files / "prefork.pid"))).stdout
+    assert f"last reload ({record['finished_at']}): generation {before + 1} serving" in table, table
     # By pid, as the unit's ExecReload gives it ($MAINPID), with no pidfile.
     out = run(prefork_cmd("reload", "--wait", "--pid", str(srv.pid)))
     assert out.returncode == 0 and f"generation {before + 2} serving" in out.stdout, out.stderr
@@ -91,6 +93,8 @@ def test_an_abandoned_reload_exits_1_naming_the_dead_worker(srv: ServerProcess, 
     assert out.stderr.startswith("prefork: reload abandoned: generation "), out.stderr
     assert "died (exit code 3)" in out.stderr and f"(generation {before} keeps serving)" in out.stderr
     assert srv.status()["master"]["reload"]["outcome"] == "abandoned"
+    table = run(prefork_cmd("status", "--pidfile", str(files / "prefork.pid"))).stdout
+    assert "): abandoned: generation " in table and f"; generation {before} kept" in table, table
     assert roundtrip(srv.port, [b"still"]) == [b"still"]
 
 
