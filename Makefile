@@ -36,7 +36,11 @@ start: $(STAMP)
 	@DSN=$$($(DSN_CMD)) && $(VENV)/bin/prefork run --daemon --pidfile $(PIDFILE) --log-file var/prefork.log \
 		--dsn "$$DSN" $(ARGS) && echo "prefork: started (pidfile $(PIDFILE), log var/prefork.log)"
 
-reload stop status: $(STAMP)
+# reload returns once the new generation serves (exit 0), or says why the reload was refused (exit 1).
+reload: $(STAMP)
+	$(VENV)/bin/prefork reload --wait --pidfile $(PIDFILE)
+
+stop status: $(STAMP)
 	$(VENV)/bin/prefork $@ --pidfile $(PIDFILE)
 
 test: $(STAMP) server-binary

@@ -68,7 +68,8 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
     if "started_at" in master:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
     master = {
-        k: master.get(k) for k in ("pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners")
+        k: master.get(k)
+        for k in ("pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload")
     }
     totals = {
         "workers": len(workers),
@@ -125,6 +126,13 @@ def render_table(report: dict[str, Any]) -> str:
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
         f"{t['err']:>8} {t['unread_clients']:>7} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
     )
+    r = m.get("reload") or {}
+    if r.get("outcome") == "serving":
+        lines.append(f"last reload ({r['finished_at']}): generation {r['generation']} serving")
+    elif r.get("outcome"):
+        lines.append(
+            f"last reload ({r['finished_at']}): {r['outcome']}: {r['reason']}; generation {r['generation']} kept"
+        )
     h = report["handoffs"]
     if any(h.values()):
         lines.append(

@@ -452,7 +452,7 @@ def test_max_requests_restarts_the_worker():
 
 # -- status -----------------------------------------------------------------------------------------
 
-MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners"}
+MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload"}
 WORKER_KEYS = {
     "pid",
     "generation",
@@ -508,6 +508,15 @@ def test_status_json_and_table():
         assert m["pid"] == srv.pid and m["name"] == "stat" and m["generation"] == 1
         assert m["workers_target"] == 2
         assert m["listeners"] == [f"127.0.0.1:{srv.port}"]
+        assert m["reload"] == {  # no HUP yet (tests/test_reload_wait.py: the record after reloads)
+            "requested": 0,
+            "answered": 0,
+            "running": None,
+            "outcome": None,
+            "reason": None,
+            "generation": None,
+            "finished_at": None,
+        }
         assert ISO.fullmatch(m["started_at"]) and isinstance(m["uptime_s"], (int, float))
         assert sorted(w["pid"] for w in status["workers"]) == workers
         for w in status["workers"]:
