@@ -22,5 +22,5 @@ CREATE TABLE IF NOT EXISTS `prefork_server_run` (
 ) ENGINE=MEMORY;
 
 -- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
--- the ingest table (left out while it is off):
--- ALTER TABLE `received_lines` ADD COLUMN IF NOT EXISTS line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY IF NOT EXISTS line_id (line_id);
+-- the ingest table (left out while it is off), each only if information_schema says it is missing:
+-- ALTER TABLE `received_lines` ADD COLUMN line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY line_id (line_id);

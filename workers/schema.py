@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymysql
+
+from prefork.db.errors import DUPLICATE_COLUMN, DUPLICATE_KEY_NAME, error_code
+
 
 def quote_identifier(name: str) -> str:
     """Quote a table name for MySQL; config validation already refused backticks and NUL."""
@@ -70,12 +74,18 @@ LINE_ID_COLUMN = "line_id"
 LINE_ID_TYPE = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL"
 
 
-def add_line_id_sql(table: str) -> str:
-    """The ALTER TABLE that adds the line id column and its unique key, each if missing (MariaDB)."""
-    return (
-        f"ALTER TABLE {quote_identifier(table)} ADD COLUMN IF NOT EXISTS {LINE_ID_COLUMN} {LINE_ID_TYPE}, "
-        f"ADD UNIQUE KEY IF NOT EXISTS {LINE_ID_COLUMN} ({LINE_ID_COLUMN})"
-    )
+def add_line_id_sql(table: str, column: bool = True, key: bool = True) -> str:
+    """The ALTER TABLE that adds the line id column (``column``) and its unique key (``key``): plain
+    statements, which MySQL and MariaDB both take (``IF NOT EXISTS`` in ALTER is MariaDB's alone), so the
+    caller looks in information_schema first for what is missing (``add_line_id``)."""
+    parts = []
+    if column:
+        parts.append(f"ADD COLUMN {LINE_ID_COLUMN} {LINE_ID_TYPE}")
+    if key:
+        parts.append(f"ADD UNIQUE KEY {LINE_ID_COLUMN} ({LINE_ID_COLUMN})")
+    if not parts:
+        raise ValueError("nothing to add")
+    return f"ALTER TABLE {quote_identifier(table)} " + ", ".join(parts)
 
 
 def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str]:
@@ -92,15 +102,44 @@ def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str
 
 def has_line_id(conn: Any, table: str) -> bool:
     """Whether the table has the line id column with a unique key on it alone."""
+    return missing_line_id(conn, table) == (False, False)
+
+
+def missing_line_id(conn: Any, table: str) -> tuple[bool, bool]:
+    """Whether the table lacks the line id column, and whether it lacks its unique key (a unique key named
+    ``line_id`` on that column alone), as information_schema says."""
+    column = bool(missing_columns(conn, table, (LINE_ID_COLUMN,)))
     cur = conn.cursor()
     cur.execute(
         "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
         "AND INDEX_NAME = %s AND COLUMN_NAME = %s AND NON_UNIQUE = 0",
         (table, LINE_ID_COLUMN, LINE_ID_COLUMN),
     )
-    found = cur.fetchone()[0] > 0
+    key = cur.fetchone()[0] == 0
     cur.close()
-    return bool(found)
+    return column, key
+
+
+def add_line_id(conn: Any, table: str) -> bool:
+    """Add the line id column and its unique key to the table where information_schema says they are
+    missing; True if this call altered the table. Another session (a worker of this or another host) may
+    add them meanwhile: a duplicate column or key name (1060, 1061) means that part is there, and what is
+    left is looked up again."""
+    # Looked up first: even an ALTER with nothing to do waits for the table's metadata lock, and the
+    # statements of every other session on the table would queue behind it meanwhile.
+    altered = False
+    for _ in range(3):  # each failed try finds one more part there: column and key, then one, then none
+        column, key = missing_line_id(conn, table)
+        if not column and not key:
+            break
+        try:
+            conn.cursor().execute(add_line_id_sql(table, column, key))
+            altered = True
+        except pymysql.err.MySQLError as exc:
+            if error_code(exc) not in (DUPLICATE_COLUMN, DUPLICATE_KEY_NAME):
+                raise
+        conn.commit()
+    return altered
 
 
 def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str | None = None) -> None:
@@ -113,11 +152,8 @@ def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str 
     cur.execute(create_server_run_table_sql())
     cur.close()
     conn.commit()
-    # Looked up first: even an ALTER with nothing to do waits for the table's metadata lock, and the
-    # statements of every other session on the table would queue behind it meanwhile.
-    if line_ids and not has_line_id(conn, table):
-        conn.cursor().execute(add_line_id_sql(table))
-        conn.commit()
+    if line_ids:
+        add_line_id(conn, table)
 
 
 # One marker row per committed batch, written in the batch's transaction: after a connection broke during
@@ -154,7 +190,7 @@ SCHEMA_FILE_HEADER = """\
 """
 LINE_IDS_NOTE = """
 -- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
--- the ingest table (left out while it is off):
+-- the ingest table (left out while it is off), each only if information_schema says it is missing:
 -- {sql};
 """
 

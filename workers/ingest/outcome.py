@@ -50,11 +50,14 @@ def server_of(conn: Any) -> Server:
     if server is None:
         cur = conn.cursor()
         # The first connection after a start writes the run's token; MEMORY tables are not transactional,
-        # so it is visible at once, and INSERT IGNORE keeps the first one.
+        # so it is visible at once, and INSERT IGNORE keeps the first one. Committed at once, in a
+        # transaction of its own: MySQL with enforce_gtid_consistency (GTID replication) refuses a
+        # non-transactional write in a transaction that writes InnoDB tables too (error 1785).
         cur.execute(f"INSERT IGNORE INTO `{SERVER_RUN_TABLE}` (id, token) VALUES (1, %s)", (os.urandom(16),))
         cur.execute(f"SELECT @@hostname, @@port, token FROM `{SERVER_RUN_TABLE}` WHERE id = 1")
         hostname, port, run = cur.fetchone()
         cur.close()
+        conn.commit()
         server = Server(str(hostname), int(port), bytes(run))
         conn.prefork_server = server
     return server
@@ -87,10 +90,16 @@ def marker_committed(conn: Any, marker: bytes, session: Session | None) -> bool:
     return found
 
 
+def kill_sql(thread_id: int) -> str:
+    """The statement that ends a session: ``KILL CONNECTION``, the same on MySQL and MariaDB (a user may kill
+    its own sessions without any privilege; 1095 answers for another user's, 1094 for one that is gone)."""
+    return f"KILL CONNECTION {int(thread_id)}"
+
+
 def _end_session(cur: Any, thread_id: int) -> None:
     """Kill the old session if the server still has it, and wait until it is gone."""
     try:
-        cur.execute(f"KILL {int(thread_id)}")
+        cur.execute(kill_sql(thread_id))
     except pymysql.err.MySQLError as exc:
         code = error_code(exc)
         if code == ER.KILL_DENIED_ERROR:
