@@ -226,10 +226,29 @@ def test_the_server_is_detected_as_mariadb_and_gets_its_variables(dsn):
         cur = conn.cursor()
         cur.execute("SELECT @@session.idle_write_transaction_timeout, @@session.net_read_timeout")
         assert cur.fetchone() == (STALLED_CLIENT_S, STALLED_CLIENT_S)
+    finally:
+        conn.close()
+
+
+def test_the_run_token_is_written_in_autocommit_mode_and_then_read(dsn):
+    """A server without a token (as after a restart) gets one from the first connection, written as an
+    autocommitted statement of its own (no COMMIT sent: a proxy counting COMMITs would take it for a batch's),
+    and the connection is back in transaction mode afterwards."""
+    conn = _connect(dsn)
+    try:
+        cur = conn.cursor()
         cur.execute(schema.create_server_run_table_sql())
-        server_of(conn)  # the run token's write is committed at once, in a transaction of its own
-        cur.execute("SELECT @@in_transaction")
-        assert cur.fetchone() == (0,)
+        cur.execute(f"DELETE FROM `{schema.SERVER_RUN_TABLE}`")  # MEMORY: as a restarted server has it
+        conn.commit()
+        server = server_of(conn)
+        assert conn.get_autocommit() is False
+        cur.execute(f"SELECT token FROM `{schema.SERVER_RUN_TABLE}`")
+        assert cur.fetchall() == ((server.run,),)
+        again = _connect(dsn)
+        try:
+            assert server_of(again) == server  # read, not written again
+        finally:
+            again.close()
     finally:
         conn.close()
 
