@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,7 +24,7 @@ import pytest
 from prefork import activation
 from prefork.config.address import parse_address
 from prefork.exits import EXIT_USAGE
-from tests.server import APPS, ROOT, ServerProcess, connect, read_lines, roundtrip, wait_for
+from tests.server import APPS, ROOT, ServerProcess, read_lines, roundtrip, wait_for
 
 ECHO = ["workers.echo:app", "--workers", "1"]
 
@@ -64,10 +63,11 @@ def passing(tmp: Path, socks: list[socket.socket], names: str, pid: int | None =
     overwrites none."""
     high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 100 + i) for i, s in enumerate(socks)]
     wrapper = tmp / "as-systemd"
+    variables = {"LISTEN_FDS": str(len(socks)), "LISTEN_FDNAMES": names}
     wrapper.write_text(
         f"#!{sys.executable}\nimport os, sys\n"
         f"for i, fd in enumerate({high}):\n    os.dup2(fd, 3 + i)\n    os.close(fd)\n"
-        f"os.environ.update(LISTEN_PID=str({pid} or os.getpid()), LISTEN_FDS='{len(socks)}', LISTEN_FDNAMES='{names}')\n"
+        f"os.environ.update({variables!r}, LISTEN_PID=str({pid} or os.getpid()))\n"
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
     )
     wrapper.chmod(0o755)
