@@ -26,6 +26,7 @@ POOL_KEYS = (
 APP_LINE = 100  # characters of an app's stats shown per worker in the table
 WORKER_KEYS = (
     "pid",
+    "slot",  # its place in the accept table, taken over by its replacement: /metrics labels series by it
     "generation",
     "started_at",
     "age_s",
