@@ -68,6 +68,7 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
+READY_SILENCE_S = 5.0  # a worker silent longer (heartbeats come each second) makes /readyz answer 503
 
 
 class HaltServer(Exception):
@@ -792,12 +793,15 @@ class Master:
     def readiness(self) -> str | None:
         """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: every worker
         of the current generation serves, and none of their apps says it is not ready (an app's optional
-        ``readiness()``, reported in its heartbeat: the ingest app's database)."""
+        ``readiness()``, reported in its heartbeat: the ingest app's database), and each one's heartbeat
+        came within READY_SILENCE_S."""
         current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
         serving = sorted((w for w in current if w.ready), key=lambda w: (w.slot is None, w.slot or 0, w.pid))
         if len(serving) < self.target:
             return f"{len(serving)} of {self.target} workers serving"
         for w in serving:
+            if w.silent_s > READY_SILENCE_S:  # hung (killed only at server.timeout): not serving meanwhile
+                return f"worker {w.pid} (slot {w.slot}): no heartbeat for {w.silent_s:.0f}s"
             reason = w.heartbeat.last.get("not_ready")
             if reason:
                 return f"worker {w.pid} (slot {w.slot}): {reason}"

@@ -572,26 +572,7 @@ def http_get(port: int, path: str) -> tuple[str, str]:
     return head.split("\r\n", 1)[0], body
 
 
-def test_metrics_endpoint_serves_prometheus_text():
-    with ServerProcess([ECHO, "--workers", "2", "--name", "metered", "--metrics-bind", "127.0.0.1:0"]) as srv:
-        match = wait_for(lambda: re.search(r"Metrics at: http://127\.0\.0\.1:(\d+)/metrics", srv.logs()))
-        port = int(match.group(1))
-        assert echo_ok(srv.port)
-
-        def scraped():
-            # Both workers reporting (a worker still booting under load is not listed yet) and the lines counted.
-            status, body = http_get(port, "/metrics")
-            counted = 'prefork_lines_total{name="metered"} 3\n' in body
-            return body if counted and body.count("prefork_clients{") == 2 else None
-
-        body = wait_for(scraped, what="metrics with both workers and the lines")
-        assert http_get(port, "/metrics")[0] == "HTTP/1.1 200 OK"
-        assert 'prefork_up{name="metered"} 1' in body
-        assert "# TYPE prefork_lines_total counter" in body
-        assert http_get(port, "/nope")[0].startswith("HTTP/1.1 404")
-        with socket.create_connection(("127.0.0.1", port), timeout=10):
-            pass  # a scraper that says nothing must not hang the master
-        assert echo_ok(srv.port)
+# /metrics, /healthz and /readyz: tests/test_health.py (the exposition's rules: tests/test_metrics.py).
 
 
 def test_master_raises_the_open_files_limit_for_workers():
