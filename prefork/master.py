@@ -791,13 +791,15 @@ class Master:
         }
 
     def readiness(self) -> str | None:
-        """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: every worker
-        of the current generation serves, and none of their apps says it is not ready (an app's optional
-        ``readiness()``, reported in its heartbeat: the ingest app's database), and each one's heartbeat
-        came within READY_SILENCE_S."""
+        """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: the workers
+        of the current generation serve, each one's heartbeat came within READY_SILENCE_S, and none of
+        their apps says it is not ready (an app's optional ``readiness()``, reported in its heartbeat: the
+        ingest app's database). At start every worker must serve; later a worker being replaced (a crash,
+        max_requests) does not count while others serve: a routine restart must not take the host out of
+        its balancer, which would close every client's connection."""
         current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
         serving = sorted((w for w in current if w.ready), key=lambda w: (w.slot is None, w.slot or 0, w.pid))
-        if len(serving) < self.target:
+        if not serving or (len(serving) < self.target and not self._notified_ready):
             return f"{len(serving)} of {self.target} workers serving"
         for w in serving:
             if w.silent_s > READY_SILENCE_S:  # hung (killed only at server.timeout): not serving meanwhile

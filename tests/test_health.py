@@ -117,6 +117,7 @@ def test_readyz_says_503_while_the_database_is_down_and_200_again_after(db):
             assert re.fullmatch(r"worker \d+ \(slot 0\): no database connection for \d+s: .+\n", body), body
             assert 'prefork_ready{name="prefork"} 0' in request(port, "/metrics")[2]
             assert request(port, "/healthz")[0] == "HTTP/1.1 200 OK"  # the master itself is fine
+            assert "no database connection" in srv.status()["master"]["not_ready"]  # prefork status says so too
         finally:
             db.start()
         wait_for(lambda: request(port, "/readyz")[0] == "HTTP/1.1 200 OK", what="ready again")

@@ -452,9 +452,10 @@ def test_max_requests_restarts_the_worker():
 
 # -- status -----------------------------------------------------------------------------------------
 
-MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners"}
+MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "not_ready"}
 WORKER_KEYS = {
     "pid",
+    "slot",  # its place in the accept table: what /metrics labels its series by
     "generation",
     "started_at",
     "age_s",
@@ -495,10 +496,11 @@ def test_status_json_and_table():
         m = status["master"]
         assert set(m) == MASTER_KEYS
         assert m["pid"] == srv.pid and m["name"] == "stat" and m["generation"] == 1
-        assert m["workers_target"] == 2
+        assert m["workers_target"] == 2 and m["not_ready"] is None
         assert m["listeners"] == [f"127.0.0.1:{srv.port}"]
         assert ISO.fullmatch(m["started_at"]) and isinstance(m["uptime_s"], (int, float))
         assert sorted(w["pid"] for w in status["workers"]) == workers
+        assert sorted(w["slot"] for w in status["workers"]) == [0, 1]
         for w in status["workers"]:
             assert set(w) == WORKER_KEYS
             assert set(w["pool"]) == POOL_KEYS
