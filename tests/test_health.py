@@ -82,7 +82,9 @@ def test_a_killed_worker_leaves_its_slot_to_its_replacement_and_no_counter_goes_
         what="the lines counted per slot",
     )
     before, slots = counters(before_text), worker_slots(before_text)
-    victim = int(next(iter(slots.values())))
+    # The worker of the slot that read the most lines: its counts must live on in its slot.
+    busiest = max(slots, key=lambda slot: before["prefork_worker_lines_total", slot_labels(slot)])
+    victim = int(slots[busiest])
     os.kill(victim, signal.SIGKILL)
 
     def replaced():
@@ -94,8 +96,13 @@ def test_a_killed_worker_leaves_its_slot_to_its_replacement_and_no_counter_goes_
     after = counters(after_text)
     assert set(before) <= set(after)
     assert [key for key, value in before.items() if after[key] < value] == []
+    assert after["prefork_worker_lines_total", slot_labels(busiest)] >= 10  # 20 lines over 2 workers
     check_exposition(after_text)
     assert request(port, "/readyz")[0] == "HTTP/1.1 200 OK"
+
+
+def slot_labels(slot: str) -> frozenset:
+    return frozenset({"name": "health", "slot": slot}.items())
 
 
 def sum_lines(text: str) -> float:
