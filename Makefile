@@ -36,7 +36,11 @@ start: $(STAMP)
 	@DSN=$$($(DSN_CMD)) && $(VENV)/bin/prefork run --daemon --pidfile $(PIDFILE) --log-file var/prefork.log \
 		--dsn "$$DSN" $(ARGS) && echo "prefork: started (pidfile $(PIDFILE), log var/prefork.log)"
 
-reload stop status: $(STAMP)
+# reload returns once the new generation serves (exit 0), or says why the reload was refused (exit 1).
+reload: $(STAMP)
+	$(VENV)/bin/prefork reload --wait --pidfile $(PIDFILE)
+
+stop status: $(STAMP)
 	$(VENV)/bin/prefork $@ --pidfile $(PIDFILE)
 
 test: $(STAMP) server-binary
@@ -49,9 +53,12 @@ test-system-python: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
 	sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV) $(PYTEST_ARGS)
 
-# Throughput against baselines measured in the same run (bench/run.py says what each contender is).
+# Throughput against baselines measured in the same run (bench/run.py says what each contender is);
+# BENCH=shippers runs the rsyslog part alone (bench/shippers.py).
+BENCH ?=
 bench: $(STAMP) server-binary
-	$(PY) bench/run.py
+	sh scripts/ensure-bench-packages.sh
+	$(PY) bench/run.py $(if $(BENCH),--only $(BENCH))
 
 lint: $(STAMP)
 	$(PY) -m ruff check prefork workers tests bench scripts devtools

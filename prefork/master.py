@@ -44,6 +44,7 @@ from prefork.metrics import MetricsServer, carry
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
 from prefork.protocol.allow import EVERYONE
+from prefork.reloads import ABANDONED, REFUSED, SERVING, ReloadRecord
 from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
     MASTER_FILE,
@@ -106,6 +107,7 @@ class PendingReload:
     listeners: dict[str, socket.socket]
     opened: list[str]  # listeners this reload opened (closed again if it fails)
     deadline: float
+    failure: str | None = None  # how a new worker died, the reason given if the reload is abandoned
 
 
 class Master:
@@ -156,6 +158,7 @@ class Master:
         }
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
+        self.reload_record = ReloadRecord()  # which HUPs were answered, and how (`prefork reload --wait`)
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
         self.start_dir = start_directory()
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
@@ -268,6 +271,7 @@ class Master:
     def handle_hup(self) -> None:
         """Reload: new config, new generation, then stop the old one."""
         log.info("Hang up: reloading")
+        self.reload_record.hup()
         self.reload()
 
     def handle_term(self) -> None:
@@ -374,6 +378,7 @@ class Master:
             log.info("reload already in progress (%s): reloading again after it", what)
             self.reload_queued = True
             return
+        self.reload_record.begin()
         try:
             cfg = self.cfg.reload()
         except ConfigError as exc:
@@ -410,6 +415,7 @@ class Master:
         """Keep the old config and generation after a reload that cannot go on."""
         log.error("reload failed, keeping the old config: %s", exc)
         self.reloads["failed"] += 1
+        self.reload_record.finish(REFUSED, self.generation, str(exc))
         self.reload_queued_now()
 
     def reload_queued_now(self) -> None:
@@ -474,9 +480,13 @@ class Master:
                 self.stop_worker(w, "reload")
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
             self.reloads["ok"] += 1
+            self.reload_record.finish(SERVING, self.generation)
         elif len(new) < pending.config.server.workers or time.monotonic() > pending.deadline:
             log.error("reload failed: generation %d did not boot; the old workers keep serving", pending.generation)
             self.reloads["failed"] += 1
+            boot_s = max(pending.config.server.timeout, 10.0)
+            why = pending.failure or f"its workers were not all ready within {boot_s:g}s"
+            self.reload_record.finish(ABANDONED, self.generation, f"generation {pending.generation} failed: {why}")
             # New workers that already serve have clients: drain them like any stopping worker.
             for w in new:
                 self.stop_worker(w, "reload")
@@ -646,6 +656,7 @@ class Master:
             return
         if self.pending is not None and worker.generation == self.pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
+            self.pending.failure = self.pending.failure or f"new worker {worker.pid} died ({how})"
             return  # check_reload abandons the reload
         if not self.booted and (code == EXIT_BOOT or not worker.ready):
             # Any exit before serving at start is a boot failure: sys.exit() in the app's import, a
@@ -787,6 +798,7 @@ class Master:
             "retired": self.retired,
             "restarts": self.restarts,
             "reloads": self.reloads,
+            "reload": self.reload_record.as_dict(),
             "not_ready": self.readiness(),
         }
 

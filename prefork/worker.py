@@ -311,11 +311,11 @@ class Worker:
             channel.close()
         if adopted is None:
             return
-        fd, addr, carried = adopted
+        fd, addr, carried, state = adopted
         sock = green_socket(fileno=fd)
         self.counters.handoffs["in"] += 1
         self.gate.accepted()
-        self.pool.spawn(self._handle, self._settings_of(sock), sock, addr, carried)
+        self.pool.spawn(self._handle, self._settings_of(sock), sock, addr, carried, state)
 
     def _settings_of(self, sock: Any) -> ProtocolSettings:
         """The settings of the listener an adopted connection came in on: the one whose address is its local
@@ -330,7 +330,9 @@ class Worker:
                     return settings
         return self.settings[0]
 
-    def _handle(self, settings: ProtocolSettings, sock: Any, addr: Any, carried: bytes = b"") -> None:
+    def _handle(
+        self, settings: ProtocolSettings, sock: Any, addr: Any, carried: bytes = b"", state: dict | None = None
+    ) -> None:
         try:
             conn = LineConnection(sock, addr, self.app, settings, self.counters)
             self.connections.add(conn)
@@ -339,7 +341,7 @@ class Worker:
                 # through `connections`): stopped as those were, once its reader waits.
                 gevent.spawn(conn.stop, self.read_until, self.handoff_to)
             try:
-                conn.serve(carried)
+                conn.serve(carried, state)
             finally:
                 self.connections.discard(conn)
         finally:

@@ -452,7 +452,8 @@ def test_max_requests_restarts_the_worker():
 
 # -- status -----------------------------------------------------------------------------------------
 
-MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "not_ready"}
+MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload"}
+MASTER_KEYS |= {"not_ready"}  # why /readyz would answer 503, null when ready
 WORKER_KEYS = {
     "pid",
     "slot",  # its place in the accept table: what /metrics labels its series by
@@ -463,6 +464,7 @@ WORKER_KEYS = {
     "lines_in",
     "ok",
     "err",
+    "unread_clients",  # connections stopped because the client read no reply (tests/test_syslog_framing.py)
     "rss_bytes",
     "loop_lag_ms",
     "refused",  # connections closed as they came, by reason: {"allow_from": n}
@@ -482,7 +484,17 @@ POOL_KEYS = {
     "wait_total_s",
     "wait_max_s",
 }
-TOTAL_KEYS = {"workers", "clients", "lines_in", "ok", "err", "pool_size", "pool_in_use", "pool_waiting"}
+TOTAL_KEYS = {
+    "workers",
+    "clients",
+    "lines_in",
+    "ok",
+    "err",
+    "unread_clients",
+    "pool_size",
+    "pool_in_use",
+    "pool_waiting",
+}
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
 
 
@@ -498,6 +510,15 @@ def test_status_json_and_table():
         assert m["pid"] == srv.pid and m["name"] == "stat" and m["generation"] == 1
         assert m["workers_target"] == 2 and m["not_ready"] is None
         assert m["listeners"] == [f"127.0.0.1:{srv.port}"]
+        assert m["reload"] == {  # no HUP yet (tests/test_reload_wait.py: the record after reloads)
+            "requested": 0,
+            "answered": 0,
+            "running": None,
+            "outcome": None,
+            "reason": None,
+            "generation": None,
+            "finished_at": None,
+        }
         assert ISO.fullmatch(m["started_at"]) and isinstance(m["uptime_s"], (int, float))
         assert sorted(w["pid"] for w in status["workers"]) == workers
         assert sorted(w["slot"] for w in status["workers"]) == [0, 1]
@@ -506,7 +527,7 @@ def test_status_json_and_table():
             assert set(w["pool"]) == POOL_KEYS
             assert isinstance(w["pool"]["closed"], dict)
             assert w["generation"] == 1 and ISO.fullmatch(w["started_at"])
-            for key in ("clients", "lines_in", "ok", "err", "rss_bytes"):
+            for key in ("clients", "lines_in", "ok", "err", "unread_clients", "rss_bytes"):
                 assert isinstance(w[key], int) and w[key] >= 0, (key, w)
             assert w["rss_bytes"] > 0
         t = status["totals"]
@@ -514,6 +535,7 @@ def test_status_json_and_table():
         assert t["workers"] == 2
         assert t["lines_in"] == sum(w["lines_in"] for w in status["workers"]) == 3
         assert t["ok"] == sum(w["ok"] for w in status["workers"])
+        assert t["unread_clients"] == 0  # these clients read their replies
 
         out = subprocess.run(
             prefork_cmd("status", "--pidfile", srv.pidfile()), env=srv.env, capture_output=True, text=True, timeout=30
@@ -521,6 +543,7 @@ def test_status_json_and_table():
         assert out.returncode == 0, out.stderr
         assert "stat" in out.stdout and str(srv.pid) in out.stdout
         rows = out.stdout.splitlines()
+        assert "UNREAD" in out.stdout.split()
         for pid in workers:
             assert any(row.split()[:2] == [str(pid), "1"] for row in rows), out.stdout
         assert any(row.split()[:1] == ["total"] for row in rows), out.stdout
