@@ -452,8 +452,17 @@ def test_max_requests_restarts_the_worker():
 
 # -- status -----------------------------------------------------------------------------------------
 
-MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload"}
-MASTER_KEYS |= {"not_ready"}  # why /readyz would answer 503, null when ready
+MASTER_KEYS = {
+    "pid",
+    "name",
+    "generation",
+    "started_at",
+    "uptime_s",
+    "workers_target",
+    "listeners",
+    "reload",
+    "not_ready",  # why /readyz would answer 503, null when ready
+}
 WORKER_KEYS = {
     "pid",
     "slot",  # its place in the accept table: what /metrics labels its series by
