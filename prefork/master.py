@@ -40,7 +40,7 @@ from prefork.config.loader import Config
 from prefork.config.probe import Probe, needs_probe
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from prefork.handoff import HandoffBoard, open_channel
-from prefork.metrics import MetricsServer
+from prefork.metrics import MetricsServer, carry
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
 from prefork.protocol.allow import EVERYONE
@@ -69,6 +69,7 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
+READY_SILENCE_S = 5.0  # a worker silent longer (heartbeats come each second) makes /readyz answer 503
 
 
 class HaltServer(Exception):
@@ -153,6 +154,7 @@ class Master:
             "unread_clients": 0,
             "handoffs": {},
             "refused": {},
+            "slots": {},  # per accept-table slot (as a string): what its per-slot counters carry (metrics.carry)
         }
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
@@ -637,6 +639,7 @@ class Master:
         refused = self.retired["refused"]
         for reason, n in (last.get("refused") or {}).items():
             refused[reason] = refused.get(reason, 0) + n
+        carry(self.retired["slots"], worker.slot, last)
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
         if reason != "shutdown":
@@ -787,14 +790,36 @@ class Master:
             "uptime_s": round(now - self.started_at, 3),
             "workers_target": self.target,
             "listeners": [sockets.address_of(s) for s in self.listeners.values()],
-            "workers": [w.heartbeat.last for _, w in sorted(self.workers.items()) if w.heartbeat.last],
+            "workers": [
+                {**w.heartbeat.last, "slot": w.slot} for _, w in sorted(self.workers.items()) if w.heartbeat.last
+            ],
             "written_ts": now,
             "started_ts": self.started_at,
             "retired": self.retired,
             "restarts": self.restarts,
             "reloads": self.reloads,
             "reload": self.reload_record.as_dict(),
+            "not_ready": self.readiness(),
         }
+
+    def readiness(self) -> str | None:
+        """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: the workers
+        of the current generation serve, each one's heartbeat came within READY_SILENCE_S, and none of
+        their apps says it is not ready (an app's optional ``readiness()``, reported in its heartbeat: the
+        ingest app's database). At start every worker must serve; later a worker being replaced (a crash,
+        max_requests) does not count while others serve: a routine restart must not take the host out of
+        its balancer, which would close every client's connection."""
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
+        serving = sorted((w for w in current if w.ready), key=lambda w: (w.slot is None, w.slot or 0, w.pid))
+        if not serving or (len(serving) < self.target and not self._notified_ready):
+            return f"{len(serving)} of {self.target} workers serving"
+        for w in serving:
+            if w.silent_s > READY_SILENCE_S:  # hung (killed only at server.timeout): not serving meanwhile
+                return f"worker {w.pid} (slot {w.slot}): no heartbeat for {w.silent_s:.0f}s"
+            reason = w.heartbeat.last.get("not_ready")
+            if reason:
+                return f"worker {w.pid} (slot {w.slot}): {reason}"
+        return None
 
 
 def _raise_fd_limit(needed: int) -> None:

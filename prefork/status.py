@@ -26,6 +26,7 @@ POOL_KEYS = (
 APP_LINE = 100  # characters of an app's stats shown per worker in the table
 WORKER_KEYS = (
     "pid",
+    "slot",  # its place in the accept table, taken over by its replacement: /metrics labels series by it
     "generation",
     "started_at",
     "age_s",
@@ -69,7 +70,17 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
     master = {
         k: master.get(k)
-        for k in ("pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload")
+        for k in (
+            "pid",
+            "name",
+            "generation",
+            "started_at",
+            "uptime_s",
+            "workers_target",
+            "listeners",
+            "reload",
+            "not_ready",
+        )
     }
     totals = {
         "workers": len(workers),
@@ -121,6 +132,8 @@ def render_table(report: dict[str, Any]) -> str:
             f"{w['pid']:>8} {w['generation']:>4} {_duration(w['age_s']):>8} {w['clients']:>8} "
             f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {w['unread_clients'] or 0:>7} {pool:>24}"
         )
+    if m.get("not_ready"):
+        lines[1:1] = [f"not ready (/readyz answers 503): {m['not_ready']}"]
     t = report["totals"]
     lines.append(
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "

@@ -43,7 +43,15 @@ from prefork.config.appload import AppLoadError, import_app  # noqa: E402
 from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
 from prefork.handoff import HANDOFF_TIMEOUT_S, adopt, channel_name  # noqa: E402
-from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
+from prefork.interface import (  # noqa: E402
+    WorkerInfo,
+    accepts_line_ids,
+    close_of,
+    line_ids_refused,
+    readiness_of,
+    setup_of,
+    stats_of,
+)
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
@@ -60,6 +68,7 @@ from prefork.workerspec import WorkerSpec  # noqa: E402
 
 HEARTBEAT_INTERVAL = 1.0
 MAX_APP_STATS_BYTES = 64 << 10  # of an app's stats() as JSON, well within what the master reads of a state
+MAX_NOT_READY = 300  # characters of the app's reason for not being ready: /readyz answers it on one line
 
 # Accept balancing (AcceptGate below; the shared counts are prefork.state.AcceptTable).
 # Clients a worker may hold above the least loaded accepting worker before it pauses: 2, or 1/16 of that
@@ -375,6 +384,7 @@ class Worker:
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),
+            "not_ready": self._app_not_ready(),
         }
         beat(self.spec.heartbeat_fd, state)
 
@@ -397,6 +407,18 @@ class Worker:
             self._bad_stats(f"{size} bytes of JSON, more than {MAX_APP_STATS_BYTES}")
             return None
         return value
+
+    def _app_not_ready(self) -> str | None:
+        """Why the app says it cannot serve now (its optional ``readiness()``), or None: the master's
+        /readyz answers 503 with it. A hook that raises counts as not ready, saying so."""
+        readiness = readiness_of(self.app)
+        if readiness is None or not self.ready:
+            return None
+        try:
+            reason = readiness()
+        except Exception as exc:  # the app's own bug: not ready, and the heartbeat still goes out
+            reason = f"the app's readiness() failed: {type(exc).__name__}: {exc}"
+        return " ".join(str(reason).split())[:MAX_NOT_READY] if reason else None
 
     def _bad_stats(self, why: str) -> None:
         if not self._bad_stats_logged:
