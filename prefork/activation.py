@@ -27,7 +27,7 @@ from prefork.config.address import Address
 from prefork.sockets import address_of
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed descriptor
-FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6", socket.AF_UNIX: "unix"}
+FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)  # those server.bind can name
 VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
