@@ -200,7 +200,7 @@ class Master:
             signal.signal(signum, self._queue_signal)
         log.info("Starting prefork master %s (%s)", self.pid, self.cfg.server.name)
         for sock in self.listeners.values():
-            log.info("Listening at: %s", sockets.address_of(sock))
+            log.info("Listening at: %s", sockets.described(sock))
         if self.metrics is not None:
             log.info("Metrics at: http://%s/metrics", self.metrics.address)
         log.info("Using app %s with %d workers", self.cfg.server.app, self.target)

@@ -131,6 +131,17 @@ _parse_acks = _per_listener(
 )
 
 
+def _parse_fd_names(text: str) -> tuple[str, ...]:
+    names = tuple(item.strip() for item in text.split(","))
+    # systemd's rule for FileDescriptorName=: printable ASCII, no ":" (LISTEN_FDNAMES is ":"-separated).
+    if not all(len(n) <= 255 and n.isascii() and n.isprintable() and ":" not in n and " " not in n for n in names):
+        raise ValueError(
+            "expected names of up to 255 printable ASCII characters without ':' or spaces, one for all "
+            "listeners or one per listener, comma separated"
+        )
+    return names
+
+
 def _parse_networks(text: str) -> tuple[Any, ...]:
     networks = parse_networks(text)
     if not networks:
@@ -213,6 +224,11 @@ class ServerConfig(Section, name="server"):
         "5", positive_int,
         "times a listener in use at start is tried, 1 s apart, before exit 2 (a restart racing the old "
         "process's exit); 1 = once")
+    fd_name: tuple[str, ...] = option(
+        "", _parse_fd_names,
+        "socket activation: the FileDescriptorName= of the socket systemd passes for a server.bind address, "
+        "when its address alone does not match it (empty = by address only); one for all listeners, or one per "
+        "server.bind address, comma separated")
     unix_mode: int | None = option(
         "", _parse_mode, "file mode of unix socket listeners, e.g. 0660 (empty = as the umask leaves it)",
         flag="--unix-mode")

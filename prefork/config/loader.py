@@ -21,7 +21,7 @@ from prefork.protocol.allow import AllowList
 S = TypeVar("S", bound=Section)
 
 # Keys with one value for all listeners or one per server.bind address (prefork.master.per_listener).
-PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack", "server.allow_from")
+PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack", "server.allow_from", "server.fd_name")
 # What a wrong count of a per-listener key most likely means, besides.
 _COUNT_HINTS = {"server.allow_from": "; the networks of one listener are separated by spaces, not commas"}
 
