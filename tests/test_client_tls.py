@@ -26,7 +26,7 @@ from devtools.mariadb import MariaDBServer, free_port
 from prefork.client import Client, ClientError
 from prefork.client_tls import client_context
 from tests.certs import Pki
-from tests.helpers import connect, query
+from tests.helpers import INNODB_TRX_POLL_S, connect, query
 from tests.server import ServerProcess, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
 
@@ -120,7 +120,7 @@ def cut_with_replies_held(fronts: TLSFronts, locked: threading.Event) -> set[str
                 cursor.execute("UNLOCK TABLES")
         wait_for(lambda: query(fronts.dsn, count)[0][0] > before, what="the held lines to be committed")
         idle = "SELECT 1 FROM information_schema.INNODB_TRX UNION ALL " + waiting
-        wait_for(lambda: not query(fronts.dsn, idle), what="ingest's transactions to end")
+        wait_for(lambda: not query(fronts.dsn, idle), 20, INNODB_TRX_POLL_S, what="ingest's transactions to end")
         return set(stored(fronts.dsn, "cut-"))
     finally:
         locked.set()
