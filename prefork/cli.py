@@ -160,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefork.daemon import daemonize
     from prefork.master import Master
     from prefork.privileges import file_owner
+    from prefork.tls import check_config as check_tls_files
+    from prefork.tls import warn_expiring
 
     cfg = load_from_args(args)
     identity = resolve_identity(cfg)
@@ -177,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
     # Workers reopen the log file (USR1 after logrotate) as server.user: it is given to that user.
     logs.setup(cfg.server.log_level, cfg.server.log_file, cfg.server.log_format, owner=file_owner(identity))
+    # TLS listeners' files, as root if started so (the workers load them before dropping privileges).
+    warn_expiring(check_tls_files(cfg))  # ConfigError: exit 2, one line naming the key and the reason
     listeners = {}
     try:
         for address in cfg.server.bind:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefork import logs, pidfile, sockets
 from prefork.config.appload import AppLoadError, start_directory
@@ -57,9 +57,13 @@ from prefork.state import (
     write_json,
 )
 from prefork.systemd import Notifier
+from prefork.tls import check_config as check_tls_files
+from prefork.tls import of_config as tls_of_config
+from prefork.tls import warn_expiring
 from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
+T = TypeVar("T")
 
 FD_MARGIN = 128  # descriptors a worker needs beside its clients: pool, listeners, logs, state files
 BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
@@ -366,6 +370,9 @@ class Master:
             return
         try:
             cfg = self.cfg.reload()
+            # The new generation reads the certificate files afresh: an unreadable or mismatched pair, or an
+            # expired certificate, keeps the old generation serving with the files it loaded.
+            warn_expiring(check_tls_files(cfg))
         except ConfigError as exc:
             self.reload_failed(exc)
             return
@@ -535,6 +542,7 @@ class Master:
                 proxy_modes=proxy_modes(cfg, listeners),
                 framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
                 acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
+                tls=per_listener(cfg, listeners, tls_of_config(cfg), None),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
@@ -794,7 +802,7 @@ def proxy_modes(cfg: Config, listeners: dict[str, socket.socket]) -> list[str]:
     return per_listener(cfg, listeners, cfg.server.proxy_protocol, "off")
 
 
-def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[str, ...], default: str) -> list[str]:
+def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[T, ...], default: T) -> list[T]:
     """A per-listener key's values (one for all, or one per server.bind address) for each listener, in the
     listeners' order; ``default`` for a listener the config does not name."""
     by_address = {str(a): values[i if len(values) > 1 else 0] for i, a in enumerate(cfg.server.bind)}

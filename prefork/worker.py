@@ -29,6 +29,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import time  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
@@ -52,6 +53,7 @@ from prefork.protocol.counters import Counters  # noqa: E402
 from prefork.protocol.framers import acks  # noqa: E402
 from prefork.protocol.proxy import client_address  # noqa: E402
 from prefork.protocol.replies import StopReading  # noqa: E402
+from prefork.protocol.tlsaccept import TlsListener  # noqa: E402
 from prefork.signals import reset_master_handlers  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WorkerSpec  # noqa: E402
@@ -107,7 +109,9 @@ class Worker:
         self.servers: list[Any] = []
         self.gate = AcceptGate(spec.accept_table, spec.accept_slot, self.cfg.server.worker_connections)
         self.connections: set[Any] = set()
-        # Greenlets of connections still reading their PROXY header (server.proxy_protocol): not clients yet,
+        self.tls: list[TlsListener | None] = []  # each listener's TLS context (server.tls_cert), None: plaintext
+        # Greenlets of connections still reading their PROXY header (server.proxy_protocol) or in their TLS
+        # handshake: not clients yet,
         # so not in `connections`, but a graceful stop must end them too.
         self.handshakes: set[gevent.Greenlet] = set()
         self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
@@ -208,6 +212,9 @@ class Worker:
             server.log_level, server.log_file, server.log_format, self.spec.generation, file_owner(self.spec.identity)
         )
         _dump_stacks_on_abort()
+        # Certificates and keys are read now, before dropping privileges: a root-only key works, as in nginx.
+        timeout = server.tls_handshake_timeout
+        self.tls = [TlsListener(t, timeout) if t is not None else None for t in self.spec.tls]
         drop_privileges(self.spec.identity)  # server.user/group, before any of the app's code runs
         set_title(f"prefork: worker [{self.cfg.server.name}] gen {self.spec.generation}")
 
@@ -245,12 +252,13 @@ class Worker:
         # the servers stop accepting and further clients wait in the listen backlog.
         pool = self.pool = Pool(self.cfg.server.worker_connections)
         modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
-        for sock, mode, settings in zip(self.spec.listeners, modes, self.settings, strict=True):
+        tls = self.tls or [None] * len(self.spec.listeners)
+        for sock, mode, tls_listener, settings in zip(self.spec.listeners, modes, tls, self.settings, strict=True):
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-            if mode == "off":
+            if mode == "off" and tls_listener is None:
                 handle = functools.partial(self._handle, settings)
             else:
-                handle = functools.partial(self._handle_proxied, mode, settings)
+                handle = functools.partial(self._handle_proxied, mode, tls_listener, settings)
             server = GatedStreamServer(listener, handle, spawn=pool)
             server.gate = self.gate
             server.start()
@@ -265,13 +273,24 @@ class Worker:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def _handle_proxied(self, mode: str, settings: ProtocolSettings, sock: Any, addr: Any) -> None:
+    def _handle_proxied(
+        self, mode: str, tls: TlsListener | None, settings: ProtocolSettings, sock: Any, addr: Any
+    ) -> None:
         # A balancer's header first (server.proxy_protocol): the client it names is the one served. The wait
         # for it (up to HEADER_TIMEOUT, or that long to tell a direct client) is cut short by a graceful stop.
+        # Then, on a TLS listener, the handshake (HAProxy in TCP mode passes TLS through after its header),
+        # with its deadline, cut short by a graceful stop too.
         me = gevent.getcurrent()
         self.handshakes.add(me)
         try:
             client = None if self.draining else client_address(sock, addr, mode, self.cfg.server.proxy_allow_from)
+            if client is not None and tls is not None:
+                peer = "unix" if sock.family == socket.AF_UNIX else str(client[0])
+                tls_sock = tls.accept(sock, peer, self.counters)
+                if tls_sock is None:
+                    client = None
+                else:
+                    sock = tls_sock
         except StopReading:
             client = None  # thrown by _graceful_stop: no line was read, the peer sees a close
         finally:
@@ -359,6 +378,7 @@ class Worker:
             "err_by_reason": c.err_by_reason,
             "unread_clients": c.unread_clients,
             "handoffs": c.handoffs,
+            "tls": c.tls,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),

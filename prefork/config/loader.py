@@ -16,11 +16,17 @@ from prefork.config.framework import BY_NAME, FRAMEWORK, FRAMEWORK_SECTIONS, SET
 from prefork.config.section import Section
 from prefork.config.sources import ENV_PREFIX, RawValue, check_name, convert, read_file, setting_of_variable
 from prefork.db.dsn import DSN
+from prefork.tls import listener_settings
 
 S = TypeVar("S", bound=Section)
 
+TLS_KEYS = (
+    "server.tls_cert", "server.tls_key", "server.tls_client_ca", "server.tls_min_version", "server.tls_ciphers",
+    "server.tls_client_names",
+)  # fmt: skip
+
 # Keys with one value for all listeners or one per server.bind address (prefork.master.per_listener).
-PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack")
+PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack", *TLS_KEYS)
 
 
 def _json_safe(value: Any) -> Any:
@@ -192,6 +198,7 @@ def load_config(
                 "(give one for all, or one per address)",
                 name,
             )
+    listener_settings({name: values[name] for name in TLS_KEYS}, len(binds))  # ConfigError: a key without a cert
     if values["pool.min_size"] > values["pool.max_size"]:
         raise ConfigError(
             f"pool.min_size: invalid value {str(values['pool.min_size'])!r} "

@@ -6,7 +6,10 @@ from __future__ import annotations
 class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
-    __slots__ = ("clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients", "handoffs")
+    __slots__ = (
+        "clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients", "handoffs",
+        "tls",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.clients = 0
@@ -19,3 +22,6 @@ class Counters:
         # Connections moved at a reload (prefork.handoff): "out" handed to the new generation, "fallback" not
         # (closed here as at any graceful stop), "in" adopted from the old one.
         self.handoffs = {"out": 0, "fallback": 0, "in": 0}
+        # TLS listeners (prefork.protocol.tlsaccept): "handshakes" completed, "failed:REASON" handshakes that
+        # failed, "wrong:plaintext" plaintext on a TLS listener, "wrong:tls" a ClientHello on a plaintext one.
+        self.tls: dict[str, int] = {}

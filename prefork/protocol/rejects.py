@@ -1,6 +1,7 @@
-"""Frames refused with no reply to say so (``server.ack = off``), streams that cannot be framed any further, and
-sessions the server ends on an error (RELP): logged, at most one line per ``LOG_INTERVAL_S`` per worker; what
-falls between is summed up in one line (how many, by reason) once the interval is over.
+"""Frames refused with no reply to say so (``server.ack = off``), streams that cannot be framed any further,
+connections closed before they became clients (TLS), and sessions the server ends on an error (RELP): logged,
+at most one line per ``LOG_INTERVAL_S`` per worker; what falls between is summed up in one line (how many,
+by reason) once the interval is over.
 
 Every one is counted besides (``err_by_reason``: ``prefork status`` and ``prefork_replies_total`` in
 /metrics, by reason, whether or not the reply was sent), so nothing is refused without a trace, and a
@@ -15,6 +16,7 @@ import time
 import gevent
 
 LOG_INTERVAL_S = 1.0
+CLOSED = "closed:"  # the prefix, among the reasons left out, of connections closed (connection_refused)
 
 log = logging.getLogger("prefork.protocol")
 
@@ -65,6 +67,13 @@ class RejectLog:
             return
         log.warning("%s: %s session closed: %s", client, protocol, why)
 
+    def connection_refused(self, peer: str, why: str, reason: str) -> None:
+        """A connection closed before it became a client (TLS: a failed handshake, the wrong protocol on a
+        listener): one line naming the peer and why, within the same limit; ``reason`` is its counter's."""
+        if self._quiet({f"{CLOSED}{reason}": 1}):
+            return
+        log.warning("closed a connection from %s: %s", peer, why)
+
     def _quiet(self, reasons: dict[str, int]) -> bool:
         """True if a line was written less than LOG_INTERVAL_S ago: ``reasons`` then wait for the summary."""
         now = time.monotonic()
@@ -82,7 +91,12 @@ class RejectLog:
         left_out, self._left_out = self._left_out, {}
         if left_out:
             self._next = time.monotonic() + LOG_INTERVAL_S
-            log.warning("frames refused, not stored, no reply sent, not logged one by one: %s", _named(left_out))
+            closed = {k[len(CLOSED) :]: n for k, n in left_out.items() if k.startswith(CLOSED)}
+            frames = {k: n for k, n in left_out.items() if not k.startswith(CLOSED)}
+            if frames:
+                log.warning("frames refused, not stored, no reply sent, not logged one by one: %s", _named(frames))
+            if closed:
+                log.warning("connections closed, not logged one by one: %s", _named(closed))
 
 
 def _named(reasons: dict[str, int]) -> str:
