@@ -147,7 +147,9 @@ class Master:
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
-        self.retired: dict[str, Any] = {"lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0, "handoffs": {}}
+        self.retired: dict[str, Any] = {
+            "lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0, "handoffs": {}, "tls": {},
+        }  # fmt: skip
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
@@ -620,9 +622,10 @@ class Master:
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-        handoffs = self.retired["handoffs"]
-        for result, n in (last.get("handoffs") or {}).items():
-            handoffs[result] = handoffs.get(result, 0) + n
+        for key in ("handoffs", "tls"):
+            kept = self.retired[key]
+            for name, n in (last.get(key) or {}).items():
+                kept[name] = kept.get(name, 0) + n
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
         if reason != "shutdown":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefork.config.errors import ConfigError
@@ -156,9 +156,15 @@ def check_files(settings: TlsSettings, now: float | None = None) -> CertInfo:
     if info.days_left(now) < 0:
         raise ConfigError(f"server.tls_cert: {settings.cert} expired on {info.expires()}", "server.tls_cert")
     try:
-        server_context(settings)
+        server_context(replace(settings, client_ca=""))
     except ssl.SSLError as exc:
         raise _load_error(settings, exc) from None
+    if settings.client_ca:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=settings.client_ca)
+        except ssl.SSLError as exc:
+            why = f"cannot load {settings.client_ca} (PEM CA certificates): {exc.reason or exc}"
+            raise ConfigError(f"server.tls_client_ca: {why}", "server.tls_client_ca") from None
     return info
 
 
@@ -175,9 +181,6 @@ def _load_error(settings: TlsSettings, exc: ssl.SSLError) -> ConfigError:
     if reason == "KEY_VALUES_MISMATCH":
         name = "server.tls_key"
         message = f"{settings.key} is not the key of the certificate {settings.cert}"
-    elif settings.client_ca and "verify" in str(exc).lower():
-        name = "server.tls_client_ca"
-        message = f"cannot load {settings.client_ca}: {reason}"
     else:
         name = "server.tls_key" if settings.key != settings.cert else "server.tls_cert"
         message = f"cannot load the certificate {settings.cert} with the key {settings.key}: {reason}"
