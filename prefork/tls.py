@@ -221,10 +221,18 @@ def subject_text(subject: Any) -> str:
 
 
 def _escaped(value: str) -> str:
-    out = "".join(f"\\{c}" if c in ',+"\\<>;=' else c for c in value)
+    out = "".join(map(_escaped_char, value))
     if out.startswith(("#", " ")):
         out = "\\" + out
     return out[:-1] + "\\ " if out.endswith(" ") else out
+
+
+def _escaped_char(c: str) -> str:
+    if c in ',+"\\<>;=':
+        return "\\" + c
+    if c < " " or c == "\x7f":  # as a hex pair: a subject never holds a line break or a tab (it may be stored)
+        return f"\\{ord(c):02X}"
+    return c
 
 
 def common_name(subject: Any) -> str:

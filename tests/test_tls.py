@@ -301,3 +301,32 @@ def test_a_tls_connection_is_served_through_a_reload_and_closed(pki: Pki):
             sock.settimeout(IO_S)
             assert sock.recv(100) == b""  # the server's close_notify, once the client was quiet
         wait_for(lambda: srv.status()["handoffs"]["fallback"] >= 1, what="the fallback counted")
+
+
+@pytest.mark.parametrize("method", ["load", "insert"])
+def test_ingest_stores_the_client_certificate(pki: Pki, dsn: str, method: str):
+    """ingest.client_cert = on: the column is added to a table made without it, and each row holds the subject
+    of its client's verified certificate (NULL from the plaintext listener)."""
+    from workers.schema import create_table_sql
+
+    table = "tls_cert_lines"
+    query(dsn, f"DROP TABLE IF EXISTS `{table}`")
+    query(dsn, create_table_sql(table))
+    mtls, plain = free_port(), free_port()
+    args = ["--dsn", dsn, "--table", table, "--workers", "1", "--ingest-method", method, "--bind"]
+    args += [f"127.0.0.1:{mtls},127.0.0.1:{plain}", "-s", "ingest.client_cert=on"]
+    args += [
+        "--tls-cert",
+        f"{pki.server_chain},",
+        "--tls-key",
+        f"{pki.server_key},",
+        "-s",
+        f"server.tls_client_ca={pki.ca},",
+    ]
+    with ServerProcess(args, bind=None) as srv:
+        with tls_connect(mtls, tls_client(pki, pki.client, pki.client_key)) as sock:
+            assert exchange(sock, b"signed 1\nsigned 2\n", 2) == [b"OK", b"OK"]
+        assert roundtrip(plain, [b"anonymous"]) == [b"OK"]
+        assert "cannot create the tables" not in srv.logs()
+    rows = query(dsn, f"SELECT client_cert, payload FROM `{table}` ORDER BY id")
+    assert rows == [("CN=client1", "signed 1"), ("CN=client1", "signed 2"), (None, "anonymous")]

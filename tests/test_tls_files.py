@@ -39,6 +39,7 @@ def test_cert_info(pki: Pki):
 def test_subject_text_is_rfc_4514():
     subject = ((("countryName", "FR"),), (("organizationName", "A, B"),), (("commonName", "x"), ("userId", "7")))
     assert subject_text(subject) == "CN=x+UID=7,O=A\\, B,C=FR"
+    assert subject_text(((("commonName", "a\nb\tc "),),)) == "CN=a\\0Ab\\09c\\ "
 
 
 def settings(pki: Pki, cert: str = "server", key: str = "server_key", **more: str) -> TlsSettings:
