@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +152,10 @@ class LineConnection:
             if carried:
                 self._read(carried)
             self._read_loop()
+        except ssl.SSLError as exc:
+            # A TLS client's fatal alert, a renegotiation refused, a record that does not decrypt: the session
+            # is over (a plain EOF or close_notify is no error: recv gives b"").
+            REJECTS.session_closed(self._name(), "TLS", str(exc.reason or exc))
         except (StopReading, OSError):
             pass
         finally:

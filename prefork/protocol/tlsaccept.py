@@ -16,7 +16,6 @@ The opposite mistake, a ClientHello on a plaintext listener, is seen by the conn
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import time
@@ -129,18 +128,16 @@ class TlsListener:
 
 def _peek_first(sock: Any, deadline: float) -> int | None:
     """The first byte the client sent, left in the socket; None if it closed first."""
-    while True:
-        left = deadline - time.monotonic()
-        # Under gevent's monkey-patching select() blocks only this greenlet.
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            raise HandshakeFailed("timeout", "no TLS handshake within the deadline (nothing sent)")
-        try:
-            data = sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        except OSError:
-            return None
-        return data[0] if data else None
+    # gevent's recv waits for the socket in this greenlet alone. Not select(): it refuses descriptors past
+    # 1023, which a worker with thousands of connections has.
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        raise HandshakeFailed("timeout", "no TLS handshake within the deadline (nothing sent)") from None
+    except OSError:
+        return None
+    return data[0] if data else None
 
 
 def looks_like_tls(data: bytes) -> bool:
