@@ -12,6 +12,9 @@ base_dir.
     proxy.server_states()              # {"a": "UP", "b": "UP"}
     proxy.wait_state("a", "DOWN")
     proxy.stop()
+
+A frontend with ``bind_options="ssl crt /path/cert-and-key.pem"`` terminates TLS (add ``ca-file CA.pem verify
+required`` for client certificates) in front of plaintext servers.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Frontend:
     inter: str = "500ms"  # health check interval
     fall: int = 2  # failed checks before a server is DOWN
     rise: int = 2  # passed checks before it is UP again
+    bind_options: str = ""  # after the address on the bind line: "ssl crt FILE" terminates TLS
 
 
 class HAProxy:
@@ -115,7 +119,7 @@ class HAProxy:
             lines += [
                 "",
                 f"frontend {fe.name}",
-                f"    bind {fe.address}:{fe.port}",
+                f"    bind {fe.address}:{fe.port} {fe.bind_options}".rstrip(),
                 f"    default_backend {fe.name}_servers",
                 "",
                 f"backend {fe.name}_servers",

@@ -11,6 +11,12 @@ reads no option file.
     server.kill()             # SIGKILL, as a crash would
     server.restart()          # same datadir, same port
     server.stop()
+
+With TLS (the tests of ``ssl_mode``): ``MariaDBServer(dir, tls=ServerTls(ca, cert, key), bind="127.0.0.1,
+127.0.0.61")`` starts it with ``--ssl-ca --ssl-cert --ssl-key`` (the CA also checks client certificates of
+users created ``REQUIRE X509``), listening on each address given. ``require_secure_transport`` is
+dynamic: ``server.set_global("require_secure_transport", "ON")`` turns plaintext logins away without a
+restart.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 INSTALL_HINT = "install it with: sudo apt-get install mariadb-server"
@@ -97,11 +104,27 @@ def file_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files of a server's TLS: the CA its clients' certificates must be signed by, its own
+    certificate and key."""
+
+    ca: str | os.PathLike
+    cert: str | os.PathLike
+    key: str | os.PathLike
+
+
 class MariaDBServer:
     """One private mariadbd process with its own datadir, port and socket."""
 
     def __init__(
-        self, basedir: str | os.PathLike, port: int | None = None, database: str = "test", durable: bool = False
+        self,
+        basedir: str | os.PathLike,
+        port: int | None = None,
+        database: str = "test",
+        durable: bool = False,
+        tls: ServerTls | None = None,
+        bind: str = "127.0.0.1",
     ):
         self.basedir = Path(basedir).resolve()
         self.datadir = self.basedir / "data"
@@ -113,6 +136,8 @@ class MariaDBServer:
         # durable: an fsync per commit and the doublewrite buffer, as production runs (the bench); off for
         # tests, where a killed server (not a crashed machine) still loses nothing acknowledged.
         self.durable = durable
+        self.tls = tls
+        self.bind = bind  # comma separated addresses (MariaDB 10.11 binds each); the DSN names the first
         if port is None and self.portfile.exists():
             port = int(self.portfile.read_text())
         self.port = port or free_port()
@@ -121,7 +146,12 @@ class MariaDBServer:
     @property
     def dsn(self) -> str:
         """The DSN of the server's test database, over TCP."""
-        return f"mysql://root@127.0.0.1:{self.port}/{self.database}"
+        return f"mysql://root@{self.host}:{self.port}/{self.database}"
+
+    @property
+    def host(self) -> str:
+        """The first address the server listens on."""
+        return self.bind.split(",")[0].strip()
 
     def install(self) -> None:
         """Create the datadir (once)."""
@@ -139,7 +169,7 @@ class MariaDBServer:
             f"--pid-file={self.pidfile}",
             f"--log-error={self.logfile}",
             f"--port={self.port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.bind}",
             "--skip-name-resolve",
             "--skip-log-bin",
             "--innodb-buffer-pool-size=128M",
@@ -149,6 +179,8 @@ class MariaDBServer:
             "--max-connections=1000",
             "--max-allowed-packet=64M",
         ]
+        if self.tls is not None:
+            cmd += [f"--ssl-ca={self.tls.ca}", f"--ssl-cert={self.tls.cert}", f"--ssl-key={self.tls.key}"]
         if os.geteuid() == 0:
             cmd.append("--user=root")
         return cmd
@@ -175,7 +207,7 @@ class MariaDBServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"mariadbd exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=2).close()
+                pymysql.connect(host=self.host, port=self.port, user="root", connect_timeout=2).close()
                 return
             except pymysql.err.OperationalError:
                 if time.monotonic() > deadline:
@@ -183,13 +215,22 @@ class MariaDBServer:
                 time.sleep(0.1)
 
     def _create_database(self) -> None:
+        self.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+
+    def execute(self, sql: str) -> None:
+        """Run one statement as root (over TLS when the server has it: a plaintext login may be refused)."""
         import pymysql
 
-        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", autocommit=True)
+        tls = {"ssl_ca": str(self.tls.ca)} if self.tls is not None else {}
+        conn = pymysql.connect(host=self.host, port=self.port, user="root", autocommit=True, **tls)
         try:
-            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            conn.cursor().execute(sql)
         finally:
             conn.close()
+
+    def set_global(self, name: str, value: str) -> None:
+        """``SET GLOBAL name = value`` (a dynamic variable: require_secure_transport, say)."""
+        self.execute(f"SET GLOBAL {name} = {value}")
 
     def log_tail(self, lines: int = 30) -> str:
         """Return the end of the server's error log."""

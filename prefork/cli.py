@@ -6,7 +6,7 @@
     prefork check [APP] [-c FILE]      # validate config, import the app, run its check hook
     prefork initdb [APP] [-c FILE]     # run the app's initdb hook (ingest: create its table)
     prefork config [APP] [-c FILE] [--json]  # the effective configuration, each key with its source
-    prefork send [--to HOST:PORT] [--errors FILE] [--no-ids] [--id-prefix TEXT] [FILE ...]   # exit 0: all OK
+    prefork send [--to HOST:PORT] [--errors FILE] [--no-ids] [--id-prefix TEXT] [--tls ...] [FILE ...]  # 0: all OK
 
 Every config key can be given as ``-s section.key=value``; common keys also have flags (SETTINGS in
 prefork.config.framework names them; an app's sections may declare more, resolved once the app is imported: see
@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="stable ids for stdin's lines (TEXT:LINE_NUMBER), so that a re-run stores nothing twice; a file's ids "
         "come from the file itself (its device, inode and first line)",
     )
+    tls = send.add_argument_group("TLS (any of these turns it on)")
+    tls.add_argument(
+        "--tls", action="store_true", help="connect with TLS 1.2 or later, verified against the system's CAs"
+    )
+    tls.add_argument("--tls-ca", metavar="FILE", help="the CA certificates (PEM) that verify the server instead")
+    tls.add_argument("--tls-cert", metavar="FILE", help="a client certificate (PEM), for a server that asks for one")
+    tls.add_argument("--tls-key", metavar="FILE", help="its key (PEM; default: in the --tls-cert file)")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="the name sent and verified (default: the host of --to)")
     return parser
 
 
@@ -406,6 +414,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         errors_path=args.errors,
         ids=args.ids,
         id_prefix=args.id_prefix,
+        tls=args.tls or None,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        server_name=args.tls_server_name,
     )
 
 

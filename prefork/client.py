@@ -32,6 +32,12 @@ A server with ``server.ack = off`` never answers, not even the probe: the connec
 after ``connect_timeout`` and, after ``give_up_after``, ClientError says so; nothing is sent before the
 probe's reply.
 
+TLS (``tls=True``, implied by any of ``tls_ca``, ``tls_cert``, ``tls_key``, ``server_name``; see
+``prefork.client_tls``) changes nothing of the above: each (re)connect is a new TCP connection and a new TLS
+session, the probe and the lines go inside it, and the resend is the same. A certificate that does not
+verify, or a server that refuses the client's certificate, is a ClientError at once, naming the server and
+the reason: trying again cannot mend it.
+
 Plain blocking sockets and ``selectors``: under gevent's monkey-patching the same code cooperates with
 other greenlets. One ``Client`` is not meant to be shared by threads or greenlets at once.
 """
@@ -42,15 +48,19 @@ import re
 import secrets
 import selectors
 import socket
+import ssl
 import string
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from typing import cast
 
+from prefork.client_tls import client_context, fatal_tls_error
 from prefork.config.address import format_host_port, parse_peer
 
 DEFAULT_PORT = 32777
 READ_SIZE = 65536
+WRITE_SIZE = 65536  # most bytes handed to one TLS write (the plaintext socket takes all it can)
 # The capability probe and the server's answer when it takes line ids (prefork.protocol.lines).
 ID_PROBE = b"@\xff\n"
 OK_IDS = "OK ids"
@@ -64,8 +74,8 @@ Item = str | bytes | tuple[str, str | bytes]  # a line, or (id, line)
 
 
 class ClientError(Exception):
-    """The server could not be reached within the client's ``give_up_after``, or does not take line ids
-    when they are required."""
+    """The server could not be reached within the client's ``give_up_after``, does not take line ids when
+    they are required, or fails TLS in a way that trying again cannot mend (see ``prefork.client_tls``)."""
 
 
 def random_id_prefix() -> str:
@@ -102,13 +112,24 @@ class Client:
         give_up_after: float = 300.0,
         ids: bool | None = None,
         id_prefix: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        server_name: str | None = None,
     ):
         """``window``: lines in flight at most; ``reply_timeout``: a connection on which nothing comes back
         for this long while replies are due is treated as broken; ``backoff``: first and longest wait
         between connection attempts; ``give_up_after``: ClientError after this long without a connection;
         ``ids``: line ids when the server offers them (None), always (True) or never (False);
         ``id_prefix``: what the ids of lines without an id of the caller's begin with (1-40 characters of
-        ``[A-Za-z0-9._:-]``, see ``check_id_prefix``; default: random)."""
+        ``[A-Za-z0-9._:-]``, see ``check_id_prefix``; default: random).
+
+        TLS: ``tls`` turns it on (None: on when any of the other four is given); ``tls_ca``: the CA
+        certificates (PEM) that verify the server (default: the system's trust store); ``tls_cert`` and
+        ``tls_key``: a client certificate and its key (PEM; the key may be in the certificate's file);
+        ``server_name``: the name sent (SNI) and verified (default: the host of ``address``). ValueError
+        when a file will not load."""
         if window < 1:
             raise ValueError("window must be at least 1")
         if id_prefix is not None:
@@ -130,6 +151,14 @@ class Client:
         self.server_ids: bool | None = None  # whether that connection's server reads ids (its probe said OK ids)
         self._sequence = 0  # the number of the last id made from id_prefix
         self._sock: socket.socket | None = None
+        self._tls_retry = 0  # the size of a TLS write to retry (0: none)
+        given = (tls_ca, tls_cert, tls_key, server_name)
+        if tls is False and any(option is not None for option in given):
+            raise ValueError("TLS options given with tls=False")
+        self.tls = bool(tls) or any(option is not None for option in given)
+        self.server_name = server_name or self.host
+        self.tls_context = client_context(tls_ca, tls_cert, tls_key) if self.tls else None
+        self.tls_version: str | None = None  # the protocol of the current (or last) connection: "TLSv1.3"
 
     # -- the connection -----------------------------------------------------------------------------
 
@@ -141,6 +170,10 @@ class Client:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if self.tls_context is not None:
+                        # A fresh session each time, the handshake under connect_timeout.
+                        sock = self.tls_context.wrap_socket(sock, server_hostname=self.server_name)
+                        self.tls_version = sock.version()
                     self.server_ids = self._probe(sock)
                     self.using_ids = self.server_ids and self.ids is not False
                     sock.setblocking(False)
@@ -149,8 +182,12 @@ class Client:
                     raise
                 return sock
             except OSError as exc:
+                where = format_host_port(self.host, self.port)
+                fatal = fatal_tls_error(exc, where, self.server_name) if self.tls else None
+                if fatal is not None:
+                    raise ClientError(fatal) from exc
                 if time.monotonic() + delay > deadline:
-                    raise ClientError(f"cannot connect to {format_host_port(self.host, self.port)}: {exc}") from exc
+                    raise ClientError(f"cannot connect to {where}: {exc}") from exc
                 time.sleep(delay)
                 delay = min(longest, delay * 2)
 
@@ -188,6 +225,7 @@ class Client:
             except OSError:
                 pass
             self._sock = None
+        self._tls_retry = 0
 
     def close(self) -> None:
         """Close the connection (lines still in flight get no reply)."""
@@ -243,17 +281,14 @@ class Client:
                     # Encoded for this connection: with or without ids (or the escape), as its probe said.
                     out += _wire(unwritten, bool(self.using_ids), bool(self.server_ids))
                     unwritten.clear()
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
-                selector.modify(self._sock, events)
-                ready = selector.select(timeout=1.0)
+                ready = self._ready(selector, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
                 try:
-                    if ready and ready[0][1] & selectors.EVENT_WRITE and out:
-                        written = self._sock.send(out)
-                        del out[:written]
-                    if ready and ready[0][1] & selectors.EVENT_READ:
-                        data = self._sock.recv(READ_SIZE)
-                        if not data:
-                            raise ConnectionResetError("the server closed the connection")
+                    if ready & selectors.EVENT_WRITE and out:
+                        self._send(out)
+                    data = self._recv() if ready & selectors.EVENT_READ else None
+                    if data == b"":
+                        raise ConnectionResetError("the server closed the connection")
+                    if data:
                         last_progress = time.monotonic()
                         data = tail + data
                         cut = data.rfind(b"\n") + 1
@@ -278,6 +313,41 @@ class Client:
                     tail = b""
         finally:
             selector.close()
+
+    def _ready(self, selector: selectors.BaseSelector, events: int) -> int:
+        """The events ready on the connection (waiting up to a second). Bytes TLS has already decrypted
+        count as readable: select() sees only the socket, and they may be all there is."""
+        assert self._sock is not None
+        selector.modify(self._sock, events)
+        pending = self.tls_context is not None and cast(ssl.SSLSocket, self._sock).pending() > 0
+        ready = selector.select(timeout=0 if pending else 1.0)
+        return (ready[0][1] if ready else 0) | (selectors.EVENT_READ if pending else 0)
+
+    def _send(self, out: bytearray) -> None:
+        """Write what the connection takes of ``out`` and take it off ``out``."""
+        assert self._sock is not None
+        if self.tls_context is None:
+            del out[: self._sock.send(out)]
+            return
+        # OpenSSL wants a write it could not finish retried with the same bytes: ``out`` only grows at its
+        # end, so its first ``_tls_retry`` bytes are those. (gevent's SSLSocket answers 0 where the
+        # standard library raises.)
+        size = self._tls_retry or min(len(out), WRITE_SIZE)
+        try:
+            written = self._sock.send(out[:size])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            written = 0
+        self._tls_retry = 0 if written else size
+        del out[:written]
+
+    def _recv(self) -> bytes | None:
+        """What the server sent (b"": it closed), or None when there is nothing to read yet: a TLS
+        record not yet whole, or only TLS's own messages (a session ticket)."""
+        assert self._sock is not None
+        try:
+            return self._sock.recv(READ_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
 
     def _take(self, item: Item) -> tuple[bytes, str | None]:
         """A line as given: its bytes and its id (the caller's, else the next of id_prefix; None without ids)."""

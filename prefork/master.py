@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prefork import logs, pidfile, sockets
 from prefork.config.appload import AppLoadError, start_directory
@@ -43,6 +43,7 @@ from prefork.handoff import HandoffBoard, open_channel
 from prefork.metrics import MetricsServer
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
+from prefork.protocol.allow import EVERYONE
 from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
     MASTER_FILE,
@@ -63,7 +64,6 @@ from prefork.tls import warn_expiring
 from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
-T = TypeVar("T")
 
 FD_MARGIN = 128  # descriptors a worker needs beside its clients: pool, listeners, logs, state files
 BOOT_ATTEMPTS = 3  # quick boot failures at start before the master gives up (never a fork loop)
@@ -148,8 +148,14 @@ class Master:
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
         self.retired: dict[str, Any] = {
-            "lines": 0, "ok": 0, "err_by_reason": {}, "unread_clients": 0, "handoffs": {}, "tls": {},
-        }  # fmt: skip
+            "lines": 0,
+            "ok": 0,
+            "err_by_reason": {},
+            "unread_clients": 0,
+            "handoffs": {},
+            "refused": {},
+            "tls": {},
+        }
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
@@ -545,6 +551,7 @@ class Master:
                 framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
                 acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
                 tls=per_listener(cfg, listeners, tls_of_config(cfg), None),
+                allow_from=per_listener(cfg, listeners, cfg.server.allow_from, EVERYONE),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
                 master_pid=self.pid,
@@ -622,7 +629,7 @@ class Master:
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-        for key in ("handoffs", "tls"):
+        for key in ("handoffs", "refused", "tls"):
             kept = self.retired[key]
             for name, n in (last.get(key) or {}).items():
                 kept[name] = kept.get(name, 0) + n
@@ -805,7 +812,7 @@ def proxy_modes(cfg: Config, listeners: dict[str, socket.socket]) -> list[str]:
     return per_listener(cfg, listeners, cfg.server.proxy_protocol, "off")
 
 
-def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[T, ...], default: T) -> list[T]:
+def per_listener(cfg: Config, listeners: dict[str, socket.socket], values: tuple[Any, ...], default: Any) -> list[Any]:
     """A per-listener key's values (one for all, or one per server.bind address) for each listener, in the
     listeners' order; ``default`` for a listener the config does not name."""
     by_address = {str(a): values[i if len(values) > 1 else 0] for i, a in enumerate(cfg.server.bind)}

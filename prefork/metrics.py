@@ -94,6 +94,16 @@ def render(state: dict[str, Any]) -> str:
         "client connections at reloads: out = handed to the new generation, fallback = closed instead, in = adopted",
         [({"result": result}, handoffs.get(result, 0)) for result in ("out", "fallback", "in")],
     )
+    refused = {"allow_from": 0}
+    for counts in [retired.get("refused"), *(w.get("refused") for w in live)]:
+        for reason, n in (counts or {}).items():
+            refused[reason] = refused.get(reason, 0) + n
+    family(
+        "connections_refused_total",
+        "counter",
+        "connections closed as they were accepted, all workers ever, by reason (allow_from: outside server.allow_from)",
+        [({"reason": reason}, n) for reason, n in sorted(refused.items())],
+    )
     tls = report["tls"]
     family("tls_handshakes_total", "counter", "TLS handshakes completed", [({}, tls.get("handshakes", 0))])
     family(

@@ -5,7 +5,7 @@ The pool and what it is built from live in the database wing, ``prefork.db`` (RE
 
 from prefork.db.errors import is_disconnect
 from prefork.db.pool import Pool, PoolClosed, PoolConnectError, PoolError, PoolForkError, PoolTimeout, connect_once
-from prefork.db.server import set_session_variable
+from prefork.db.server import set_session_variable, transport
 
 __all__ = [
     "Pool",
@@ -17,4 +17,5 @@ __all__ = [
     "connect_once",
     "is_disconnect",
     "set_session_variable",
+    "transport",
 ]

@@ -21,6 +21,10 @@ The limit of this: a file truncated in place and rewritten from the same first l
 timestamp) has the old ids and would have its lines taken for already stored; send it with ``--no-ids``.
 Stdin's lines are ``<TEXT>:<line number>`` with ``--id-prefix TEXT``, else random ids (exactly-once within
 one run only).
+
+TLS (``--tls``, implied by ``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--tls-server-name``) is the
+client's (``prefork.client_tls``): a file that will not load is a usage error (exit 2); a certificate that
+does not verify is one line naming the server and the reason (exit 1, like a server that cannot be reached).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-from prefork.client import Client, ClientError, Item, check_id_prefix
+from prefork.client import DEFAULT_PORT, Client, ClientError, Item, check_id_prefix
+from prefork.config.address import parse_peer
 from prefork.exits import EXIT_NOT_ALL_OK, EXIT_OK, EXIT_USAGE
 
 PROGRESS_INTERVAL_S = 0.2
@@ -106,11 +111,17 @@ def send_files(
     errors_path: str | None = None,
     ids: bool = True,
     id_prefix: str | None = None,
+    tls: bool | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    server_name: str | None = None,
 ) -> int:
     """Send every line of ``paths`` to ``address``; print a summary; 0 if every line got OK.
 
     ``ids``: use line ids when the server offers them (stable ones: see the module); ``id_prefix``: the
-    prefix of stdin's ids (without it, stdin's ids are random)."""
+    prefix of stdin's ids (without it, stdin's ids are random); ``tls`` ... ``server_name``: the
+    Client's TLS arguments."""
     if id_prefix is not None:
         try:
             check_id_prefix(id_prefix)
@@ -127,9 +138,23 @@ def send_files(
     tty = sys.stderr.isatty()
     not_ok = 0  # replies other than OK: ERR, or an app's own reply
     try:
-        client = Client(address, window=window, ids=None if ids else False)
+        parse_peer(address, DEFAULT_PORT)
     except ValueError as exc:
         print(f"prefork: error: --to: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        client = Client(
+            address,
+            window=window,
+            ids=None if ids else False,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            server_name=server_name,
+        )
+    except ValueError as exc:
+        print(f"prefork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     errors_file = open(errors_path, "wb") if errors_path else None
     start = last_drawn = time.monotonic()
@@ -144,11 +169,9 @@ def send_files(
                 if tty and now - last_drawn >= PROGRESS_INTERVAL_S:
                     last_drawn = now
                     _draw(client, lines, now - start)
-    except ClientError as exc:
-        print(f"\nprefork send: {exc}", file=sys.stderr)
-        return EXIT_NOT_ALL_OK
-    except OSError as exc:
-        print(f"\nprefork send: {exc}", file=sys.stderr)
+    except (ClientError, OSError) as exc:
+        below_bar = "\n" if tty else ""  # one line, under the progress bar on a terminal
+        print(f"{below_bar}prefork send: {exc}", file=sys.stderr)
         return EXIT_NOT_ALL_OK
     finally:
         if errors_file is not None:
@@ -166,7 +189,7 @@ def send_files(
     print(
         f"prefork send: {client.acked:,} lines, {client.acked - not_ok:,} OK, {client.errors:,} ERR{other}, "
         f"{client.resent:,} resent after {client.reconnects} reconnects, {elapsed:.1f} s "
-        f"({client.acked / max(elapsed, 1e-9):,.0f} lines/s), line ids: {used}"
+        f"({client.acked / max(elapsed, 1e-9):,.0f} lines/s), line ids: {used}, TLS: {client.tls_version or 'no'}"
     )
     return EXIT_OK if not_ok == 0 else EXIT_NOT_ALL_OK
 

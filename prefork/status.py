@@ -35,6 +35,7 @@ WORKER_KEYS = (
     "err",
     "rss_bytes",
     "loop_lag_ms",
+    "refused",  # connections closed as they came, by reason (allow_from)
 )
 
 

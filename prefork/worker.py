@@ -48,8 +48,10 @@ from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_r
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
+from prefork.protocol.allow import EVERYONE  # noqa: E402
 from prefork.protocol.connection import LineConnection, ProtocolSettings  # noqa: E402
 from prefork.protocol.counters import Counters  # noqa: E402
+from prefork.protocol.door import REFUSED_PER_WAKE, Door, door_for  # noqa: E402
 from prefork.protocol.framers import acks  # noqa: E402
 from prefork.protocol.proxy import client_address  # noqa: E402
 from prefork.protocol.replies import StopReading  # noqa: E402
@@ -252,15 +254,20 @@ class Worker:
         # the servers stop accepting and further clients wait in the listen backlog.
         pool = self.pool = Pool(self.cfg.server.worker_connections)
         modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
+        allows = self.spec.allow_from or [EVERYONE] * len(self.spec.listeners)
         tls = self.tls or [None] * len(self.spec.listeners)
-        for sock, mode, tls_listener, settings in zip(self.spec.listeners, modes, tls, self.settings, strict=True):
+        listening = zip(self.spec.listeners, modes, self.settings, allows, tls, strict=True)
+        for sock, mode, settings, allow, tls_listener in listening:
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            balancers = None if mode == "off" else self.cfg.server.proxy_allow_from
+            door = door_for(listener, allow, balancers, self.counters)
             if mode == "off" and tls_listener is None:
                 handle = functools.partial(self._handle, settings)
             else:
-                handle = functools.partial(self._handle_proxied, mode, tls_listener, settings)
+                handle = functools.partial(self._handle_proxied, mode, tls_listener, settings, door=door)
             server = GatedStreamServer(listener, handle, spawn=pool)
             server.gate = self.gate
+            server.door = door
             server.start()
             self.servers.append(server)
             self.gate.servers.append(server)
@@ -274,7 +281,13 @@ class Worker:
     # -- serving ------------------------------------------------------------------------------------
 
     def _handle_proxied(
-        self, mode: str, tls: TlsListener | None, settings: ProtocolSettings, sock: Any, addr: Any
+        self,
+        mode: str,
+        tls: TlsListener | None,
+        settings: ProtocolSettings,
+        sock: Any,
+        addr: Any,
+        door: Door | None = None,
     ) -> None:
         # A balancer's header first (server.proxy_protocol): the client it names is the one served. The wait
         # for it (up to HEADER_TIMEOUT, or that long to tell a direct client) is cut short by a graceful stop.
@@ -284,6 +297,8 @@ class Worker:
         self.handshakes.add(me)
         try:
             client = None if self.draining else client_address(sock, addr, mode, self.cfg.server.proxy_allow_from)
+            if client is not None and door is not None and not door.after_header(sock, addr, client):
+                client = None  # outside server.allow_from: closed, counted, logged (before any TLS is spent on it)
             if client is not None and tls is not None:
                 peer = "unix" if sock.family == socket.AF_UNIX else str(client[0])
                 tls_sock = tls.accept(sock, peer, self.counters)
@@ -378,6 +393,7 @@ class Worker:
             "err_by_reason": c.err_by_reason,
             "unread_clients": c.unread_clients,
             "handoffs": c.handoffs,
+            "refused": c.refused,
             "tls": c.tls,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
@@ -428,6 +444,8 @@ class Worker:
                 except OSError:
                     break
                 if not accepted:
+                    if server.refused_only:
+                        continue  # refused ones (server.allow_from) were all it took: look again
                     break  # the backlog is empty
                 server.do_handle(*accepted)
         finally:
@@ -569,18 +587,27 @@ class AcceptGate:
 
 
 class GatedStreamServer(StreamServer):
-    """A StreamServer that asks its worker's AcceptGate before each accept."""
+    """A StreamServer that asks its worker's AcceptGate before each accept, and closes at once a peer its
+    Door refuses (server.allow_from): no greenlet, no client slot, no count in the gate."""
 
     gate: AcceptGate
+    door: Door | None = None
+    refused_only = False  # the last do_read refused REFUSED_PER_WAKE connections and accepted none: more may wait
 
     def do_read(self) -> Any:
         # Called by gevent's accept loop (up to max_accept times per wake-up); None ends the loop.
-        if not self.gate.admit():
-            return None
-        accepted = super().do_read()
-        if accepted:
-            self.gate.accepted()
-        return accepted
+        self.refused_only = False
+        for _ in range(REFUSED_PER_WAKE):
+            if not self.gate.admit():
+                return None
+            accepted = super().do_read()
+            if not accepted:
+                return accepted
+            if self.door is None or self.door.at_accept(*accepted):
+                self.gate.accepted()
+                return accepted
+        self.refused_only = True  # the loop's other watchers get their turn, then accepting goes on
+        return None
 
 
 def _dump_stacks_on_abort() -> None:

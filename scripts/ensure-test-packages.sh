@@ -4,7 +4,8 @@
 # state by rsync), rsyslog and rsyslog-relp (the shippers suite and RELP: rsyslogd run in the foreground with
 # its own config, never the machine's service), systemd (systemd-analyze verifies the shipped unit; the
 # package does not make systemd PID 1), util-linux (setpriv runs the unit's command as systemd would) and
-# openssl (the TLS tests' certificates, and its s_client as a client no one here wrote).
+# openssl (the TLS tests make their certificates with it, and its s_client is a client no one here wrote;
+# HAProxy terminates TLS in front of prefork).
 # Installed when root and missing; otherwise one clear line
 # naming what to install and a non-zero exit, so `make test` stops before pytest instead of tests failing one
 # by one.

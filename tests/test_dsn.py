@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from prefork.config.errors import ConfigError
@@ -144,3 +148,87 @@ def test_a_bad_port_names_pool_dsn_and_hides_the_password(raw):
         load_config(env={}, overrides={"pool.dsn": raw})
     message = str(info.value)
     assert "pool.dsn" in message and "s3cr3tpw" not in message and "app:***@" in message, message
+
+
+# ---- TLS options (prefork.db.tls) ----
+
+
+def test_without_tls_options_the_pool_speaks_plaintext_whatever_the_driver_release():
+    kw = parse_dsn("mysql://u:pw@db/x").connect_kwargs()
+    assert kw["ssl_disabled"] is True and "ssl" not in kw  # PyMySQL 1.2 alone would try unverified TLS
+
+
+@pytest.mark.parametrize(
+    "options, mode, verified, names_checked",
+    [
+        ("ssl_mode=required", "required", False, False),
+        ("ssl_mode=REQUIRED", "required", False, False),  # MySQL's client spells them in capitals
+        ("ssl_mode=verify_ca&ssl_ca={ca}", "verify_ca", True, False),
+        ("ssl_mode=verify_identity&ssl_ca={ca}", "verify_identity", True, True),
+        ("ssl_ca={ca}", "verify_identity", True, True),  # a CA and no mode: every check
+        ("ssl_cert={client}&ssl_key={client_key}", "verify_identity", True, True),  # the system's CAs
+        ("ssl_mode=required&ssl_cert={client}&ssl_key={client_key}", "required", False, False),
+    ],
+)
+def test_tls_modes_make_the_context_they_say(pki, options, mode, verified, names_checked):
+    dsn = parse_dsn("mysql://u:pw@db/x?" + options.format(ca=pki.ca, client=pki.client, client_key=pki.client_key))
+    assert dsn.tls.mode == mode
+    kw = dsn.connect_kwargs()
+    context = kw["ssl"]
+    assert isinstance(context, ssl.SSLContext) and "ssl_disabled" not in kw
+    assert (context.verify_mode == ssl.CERT_REQUIRED, context.check_hostname) == (verified, names_checked)
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_the_hosts_of_a_dsn_share_one_context_and_the_paths_show(pki):
+    raw = f"mysql://u:pw@db1,db2:3307/x?ssl_mode=verify_ca&ssl_ca={pki.ca}"
+    dsn = parse_dsn(raw)
+    targets = dsn.targets()
+    assert [t["host"] for t in targets] == ["db1", "db2"] and targets[0]["ssl"] is targets[1]["ssl"]
+    assert str(dsn) == raw.replace(":pw@", ":***@").replace("db1,", "db1:3306,")
+    assert parse_dsn(str(dsn).replace("***", "pw")) == dsn
+
+
+def _encrypted_pair(directory: Path) -> tuple[Path, Path]:
+    """A certificate and its password-protected key (OpenSSL would ask for the password on the terminal)."""
+    key, cert = directory / "encrypted.key", directory / "encrypted.pem"
+    if not cert.exists():
+        for args in (
+            ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-aes256", "-pass", "pass:pw"],
+            ["req", "-x509", "-new", "-key", str(key), "-passin", "pass:pw", "-days", "1", "-subj", "/CN=x"],
+        ):
+            out = ["-out", str(key if args[0] == "genpkey" else cert)]
+            subprocess.run(["openssl", *args, *out], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def _bad_tls_dsns(pki) -> list[tuple[str, list[str]]]:
+    """(query, what the error must name) of each bad combination."""
+    encrypted = _encrypted_pair(pki.dir)
+    return [
+        ("ssl_mode=preferred", ["ssl_mode='preferred'", "disabled, required, verify_ca, verify_identity"]),
+        ("ssl_mode=on", ["ssl_mode='on'"]),
+        ("ssl_ca=", ["ssl_ca is empty"]),
+        (f"ssl_mode=disabled&ssl_ca={pki.ca}", [f"ssl_ca='{pki.ca}'", "ssl_mode='disabled'", "TLS is off"]),
+        (f"ssl_mode=required&ssl_ca={pki.ca}", [f"ssl_ca='{pki.ca}'", "ssl_mode='required'", "verify_ca"]),
+        (f"ssl_key={pki.client_key}", [f"ssl_key='{pki.client_key}'", "without ssl_cert"]),
+        (f"ssl_ca={pki.dir}/absent.pem", [f"ssl_ca='{pki.dir}/absent.pem'", "No such file or directory"]),
+        (f"ssl_ca={pki.dir}", [f"ssl_ca='{pki.dir}'", "cannot read it", "Is a directory"]),
+        (f"ssl_ca={pki.dir}/ca.db/serial", ["ssl_ca=", "not a PEM CA certificate"]),
+        (f"ssl_cert={pki.client}&ssl_key={pki.server_key}", [f"ssl_key='{pki.server_key}'", "key values mismatch"]),
+        (f"ssl_cert={pki.client}", [f"ssl_cert='{pki.client}'", "without ssl_key the key must be in"]),  # no key in it
+        (f"ssl_cert={encrypted[0]}&ssl_key={encrypted[1]}", [f"ssl_key='{encrypted[1]}'", "the key is encrypted"]),
+    ]
+
+
+def test_bad_tls_options_name_pool_dsn_the_option_and_its_value(pki):
+    for options, named in _bad_tls_dsns(pki):
+        raw = f"mysql://app:s3cr3tpw@db/x?{options}"
+        with pytest.raises(DSNError):
+            parse_dsn(raw)
+        with pytest.raises(ConfigError) as info:
+            load_config(env={}, overrides={"pool.dsn": raw})
+        message = str(info.value)
+        assert "pool.dsn" in message and "s3cr3tpw" not in message, message
+        for part in named:
+            assert part in message, (part, message)

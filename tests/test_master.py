@@ -464,6 +464,7 @@ WORKER_KEYS = {
     "err",
     "rss_bytes",
     "loop_lag_ms",
+    "refused",  # connections closed as they came, by reason: {"allow_from": n}
     "pool",
     "app",  # the app's stats() as it reported them (echo has none: null)
 }

@@ -12,6 +12,7 @@ import configparser
 import importlib.metadata
 import inspect
 import os
+import ssl
 import tempfile
 
 import pymysql
@@ -19,6 +20,7 @@ import pymysql.connections
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
+from pymysql.constants import CR
 
 from prefork.db.connection import Connection, LocalDataResult, force_close, open_connection, transaction_closed
 from prefork.db.dsn import parse_dsn
@@ -60,6 +62,7 @@ CALLED = [
     (pymysql.connections.Connection, "_read_query_result", (), {"unbuffered": False}),
     (pymysql.connections.Connection, "_read_packet", (), {}),
     (pymysql.connections.Connection, "_force_close", (), {}),
+    (pymysql.connections.Connection, "_request_authentication", (), {}),
     (pymysql.connections.Connection, "write_packet", (b"",), {}),
     (pymysql.connections.MySQLResult, "__init__", (None,), {}),
     (pymysql.connections.MySQLResult, "read", (), {}),
@@ -95,6 +98,33 @@ def test_the_instance_attributes_prefork_sets_are_there():
     result = pymysql.connections.MySQLResult(conn)
     for name in ("connection", "server_status", "warning_count", "affected_rows"):
         assert hasattr(result, name), f"PyMySQL {VERSION}: MySQLResult has no {name}; {RELIES}"
+
+
+def test_tls_is_asked_for_with_an_sslcontext_or_refused_with_ssl_disabled():
+    """prefork.db.tls passes ``ssl=`` one SSLContext per pool, or ``ssl_disabled=True``; Connection reads
+    ``ssl`` (and the greeting's ``server_capabilities``) to refuse a server without TLS before the login."""
+    context = ssl.create_default_context()
+    conn = pymysql.connections.Connection(defer_connect=True, ssl=context)
+    assert conn.ssl and getattr(conn, "ctx", None) is context, (
+        f"PyMySQL {VERSION} no longer takes ssl= an SSLContext as it is (Connection.ctx); {RELIES}"
+    )
+    assert not pymysql.connections.Connection(defer_connect=True, ssl_disabled=True).ssl, (
+        f"PyMySQL {VERSION}: ssl_disabled=True no longer leaves Connection.ssl false; {RELIES}"
+    )
+
+
+def test_tls_required_refuses_a_server_without_tls_before_the_login(dsn):
+    """The session's server has no certificate. PyMySQL 1.1 would log in in plaintext, 1.2 refuses without
+    naming the host; prefork's Connection refuses before sending the login, naming it."""
+    kwargs = parse_dsn(dsn + "?ssl_mode=required").connect_kwargs()
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        Connection(**kwargs)
+    code, message = info.value.args
+    where = f"{kwargs['host']}:{kwargs['port']}"
+    assert code == CR.CR_SSL_CONNECTION_ERROR and f"{where} does not offer TLS" in message, (
+        f"PyMySQL {VERSION}: the greeting's Connection.server_capabilities is no longer read before "
+        f"Connection._request_authentication, or Connection.ssl is gone ({info.value}); {RELIES}"
+    )
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from prefork.config.parsers import boolean, checked, choice, count, optional, po
 from prefork.config.section import Section, Setting, option
 from prefork.db.dsn import DSN, parse_dsn
 from prefork.logs import syslog_address
+from prefork.protocol.allow import AllowList, parse_allow_from
 from prefork.protocol.framers import ACK_MODES, FRAMINGS
 from prefork.protocol.proxy import MODES as PROXY_MODES
 from prefork.protocol.proxy import parse_networks
@@ -215,6 +216,11 @@ class ServerConfig(Section, name="server"):
         "127.0.0.1/32,::1/128", _parse_networks,
         "networks whose connections must begin with a PROXY header (any other peer sending one is closed)",
         flag="--proxy-allow-from")
+    allow_from: tuple[AllowList, ...] = option(
+        "any", parse_allow_from,
+        "networks that may connect, e.g. 10.0.0.0/8 ::1 (any = everyone; any other peer is closed at accept); "
+        "one list for all listeners, or one per server.bind address, comma separated, so the networks of one "
+        "listener are separated by spaces; not for unix sockets", flag="--allow-from")
     backlog: int = option(
         "4096", positive_int,
         "connections the kernel queues for each listener before refusing (capped by net.core.somaxconn)",
@@ -278,7 +284,8 @@ class PoolConfig(Section, name="pool"):
 
     dsn: DSN = option(
         "mysql://root@127.0.0.1:3306/test", parse_dsn,
-        "mysql://user:password@host:port/db?unix_socket=...&charset=...", flag="--dsn")
+        "mysql://user:password@host:port/db?unix_socket=...&charset=...&ssl_mode=... (TLS: see 'The connection pool')",
+        flag="--dsn")
     min_size: int = option("1", count, "connections kept open once the pool is first used", flag="--pool-min")
     max_size: int = option(
         "10", positive_int, "hard upper bound of open connections per worker", flag="--pool-max")

@@ -16,6 +16,7 @@ from prefork.config.framework import BY_NAME, FRAMEWORK, FRAMEWORK_SECTIONS, SET
 from prefork.config.section import Section
 from prefork.config.sources import ENV_PREFIX, RawValue, check_name, convert, read_file, setting_of_variable
 from prefork.db.dsn import DSN
+from prefork.protocol.allow import AllowList
 from prefork.tls import listener_settings
 
 S = TypeVar("S", bound=Section)
@@ -26,11 +27,13 @@ TLS_KEYS = (
 )  # fmt: skip
 
 # Keys with one value for all listeners or one per server.bind address (prefork.master.per_listener).
-PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack", *TLS_KEYS)
+PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack", "server.allow_from", *TLS_KEYS)
+# What a wrong count of a per-listener key most likely means, besides.
+_COUNT_HINTS = {"server.allow_from": "; the networks of one listener are separated by spaces, not commas"}
 
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, (Address, DSN, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(value, (Address, DSN, AllowList, ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return str(value)  # str(DSN) is redacted
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
@@ -195,9 +198,10 @@ def load_config(
         if len(values[name]) not in (1, len(binds)):
             raise ConfigError(
                 f"{name}: {len(values[name])} values for the {len(binds)} addresses of server.bind "
-                "(give one for all, or one per address)",
+                f"(give one for all, or one per address{_COUNT_HINTS.get(name, '')})",
                 name,
             )
+    _check_unix_allow_from(values["server.allow_from"], binds)
     listener_settings({name: values[name] for name in TLS_KEYS}, len(binds))  # ConfigError: a key without a cert
     if values["pool.min_size"] > values["pool.max_size"]:
         raise ConfigError(
@@ -206,3 +210,20 @@ def load_config(
             "pool.min_size",
         )
     return Config(values, path=path, env=used_env, overrides=given, file_keys=file_keys, app_values=app_values)
+
+
+def _check_unix_allow_from(lists: tuple[AllowList, ...], binds: list[Address]) -> None:
+    """server.allow_from does not apply to a unix socket listener (its peers have no address: its file mode,
+    server.unix_mode, says who may connect). One list for all listeners applies to the TCP ones; networks
+    that would apply to unix sockets alone are a ConfigError, not ignored in silence."""
+    if len(lists) == 1:  # one list for all listeners: an error only when none is TCP
+        named = [] if lists[0].everyone or any(a.kind == "tcp" for a in binds) else binds
+    else:
+        named = [a for a, allow in zip(binds, lists, strict=True) if not allow.everyone and a.kind == "unix"]
+    if named:
+        raise ConfigError(
+            f"server.allow_from: invalid value {', '.join(map(str, lists))!r} (networks for {named[0]}, a unix "
+            "socket listener: allow_from applies to TCP listeners only; give any for it, and restrict the socket "
+            "with server.unix_mode)",
+            "server.allow_from",
+        )

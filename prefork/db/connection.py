@@ -11,7 +11,9 @@ member that changed when a release breaks one of them):
   query's result is a ``LocalDataResult``;
 - ``Connection._read_packet()`` and ``MySQLResult._read_ok_packet(packet)``: the reply after a file;
 - ``MySQLResult._read_load_local_packet(first_packet)``: the server asking for a LOAD DATA LOCAL file;
-- ``Connection._force_close()``: close the socket without a word to the server (``force_close``).
+- ``Connection._force_close()``: close the socket without a word to the server (``force_close``);
+- ``Connection._request_authentication()``, ``Connection.ssl`` and ``Connection.server_capabilities``:
+  the login, whether TLS was asked for (``ssl=`` an SSLContext), what the server's greeting offered.
 
 What the class adds:
 
@@ -22,6 +24,11 @@ What the class adds:
 - The server's greeting and the login are read with ``connect_timeout`` as the socket's timeout, like the
   TCP connect, rather than ``read_timeout`` (PyMySQL 1.1-1.2: a server that accepts but never greets held
   a connect for read_timeout, 60 s by default).
+- A connection asked to speak TLS (the DSN's ``ssl_mode``, ``prefork.db.tls``) refuses a server whose
+  greeting offers none, before the login, naming the host (PyMySQL 1.1 would log in in plaintext, 1.2
+  refuses without naming it). A plaintext login refused with "access denied" by a server that offers TLS
+  says that the server may require it: MariaDB answers a plaintext login under
+  ``require_secure_transport=ON`` with nothing else than error 1045 (MySQL says why, with error 3159).
 - ``load_local_data(sql, data)`` runs a ``LOAD DATA LOCAL INFILE`` statement and sends ``data`` when the
   server asks for the file. PyMySQL itself would open whatever file name the server asks for; this class
   never opens a file: a request it did not offer data for gets an empty file.
@@ -33,7 +40,9 @@ from typing import Any
 
 import pymysql
 import pymysql.connections
-from pymysql.constants import CR, SERVER_STATUS
+from pymysql.constants import CLIENT, CR, ER, SERVER_STATUS
+
+from prefork.config.address import format_host_port
 
 # LOAD DATA LOCAL data goes out in packets of this size (below any server's max_allowed_packet).
 LOCAL_DATA_PACKET = 256 * 1024
@@ -74,6 +83,24 @@ class Connection(pymysql.connections.Connection):
             super().connect(sock)
         finally:
             self._read_timeout = read_timeout  # the next packet read sets it on the socket
+
+    def _request_authentication(self) -> None:
+        if self.ssl and not self.server_capabilities & CLIENT.SSL:
+            where = format_host_port(self.host, self.port)
+            raise pymysql.err.OperationalError(
+                CR.CR_SSL_CONNECTION_ERROR,
+                f"{where} does not offer TLS and the DSN's ssl_mode requires it (no certificate on the server?)",
+            )
+        try:
+            super()._request_authentication()
+        except pymysql.err.OperationalError as exc:
+            if self.ssl or not self.server_capabilities & CLIENT.SSL or exc.args[:1] != (ER.ACCESS_DENIED_ERROR,):
+                raise
+            hint = (
+                f"{exc.args[1]}: a plaintext login, and the server offers TLS; if it requires secure transport "
+                "(require_secure_transport=ON), give the DSN an ssl_mode"
+            )
+            raise pymysql.err.OperationalError(ER.ACCESS_DENIED_ERROR, hint) from exc
 
     def _execute_command(self, command: int, sql: Any) -> None:
         self.status_current = False

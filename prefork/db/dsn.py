@@ -16,6 +16,9 @@ Query parameters: ``unix_socket``, ``charset`` (default utf8mb4), ``connect_time
 ``read_timeout`` (60) and ``write_timeout`` (60), in seconds. Every connection gets read and write
 timeouts so that no call on a dead network can hang forever; the pool's connections (``prefork.db.pool``)
 read the server's greeting and the login within ``connect_timeout`` too, not only the TCP connect.
+
+TLS to the server: ``ssl_mode`` (disabled, required, verify_ca, verify_identity), ``ssl_ca``, ``ssl_cert``
+and ``ssl_key`` (PEM files), as ``prefork.db.tls`` describes; the paths show in the redacted form.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 from prefork.config.address import format_host_port
+from prefork.db import tls
 
 DEFAULT_PORT = 3306
 MASK = "***"  # what a password is shown as
 MIN_PORT, MAX_PORT = 1, 65535
 _TIMEOUT_PARAMS = {"connect_timeout": 10.0, "read_timeout": 60.0, "write_timeout": 60.0}
-_KNOWN_PARAMS = {"unix_socket", "charset", *_TIMEOUT_PARAMS}
+_KNOWN_PARAMS = {"unix_socket", "charset", *_TIMEOUT_PARAMS, *tls.PARAMS}
 
 
 class DSNError(ValueError):
@@ -73,8 +77,21 @@ class DSN:
     def __repr__(self) -> str:
         return f"DSN({self.redacted!r})"
 
-    def connect_kwargs(self, host: int = 0) -> dict[str, Any]:
-        """Keyword arguments for ``pymysql.connect`` to the ``host``-th host of the DSN (0: the first)."""
+    @property
+    def tls(self) -> tls.TlsOptions:
+        """The DSN's TLS options (``ssl_mode`` and its files)."""
+        return tls.tls_options(dict(self.params), read_files=False)
+
+    def targets(self) -> list[dict[str, Any]]:
+        """``connect_kwargs`` of every host, in order, sharing one SSLContext (the files read once)."""
+        options = self.tls
+        context = options.context() if options.enabled else None
+        return [self.connect_kwargs(i, context) for i in range(len(self.hosts))]
+
+    def connect_kwargs(self, host: int = 0, context: Any = None) -> dict[str, Any]:
+        """Keyword arguments for ``pymysql.connect`` to the ``host``-th host of the DSN (0: the first); with
+        TLS on, ``context`` is the SSLContext to use (a new one when None). PyMySQL checks the server's
+        name against the host it connects to, so each host of a multi-host DSN is checked against its own."""
         params = dict(self.params)
         kwargs: dict[str, Any] = {
             "host": self.hosts[host][0],
@@ -89,6 +106,7 @@ class DSN:
             kwargs["unix_socket"] = params["unix_socket"]
         for name, default in _TIMEOUT_PARAMS.items():
             kwargs[name] = float(params.get(name, default))
+        kwargs.update(self.tls.connect_kwargs(context))
         return kwargs
 
 
@@ -118,6 +136,10 @@ def parse_dsn(text: str) -> DSN:
                     raise ValueError
             except ValueError:
                 raise bad(f"{key} must be a positive number") from None
+    try:
+        tls.tls_options(dict(params))
+    except ValueError as exc:
+        raise bad(str(exc)) from None
     database = unquote(path)
     if "/" in database:
         raise bad("the path must be a single database name")

@@ -11,6 +11,9 @@ within one acquire timeout. Without it a host that accepts TCP but never greets 
 half-dead proxy) held every acquire until its deadline and the next host was never tried. A host that
 failed by not answering in time is tried last for ``HUNG_HOST_PENALTY`` seconds (it would cost its whole
 share again on each new connection); a host that refused is not, as refusing costs nothing.
+
+TLS: the hosts share one SSLContext (``DSN.targets``), and each is checked against its own name (with
+``ssl_mode=verify_identity``): a host whose certificate does not name it fails like one that refused.
 """
 
 from __future__ import annotations
@@ -60,11 +63,13 @@ class HostList:
         self.current = 0
         self.share: float | None = None  # seconds per attempt; None: the acquire deadline alone
         self.penalized: dict[int, float] = {}  # host index -> until when it is tried last
+        self.failures: list[str] = []  # "host:port: error" of each host the last connect() tried in vain
 
     @classmethod
     def of(cls, dsn: DSN, open_connection: Callable[..., Any], ready: Callable[[Any], bool]) -> HostList:
-        """The hosts of a parsed DSN, in its order (``open_connection`` and ``ready`` as for the constructor)."""
-        return cls([dsn.connect_kwargs(i) for i in range(len(dsn.hosts))], open_connection, ready)
+        """The hosts of a parsed DSN, in its order (``open_connection`` and ``ready`` as for the constructor),
+        sharing one SSLContext when the DSN asks for TLS."""
+        return cls(dsn.targets(), open_connection, ready)
 
     def walk_within(self, acquire_timeout: float) -> None:
         """Bound each attempt so that every host is tried within one acquire of ``acquire_timeout``."""
@@ -84,11 +89,13 @@ class HostList:
         import pymysql
 
         order = self.order()
+        self.failures = []
         for n, i in enumerate(order):
             last = n == len(order) - 1
             try:
                 conn = self._attempt(i)
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
+                self.failures.append(f"{self.where(i)}: {exc}")
                 if self.share is not None and timed_out(exc):
                     self.penalized[i] = self._clock() + HUNG_HOST_PENALTY
                 if last:
@@ -97,8 +104,14 @@ class HostList:
             if last or len(self.targets) == 1 or self._ready(conn):
                 self.current = i
                 return conn
+            self.failures.append(f"{self.where(i)}: not ready (a Galera node out of sync)")
             conn.close()
         raise AssertionError("unreachable")
+
+    def where(self, i: int) -> str:
+        """``host:port`` of host ``i``."""
+        kwargs = self.targets[i]
+        return format_host_port(str(kwargs.get("host")), int(kwargs.get("port") or 0))
 
     def _attempt(self, i: int) -> Any:
         """Connect to host ``i`` within its share: the socket's own timeouts bound each step (the driver
@@ -114,7 +127,6 @@ class HostList:
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
-            where = format_host_port(str(kwargs.get("host")), int(kwargs.get("port") or 0))
-            raise HostTimeout(f"{where} did not connect, greet and log in within {share:g}s") from None
+            raise HostTimeout(f"{self.where(i)} did not connect, greet and log in within {share:g}s") from None
         finally:
             timer.close()

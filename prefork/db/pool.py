@@ -109,12 +109,14 @@ class PoolConnectError(PoolError):
 def connect_once(dsn: str | DSN) -> Any:
     """One plain PyMySQL connection outside any pool, for a command such as an app's ``check`` or
     ``initdb`` hook; close it yourself. Its host is chosen as a pool's are (``prefork.db.hosts``: the first
-    of the DSN's hosts that answers and is ready). PoolConnectError names the DSN, never its password."""
+    of the DSN's hosts that answers and is ready). PoolConnectError names the DSN (never its password), and
+    each host tried with why it failed (a TLS failure included: a certificate not verified, no TLS)."""
     parsed = parse_dsn(dsn) if isinstance(dsn, str) else dsn
+    hosts = HostList.of(parsed, Connection, node_ready)
     try:
-        return HostList.of(parsed, Connection, node_ready).connect()
+        return hosts.connect()
     except pymysql.err.MySQLError as exc:
-        raise PoolConnectError(f"cannot connect to {parsed.redacted}: {exc}") from exc
+        raise PoolConnectError(f"cannot connect to {parsed.redacted}: {'; '.join(hosts.failures)}") from exc
 
 
 class _Record:

@@ -1,5 +1,6 @@
-"""What prefork asks a server through a connection: whether a Galera node is ready, and session variables
-a server may not have (MySQL lacks MariaDB's own, a server without Galera its wsrep_*)."""
+"""What prefork asks a server through a connection: whether a Galera node is ready, session variables
+a server may not have (MySQL lacks MariaDB's own, a server without Galera its wsrep_*), and whether the
+connection is encrypted."""
 
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ def set_session_variable(cur: Any, name: str, value: int) -> bool:
             return False
         raise
     return True
+
+
+def transport(conn: Any) -> str:
+    """How the connection reaches the server, as the server sees it: its TLS version (``TLSv1.3``) or
+    ``plaintext``; ``unknown`` when it will not say."""
+    cur = conn.cursor()
+    try:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        row = cur.fetchone()
+    except pymysql.err.MySQLError:
+        return "unknown"
+    finally:
+        cur.close()
+    return str(row[1]) if row and row[1] else "plaintext"
 
 
 def node_ready(conn: Any) -> bool:

@@ -10,4 +10,6 @@
   and handing the connection to the next generation at a reload (``prefork.handoff``).
 - ``counters``: the worker-wide figures (``prefork status``).
 - ``proxy``: the PROXY protocol header a balancer may put before a client's bytes.
+- ``allow``: ``server.allow_from``, the networks a listener takes connections from (the config's side).
+- ``door``: the worker's check of it as it accepts (counted, logged through ``rejects``).
 """

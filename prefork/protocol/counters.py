@@ -7,9 +7,17 @@ class Counters:
     """Worker-wide figures shown by ``prefork status``."""
 
     __slots__ = (
-        "clients", "lines_in", "ok", "err", "err_by_reason", "next_client_id", "unread_clients", "handoffs",
+        "clients",
+        "lines_in",
+        "ok",
+        "err",
+        "err_by_reason",
+        "next_client_id",
+        "unread_clients",
+        "handoffs",
+        "refused",
         "tls",
-    )  # fmt: skip
+    )
 
     def __init__(self) -> None:
         self.clients = 0
@@ -25,3 +33,5 @@ class Counters:
         # TLS listeners (prefork.protocol.tlsaccept): "handshakes" completed, "failed:REASON" handshakes that
         # failed, "wrong:plaintext" plaintext on a TLS listener, "wrong:tls" a ClientHello on a plaintext one.
         self.tls: dict[str, int] = {}
+        # Connections closed as they came, by reason: "allow_from" (outside server.allow_from; prefork.protocol.door).
+        self.refused = {"allow_from": 0}

@@ -168,10 +168,11 @@ def _wait_readable(sock: socket.socket, left: float, timeout: float) -> None:
         raise ProxyHeaderError(f"no complete PROXY header within {timeout:g}s")
 
 
-def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """``server.proxy_allow_from``: networks, comma separated (an address alone is a /32 or /128)."""
+def parse_networks(text: str, separator: str | None = ",") -> Networks:
+    """Networks separated by ``separator`` (None: by spaces), an address alone being a /32 or /128:
+    ``server.proxy_allow_from`` (commas), one listener's ``server.allow_from`` (spaces)."""
     networks = []
-    for item in (part.strip() for part in text.split(",")):
+    for item in (part.strip() for part in text.split(separator)):
         if not item:
             continue
         try:

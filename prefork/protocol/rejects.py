@@ -1,7 +1,9 @@
-"""Frames refused with no reply to say so (``server.ack = off``), streams that cannot be framed any further,
-connections closed before they became clients (TLS), and sessions the server ends on an error (RELP): logged,
-at most one line per ``LOG_INTERVAL_S`` per worker; what falls between is summed up in one line (how many,
-by reason) once the interval is over.
+"""Frames refused with no reply to say so (``server.ack = off``), streams that cannot be framed any further, and
+sessions the server ends on an error (RELP): logged, at most one line per ``LOG_INTERVAL_S`` per worker; what
+falls between is summed up in one line (how many, by reason) once the interval is over. Connections closed as
+they are accepted (``server.allow_from``) have a log of their own, limited the same way (``DOOR``), so a flood
+of them hides no refused frame; so have connections closed before they became clients on a TLS listener or for
+the wrong protocol (``TLS``).
 
 Every one is counted besides (``err_by_reason``: ``prefork status`` and ``prefork_replies_total`` in
 /metrics, by reason, whether or not the reply was sent), so nothing is refused without a trace, and a
@@ -16,17 +18,18 @@ import time
 import gevent
 
 LOG_INTERVAL_S = 1.0
-CLOSED = "closed:"  # the prefix, among the reasons left out, of connections closed (connection_refused)
 
 log = logging.getLogger("prefork.protocol")
 
 
 class RejectLog:
-    """One per worker: the rate-limited log of refused frames."""
+    """One per worker: the rate-limited log of refused frames (of refused connections: ``DOOR``); ``what`` is
+    what the summary line says was left out."""
 
-    __slots__ = ("_next", "_left_out", "_summary")
+    __slots__ = ("_next", "_left_out", "_summary", "_what")
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "frames refused, not stored, no reply sent") -> None:
+        self._what = what
         self._next = 0.0  # monotonic time before which a new line is left out
         self._left_out: dict[str, int] = {}  # frames refused, by reason, since the last line, not named by one
         self._summary: gevent.Greenlet | None = None  # writes the line of those left out, once the interval ends
@@ -67,10 +70,16 @@ class RejectLog:
             return
         log.warning("%s: %s session closed: %s", client, protocol, why)
 
-    def connection_refused(self, peer: str, why: str, reason: str) -> None:
-        """A connection closed before it became a client (TLS: a failed handshake, the wrong protocol on a
+    def connection_refused(self, peer: str, listener: str, setting: str) -> None:
+        """A connection closed as it was accepted, its peer being outside ``setting`` (server.allow_from)."""
+        if self._quiet({setting: 1}):
+            return
+        log.warning("closing a connection from %s at %s: outside %s", peer, listener, setting)
+
+    def tls_refused(self, peer: str, why: str, reason: str) -> None:
+        """A connection closed before it became a client (a failed TLS handshake, the wrong protocol on a
         listener): one line naming the peer and why, within the same limit; ``reason`` is its counter's."""
-        if self._quiet({f"{CLOSED}{reason}": 1}):
+        if self._quiet({reason: 1}):
             return
         log.warning("closed a connection from %s: %s", peer, why)
 
@@ -91,12 +100,7 @@ class RejectLog:
         left_out, self._left_out = self._left_out, {}
         if left_out:
             self._next = time.monotonic() + LOG_INTERVAL_S
-            closed = {k[len(CLOSED) :]: n for k, n in left_out.items() if k.startswith(CLOSED)}
-            frames = {k: n for k, n in left_out.items() if not k.startswith(CLOSED)}
-            if frames:
-                log.warning("frames refused, not stored, no reply sent, not logged one by one: %s", _named(frames))
-            if closed:
-                log.warning("connections closed, not logged one by one: %s", _named(closed))
+            log.warning("%s, not logged one by one: %s", self._what, _named(left_out))
 
 
 def _named(reasons: dict[str, int]) -> str:
@@ -104,3 +108,5 @@ def _named(reasons: dict[str, int]) -> str:
 
 
 REJECTS = RejectLog()  # this worker's (a process of its own: no sharing across workers)
+DOOR = RejectLog("connections closed as they came")  # this worker's, of connections refused at accept
+TLS = RejectLog("connections closed before a TLS session or for the wrong protocol")  # this worker's

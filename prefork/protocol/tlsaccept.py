@@ -8,7 +8,7 @@ deadline, in the connection's own greenlet (so a client that never finishes bloc
 - The handshake (``server.tls_handshake_timeout`` in all, however slowly the bytes come) and, with
   ``server.tls_client_names``, the client certificate's CN or DNS names checked against the list.
 - Each failure is counted by reason (``Counters.tls``: ``prefork_tls_handshake_failures_total`` in /metrics)
-  and logged through the worker's rate-limited log (``prefork.protocol.rejects``).
+  and logged through the worker's rate-limited log of them (``prefork.protocol.rejects.TLS``).
 
 The opposite mistake, a ClientHello on a plaintext listener, is seen by the connection's first read
 (``looks_like_tls``): the plaintext path waits for no byte before serving.
@@ -25,7 +25,7 @@ import gevent
 
 from prefork.interface import TlsIdentity
 from prefork.protocol.counters import Counters
-from prefork.protocol.rejects import REJECTS
+from prefork.protocol.rejects import TLS as TLS_LOG
 from prefork.tls import TlsSettings, common_name, server_context, subject_text
 
 TLS_HANDSHAKE = 0x16  # the content type of a TLS handshake record, the first byte a TLS client sends
@@ -79,7 +79,7 @@ class TlsListener:
             return None  # closed before a byte: a TCP health check
         if first != TLS_HANDSHAKE:
             counters.tls["wrong:plaintext"] = counters.tls.get("wrong:plaintext", 0) + 1
-            REJECTS.connection_refused(peer, "plaintext on a TLS listener (server.tls_cert)", "plaintext-on-tls")
+            TLS_LOG.tls_refused(peer, "plaintext on a TLS listener (server.tls_cert)", "plaintext-on-tls")
             return None
         tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         done = False
@@ -149,7 +149,7 @@ def tls_on_plaintext(counters: Counters, peer: str) -> None:
     """Count and log a ClientHello on a plaintext listener (the connection closes it)."""
     counters.tls["wrong:tls"] = counters.tls.get("wrong:tls", 0) + 1
     why = "a TLS ClientHello on a plaintext listener (no server.tls_cert)"
-    REJECTS.connection_refused(peer, why, "tls-on-plaintext")
+    TLS_LOG.tls_refused(peer, why, "tls-on-plaintext")
 
 
 def identity_of(tls: Any) -> TlsIdentity | None:
@@ -168,7 +168,7 @@ def identity_of(tls: Any) -> TlsIdentity | None:
 def _refused(counters: Counters, peer: str, exc: HandshakeFailed) -> None:
     key = f"failed:{exc.reason}"
     counters.tls[key] = counters.tls.get(key, 0) + 1
-    REJECTS.connection_refused(peer, str(exc), exc.reason)
+    TLS_LOG.tls_refused(peer, str(exc), exc.reason)
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -15,7 +15,7 @@ import pymysql
 
 from prefork.config.loader import Config
 from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
-from prefork.pool import Pool, connect_once
+from prefork.pool import Pool, connect_once, transport
 from prefork.settings import Section
 from workers.ingest.batch import Share, Source
 from workers.ingest.commit import Committer
@@ -152,6 +152,7 @@ class IngestApp:
         table = self.table_of(cfg)
         conn = connect_once(cfg.pool.dsn)
         try:
+            via = transport(conn)
             found = table_exists(conn, table)
             ids_missing = found and cfg.server.line_ids and not has_line_id(conn, table)
             cert_on = cfg.section(IngestSettings).client_cert
@@ -167,7 +168,9 @@ class IngestApp:
             state += f" without its unique {LINE_ID_COLUMN} column (the workers add it at start, `prefork initdb` now)"
         if cert_missing:
             state += f" without its {CLIENT_CERT_COLUMN} column (the workers add it at start, `prefork initdb` now)"
-        return f"database {cfg.pool.dsn.redacted} answers, table `{table}` {state}"
+        if via != "plaintext":
+            via += f", ssl_mode={cfg.pool.dsn.tls.mode}"
+        return f"database {cfg.pool.dsn.redacted} answers ({via}), table `{table}` {state}"
 
     def initdb(self, worker: WorkerInfo) -> str:
         """``prefork initdb``: create the table (and the marker tables) if missing; with server.line_ids on,
