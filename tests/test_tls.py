@@ -330,3 +330,15 @@ def test_ingest_stores_the_client_certificate(pki: Pki, dsn: str, method: str):
         assert "cannot create the tables" not in srv.logs()
     rows = query(dsn, f"SELECT client_cert, payload FROM `{table}` ORDER BY id")
     assert rows == [("CN=client1", "signed 1"), ("CN=client1", "signed 2"), (None, "anonymous")]
+
+
+def test_allow_from_is_checked_before_the_handshake(pki: Pki):
+    args = ["workers.echo:app", "--workers", "1", "--allow-from", "127.0.0.2/32"]
+    args += ["--tls-cert", str(pki.server_chain), "--tls-key", str(pki.server_key)]
+    with ServerProcess(args) as srv:
+        assert refused(srv.port, tls_client(pki))  # from 127.0.0.1: closed at accept
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=IO_S, source_address=("127.0.0.2", 0))
+        with tls_client(pki).wrap_socket(raw, server_hostname="localhost") as sock:
+            assert exchange(sock, b"allowed\n", 1) == [b"allowed"]
+        wait_for(lambda: "outside server.allow_from" in srv.logs(), what="the refusal")
+        assert "TLS handshake failed" not in srv.logs()
