@@ -58,10 +58,10 @@ COMMIT_TIMEOUT = 60  # long enough that lines caught by an outage are normally O
 GRACEFUL_TIMEOUT = 30
 FAULT_EVERY = 7
 FAULT_CYCLE = ("reply-lost", "error-after", "cut-before", "bad-sequence", "error-open")
-WORKER_KILLS = 10
+WORKER_KILLS = 8
 DB_RESTARTS = 3
 HUPS = 5
-EVENT_GAP = (3.0, 5.0)  # seconds between two events: 18 events take about 75 s
+EVENT_GAP = (2.0, 3.0)  # seconds between two events: 16 events take about 40 s
 CONNECT_TIMEOUT = 10.0
 # A reply may take commit_timeout plus a marker lookup; a client that waits longer gives up on the
 # connection (its lines count as without reply) and the figures show it.

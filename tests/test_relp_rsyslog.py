@@ -32,7 +32,7 @@ from tests.test_relp import OPEN_RSP
 
 MESSAGES = 20_000
 CHUNK = 100  # messages fed to rsyslog at a time
-CHUNK_PAUSE_S = 0.1  # between chunks: the feed lasts (20 s) while the faults happen
+CHUNK_PAUSE_S = 0.05  # between chunks: the feed lasts (10 s) while the faults happen
 WINDOW = 128  # omrelp's window: the most frames unacked on one session
 STORE_TIMEOUT_S = 240.0
 COMMIT_TIMEOUT = "3"  # so that lines held while MariaDB is down get ERR unavailable (and are resent) soon
