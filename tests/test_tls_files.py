@@ -85,3 +85,18 @@ def test_per_listener_values():
     assert plain is None
     assert (a.cert, a.key, a.client_ca, a.min_version, a.client_names) == ("/a.pem", "/a.key", "", "1.3", ())
     assert (c.key, c.client_ca, c.client_names) == ("/c.pem", "/ca.pem", ("one", "two"))  # the key in the cert file
+
+
+def test_a_client_hello_is_told_from_lines():
+    """A plaintext listener closes a connection whose first read is a ClientHello, and serves any line."""
+    from prefork.protocol.tlsaccept import looks_like_tls
+
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    assert looks_like_tls(hello) and looks_like_tls(hello[:6])
+    for line in [b"\x16\x03\n", b"\x16\x03\x01\x00\x05x\n", b"\x16\x03\x09\x00\x05\x01\n", b"hello\n", b""]:
+        assert not looks_like_tls(line), line

@@ -29,6 +29,8 @@ from prefork.protocol.rejects import TLS as TLS_LOG
 from prefork.tls import TlsSettings, common_name, server_context, subject_text
 
 TLS_HANDSHAKE = 0x16  # the content type of a TLS handshake record, the first byte a TLS client sends
+CLIENT_HELLO = 0x01  # the handshake type of the first message of a TLS client
+MAX_RECORD = 16384 + 2048  # the longest record TLS allows (2^14 plus expansion)
 
 # OpenSSL's reasons, as the counters' labels (a small, fixed set: anything else is "error").
 _REASONS = {
@@ -141,8 +143,17 @@ def _peek_first(sock: Any, deadline: float) -> int | None:
 
 
 def looks_like_tls(data: bytes) -> bool:
-    """Whether a plaintext connection's first bytes are a TLS ClientHello (a handshake record, version 3.x)."""
-    return len(data) >= 2 and data[0] == TLS_HANDSHAKE and data[1] == 3
+    """Whether a plaintext connection's first bytes are a TLS ClientHello: a handshake record of version 3.x
+    whose length TLS allows, holding a ClientHello. Six bytes in that shape, not two: a line may begin with
+    any valid UTF-8, 0x16 0x03 included, and a client's first line is served unless it cannot be a line."""
+    return (
+        len(data) >= 6
+        and data[0] == TLS_HANDSHAKE
+        and data[1] == 3
+        and data[2] <= 4
+        and 0 < int.from_bytes(data[3:5], "big") <= MAX_RECORD
+        and data[5] == CLIENT_HELLO
+    )
 
 
 def tls_on_plaintext(counters: Counters, peer: str) -> None:
