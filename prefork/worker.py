@@ -113,8 +113,7 @@ class Worker:
         self.connections: set[Any] = set()
         self.tls: list[TlsListener | None] = []  # each listener's TLS context (server.tls_cert), None: plaintext
         # Greenlets of connections still reading their PROXY header (server.proxy_protocol) or in their TLS
-        # handshake: not clients yet,
-        # so not in `connections`, but a graceful stop must end them too.
+        # handshake: not clients yet, so not in `connections`, but a graceful stop must end them too.
         self.handshakes: set[gevent.Greenlet] = set()
         self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
         self.read_until = 0.0  # once draining: the event loop's time at which every connection stops reading
