@@ -343,3 +343,27 @@ def test_allow_from_is_checked_before_the_handshake(pki: Pki):
             assert exchange(sock, b"allowed\n", 1) == [b"allowed"]
         wait_for(lambda: "outside server.allow_from" in srv.logs(), what="the refusal")
         assert "TLS handshake failed" not in srv.logs()
+
+
+@pytest.mark.timeout(60)
+def test_a_graceful_stop_ends_handshakes_under_way(pki: Pki):
+    """TERM with graceful_timeout and the handshake deadline both 60 s, while one connection sent nothing and
+    another half a ClientHello: the stop closes both at once and the worker exits by itself, long before
+    either deadline (it would be killed at graceful_timeout otherwise)."""
+    args = ["workers.echo:app", "--workers", "1", "--graceful-timeout", "60", "-s", "server.tls_handshake_timeout=60"]
+    args += ["--tls-cert", str(pki.server_chain), "--tls-key", str(pki.server_key)]
+    with ServerProcess(args) as srv:
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=IO_S)
+        half = socket.create_connection(("127.0.0.1", srv.port), timeout=IO_S)
+        half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        with tls_connect(srv.port, tls_client(pki)) as sock:  # one worker accepts in order: both are in
+            assert exchange(sock, b"x\n", 1) == [b"x"]
+        srv.signal(signal.SIGTERM)
+        try:
+            assert closed_by_server(silent) and closed_by_server(half)
+            assert srv.wait(timeout=30) == 0
+        finally:
+            silent.close()
+            half.close()
+        logs = srv.logs()
+        assert "outlived" not in logs and "did not stop within graceful_timeout" not in logs, logs
