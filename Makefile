@@ -5,8 +5,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST_ARGS ?=
-# Debian's own Python: `make test` (the whole suite, no PYTEST_ARGS) also runs the fast tests under it when
-# it is not the venv's interpreter (scripts/test-system-python.sh says which).
+# Debian's own Python: `make test` (the whole suite, no PYTEST_ARGS) also runs the fast tests under it, beside
+# the main run, when it is not the venv's interpreter (scripts/test-all.sh, scripts/test-system-python.sh).
 SYSTEM_PYTHON ?= /usr/bin/python3
 SYSTEM_VENV   := .venv-system
 
@@ -36,22 +36,29 @@ start: $(STAMP)
 	@DSN=$$($(DSN_CMD)) && $(VENV)/bin/prefork run --daemon --pidfile $(PIDFILE) --log-file var/prefork.log \
 		--dsn "$$DSN" $(ARGS) && echo "prefork: started (pidfile $(PIDFILE), log var/prefork.log)"
 
-reload stop status: $(STAMP)
+# reload returns once the new generation serves (exit 0), or says why the reload was refused (exit 1).
+reload: $(STAMP)
+	$(VENV)/bin/prefork reload --wait --pidfile $(PIDFILE)
+
+stop status: $(STAMP)
 	$(VENV)/bin/prefork $@ --pidfile $(PIDFILE)
 
 test: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(if $(PYTEST_ARGS),@echo "prefork: PYTEST_ARGS chose a part: not run again under $(SYSTEM_PYTHON) (make test-system-python)",sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV))
+	$(if $(PYTEST_ARGS),$(PY) -m pytest $(PYTEST_ARGS),sh scripts/test-all.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV))
+	$(if $(PYTEST_ARGS),@echo "prefork: PYTEST_ARGS chose a part: not run again under $(SYSTEM_PYTHON) (make test-system-python)")
 
 # The fast tests alone under $(SYSTEM_PYTHON), in $(SYSTEM_VENV) (the second half of `make test`).
 test-system-python: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
 	sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV) $(PYTEST_ARGS)
 
-# Throughput against baselines measured in the same run (bench/run.py says what each contender is).
+# Throughput against baselines measured in the same run (bench/run.py says what each contender is);
+# BENCH=shippers runs the rsyslog part alone (bench/shippers.py).
+BENCH ?=
 bench: $(STAMP) server-binary
-	$(PY) bench/run.py
+	sh scripts/ensure-bench-packages.sh
+	$(PY) bench/run.py $(if $(BENCH),--only $(BENCH))
 
 lint: $(STAMP)
 	$(PY) -m ruff check prefork workers tests bench scripts devtools

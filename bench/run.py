@@ -27,9 +27,14 @@ Then:
   OPENLOOP_CONNS connections for OPENLOOP_SECONDS, to each ingest method, echo and the minimal server (for
   reference): p50/p99/max reply latency;
 - memory: bench/idle_memory.py, RSS per idle client with 10,000 clients, prefork echo vs bare gevent;
-- balance: bench/balance.py's measure(WORKERS), when that file exists.
+- balance: bench/balance.py's measure(WORKERS), when that file exists;
+- shippers: bench/shippers.py on the same database, before it stops: rsyslog forwarding N messages to
+  prefork over octet-counted TCP and over RELP, and rsyslog's own ommysql writing straight to MariaDB
+  (messages/s counted in the tables, every message checked stored); `--only shippers` (`make bench
+  BENCH=shippers`) runs this part alone and replaces its section of bench/RESULTS.md.
 
-Prints ratios first, then the table and the sections, and writes the same to bench/RESULTS.md.
+Prints ratios first, then the table and the sections, and writes the same to bench/RESULTS.md; exits 1
+when the shipper bench lost messages (after writing them down).
 Environment: BENCH_LINES (200000), BENCH_ECHO_LINES (25 x BENCH_LINES), BENCH_DB_ROUNDS (3),
 BENCH_ECHO_ROUNDS (3), BENCH_WORKERS (CPUs), BENCH_LOADDATA_CONNS (1), BENCH_IDLE_CLIENTS (10000),
 BENCH_OPENLOOP_SECONDS (5).
@@ -37,6 +42,7 @@ BENCH_OPENLOOP_SECONDS (5).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -52,6 +58,8 @@ import pymysql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from procstat import group_cpu_seconds, process_cpu_seconds  # noqa: E402
 
 from devtools.mariadb import MariaDBServer, free_port  # noqa: E402
 from workers.schema import create_table_sql  # noqa: E402
@@ -128,33 +136,6 @@ def mysqld_pid(db: MariaDBServer) -> int | None:
 
 
 # -- CPU ----------------------------------------------------------------------------------------------------
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int | str) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by one live process."""
-    fields = _stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = _stat_fields(entry)
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5 of stat: the process group
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
 
 
 class CpuMeter:
@@ -753,7 +734,34 @@ def measure_balance() -> dict | str:
         return f"not measured (balance.measure failed: {exc})"
 
 
+SHIPPERS_TITLE = "Shippers: rsyslog into MariaDB"
+
+
+def bench_shippers(db: MariaDBServer) -> tuple[list[str], list[str], bool]:
+    """bench/shippers.py on the bench's database: its ratios' lines, its table's, and whether nothing was lost."""
+    from shippers import MESSAGES, ROUNDS
+    from shippers import measure as shippers_measure
+    from shippers import report as shippers_report
+
+    progress(f"shippers: rsyslog forwarding {MESSAGES:,} messages three ways, {ROUNDS} rounds")
+    return shippers_report(shippers_measure(db, mysqld_pid(db)))
+
+
+def replace_section(text: str, title: str, lines: list[str]) -> str:
+    """RESULTS.md with its section `title` made of these lines (added at the end when it has none)."""
+    block = f"## {title}\n\n```\n" + "\n".join(lines) + "\n```\n"
+    head = f"## {title}\n"
+    if head not in text:
+        return text.rstrip("\n") + "\n\n" + block
+    before, rest = text.split(head, 1)
+    after = rest[rest.index("\n## ") + 1 :] if "\n## " in rest else ""
+    return before + block + ("\n" + after if after else "")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description="prefork's bench (README, Benchmarks)")
+    parser.add_argument("--only", choices=["shippers"], help="run this part alone (bench/RESULTS.md: its section)")
+    only = parser.parse_args().only
     started = time.monotonic()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     db = MariaDBServer(ROOT / "var/bench-db", durable=True)
@@ -772,9 +780,13 @@ def main() -> None:
         progress(line)
     if mysqld_pid(db) is None:
         progress("mysqld's pid not found: no mysqld CPU figures")
+    if only == "shippers":
+        main_shippers(db, header)
+        return
     results: dict[str, Result] = {}
     try:
         bench_database(db, results)
+        shippers = bench_shippers(db)
     finally:
         db.stop()
     bench_echo(results)
@@ -789,6 +801,9 @@ def main() -> None:
     progress("balance")
     balance = measure_balance()
     sections = report(results, memory, balance)
+    ship_ratios, ship_table, complete = shippers
+    sections[0][1].extend(ship_ratios)
+    sections.append((SHIPPERS_TITLE, ship_table))
     elapsed = time.monotonic() - started
 
     out = []
@@ -807,6 +822,22 @@ def main() -> None:
     for title, lines in sections:
         md.extend([f"## {title}", "", "```", *lines, "```", ""])
     (ROOT / "bench/RESULTS.md").write_text("\n".join(md))
+    if not complete:
+        raise SystemExit("bench: the shipper bench LOST messages (see MESSAGES LOST above)")
+
+
+def main_shippers(db: MariaDBServer, header: list[str]) -> None:
+    """`--only shippers`: the shipper bench alone; its section of bench/RESULTS.md is replaced, the rest kept."""
+    try:
+        ratios, table, complete = bench_shippers(db)
+    finally:
+        db.stop()
+    lines = [*ratios, "", *table, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
+    print("\n".join(lines))
+    results = ROOT / "bench/RESULTS.md"
+    results.write_text(replace_section(results.read_text() if results.exists() else "", SHIPPERS_TITLE, lines))
+    if not complete:
+        raise SystemExit("bench: the shipper bench LOST messages (see MESSAGES LOST above)")
 
 
 if __name__ == "__main__":

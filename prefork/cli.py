@@ -2,7 +2,8 @@
 
     prefork run [APP] [options]        # foreground; APP defaults to workers.ingest:app
     prefork run --daemon [options]     # returns 0 only once workers are serving
-    prefork reload|stop|status [--pidfile PATH | -c FILE] [--json]
+    prefork reload|stop|status [--pidfile PATH | -c FILE | --pid PID] [--json]
+    prefork reload --wait [--timeout S]  # 0: the new generation serves; 1: refused or abandoned; 124: timed out
     prefork check [APP] [-c FILE]      # validate config, import the app, run its check hook
     prefork initdb [APP] [-c FILE]     # run the app's initdb hook (ingest: create its table)
     prefork config [APP] [-c FILE] [--json]  # the effective configuration, each key with its source
@@ -22,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ from prefork.config.errors import ConfigError
 from prefork.config.flags import add_setting_flags, overrides
 from prefork.config.framework import FRAMEWORK, SETTINGS
 from prefork.config.loader import Config, load_config
-from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 if TYPE_CHECKING:
     from prefork.privileges import Identity
@@ -46,7 +48,9 @@ class CommandError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefork", description="Pre-fork TCP line server with a green MySQL pool.")
-    parser.add_argument("--version", action="version", version=f"prefork {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the versions of prefork, gevent, PyMySQL and Python"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="start the server (foreground, or --daemon)")
@@ -62,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _add_config_options(p)
         p.add_argument("--pidfile", help="the master's pidfile")
+        p.add_argument("--pid", type=int, help="the master's pid (systemd's $MAINPID), instead of a pidfile")
+        if name == "reload":
+            p.add_argument(
+                "--wait",
+                action="store_true",
+                help="wait for the outcome: exit 0 once the new generation serves, 1 if the reload was refused "
+                "or abandoned, 124 if --timeout ran out",
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=None,
+                help=f"seconds --wait waits at most (implies --wait; default {RELOAD_WAIT_TIMEOUT:g})",
+            )
         if name == "status":
             p.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "stop":
@@ -108,6 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-key", metavar="FILE", help="its key (PEM; default: in the --tls-cert file)")
     tls.add_argument("--tls-server-name", metavar="NAME", help="the name sent and verified (default: the host of --to)")
     return parser
+
+
+RELOAD_WAIT_TIMEOUT = 60.0  # a probe and a generation's boot each get server.timeout (30 s by default)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prefork's version and those it runs with, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """One line: ``prefork 0.1.0 (gevent 24.2.1, PyMySQL 1.1.1, Python 3.11.2)``."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ("gevent", "PyMySQL"):
+        try:
+            found.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            found.append(f"{dist} not installed")
+    return f"prefork {__version__} ({', '.join(found)}, Python {platform.python_version()})"
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -192,23 +238,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     listeners = {}
     try:
         for address in cfg.server.bind:
-            listeners[str(address)] = sockets.bind(address, **sockets.bind_options(cfg.server))
+            bind = partial(sockets.bind, address, **sockets.bind_options(cfg.server))
+            listeners[str(address)] = sockets.retry_in_use(bind, f"server.bind={address}", cfg.server.bind_attempts)
     except sockets.BindError as exc:
         for sock in listeners.values():
             sock.close()
         raise CommandError(str(exc)) from None
     metrics = None
-    if cfg.server.metrics_bind is not None:
+    if (metrics_bind := cfg.server.metrics_bind) is not None:
         from prefork.metrics import MetricsServer
 
+        def serve_metrics() -> MetricsServer:
+            return MetricsServer(metrics_bind, lambda: master.state())
+
         try:
-            metrics = MetricsServer(cfg.server.metrics_bind, lambda: master.state())
+            what = f"server.metrics_bind={metrics_bind}"
+            metrics = sockets.retry_in_use(serve_metrics, what, cfg.server.bind_attempts)
+        except sockets.BindError as exc:
+            for sock in listeners.values():
+                sock.close()
+            raise CommandError(str(exc)) from None
         except OSError as exc:
             for sock in listeners.values():
                 sock.close()
-            raise CommandError(
-                f"cannot bind server.metrics_bind={cfg.server.metrics_bind}: {exc.strerror or exc}"
-            ) from None
+            raise CommandError(f"cannot bind server.metrics_bind={metrics_bind}: {exc.strerror or exc}") from None
     master = Master(cfg, listeners, metrics=metrics, identity=identity)
     if not cfg.server.daemon:
         return master.run()
@@ -242,6 +295,12 @@ def find_master(args: argparse.Namespace) -> tuple[int, Path]:
 
     pidfile = getattr(args, "pidfile", None)
     bases = [Path(os.environ["PREFORK_SERVER_RUNTIME_DIR"])] if os.environ.get("PREFORK_SERVER_RUNTIME_DIR") else []
+    given = getattr(args, "pid", None)
+    if given is not None:  # before the config: a reload's new config may not load, the master's pid is known
+        if given <= 0 or not _alive(given):
+            raise CommandError(f"no master running (pid {given})", EXIT_FAILURE)
+        candidates = candidate_state_dirs(given, bases)
+        return given, next((d for d in candidates if (d / MASTER_FILE).exists()), candidates[0])
     if args.config or args.sets:
         cfg = load_from_args(args)
         bases.append(runtime_dir(cfg.server.runtime_dir))
@@ -288,13 +347,13 @@ def _pid_from(pidfile: str) -> int:
     return pid
 
 
-def signal_master(args: argparse.Namespace, signum: int) -> int:
-    """Send a signal to the master; through a pidfile, only while the master holds its lock (a pid
-    recycled by another process since is never signalled)."""
+def signal_master(args: argparse.Namespace, signum: int, pid: int | None = None) -> int:
+    """Send a signal to the master (``pid``, else the one find_master finds); through a pidfile, only while
+    the master holds its lock (a pid recycled by another process since is never signalled)."""
     from prefork import pidfile as pidfiles
 
-    pid = find_master_pid(args)
-    path = _pidfile_of(args)
+    pid = find_master_pid(args) if pid is None else pid
+    path = None if getattr(args, "pid", None) is not None else _pidfile_of(args)
     if path and not pidfiles.is_locked(path):
         held = f"pidfile {path} is not held by a running master, pid {pid}"
         raise CommandError(f"no master running ({held})", EXIT_FAILURE)
@@ -311,8 +370,35 @@ def _pidfile_of(args: argparse.Namespace) -> str | None:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    signal_master(args, signal.SIGHUP)
-    return 0
+    if not args.wait and args.timeout is None:
+        signal_master(args, signal.SIGHUP)
+        return 0
+    from prefork.reloads import SERVING, ReloadWaitError, answer, requested
+    from prefork.state import MASTER_FILE, read_json
+
+    pid, state_dir = find_master(args)
+    timeout = RELOAD_WAIT_TIMEOUT if args.timeout is None else args.timeout
+    try:
+        before = requested(read_json(state_dir / MASTER_FILE))  # read before the HUP: see prefork.reloads
+    except ReloadWaitError as exc:
+        raise CommandError(f"cannot wait for the reload: {exc}", EXIT_FAILURE) from None
+    signal_master(args, signal.SIGHUP, pid)
+    deadline = time.monotonic() + timeout
+    while (record := answer(read_json(state_dir / MASTER_FILE), before)) is None:
+        if not _alive(pid):
+            raise CommandError(f"master {pid} exited before the reload was over", EXIT_FAILURE)
+        if time.monotonic() > deadline:
+            print(f"prefork: master {pid} is still reloading after {timeout:g}s", file=sys.stderr)
+            return EXIT_TIMEOUT
+        time.sleep(0.1)
+    if record["outcome"] == SERVING:
+        print(f"prefork: reloaded: generation {record['generation']} serving, the old workers stopping")
+        return 0
+    print(
+        f"prefork: reload {record['outcome']}: {record['reason']} (generation {record['generation']} keeps serving)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

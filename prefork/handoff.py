@@ -3,8 +3,9 @@
 At a reload (HUP) the old workers stop, and each of their connections moves, open, to a worker of the new
 generation: the old worker stops reading it (its unread bytes stay in the kernel's socket buffer), waits
 until every line it read is answered, then passes the socket (``SCM_RIGHTS`` over a unix socket) with
-what its framer holds of a frame not complete yet, and the client's address (the one a PROXY header gave,
-if any). The new worker adopts it as if it had accepted it, its framer fed those bytes first. The client
+what its framer holds of a frame not complete yet, the framer's state when it has one (a RELP session's
+next transaction number and what its open accepted), and the client's address (the one a PROXY header
+gave, if any). The new worker adopts it as if it had accepted it, its framer fed those bytes first. The client
 sees nothing: no EOF, no reset, not even a pause longer than the replies' wait.
 
 The channel: for each generation the master opens a unix listener in the abstract namespace (no file,
@@ -77,17 +78,21 @@ class HandoffBoard:
         return int(self._q[0])
 
 
-def encode(addr: str, carried: bytes) -> bytes:
-    """The message that goes with a handed-off socket: the client's address and the bytes carried over."""
-    header = json.dumps({"addr": addr}).encode()
+def encode(addr: str, carried: bytes, state: dict[str, Any] | None = None) -> bytes:
+    """The message that goes with a handed-off socket: the client's address, the framer's state (a RELP
+    session's transaction number, for one) and the bytes carried over."""
+    fields: dict[str, Any] = {"addr": addr}
+    if state is not None:
+        fields["state"] = state
+    header = json.dumps(fields).encode()
     return _HEAD.pack(len(header), len(carried)) + header + carried
 
 
-def hand_off(name: str, conn: socket.socket, addr: str, carried: bytes) -> bool:
+def hand_off(name: str, conn: socket.socket, addr: str, carried: bytes, state: dict[str, Any] | None = None) -> bool:
     """The old worker's side: pass ``conn`` to the generation listening at ``name``; True once the new
     worker took it (this one must then close its copy and never touch it again), False if it did not (this
     one still serves it)."""
-    message = encode(addr, carried)
+    message = encode(addr, carried, state)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
         channel.settimeout(HANDOFF_TIMEOUT_S)
         try:
@@ -102,10 +107,11 @@ def hand_off(name: str, conn: socket.socket, addr: str, carried: bytes) -> bool:
     return True
 
 
-def adopt(channel: socket.socket) -> tuple[int, str, bytes] | None:
-    """The new worker's side, on a connection accepted from its channel: ``(fd, addr, carried)`` of the
-    connection handed off, to serve; None when there is none to serve (a peer of another user, a message
-    cut short, an old worker that gave up before its COMMIT): any descriptor received is then closed."""
+def adopt(channel: socket.socket) -> tuple[int, str, bytes, dict[str, Any] | None] | None:
+    """The new worker's side, on a connection accepted from its channel: ``(fd, addr, carried, state)`` of
+    the connection handed off, to serve (``state``: the framer's, or None); None when there is none to serve
+    (a peer of another user, a message cut short, an old worker that gave up before its COMMIT): any
+    descriptor received is then closed."""
     fds: list[int] = []
     try:
         creds = channel.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
@@ -128,7 +134,8 @@ def adopt(channel: socket.socket) -> tuple[int, str, bytes] | None:
         if _recv_exactly(channel, 1) != COMMIT:
             return None
         fd = fds.pop()
-        return fd, str(header.get("addr", "")), carried
+        state = header.get("state")
+        return fd, str(header.get("addr", "")), carried, state if isinstance(state, dict) else None
     except (OSError, ValueError):
         return None
     finally:

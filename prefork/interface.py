@@ -27,6 +27,12 @@ own protocol below, so that a type checker holds an app to the signatures it cho
         def stats(self) -> dict:                                                       # HasStats
             '''Extra figures for `prefork status` (the ingest app reports its pool here).'''
 
+        def readiness(self) -> str | None:                                             # HasReadiness
+            '''Why this worker's app cannot serve now (one line), or None when it can: asked once a
+            second, from the heartbeat, so it must answer at once (look at what is known, never wait on
+            the network). ``/readyz`` answers 503 with the reason while any worker gives one. The ingest
+            app: no database connection could be had for ``ingest.ready_within`` seconds.'''
+
         def check(self, worker: WorkerInfo) -> str:                                    # HasCheck
             '''What `prefork check` runs after importing the app (not in a worker: the pid is the
             command's, the generation 0). Return a short report; raise to fail the check (exit 2, the
@@ -152,6 +158,10 @@ class HasStats(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+class HasReadiness(Protocol):
+    def readiness(self) -> str | None: ...
+
+
 class HasCheck(Protocol):
     def check(self, worker: WorkerInfo) -> str | None: ...
 
@@ -206,6 +216,11 @@ def close_of(app: object) -> Callable[[float], object] | None:
 def stats_of(app: object) -> Callable[[], object] | None:
     """The app's ``stats``, or None."""
     return getattr(app, "stats", None)
+
+
+def readiness_of(app: object) -> Callable[[], object] | None:
+    """The app's ``readiness``, or None: such an app is ready once its worker serves."""
+    return getattr(app, "readiness", None)
 
 
 def hook_of(app: object, name: Hook) -> Callable[[WorkerInfo], object] | None:

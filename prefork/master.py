@@ -40,10 +40,11 @@ from prefork.config.loader import Config
 from prefork.config.probe import Probe, needs_probe
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from prefork.handoff import HandoffBoard, open_channel
-from prefork.metrics import MetricsServer
+from prefork.metrics import MetricsServer, carry
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
 from prefork.protocol.allow import EVERYONE
+from prefork.reloads import ABANDONED, REFUSED, SERVING, ReloadRecord
 from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
     MASTER_FILE,
@@ -71,6 +72,7 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
+READY_SILENCE_S = 5.0  # a worker silent longer (heartbeats come each second) makes /readyz answer 503
 
 
 class HaltServer(Exception):
@@ -108,6 +110,7 @@ class PendingReload:
     listeners: dict[str, socket.socket]
     opened: list[str]  # listeners this reload opened (closed again if it fails)
     deadline: float
+    failure: str | None = None  # how a new worker died, the reason given if the reload is abandoned
 
 
 class Master:
@@ -155,9 +158,11 @@ class Master:
             "handoffs": {},
             "refused": {},
             "tls": {},
+            "slots": {},  # per accept-table slot (as a string): what its per-slot counters carry (metrics.carry)
         }
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
+        self.reload_record = ReloadRecord()  # which HUPs were answered, and how (`prefork reload --wait`)
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
         self.start_dir = start_directory()
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
@@ -270,6 +275,7 @@ class Master:
     def handle_hup(self) -> None:
         """Reload: new config, new generation, then stop the old one."""
         log.info("Hang up: reloading")
+        self.reload_record.hup()
         self.reload()
 
     def handle_term(self) -> None:
@@ -376,6 +382,7 @@ class Master:
             log.info("reload already in progress (%s): reloading again after it", what)
             self.reload_queued = True
             return
+        self.reload_record.begin()
         try:
             cfg = self.cfg.reload()
             # The new generation reads the certificate files afresh: an unreadable or mismatched pair, or an
@@ -415,6 +422,7 @@ class Master:
         """Keep the old config and generation after a reload that cannot go on."""
         log.error("reload failed, keeping the old config: %s", exc)
         self.reloads["failed"] += 1
+        self.reload_record.finish(REFUSED, self.generation, str(exc))
         self.reload_queued_now()
 
     def reload_queued_now(self) -> None:
@@ -479,9 +487,13 @@ class Master:
                 self.stop_worker(w, "reload")
             log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
             self.reloads["ok"] += 1
+            self.reload_record.finish(SERVING, self.generation)
         elif len(new) < pending.config.server.workers or time.monotonic() > pending.deadline:
             log.error("reload failed: generation %d did not boot; the old workers keep serving", pending.generation)
             self.reloads["failed"] += 1
+            boot_s = max(pending.config.server.timeout, 10.0)
+            why = pending.failure or f"its workers were not all ready within {boot_s:g}s"
+            self.reload_record.finish(ABANDONED, self.generation, f"generation {pending.generation} failed: {why}")
             # New workers that already serve have clients: drain them like any stopping worker.
             for w in new:
                 self.stop_worker(w, "reload")
@@ -633,6 +645,7 @@ class Master:
             kept = self.retired[key]
             for name, n in (last.get(key) or {}).items():
                 kept[name] = kept.get(name, 0) + n
+        carry(self.retired["slots"], worker.slot, last)
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
         if reason != "shutdown":
@@ -649,6 +662,7 @@ class Master:
             return
         if self.pending is not None and worker.generation == self.pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
+            self.pending.failure = self.pending.failure or f"new worker {worker.pid} died ({how})"
             return  # check_reload abandons the reload
         if not self.booted and (code == EXIT_BOOT or not worker.ready):
             # Any exit before serving at start is a boot failure: sys.exit() in the app's import, a
@@ -782,13 +796,36 @@ class Master:
             "uptime_s": round(now - self.started_at, 3),
             "workers_target": self.target,
             "listeners": [sockets.address_of(s) for s in self.listeners.values()],
-            "workers": [w.heartbeat.last for _, w in sorted(self.workers.items()) if w.heartbeat.last],
+            "workers": [
+                {**w.heartbeat.last, "slot": w.slot} for _, w in sorted(self.workers.items()) if w.heartbeat.last
+            ],
             "written_ts": now,
             "started_ts": self.started_at,
             "retired": self.retired,
             "restarts": self.restarts,
             "reloads": self.reloads,
+            "reload": self.reload_record.as_dict(),
+            "not_ready": self.readiness(),
         }
+
+    def readiness(self) -> str | None:
+        """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: the workers
+        of the current generation serve, each one's heartbeat came within READY_SILENCE_S, and none of
+        their apps says it is not ready (an app's optional ``readiness()``, reported in its heartbeat: the
+        ingest app's database). At start every worker must serve; later a worker being replaced (a crash,
+        max_requests) does not count while others serve: a routine restart must not take the host out of
+        its balancer, which would close every client's connection."""
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
+        serving = sorted((w for w in current if w.ready), key=lambda w: (w.slot is None, w.slot or 0, w.pid))
+        if not serving or (len(serving) < self.target and not self._notified_ready):
+            return f"{len(serving)} of {self.target} workers serving"
+        for w in serving:
+            if w.silent_s > READY_SILENCE_S:  # hung (killed only at server.timeout): not serving meanwhile
+                return f"worker {w.pid} (slot {w.slot}): no heartbeat for {w.silent_s:.0f}s"
+            reason = w.heartbeat.last.get("not_ready")
+            if reason:
+                return f"worker {w.pid} (slot {w.slot}): {reason}"
+        return None
 
 
 def _raise_fd_limit(needed: int) -> None:

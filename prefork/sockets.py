@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from prefork.config.address import format_host_port
 
+log = logging.getLogger("prefork.master")
+T = TypeVar("T")
+
+# A port still held at start is tried again this far apart (server.bind_attempts times in all; gunicorn
+# tries 5 times, 1 s apart): a restart racing the old process's exit must not become a failure that
+# RestartPreventExitStatus=2 keeps.
+BIND_RETRY_DELAY = 1.0
+
 
 class BindError(Exception):
-    """A listener could not be bound; the message names the address."""
+    """A listener could not be bound; the message names the address, ``errno`` says why."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def bind(address, *, backlog: int, reuse_port: bool, unix_mode: int | None) -> socket.socket:
@@ -25,7 +41,26 @@ def bind(address, *, backlog: int, reuse_port: bool, unix_mode: int | None) -> s
             return _bind_unix(address.path, backlog, unix_mode)
         return _bind_tcp(address.host, address.port, backlog, reuse_port)
     except OSError as exc:
-        raise BindError(f"cannot bind server.bind={address}: {exc.strerror or exc}") from None
+        raise BindError(f"cannot bind server.bind={address}: {exc.strerror or exc}", exc.errno) from None
+
+
+def retry_in_use(attempt: Callable[[], T], what: str, attempts: int) -> T:
+    """``attempt()`` (a bind), tried again while its address is in use, up to ``attempts`` times in all with
+    one log line each retry, then a BindError saying so; other errors are raised as they are. ``what``
+    names the address as the config does (``server.bind=HOST:PORT``)."""
+    for tries in range(1, attempts + 1):
+        try:
+            return attempt()
+        except (BindError, OSError) as exc:
+            if exc.errno != errno.EADDRINUSE or attempts == 1:
+                raise
+        if tries < attempts:
+            log.warning(
+                "%s: address in use, trying again in %gs (%d of %d)", what, BIND_RETRY_DELAY, tries + 1, attempts
+            )
+            time.sleep(BIND_RETRY_DELAY)
+    tried = f"tried {attempts} times, {BIND_RETRY_DELAY:g}s apart"
+    raise BindError(f"cannot bind {what}: {os.strerror(errno.EADDRINUSE)} ({tried})", errno.EADDRINUSE)
 
 
 def bind_options(server_cfg) -> dict:

@@ -26,6 +26,7 @@ POOL_KEYS = (
 APP_LINE = 100  # characters of an app's stats shown per worker in the table
 WORKER_KEYS = (
     "pid",
+    "slot",  # its place in the accept table, taken over by its replacement: /metrics labels series by it
     "generation",
     "started_at",
     "age_s",
@@ -33,6 +34,7 @@ WORKER_KEYS = (
     "lines_in",
     "ok",
     "err",
+    "unread_clients",
     "rss_bytes",
     "loop_lag_ms",
     "refused",  # connections closed as they came, by reason (allow_from)
@@ -63,7 +65,18 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
     if "started_at" in master:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
     master = {
-        k: master.get(k) for k in ("pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners")
+        k: master.get(k)
+        for k in (
+            "pid",
+            "name",
+            "generation",
+            "started_at",
+            "uptime_s",
+            "workers_target",
+            "listeners",
+            "reload",
+            "not_ready",
+        )
     }
     totals = {
         "workers": len(workers),
@@ -71,6 +84,7 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         "lines_in": sum(w["lines_in"] or 0 for w in workers),
         "ok": sum(w["ok"] or 0 for w in workers),
         "err": sum(w["err"] or 0 for w in workers),
+        "unread_clients": sum(w["unread_clients"] or 0 for w in workers),
         "pool_size": sum(w["pool"]["size"] for w in workers),
         "pool_in_use": sum(w["pool"]["in_use"] for w in workers),
         "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
@@ -113,7 +127,7 @@ def render_table(report: dict[str, Any]) -> str:
         f"master {m['pid']} [{m['name']}] generation {m['generation']}, up {_duration(m['uptime_s'])}, "
         f"{m['workers_target']} workers wanted, listening at {', '.join(m['listeners'] or [])}",
         "",
-        f"{'PID':>8} {'GEN':>4} {'AGE':>8} {'CLIENTS':>8} {'LINES':>10} {'OK':>10} {'ERR':>8} "
+        f"{'PID':>8} {'GEN':>4} {'AGE':>8} {'CLIENTS':>8} {'LINES':>10} {'OK':>10} {'ERR':>8} {'UNREAD':>7} "
         f"{'POOL size/idle/use/wait':>24}",
     ]
     for w in report["workers"]:
@@ -121,13 +135,22 @@ def render_table(report: dict[str, Any]) -> str:
         pool = f"{p['size']}/{p['idle']}/{p['in_use']}/{p['waiting']}"
         lines.append(
             f"{w['pid']:>8} {w['generation']:>4} {_duration(w['age_s']):>8} {w['clients']:>8} "
-            f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {pool:>24}"
+            f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {w['unread_clients'] or 0:>7} {pool:>24}"
         )
+    if m.get("not_ready"):
+        lines[1:1] = [f"not ready (/readyz answers 503): {m['not_ready']}"]
     t = report["totals"]
     lines.append(
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
-        f"{t['err']:>8} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
+        f"{t['err']:>8} {t['unread_clients']:>7} {t['pool_size']:>14}/-/{t['pool_in_use']}/{t['pool_waiting']}"
     )
+    r = m.get("reload") or {}
+    if r.get("outcome") == "serving":
+        lines.append(f"last reload ({r['finished_at']}): generation {r['generation']} serving")
+    elif r.get("outcome"):
+        lines.append(
+            f"last reload ({r['finished_at']}): {r['outcome']}: {r['reason']}; generation {r['generation']} kept"
+        )
     h = report["handoffs"]
     if any(h.values()):
         lines.append(

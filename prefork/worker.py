@@ -44,7 +44,15 @@ from prefork.config.appload import AppLoadError, import_app  # noqa: E402
 from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
 from prefork.handoff import HANDOFF_TIMEOUT_S, adopt, channel_name  # noqa: E402
-from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
+from prefork.interface import (  # noqa: E402
+    WorkerInfo,
+    accepts_line_ids,
+    close_of,
+    line_ids_refused,
+    readiness_of,
+    setup_of,
+    stats_of,
+)
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
@@ -62,6 +70,7 @@ from prefork.workerspec import WorkerSpec  # noqa: E402
 
 HEARTBEAT_INTERVAL = 1.0
 MAX_APP_STATS_BYTES = 64 << 10  # of an app's stats() as JSON, well within what the master reads of a state
+MAX_NOT_READY = 300  # characters of the app's reason for not being ready: /readyz answers it on one line
 
 # Accept balancing (AcceptGate below; the shared counts are prefork.state.AcceptTable).
 # Clients a worker may hold above the least loaded accepting worker before it pauses: 2, or 1/16 of that
@@ -325,11 +334,11 @@ class Worker:
             channel.close()
         if adopted is None:
             return
-        fd, addr, carried = adopted
+        fd, addr, carried, state = adopted
         sock = green_socket(fileno=fd)
         self.counters.handoffs["in"] += 1
         self.gate.accepted()
-        self.pool.spawn(self._handle, self._settings_of(sock), sock, addr, carried)
+        self.pool.spawn(self._handle, self._settings_of(sock), sock, addr, carried, state)
 
     def _settings_of(self, sock: Any) -> ProtocolSettings:
         """The settings of the listener an adopted connection came in on: the one whose address is its local
@@ -344,7 +353,9 @@ class Worker:
                     return settings
         return self.settings[0]
 
-    def _handle(self, settings: ProtocolSettings, sock: Any, addr: Any, carried: bytes = b"") -> None:
+    def _handle(
+        self, settings: ProtocolSettings, sock: Any, addr: Any, carried: bytes = b"", state: dict | None = None
+    ) -> None:
         try:
             conn = LineConnection(sock, addr, self.app, settings, self.counters)
             self.connections.add(conn)
@@ -353,7 +364,7 @@ class Worker:
                 # through `connections`): stopped as those were, once its reader waits.
                 gevent.spawn(conn.stop, self.read_until, self.handoff_to)
             try:
-                conn.serve(carried)
+                conn.serve(carried, state)
             finally:
                 self.connections.discard(conn)
         finally:
@@ -397,6 +408,7 @@ class Worker:
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),
+            "not_ready": self._app_not_ready(),
         }
         beat(self.spec.heartbeat_fd, state)
 
@@ -419,6 +431,18 @@ class Worker:
             self._bad_stats(f"{size} bytes of JSON, more than {MAX_APP_STATS_BYTES}")
             return None
         return value
+
+    def _app_not_ready(self) -> str | None:
+        """Why the app says it cannot serve now (its optional ``readiness()``), or None: the master's
+        /readyz answers 503 with it. A hook that raises counts as not ready, saying so."""
+        readiness = readiness_of(self.app)
+        if readiness is None or not self.ready:
+            return None
+        try:
+            reason = readiness()
+        except Exception as exc:  # the app's own bug: not ready, and the heartbeat still goes out
+            reason = f"the app's readiness() failed: {type(exc).__name__}: {exc}"
+        return " ".join(str(reason).split())[:MAX_NOT_READY] if reason else None
 
     def _bad_stats(self, why: str) -> None:
         if not self._bad_stats_logged:

@@ -233,7 +233,9 @@ def test_port_already_in_use():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = one_error_line(run_cli("run", ECHO, "--workers", "1", "--bind", f"127.0.0.1:{port}"))
+        line = one_error_line(
+            run_cli("run", ECHO, "--workers", "1", "--bind", f"127.0.0.1:{port}", "-s", "server.bind_attempts=1")
+        )
     assert "cannot bind" in line and f"127.0.0.1:{port}" in line, line
 
 
@@ -243,7 +245,11 @@ def test_one_of_two_listeners_in_use_closes_the_other(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = one_error_line(run_cli("run", ECHO, "--workers", "1", "--bind", f"unix:{path},127.0.0.1:{port}"))
+        line = one_error_line(
+            run_cli(
+                "run", ECHO, "--workers", "1", "--bind", f"unix:{path},127.0.0.1:{port}", "-s", "server.bind_attempts=1"
+            )
+        )
     assert "cannot bind" in line and f"127.0.0.1:{port}" in line, line
 
 
@@ -404,7 +410,17 @@ def test_daemon_with_a_busy_port_returns_2(tmp_path, daemons):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("run", ECHO, "--daemon", "--pidfile", str(pidfile), "--bind", f"127.0.0.1:{port}")
+        result = run_cli(
+            "run",
+            ECHO,
+            "--daemon",
+            "--pidfile",
+            str(pidfile),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "-s",
+            "server.bind_attempts=1",
+        )
     line = one_error_line(result)
     assert "cannot bind" in line
     assert not pidfile.exists()

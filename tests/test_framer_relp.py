@@ -11,6 +11,7 @@ commands' own transaction numbers, nothing after the end of the session. The mod
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -316,3 +317,36 @@ def test_replies_encoded_in_any_grouping_are_the_same(max_line: int, frames: lis
     assert out == expected
     assert session.closing == ended
     assert (session.close_reason is not None) == error
+
+
+def test_a_session_moved_to_another_worker_goes_on_with_its_numbering() -> None:
+    """``unframed`` and ``state`` (the old worker's), ``resume`` (the new one's): the frames after the move are
+    numbered on, and a frame cut by the move is completed by the bytes carried."""
+    old = RelpSession(1000)
+    batch = old.feed(wire("open", 1, OPEN_OFFERS) + wire("syslog", 2, b"before") + wire("syslog", 3, b"cut")[:5])
+    assert batch is not None and batch.payloads == ["before"]
+    assert old.unframed() is None  # two replies still owed: the session cannot move yet
+    old.encode("OK\nOK\n")
+    carried = old.unframed()
+    assert carried == wire("syslog", 3, b"cut")[:5]
+    new = RelpSession(1000)
+    assert new.resume(json.loads(json.dumps(old.state())))  # as it travels: JSON
+    batch = new.feed(carried + wire("syslog", 3, b"cut")[5:] + wire("syslog", 4, b"after"))
+    assert batch is not None and batch.payloads == ["cut", "after"]
+    assert new.encode("OK\nOK\n") == rsp(3, "200 OK") + rsp(4, "200 OK")
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{}, {"relp": None}, {"relp": {"expected": 0, "opened": True, "syslog": True}},
+     {"relp": {"expected": "2", "opened": True, "syslog": True}},
+     {"relp": {"expected": 2, "opened": 1, "syslog": True}}, {"relp": {"expected": 2, "opened": True}}],
+)  # fmt: skip
+def test_resume_refuses_what_is_not_a_session_state(state: dict) -> None:
+    assert RelpSession(1000).resume(state) is False
+
+
+def test_an_ending_session_does_not_move() -> None:
+    session = RelpSession(1000)
+    session.feed(wire("syslog", 1, b"before open"))
+    assert session.closing and session.unframed() is None

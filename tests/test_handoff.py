@@ -328,3 +328,54 @@ def test_a_worker_restarted_by_max_requests_hands_its_connection_to_its_replacem
         assert read_all(sock) == b""
         sock.close()
         assert srv.status()["handoffs"]["out"] == 1
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    buf = b""
+    while len(buf) < size:
+        data = sock.recv(size - len(buf))
+        if not data:
+            raise ConnectionError(f"EOF after {buf!r}")
+        buf += data
+    return buf
+
+
+@pytest.mark.timeout(120)
+def test_a_relp_session_keeps_its_connection_and_its_numbering_through_reloads(dsn):
+    """An omrelp session through 3 reloads, each begun with half a frame sent: the session moves with its
+    next transaction number and its open, so each later frame is acked 200 OK on the same connection, no
+    serverclose comes, and every message is stored once. Before, each reload ended the session with
+    serverclose (rsyslog reconnects and resends: no loss, but not the reload that closes no connection)."""
+    from tests.test_framer_relp import OPEN_OFFERS, rsp, wire
+    from tests.test_relp import OPEN_RSP
+
+    table = "t_handoff_relp"
+    per_generation = 50
+    with ingest(dsn, table, "--framing", "relp") as srv:
+        pids = srv.worker_pids()
+        sock = connect(srv.port)
+        sock.sendall(wire("open", 1, OPEN_OFFERS))
+        assert read_exactly(sock, len(OPEN_RSP)) == OPEN_RSP
+        txnr, sent = 2, 0
+        for generation in range(4):
+            frames = [wire("syslog", txnr + i, b"relp-%d" % (sent + i)) for i in range(per_generation)]
+            stream = b"".join(frames)
+            if generation:
+                sock.sendall(stream[len(half) :])  # noqa: F821 - the rest of the frame begun before the reload
+            else:
+                sock.sendall(stream)
+            expected = b"".join(rsp(txnr + i, "200 OK") for i in range(per_generation))
+            assert read_exactly(sock, len(expected)) == expected
+            txnr, sent = txnr + per_generation, sent + per_generation
+            if generation < 3:
+                half = wire("syslog", txnr, b"relp-%d" % sent)[:7]  # the next frame's first bytes, then HUP
+                sock.sendall(half)
+                pids.append(reload_and_wait(srv))
+        sock.sendall(wire("close", txnr))
+        assert read_exactly(sock, len(rsp(txnr, "200 OK"))) == rsp(txnr, "200 OK")
+        sock.close()
+        rows = stored(dsn, table)
+        handoffs = srv.status()["handoffs"]
+    assert sorted(p for p, _ in rows) == sorted(f"relp-{i}" for i in range(sent))
+    assert {pid for _, pid in rows} == set(pids)  # each generation's worker served the same connection
+    assert handoffs["out"] == 3 and handoffs["fallback"] == 0, handoffs

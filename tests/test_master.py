@@ -452,9 +452,20 @@ def test_max_requests_restarts_the_worker():
 
 # -- status -----------------------------------------------------------------------------------------
 
-MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners"}
+MASTER_KEYS = {
+    "pid",
+    "name",
+    "generation",
+    "started_at",
+    "uptime_s",
+    "workers_target",
+    "listeners",
+    "reload",
+    "not_ready",  # why /readyz would answer 503, null when ready
+}
 WORKER_KEYS = {
     "pid",
+    "slot",  # its place in the accept table: what /metrics labels its series by
     "generation",
     "started_at",
     "age_s",
@@ -462,6 +473,7 @@ WORKER_KEYS = {
     "lines_in",
     "ok",
     "err",
+    "unread_clients",  # connections stopped because the client read no reply (tests/test_syslog_framing.py)
     "rss_bytes",
     "loop_lag_ms",
     "refused",  # connections closed as they came, by reason: {"allow_from": n}
@@ -481,7 +493,17 @@ POOL_KEYS = {
     "wait_total_s",
     "wait_max_s",
 }
-TOTAL_KEYS = {"workers", "clients", "lines_in", "ok", "err", "pool_size", "pool_in_use", "pool_waiting"}
+TOTAL_KEYS = {
+    "workers",
+    "clients",
+    "lines_in",
+    "ok",
+    "err",
+    "unread_clients",
+    "pool_size",
+    "pool_in_use",
+    "pool_waiting",
+}
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
 
 
@@ -495,16 +517,26 @@ def test_status_json_and_table():
         m = status["master"]
         assert set(m) == MASTER_KEYS
         assert m["pid"] == srv.pid and m["name"] == "stat" and m["generation"] == 1
-        assert m["workers_target"] == 2
+        assert m["workers_target"] == 2 and m["not_ready"] is None
         assert m["listeners"] == [f"127.0.0.1:{srv.port}"]
+        assert m["reload"] == {  # no HUP yet (tests/test_reload_wait.py: the record after reloads)
+            "requested": 0,
+            "answered": 0,
+            "running": None,
+            "outcome": None,
+            "reason": None,
+            "generation": None,
+            "finished_at": None,
+        }
         assert ISO.fullmatch(m["started_at"]) and isinstance(m["uptime_s"], (int, float))
         assert sorted(w["pid"] for w in status["workers"]) == workers
+        assert sorted(w["slot"] for w in status["workers"]) == [0, 1]
         for w in status["workers"]:
             assert set(w) == WORKER_KEYS
             assert set(w["pool"]) == POOL_KEYS
             assert isinstance(w["pool"]["closed"], dict)
             assert w["generation"] == 1 and ISO.fullmatch(w["started_at"])
-            for key in ("clients", "lines_in", "ok", "err", "rss_bytes"):
+            for key in ("clients", "lines_in", "ok", "err", "unread_clients", "rss_bytes"):
                 assert isinstance(w[key], int) and w[key] >= 0, (key, w)
             assert w["rss_bytes"] > 0
         t = status["totals"]
@@ -512,6 +544,7 @@ def test_status_json_and_table():
         assert t["workers"] == 2
         assert t["lines_in"] == sum(w["lines_in"] for w in status["workers"]) == 3
         assert t["ok"] == sum(w["ok"] for w in status["workers"])
+        assert t["unread_clients"] == 0  # these clients read their replies
 
         out = subprocess.run(
             prefork_cmd("status", "--pidfile", srv.pidfile()), env=srv.env, capture_output=True, text=True, timeout=30
@@ -519,6 +552,7 @@ def test_status_json_and_table():
         assert out.returncode == 0, out.stderr
         assert "stat" in out.stdout and str(srv.pid) in out.stdout
         rows = out.stdout.splitlines()
+        assert "UNREAD" in out.stdout.split()
         for pid in workers:
             assert any(row.split()[:2] == [str(pid), "1"] for row in rows), out.stdout
         assert any(row.split()[:1] == ["total"] for row in rows), out.stdout
@@ -572,26 +606,7 @@ def http_get(port: int, path: str) -> tuple[str, str]:
     return head.split("\r\n", 1)[0], body
 
 
-def test_metrics_endpoint_serves_prometheus_text():
-    with ServerProcess([ECHO, "--workers", "2", "--name", "metered", "--metrics-bind", "127.0.0.1:0"]) as srv:
-        match = wait_for(lambda: re.search(r"Metrics at: http://127\.0\.0\.1:(\d+)/metrics", srv.logs()))
-        port = int(match.group(1))
-        assert echo_ok(srv.port)
-
-        def scraped():
-            # Both workers reporting (a worker still booting under load is not listed yet) and the lines counted.
-            status, body = http_get(port, "/metrics")
-            counted = 'prefork_lines_total{name="metered"} 3\n' in body
-            return body if counted and body.count("prefork_clients{") == 2 else None
-
-        body = wait_for(scraped, what="metrics with both workers and the lines")
-        assert http_get(port, "/metrics")[0] == "HTTP/1.1 200 OK"
-        assert 'prefork_up{name="metered"} 1' in body
-        assert "# TYPE prefork_lines_total counter" in body
-        assert http_get(port, "/nope")[0].startswith("HTTP/1.1 404")
-        with socket.create_connection(("127.0.0.1", port), timeout=10):
-            pass  # a scraper that says nothing must not hang the master
-        assert echo_ok(srv.port)
+# /metrics, /healthz and /readyz: tests/test_health.py (the exposition's rules: tests/test_metrics.py).
 
 
 def test_master_raises_the_open_files_limit_for_workers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import select
 import socket
+import subprocess
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from devtools.mariadb import free_port
 from prefork.protocol.rejects import LOG_INTERVAL_S
 from tests import test_framer_octet_count as octet_model
 from tests import test_framer_syslog as syslog_model
-from tests.server import ServerProcess, connect, read_all, read_lines, wait_for
+from tests.server import ServerProcess, connect, prefork_cmd, read_all, read_lines, wait_for
 from tests.syslog_model import cut
 from tests.test_cli import one_error_line, run_cli
 from tests.test_master import http_get
@@ -104,6 +105,18 @@ def test_a_client_that_never_reads_is_logged_once_and_counted():
             assert _replies(srv.port, b"other\n", 1) == [b"other"]
             sample = 'prefork_clients_not_reading_total{name="prefork"}'
             wait_for(lambda: _metric(metrics, sample) == 1, what="the client counted in /metrics")
+            # prefork status counts it too, per worker and in all (--json), and in the table's UNREAD column
+            status = wait_for(
+                lambda: (s := srv.status())["totals"]["unread_clients"] == 1 and s, what="the count in status"
+            )
+            assert [w["unread_clients"] for w in status["workers"]] == [1]
+            table = subprocess.run(
+                prefork_cmd("status", "--pidfile", srv.pidfile()), env=srv.env, capture_output=True, text=True
+            ).stdout
+            header = next(row.split() for row in table.splitlines() if row.split()[:1] == ["PID"])
+            pid = str(status["workers"][0]["pid"])
+            row = next(row.split() for row in table.splitlines() if row.split()[:1] == [pid])
+            assert row[header.index("UNREAD")] == "1", table
             assert srv.logs().count("does not read its replies") == 1
             assert "set server.ack = off for this listener" in srv.logs()
             closed = wait_for(

@@ -87,7 +87,10 @@ def test_the_units_commands_are_valid_prefork_commands():
     args = build_parser().parse_args(argv[1:])  # SystemExit (exit 2) on an unknown flag
     assert args.command == "run" and args.config == CONFIG, args
     assert not vars(args).get("flag:server.daemon")  # Type=notify: the master stays in the foreground
-    assert shlex.split(values["ExecReload"])[-2:] == ["-HUP", "$MAINPID"]
+    reload = shlex.split(values["ExecReload"].replace("$MAINPID", "4242"))
+    assert reload[0] == argv[0], reload  # the same installation's command
+    args = build_parser().parse_args(reload[1:])
+    assert args.command == "reload" and args.wait and args.pid == 4242, args  # the outcome, not only a HUP
 
 
 def test_the_readme_says_why_each_option_is_there():
@@ -189,7 +192,13 @@ def test_the_units_command_runs_unprivileged_as_systemd_runs_it(user: Account, p
         )
         assert out.returncode == 0 and len(json.loads(out.stdout)["workers"]) == 2, out.stderr
         assert roundtrip(srv.port, [b"a"]) == [b"a"]
-        srv.signal(signal.SIGHUP)  # ExecReload=
+        # ExecReload=, as the service's user: it returns once the new generation serves.
+        reload = shlex.split(dict(options())["ExecReload"].replace("$MAINPID", str(srv.pid)))[1:]
+        script = as_the_unit_would(user, python, shared)
+        out = subprocess.run(
+            [script, "-m", "prefork.cli", *reload], env=env, cwd=python.cwd, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0 and "generation 2 serving" in out.stdout, (out.stdout, out.stderr)
         wait_for(lambda: systemd.keys().count("READY") == 2, timeout=30, what="READY=1 after the reload")
         srv.signal(signal.SIGTERM)  # KillSignal=
         assert srv.wait(30) == 0, srv.logs()

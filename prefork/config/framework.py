@@ -228,6 +228,10 @@ class ServerConfig(Section, name="server"):
     reuse_port: bool = option(
         "off", boolean, "set SO_REUSEPORT on TCP listeners (another process may bind the same port)",
         flag="--reuse-port")
+    bind_attempts: int = option(
+        "5", positive_int,
+        "times a listener in use at start is tried, 1 s apart, before exit 2 (a restart racing the old "
+        "process's exit); 1 = once")
     unix_mode: int | None = option(
         "", _parse_mode, "file mode of unix socket listeners, e.g. 0660 (empty = as the umask leaves it)",
         flag="--unix-mode")

@@ -123,14 +123,17 @@ class LineConnection:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def serve(self, carried: bytes = b"") -> None:
+    def serve(self, carried: bytes = b"", state: dict[str, Any] | None = None) -> None:
         """Run the reader in this greenlet and the writer beside it; close the socket at the end (or hand it
         to the next generation). ``carried``: bytes read before, of a frame not complete yet (a connection
-        handed off at a reload), fed to the framer first."""
+        handed off at a reload), fed to the framer first; ``state``: the framer's state there (a RELP
+        session's), which this framer takes up."""
         self._reader = gevent.getcurrent()
         self.counters.clients += 1
         moved = False
         try:
+            if state is not None and not self._resume(state):
+                return  # closed with nothing read: a RELP client reconnects and resends what was not acked
             if self._read_and_answer(carried) and self._handoff is not None:
                 moved = self._hand_off()
                 if not moved:
@@ -163,6 +166,20 @@ class LineConnection:
         self.replies.finish()
         return not self._saw_eof and not self.replies.failed and not self._expired
 
+    def _resume(self, state: dict[str, Any]) -> bool:
+        """Take up the framer state of a connection handed off; False (logged) when this listener's framer
+        cannot (the reload changed its server.framing)."""
+        resume = getattr(self.framer, "resume", None)
+        if resume is not None and resume(state):
+            return True
+        log.warning(
+            "%s: closed: its session cannot go on with server.framing = %s after the reload",
+            self._name(),
+            self.settings.framing,
+        )
+        self._saw_eof = True  # nothing to drain: nothing was read
+        return False
+
     def _read(self, data: bytes) -> None:
         batch = self.framer.feed(data)
         if batch is not None:
@@ -173,12 +190,14 @@ class LineConnection:
         ``prefork.handoff``); True once it took them, and then this process's copy is closed."""
         unframed = getattr(self.framer, "unframed", None)  # a framer that cannot say has state to keep
         carried = unframed() if unframed is not None else None
+        state_of = getattr(self.framer, "state", None)  # a session's own state (RELP), besides its bytes
+        state = state_of() if state_of is not None else None
         if is_tls(self.sock):
             carried = None  # its TLS state is in this process's OpenSSL: no other process can take it over
         if (
             carried is None
             or self._handoff is None
-            or not hand_off(self._handoff, self.sock, self.client.addr, carried)
+            or not hand_off(self._handoff, self.sock, self.client.addr, carried, state)
         ):
             self.counters.handoffs["fallback"] += 1
             return False

@@ -28,6 +28,10 @@ Rules:
   the limit for a command other than ``syslog``) ends the session: no more frames are read, the replies
   owed are sent, then ``serverclose`` and the close; ``close_reason`` says why, for one log line.
 
+At a reload the session moves to the new generation with its socket (``prefork.handoff``): once every
+reply owed is sent, ``unframed`` gives the bytes of a frame not complete yet and ``state`` the session's
+(the next TXNR, whether ``open`` came and accepted ``syslog``); the new worker's session ``resume``s it.
+
 Line ids (``server.line_ids = on``): each message gets an id derived from its content (``message_id``, a hash
 of its bytes), so a message resent after a lost ack (librelp resends every frame not acked, with new
 transaction numbers) is stored once by an app that stores each id once (the ingest app). Two messages with
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import re
 from hashlib import blake2b
+from typing import Any
 
 from prefork.protocol.framing import ERR_BAD_UTF8, ERR_EMPTY, ERR_TOO_LONG, Batch
 
@@ -107,6 +112,34 @@ class RelpSession:
     def buffered(self) -> int:
         """Bytes held of a frame not complete yet (bounded: see the module docstring)."""
         return len(self._buf)
+
+    # -- moving to another worker (a reload: prefork.handoff) --------------------------------------------
+
+    def unframed(self) -> bytes | None:
+        """The bytes held of a frame not complete yet, for a session moving to another worker; None when the
+        session cannot move: it is ending, a too-long frame is being skipped, or a reply is still owed (a
+        handoff comes after every reply went out, so that cannot happen there)."""
+        if self.closing or self._skip or self._reply_txnr != self._expected or self._open_rsp:
+            return None
+        return bytes(self._buf)
+
+    def state(self) -> dict[str, Any]:
+        """What the next worker needs to go on with the session (``resume``), as JSON-able values."""
+        return {"relp": {"expected": self._expected, "opened": self._opened, "syslog": self._syslog}}
+
+    def resume(self, state: dict[str, Any]) -> bool:
+        """Go on with a session another worker began (its ``state()``); False if ``state`` is not one."""
+        relp = state.get("relp")
+        if not isinstance(relp, dict):
+            return False
+        expected, opened, syslog = relp.get("expected"), relp.get("opened"), relp.get("syslog")
+        if type(expected) is not int or not 1 <= expected <= MAX_TXNR or type(opened) is not bool:
+            return False
+        if type(syslog) is not bool:
+            return False
+        self._expected = self._reply_txnr = expected
+        self._opened, self._syslog = opened, syslog
+        return True
 
     # -- framing ------------------------------------------------------------------------------------
 

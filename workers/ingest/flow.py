@@ -21,6 +21,7 @@ from workers.ingest.batch import Share, Source
 from workers.ingest.commit import Committer
 from workers.ingest.encoding import PAYLOAD, ROW_HEAD, Encoder, RowShape
 from workers.ingest.pending import Pending
+from workers.ingest.readiness import DatabaseReadiness
 from workers.ingest.settings import IngestSettings
 from workers.ingest.write import Rejected, Writer, session_setup
 from workers.schema import (
@@ -66,6 +67,8 @@ class IngestApp:
     committer: Committer  # retries, unknown outcomes, bisection; the counters of what is stored
     _flushers: list[gevent.Greenlet]  # ingest.flushers of them, each committing one batch at a time
     _expirer: gevent.Greenlet  # answers queued lines past their deadline
+    _readiness: DatabaseReadiness  # whether the database could be reached lately (/readyz)
+    _checker: gevent.Greenlet  # keeps _readiness current
     _marker_retention_s: int  # markers older than this are pruned (outlasting any retry of their batch)
     _last_prune: float  # monotonic time of the last pruning of old markers
 
@@ -88,6 +91,8 @@ class IngestApp:
         self._last_prune = time.monotonic()
         self._flushers = [gevent.spawn(self._flush_loop) for _ in range(ingest.flushers)]
         self._expirer = gevent.spawn(self.pending.expire_loop)
+        self._readiness = DatabaseReadiness(self.pool, ingest.ready_within, lambda: self.committer.batches_committed)
+        self._checker = gevent.spawn(self._readiness.run)
         gevent.spawn(self._ensure_tables_quietly)
 
     # -- what the rows are (overridden by an app that stores lines its own way) ----------------------
@@ -241,8 +246,13 @@ class IngestApp:
             "already_stored": committer.already_stored,
         }
 
+    def readiness(self) -> str | None:
+        """``/readyz``: None while a database connection could be had within ``ingest.ready_within``."""
+        return self._readiness.reason()
+
     def close(self, timeout: float) -> None:
         """Finish every queued batch (within timeout), then close the pool."""
+        self._checker.kill(block=False)
         self.pending.close()
         gevent.joinall(self._flushers, timeout=timeout)
         self._expirer.kill(block=False)
