@@ -215,6 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefork.daemon import daemonize
     from prefork.master import Master
     from prefork.privileges import file_owner
+    from prefork.tls import check_config as check_tls_files
+    from prefork.tls import warn_expiring
 
     try:  # first: no child (the app probe, workers) may see LISTEN_FDS or inherit the sockets
         passed, ignored = activation.take()
@@ -243,6 +245,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from_systemd = activation.match(passed, cfg.server.bind, cfg.server.fd_name)
     except activation.ActivationError as exc:
         raise CommandError(str(exc)) from None
+    # TLS listeners' files, as root if started so (the workers load them before dropping privileges).
+    warn_expiring(check_tls_files(cfg))  # ConfigError: exit 2, one line naming the key and the reason
     listeners = {}
     try:
         for address in cfg.server.bind:

@@ -99,6 +99,19 @@ class WorkerInfo:
     config: Config  # cfg.server, cfg.pool; the app's own sections: config.section(MySettings)
 
 
+@dataclass(frozen=True)
+class TlsIdentity:
+    """The verified client certificate of a connection on a mutual-TLS listener (``server.tls_client_ca``)."""
+
+    subject: str  # RFC 4514, most specific first: "CN=client1,O=Example"
+    common_name: str  # the subject's CN, or ""
+    sans: tuple[str, ...] = ()  # subjectAltName entries as "DNS:client1.example", "IP Address:10.0.0.7", ...
+
+    def dns_names(self) -> tuple[str, ...]:
+        """The DNS names among the SANs."""
+        return tuple(san[4:] for san in self.sans if san.startswith("DNS:"))
+
+
 @dataclass
 class Peer:
     """One connected client, as the application sees it (the sending library is ``prefork.client``)."""
@@ -106,6 +119,7 @@ class Peer:
     addr: str  # peer IP address, or "unix"
     id: int
     data: dict[str, Any] = field(default_factory=dict)  # free for the application's per-client state
+    tls: TlsIdentity | None = None  # a client certificate verified by a TLS listener's client CA, else None
 
 
 # -- the protocols: App is required, each of the others is one optional capability ------------------------

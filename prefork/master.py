@@ -59,6 +59,9 @@ from prefork.state import (
     write_json,
 )
 from prefork.systemd import Notifier
+from prefork.tls import check_config as check_tls_files
+from prefork.tls import of_config as tls_of_config
+from prefork.tls import warn_expiring
 from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
@@ -154,6 +157,7 @@ class Master:
             "unread_clients": 0,
             "handoffs": {},
             "refused": {},
+            "tls": {},
             "slots": {},  # per accept-table slot (as a string): what its per-slot counters carry (metrics.carry)
         }
         self.restarts: dict[str, int] = {}
@@ -381,6 +385,9 @@ class Master:
         self.reload_record.begin()
         try:
             cfg = self.cfg.reload()
+            # The new generation reads the certificate files afresh: an unreadable or mismatched pair, or an
+            # expired certificate, keeps the old generation serving with the files it loaded.
+            warn_expiring(check_tls_files(cfg))
         except ConfigError as exc:
             self.reload_failed(exc)
             return
@@ -555,6 +562,7 @@ class Master:
                 proxy_modes=proxy_modes(cfg, listeners),
                 framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
                 acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
+                tls=per_listener(cfg, listeners, tls_of_config(cfg), None),
                 allow_from=per_listener(cfg, listeners, cfg.server.allow_from, EVERYONE),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
@@ -633,12 +641,10 @@ class Master:
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-        handoffs = self.retired["handoffs"]
-        for result, n in (last.get("handoffs") or {}).items():
-            handoffs[result] = handoffs.get(result, 0) + n
-        refused = self.retired["refused"]
-        for reason, n in (last.get("refused") or {}).items():
-            refused[reason] = refused.get(reason, 0) + n
+        for key in ("handoffs", "refused", "tls"):
+            kept = self.retired[key]
+            for name, n in (last.get(key) or {}).items():
+                kept[name] = kept.get(name, 0) + n
         carry(self.retired["slots"], worker.slot, last)
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")

@@ -133,6 +133,22 @@ def render(state: dict[str, Any]) -> str:
         "connections closed as they were accepted, all workers ever, by reason (allow_from: outside server.allow_from)",
         [({"reason": reason}, n) for reason, n in sorted(refused.items())],
     )
+    tls = report["tls"]
+    family("tls_handshakes_total", "counter", "TLS handshakes completed", [({}, tls.get("handshakes", 0))])
+    family(
+        "tls_handshake_failures_total",
+        "counter",
+        "TLS connections closed before their handshake completed, by reason (timeout, bad-certificate, "
+        "no-certificate, certificate-expired, protocol-version, name-not-allowed, ...)",
+        [({"reason": k.partition(":")[2]}, n) for k, n in sorted(tls.items()) if k.startswith("failed:")],
+    )
+    family(
+        "wrong_protocol_total",
+        "counter",
+        "connections closed at once for speaking the other protocol: plaintext on a TLS listener, tls on a "
+        "plaintext one",
+        [({"found": found}, tls.get(f"wrong:{found}", 0)) for found in ("plaintext", "tls")],
+    )
     family("generation", "gauge", "current worker generation", [({}, m.get("generation") or 0)])
     family("workers_target", "gauge", "workers wanted", [({}, m.get("workers_target") or 0)])
     family("workers", "gauge", "workers reporting", [({}, len(report["workers"]))])

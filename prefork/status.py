@@ -58,13 +58,9 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         entry["app"] = app
         workers.append(entry)
     # Connections at reloads (prefork.handoff), all workers ever: the retired ones' last counts and the live.
-    handoffs = {"out": 0, "fallback": 0, "in": 0}
-    for counts in [
-        (master.get("retired") or {}).get("handoffs"),
-        *(s.get("handoffs") for s in master.get("workers", [])),
-    ]:
-        for result, n in (counts or {}).items():
-            handoffs[result] = handoffs.get(result, 0) + n
+    handoffs = _summed(master, "handoffs", {"out": 0, "fallback": 0, "in": 0})
+    # TLS listeners, all workers ever (prefork.protocol.counters: handshakes, failed:REASON, wrong:KIND).
+    tls = _summed(master, "tls", {})
     master = dict(master)
     if "started_at" in master:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
@@ -93,7 +89,16 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         "pool_in_use": sum(w["pool"]["in_use"] for w in workers),
         "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
     }
-    return {"master": master, "workers": workers, "totals": totals, "handoffs": handoffs}
+    return {"master": master, "workers": workers, "totals": totals, "handoffs": handoffs, "tls": tls}
+
+
+def _summed(master: dict[str, Any], key: str, counts: dict[str, int]) -> dict[str, int]:
+    """The counts under ``key`` of every worker ever: the retired ones' last counts and the live ones'."""
+    for more in [(master.get("retired") or {}).get(key), *(s.get(key) for s in master.get("workers", []))]:
+        for name, n in (more or {}).items():
+            if type(n) is int:
+                counts[name] = counts.get(name, 0) + n
+    return counts
 
 
 def pool_figures(pool: Any) -> dict[str, Any]:
@@ -150,6 +155,15 @@ def render_table(report: dict[str, Any]) -> str:
     if any(h.values()):
         lines.append(
             f"connections at reloads: {h['out']} handed off, {h['fallback']} closed instead, {h['in']} adopted"
+        )
+    tls = report["tls"]
+    if tls:
+        failed = {k.partition(":")[2]: n for k, n in tls.items() if k.startswith("failed:")}
+        lines.append(
+            f"TLS: {tls.get('handshakes', 0)} handshakes, {sum(failed.values())} failed"
+            + (f" ({', '.join(f'{n} {r}' for r, n in sorted(failed.items()))})" if failed else "")
+            + f", {tls.get('wrong:plaintext', 0)} plaintext on a TLS listener, "
+            f"{tls.get('wrong:tls', 0)} TLS on a plaintext one"
         )
     # What the apps report besides their pool, one line per worker (the whole of it is in --json).
     extra = [(w["pid"], _without_pool(w.get("app"))) for w in report["workers"]]

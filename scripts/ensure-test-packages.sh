@@ -5,7 +5,8 @@
 # its own config, never the machine's service), systemd (systemd-analyze verifies the shipped units;
 # systemd-socket-activate passes listening sockets as a .socket unit does; the package does not make systemd
 # PID 1), util-linux (setpriv runs the unit's command as systemd would) and
-# openssl (the TLS tests make their certificates with it; HAProxy terminates TLS in front of prefork).
+# openssl (the TLS tests make their certificates with it, and its s_client is a client no one here wrote;
+# HAProxy terminates TLS in front of prefork).
 # Installed when root and missing; otherwise one clear line
 # naming what to install and a non-zero exit, so `make test` stops before pytest instead of tests failing one
 # by one.

@@ -512,7 +512,7 @@ def test_status_json_and_table():
         workers = wait_for(n_workers(srv, 2), what="two workers")
         assert roundtrip(srv.port, [b"a", b"b", b"c"]) == [b"a", b"b", b"c"]
         status = wait_for(lambda: (s := srv.status()) and s["totals"]["lines_in"] >= 3 and s, what="counted lines")
-        assert set(status) == {"master", "workers", "totals", "handoffs"}
+        assert set(status) == {"master", "workers", "totals", "handoffs", "tls"}
         assert status["handoffs"] == {"out": 0, "fallback": 0, "in": 0}
         m = status["master"]
         assert set(m) == MASTER_KEYS

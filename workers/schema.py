@@ -78,6 +78,17 @@ def add_line_id_sql(table: str) -> str:
     )
 
 
+# With ingest.client_cert on: the subject of the client's verified TLS certificate (RFC 4514), NULL without one.
+CLIENT_CERT_COLUMN = "client_cert"
+CLIENT_CERT_CHARS = 255
+CLIENT_CERT_TYPE = f"VARCHAR({CLIENT_CERT_CHARS}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL"
+
+
+def add_client_cert_sql(table: str) -> str:
+    """The ALTER TABLE that adds the client certificate column if missing (MariaDB)."""
+    return f"ALTER TABLE {quote_identifier(table)} ADD COLUMN IF NOT EXISTS {CLIENT_CERT_COLUMN} {CLIENT_CERT_TYPE}"
+
+
 def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str]:
     """Those of ``columns`` the table lacks (what an app's ``check`` hook reports)."""
     cur = conn.cursor()
@@ -103,10 +114,12 @@ def has_line_id(conn: Any, table: str) -> bool:
     return bool(found)
 
 
-def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str | None = None) -> None:
+def ensure_table(
+    conn: Any, table: str, line_ids: bool = False, create_sql: str | None = None, client_cert: bool = False
+) -> None:
     """Create the ingest table (``create_sql``, another app's CREATE TABLE, in its place), the marker table
     and the server run table if they are missing; with ``line_ids``, add the line id column and its unique
-    key to the ingest table if they are missing."""
+    key to the ingest table if they are missing; with ``client_cert``, the client certificate column."""
     cur = conn.cursor()
     cur.execute(create_sql if create_sql is not None else create_table_sql(table))
     cur.execute(create_marker_table_sql())
@@ -117,6 +130,9 @@ def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str 
     # statements of every other session on the table would queue behind it meanwhile.
     if line_ids and not has_line_id(conn, table):
         conn.cursor().execute(add_line_id_sql(table))
+        conn.commit()
+    if client_cert and missing_columns(conn, table, (CLIENT_CERT_COLUMN,)):
+        conn.cursor().execute(add_client_cert_sql(table))
         conn.commit()
 
 
@@ -159,11 +175,23 @@ LINE_IDS_NOTE = """
 """
 
 
+CLIENT_CERT_NOTE = """
+-- With ingest.client_cert = on, the workers and `prefork initdb` add the client certificate column (the
+-- subject of the client's verified TLS certificate) to the ingest table:
+-- {sql};
+"""
+
+
 def schema_sql(table: str) -> str:
     """The text of ``etc/schema.sql`` for the ingest table ``table``: every statement the app may run."""
     statements = [create_table_sql(table), create_marker_table_sql(), create_server_run_table_sql()]
     created = "".join(f"\n{sql};\n" for sql in statements)
-    return SCHEMA_FILE_HEADER.format(table=table) + created + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
+    return (
+        SCHEMA_FILE_HEADER.format(table=table)
+        + created
+        + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
+        + CLIENT_CERT_NOTE.format(sql=add_client_cert_sql(table))
+    )
 
 
 SYSLOG_FILE_HEADER = """\

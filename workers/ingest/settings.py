@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
+from prefork.settings import Section, boolean, choice, option, positive_int, positive_seconds, size, table_name
 
 
 # fmt: off
@@ -31,4 +31,8 @@ class IngestSettings(Section, name="ingest"):
         "10", positive_seconds,
         "a worker is not ready (/readyz answers 503) when no database connection could be had for this long",
         flag="--ready-within")
+    client_cert: bool = option(
+        "off", boolean,
+        "on: store the subject of the client's verified TLS certificate (server.tls_client_ca) in a client_cert "
+        "column, added if missing (NULL for a client without one)")
 # fmt: on
