@@ -5,8 +5,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST_ARGS ?=
-# Debian's own Python: `make test` (the whole suite, no PYTEST_ARGS) also runs the fast tests under it when
-# it is not the venv's interpreter (scripts/test-system-python.sh says which).
+# Debian's own Python: `make test` (the whole suite, no PYTEST_ARGS) also runs the fast tests under it, beside
+# the main run, when it is not the venv's interpreter (scripts/test-all.sh, scripts/test-system-python.sh).
 SYSTEM_PYTHON ?= /usr/bin/python3
 SYSTEM_VENV   := .venv-system
 
@@ -45,8 +45,8 @@ stop status: $(STAMP)
 
 test: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(if $(PYTEST_ARGS),@echo "prefork: PYTEST_ARGS chose a part: not run again under $(SYSTEM_PYTHON) (make test-system-python)",sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV))
+	$(if $(PYTEST_ARGS),$(PY) -m pytest $(PYTEST_ARGS),sh scripts/test-all.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV))
+	$(if $(PYTEST_ARGS),@echo "prefork: PYTEST_ARGS chose a part: not run again under $(SYSTEM_PYTHON) (make test-system-python)")
 
 # The fast tests alone under $(SYSTEM_PYTHON), in $(SYSTEM_VENV) (the second half of `make test`).
 test-system-python: $(STAMP) server-binary

@@ -131,6 +131,9 @@ class MariaDBServer:
         self.socket = self.basedir / "mysqld.sock"
         self.pidfile = self.basedir / "mysqld.pid"
         self.logfile = self.basedir / "mysqld.log"
+        # Its own temporary files (sorts, GROUP BY temp tables) beside its data, not in /tmp: a cleaner of
+        # /tmp (tmpfiles.d, another program's test) would otherwise delete them under a running query.
+        self.tmpdir = self.basedir / "tmp"
         self.portfile = self.basedir / "port"
         self.database = database
         # durable: an fsync per commit and the doublewrite buffer, as production runs (the bench); off for
@@ -166,6 +169,7 @@ class MariaDBServer:
             "--no-defaults",
             f"--datadir={self.datadir}",
             f"--socket={self.socket}",
+            f"--tmpdir={self.tmpdir}",
             f"--pid-file={self.pidfile}",
             f"--log-error={self.logfile}",
             f"--port={self.port}",
@@ -188,6 +192,7 @@ class MariaDBServer:
     def start(self, timeout: float = 60.0) -> None:
         """Start the server (installing the datadir first if needed) and wait until it answers."""
         self.install()
+        self.tmpdir.mkdir(exist_ok=True)
         self.basedir.mkdir(parents=True, exist_ok=True)
         kill_leftover(self.pidfile, f"--datadir={self.datadir}")
         self.portfile.write_text(str(self.port))

@@ -45,8 +45,33 @@ def _run_hook(cfg: Config, name: Hook, tokens: Sequence[str]) -> tuple[int, str 
     return EXIT_OK, str(said or f"its {name} passed")
 
 
+def check_tls(cfg: Config) -> int:
+    """Check the certificate files of each TLS listener (prefork.tls) and print when each one expires, with a
+    warning for one expiring within EXPIRY_WARNING_DAYS; exit 2 for an unreadable, mismatched or expired one."""
+    from prefork.config.errors import ConfigError
+    from prefork.tls import EXPIRY_WARNING_DAYS, check_config
+
+    try:
+        found = check_config(cfg)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    for address, info in found:
+        days = info.days_left()
+        print(f"prefork: TLS on {address}: {info.path} ({info.subject}) expires {info.expires()}, in {days:.0f} days")
+        if days < EXPIRY_WARNING_DAYS:
+            print(
+                f"prefork: warning: the TLS certificate of {address} expires within {EXPIRY_WARNING_DAYS} days",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
 def check(cfg: Config, tokens: Sequence[str] = ()) -> int:
-    """Validate the config, import the app, check its settings (``tokens``: its flags), run its ``check``."""
+    """Validate the config and the TLS listeners' files, import the app, check its settings (``tokens``: its
+    flags), run its ``check``."""
+    code = check_tls(cfg)
+    if code != EXIT_OK:
+        return code
     code, said = _run_hook(cfg, "check", tokens)
     if code == EXIT_OK:
         print(f"prefork: config ok, app {cfg.server.app} imports" + (f"; {said}" if said else " (no check hook)"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -208,13 +209,19 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prefork import logs, sockets
+    from prefork import activation, logs, sockets
     from prefork.config.appload import AppLoadError, start_directory
     from prefork.config.probe import needs_probe, probe
     from prefork.daemon import daemonize
     from prefork.master import Master
     from prefork.privileges import file_owner
+    from prefork.tls import check_config as check_tls_files
+    from prefork.tls import warn_expiring
 
+    try:  # first: no child (the app probe, workers) may see LISTEN_FDS or inherit the sockets
+        passed, ignored = activation.take()
+    except activation.ActivationError as exc:
+        raise CommandError(str(exc)) from None
     cfg = load_from_args(args)
     identity = resolve_identity(cfg)
     if needs_probe(cfg, args.extra):  # values for the app's sections: check them before anything starts
@@ -231,9 +238,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
     # Workers reopen the log file (USR1 after logrotate) as server.user: it is given to that user.
     logs.setup(cfg.server.log_level, cfg.server.log_file, cfg.server.log_format, owner=file_owner(identity))
+    log = logging.getLogger("prefork.master")
+    if ignored:
+        log.warning("%s", ignored)
+    try:
+        from_systemd = activation.match(passed, cfg.server.bind, cfg.server.fd_name)
+    except activation.ActivationError as exc:
+        raise CommandError(str(exc)) from None
+    # TLS listeners' files, as root if started so (the workers load them before dropping privileges).
+    warn_expiring(check_tls_files(cfg))  # ConfigError: exit 2, one line naming the key and the reason
     listeners = {}
     try:
         for address in cfg.server.bind:
+            if (key := str(address)) in from_systemd:
+                listeners[key] = sockets.adopt(from_systemd[key].sock)
+                continue
+            if passed:
+                log.info("server.bind=%s: no socket from systemd matches it, binding it", address)
             bind = partial(sockets.bind, address, **sockets.bind_options(cfg.server))
             listeners[str(address)] = sockets.retry_in_use(bind, f"server.bind={address}", cfg.server.bind_attempts)
     except sockets.BindError as exc:

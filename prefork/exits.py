@@ -10,7 +10,8 @@ EXIT_OK = 0  # a clean stop; a command that did what it was asked
 EXIT_FAILURE = 1  # a runtime failure (the master's unhandled error, a worker's crash); a command cut short; a
 # reload refused or abandoned (`reload --wait`)
 EXIT_NOT_ALL_OK = 1  # `prefork send`: some line was not answered OK
-EXIT_USAGE = 2  # a usage, config or bind error, or a failed `check`/`initdb`: restarting cannot help
+EXIT_USAGE = 2  # a usage, config or bind error (or a socket systemd passed that cannot be served), or a failed
+# `check`/`initdb`: restarting cannot help
 EXIT_BOOT = 3  # workers could not boot: a worker whose app fails to import or set up, and the master after that
 EXIT_TIMEOUT = 124  # as timeout(1) reports: a command's wait ran out (`reload --wait`), the outcome is not known
 EXIT_INTERRUPTED = 130  # as a shell reports a command killed by SIGINT

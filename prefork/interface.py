@@ -27,6 +27,12 @@ own protocol below, so that a type checker holds an app to the signatures it cho
         def stats(self) -> dict:                                                       # HasStats
             '''Extra figures for `prefork status` (the ingest app reports its pool here).'''
 
+        def readiness(self) -> str | None:                                             # HasReadiness
+            '''Why this worker's app cannot serve now (one line), or None when it can: asked once a
+            second, from the heartbeat, so it must answer at once (look at what is known, never wait on
+            the network). ``/readyz`` answers 503 with the reason while any worker gives one. The ingest
+            app: no database connection could be had for ``ingest.ready_within`` seconds.'''
+
         def check(self, worker: WorkerInfo) -> str:                                    # HasCheck
             '''What `prefork check` runs after importing the app (not in a worker: the pid is the
             command's, the generation 0). Return a short report; raise to fail the check (exit 2, the
@@ -93,6 +99,19 @@ class WorkerInfo:
     config: Config  # cfg.server, cfg.pool; the app's own sections: config.section(MySettings)
 
 
+@dataclass(frozen=True)
+class TlsIdentity:
+    """The verified client certificate of a connection on a mutual-TLS listener (``server.tls_client_ca``)."""
+
+    subject: str  # RFC 4514, most specific first: "CN=client1,O=Example"
+    common_name: str  # the subject's CN, or ""
+    sans: tuple[str, ...] = ()  # subjectAltName entries as "DNS:client1.example", "IP Address:10.0.0.7", ...
+
+    def dns_names(self) -> tuple[str, ...]:
+        """The DNS names among the SANs."""
+        return tuple(san[4:] for san in self.sans if san.startswith("DNS:"))
+
+
 @dataclass
 class Peer:
     """One connected client, as the application sees it (the sending library is ``prefork.client``)."""
@@ -100,6 +119,7 @@ class Peer:
     addr: str  # peer IP address, or "unix"
     id: int
     data: dict[str, Any] = field(default_factory=dict)  # free for the application's per-client state
+    tls: TlsIdentity | None = None  # a client certificate verified by a TLS listener's client CA, else None
 
 
 # -- the protocols: App is required, each of the others is one optional capability ------------------------
@@ -136,6 +156,10 @@ class HasClose(Protocol):
 
 class HasStats(Protocol):
     def stats(self) -> dict[str, Any]: ...
+
+
+class HasReadiness(Protocol):
+    def readiness(self) -> str | None: ...
 
 
 class HasCheck(Protocol):
@@ -192,6 +216,11 @@ def close_of(app: object) -> Callable[[float], object] | None:
 def stats_of(app: object) -> Callable[[], object] | None:
     """The app's ``stats``, or None."""
     return getattr(app, "stats", None)
+
+
+def readiness_of(app: object) -> Callable[[], object] | None:
+    """The app's ``readiness``, or None: such an app is ready once its worker serves."""
+    return getattr(app, "readiness", None)
 
 
 def hook_of(app: object, name: Hook) -> Callable[[WorkerInfo], object] | None:

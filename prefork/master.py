@@ -40,7 +40,7 @@ from prefork.config.loader import Config
 from prefork.config.probe import Probe, needs_probe
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from prefork.handoff import HandoffBoard, open_channel
-from prefork.metrics import MetricsServer
+from prefork.metrics import MetricsServer, carry
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
 from prefork.protocol.allow import EVERYONE
@@ -59,6 +59,9 @@ from prefork.state import (
     write_json,
 )
 from prefork.systemd import Notifier
+from prefork.tls import check_config as check_tls_files
+from prefork.tls import of_config as tls_of_config
+from prefork.tls import warn_expiring
 from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
@@ -69,6 +72,7 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
+READY_SILENCE_S = 5.0  # a worker silent longer (heartbeats come each second) makes /readyz answer 503
 
 
 class HaltServer(Exception):
@@ -153,6 +157,8 @@ class Master:
             "unread_clients": 0,
             "handoffs": {},
             "refused": {},
+            "tls": {},
+            "slots": {},  # per accept-table slot (as a string): what its per-slot counters carry (metrics.carry)
         }
         self.restarts: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
@@ -198,7 +204,7 @@ class Master:
             signal.signal(signum, self._queue_signal)
         log.info("Starting prefork master %s (%s)", self.pid, self.cfg.server.name)
         for sock in self.listeners.values():
-            log.info("Listening at: %s", sockets.address_of(sock))
+            log.info("Listening at: %s", sockets.described(sock))
         if self.metrics is not None:
             log.info("Metrics at: http://%s/metrics", self.metrics.address)
         log.info("Using app %s with %d workers", self.cfg.server.app, self.target)
@@ -379,6 +385,9 @@ class Master:
         self.reload_record.begin()
         try:
             cfg = self.cfg.reload()
+            # The new generation reads the certificate files afresh: an unreadable or mismatched pair, or an
+            # expired certificate, keeps the old generation serving with the files it loaded.
+            warn_expiring(check_tls_files(cfg))
         except ConfigError as exc:
             self.reload_failed(exc)
             return
@@ -553,6 +562,7 @@ class Master:
                 proxy_modes=proxy_modes(cfg, listeners),
                 framings=per_listener(cfg, listeners, cfg.server.framing, "lines"),
                 acks=per_listener(cfg, listeners, cfg.server.ack, "auto"),
+                tls=per_listener(cfg, listeners, tls_of_config(cfg), None),
                 allow_from=per_listener(cfg, listeners, cfg.server.allow_from, EVERYONE),
                 generation=generation,
                 heartbeat_fd=heartbeat.fd,
@@ -631,12 +641,11 @@ class Master:
         by_reason = self.retired["err_by_reason"]
         for reason, n in (last.get("err_by_reason") or {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-        handoffs = self.retired["handoffs"]
-        for result, n in (last.get("handoffs") or {}).items():
-            handoffs[result] = handoffs.get(result, 0) + n
-        refused = self.retired["refused"]
-        for reason, n in (last.get("refused") or {}).items():
-            refused[reason] = refused.get(reason, 0) + n
+        for key in ("handoffs", "refused", "tls"):
+            kept = self.retired[key]
+            for name, n in (last.get(key) or {}).items():
+                kept[name] = kept.get(name, 0) + n
+        carry(self.retired["slots"], worker.slot, last)
         # Exit 0 unasked: it stopped by itself (max_requests) before the master saw it stopping.
         reason = worker.stop_reason or ("max_requests" if code == 0 else "crash")
         if reason != "shutdown":
@@ -787,14 +796,36 @@ class Master:
             "uptime_s": round(now - self.started_at, 3),
             "workers_target": self.target,
             "listeners": [sockets.address_of(s) for s in self.listeners.values()],
-            "workers": [w.heartbeat.last for _, w in sorted(self.workers.items()) if w.heartbeat.last],
+            "workers": [
+                {**w.heartbeat.last, "slot": w.slot} for _, w in sorted(self.workers.items()) if w.heartbeat.last
+            ],
             "written_ts": now,
             "started_ts": self.started_at,
             "retired": self.retired,
             "restarts": self.restarts,
             "reloads": self.reloads,
             "reload": self.reload_record.as_dict(),
+            "not_ready": self.readiness(),
         }
+
+    def readiness(self) -> str | None:
+        """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: the workers
+        of the current generation serve, each one's heartbeat came within READY_SILENCE_S, and none of
+        their apps says it is not ready (an app's optional ``readiness()``, reported in its heartbeat: the
+        ingest app's database). At start every worker must serve; later a worker being replaced (a crash,
+        max_requests) does not count while others serve: a routine restart must not take the host out of
+        its balancer, which would close every client's connection."""
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
+        serving = sorted((w for w in current if w.ready), key=lambda w: (w.slot is None, w.slot or 0, w.pid))
+        if not serving or (len(serving) < self.target and not self._notified_ready):
+            return f"{len(serving)} of {self.target} workers serving"
+        for w in serving:
+            if w.silent_s > READY_SILENCE_S:  # hung (killed only at server.timeout): not serving meanwhile
+                return f"worker {w.pid} (slot {w.slot}): no heartbeat for {w.silent_s:.0f}s"
+            reason = w.heartbeat.last.get("not_ready")
+            if reason:
+                return f"worker {w.pid} (slot {w.slot}): {reason}"
+        return None
 
 
 def _raise_fd_limit(needed: int) -> None:

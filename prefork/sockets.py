@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import time
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,6 +21,10 @@ T = TypeVar("T")
 # tries 5 times, 1 s apart): a restart racing the old process's exit must not become a failure that
 # RestartPreventExitStatus=2 keeps.
 BIND_RETRY_DELAY = 1.0
+
+# Listeners systemd passed (prefork.activation): systemd made them and keeps them, so closing one here
+# never removes its socket file, and the logs say where each listener came from.
+_from_systemd: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
 class BindError(Exception):
@@ -126,9 +131,22 @@ def address_of(sock: socket.socket) -> str:
     return format_host_port(host, port)
 
 
+def adopt(sock: socket.socket) -> socket.socket:
+    """Mark a listener as systemd's (socket activation): see `described` and `close`."""
+    _from_systemd.add(sock)
+    return sock
+
+
+def described(sock: socket.socket) -> str:
+    """A listener's address for the `Listening at:` log line, saying when systemd passed it."""
+    return address_of(sock) + (" (from systemd)" if sock in _from_systemd else "")
+
+
 def close(sock: socket.socket) -> None:
-    """Close a listener in this process, removing its socket file if it is a unix socket."""
-    path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+    """Close a listener in this process, removing its socket file if it is a unix socket prefork bound
+    (one systemd passed is systemd's: it stays)."""
+    ours = sock.family == socket.AF_UNIX and sock not in _from_systemd
+    path = sock.getsockname() if ours else None
     sock.close()
     if path:
         try:

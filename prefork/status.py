@@ -26,6 +26,7 @@ POOL_KEYS = (
 APP_LINE = 100  # characters of an app's stats shown per worker in the table
 WORKER_KEYS = (
     "pid",
+    "slot",  # its place in the accept table, taken over by its replacement: /metrics labels series by it
     "generation",
     "started_at",
     "age_s",
@@ -57,19 +58,25 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         entry["app"] = app
         workers.append(entry)
     # Connections at reloads (prefork.handoff), all workers ever: the retired ones' last counts and the live.
-    handoffs = {"out": 0, "fallback": 0, "in": 0}
-    for counts in [
-        (master.get("retired") or {}).get("handoffs"),
-        *(s.get("handoffs") for s in master.get("workers", [])),
-    ]:
-        for result, n in (counts or {}).items():
-            handoffs[result] = handoffs.get(result, 0) + n
+    handoffs = _summed(master, "handoffs", {"out": 0, "fallback": 0, "in": 0})
+    # TLS listeners, all workers ever (prefork.protocol.counters: handshakes, failed:REASON, wrong:KIND).
+    tls = _summed(master, "tls", {})
     master = dict(master)
     if "started_at" in master:
         master["uptime_s"] = round(now - master.pop("written_ts", now) + master.get("uptime_s", 0), 3)
     master = {
         k: master.get(k)
-        for k in ("pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload")
+        for k in (
+            "pid",
+            "name",
+            "generation",
+            "started_at",
+            "uptime_s",
+            "workers_target",
+            "listeners",
+            "reload",
+            "not_ready",
+        )
     }
     totals = {
         "workers": len(workers),
@@ -82,7 +89,16 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
         "pool_in_use": sum(w["pool"]["in_use"] for w in workers),
         "pool_waiting": sum(w["pool"]["waiting"] for w in workers),
     }
-    return {"master": master, "workers": workers, "totals": totals, "handoffs": handoffs}
+    return {"master": master, "workers": workers, "totals": totals, "handoffs": handoffs, "tls": tls}
+
+
+def _summed(master: dict[str, Any], key: str, counts: dict[str, int]) -> dict[str, int]:
+    """The counts under ``key`` of every worker ever: the retired ones' last counts and the live ones'."""
+    for more in [(master.get("retired") or {}).get(key), *(s.get(key) for s in master.get("workers", []))]:
+        for name, n in (more or {}).items():
+            if type(n) is int:
+                counts[name] = counts.get(name, 0) + n
+    return counts
 
 
 def pool_figures(pool: Any) -> dict[str, Any]:
@@ -121,6 +137,8 @@ def render_table(report: dict[str, Any]) -> str:
             f"{w['pid']:>8} {w['generation']:>4} {_duration(w['age_s']):>8} {w['clients']:>8} "
             f"{w['lines_in']:>10} {w['ok']:>10} {w['err']:>8} {w['unread_clients'] or 0:>7} {pool:>24}"
         )
+    if m.get("not_ready"):
+        lines[1:1] = [f"not ready (/readyz answers 503): {m['not_ready']}"]
     t = report["totals"]
     lines.append(
         f"{'total':>8} {t['workers']:>4} {'':>8} {t['clients']:>8} {t['lines_in']:>10} {t['ok']:>10} "
@@ -137,6 +155,15 @@ def render_table(report: dict[str, Any]) -> str:
     if any(h.values()):
         lines.append(
             f"connections at reloads: {h['out']} handed off, {h['fallback']} closed instead, {h['in']} adopted"
+        )
+    tls = report["tls"]
+    if tls:
+        failed = {k.partition(":")[2]: n for k, n in tls.items() if k.startswith("failed:")}
+        lines.append(
+            f"TLS: {tls.get('handshakes', 0)} handshakes, {sum(failed.values())} failed"
+            + (f" ({', '.join(f'{n} {r}' for r, n in sorted(failed.items()))})" if failed else "")
+            + f", {tls.get('wrong:plaintext', 0)} plaintext on a TLS listener, "
+            f"{tls.get('wrong:tls', 0)} TLS on a plaintext one"
         )
     # What the apps report besides their pool, one line per worker (the whole of it is in --json).
     extra = [(w["pid"], _without_pool(w.get("app"))) for w in report["workers"]]

@@ -29,6 +29,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import time  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
@@ -43,7 +44,15 @@ from prefork.config.appload import AppLoadError, import_app  # noqa: E402
 from prefork.config.errors import ConfigError  # noqa: E402
 from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK  # noqa: E402
 from prefork.handoff import HANDOFF_TIMEOUT_S, adopt, channel_name  # noqa: E402
-from prefork.interface import WorkerInfo, accepts_line_ids, close_of, line_ids_refused, setup_of, stats_of  # noqa: E402
+from prefork.interface import (  # noqa: E402
+    WorkerInfo,
+    accepts_line_ids,
+    close_of,
+    line_ids_refused,
+    readiness_of,
+    setup_of,
+    stats_of,
+)
 from prefork.privileges import drop as drop_privileges  # noqa: E402
 from prefork.privileges import file_owner  # noqa: E402
 from prefork.proctitle import set_title  # noqa: E402
@@ -54,12 +63,14 @@ from prefork.protocol.door import REFUSED_PER_WAKE, Door, door_for  # noqa: E402
 from prefork.protocol.framers import acks  # noqa: E402
 from prefork.protocol.proxy import client_address  # noqa: E402
 from prefork.protocol.replies import StopReading  # noqa: E402
+from prefork.protocol.tlsaccept import TlsListener  # noqa: E402
 from prefork.signals import reset_master_handlers  # noqa: E402
 from prefork.state import beat, iso  # noqa: E402
 from prefork.workerspec import WorkerSpec  # noqa: E402
 
 HEARTBEAT_INTERVAL = 1.0
 MAX_APP_STATS_BYTES = 64 << 10  # of an app's stats() as JSON, well within what the master reads of a state
+MAX_NOT_READY = 300  # characters of the app's reason for not being ready: /readyz answers it on one line
 
 # Accept balancing (AcceptGate below; the shared counts are prefork.state.AcceptTable).
 # Clients a worker may hold above the least loaded accepting worker before it pauses: 2, or 1/16 of that
@@ -109,8 +120,9 @@ class Worker:
         self.servers: list[Any] = []
         self.gate = AcceptGate(spec.accept_table, spec.accept_slot, self.cfg.server.worker_connections)
         self.connections: set[Any] = set()
-        # Greenlets of connections still reading their PROXY header (server.proxy_protocol): not clients yet,
-        # so not in `connections`, but a graceful stop must end them too.
+        self.tls: list[TlsListener | None] = []  # each listener's TLS context (server.tls_cert), None: plaintext
+        # Greenlets of connections still reading their PROXY header (server.proxy_protocol) or in their TLS
+        # handshake: not clients yet, so not in `connections`, but a graceful stop must end them too.
         self.handshakes: set[gevent.Greenlet] = set()
         self.draining = False  # a graceful stop began: a connection that becomes a client now is stopped at once
         self.read_until = 0.0  # once draining: the event loop's time at which every connection stops reading
@@ -210,6 +222,9 @@ class Worker:
             server.log_level, server.log_file, server.log_format, self.spec.generation, file_owner(self.spec.identity)
         )
         _dump_stacks_on_abort()
+        # Certificates and keys are read now, before dropping privileges: a root-only key works, as in nginx.
+        timeout = server.tls_handshake_timeout
+        self.tls = [TlsListener(t, timeout) if t is not None else None for t in self.spec.tls]
         drop_privileges(self.spec.identity)  # server.user/group, before any of the app's code runs
         set_title(f"prefork: worker [{self.cfg.server.name}] gen {self.spec.generation}")
 
@@ -248,14 +263,16 @@ class Worker:
         pool = self.pool = Pool(self.cfg.server.worker_connections)
         modes = self.spec.proxy_modes or ["off"] * len(self.spec.listeners)
         allows = self.spec.allow_from or [EVERYONE] * len(self.spec.listeners)
-        for sock, mode, settings, allow in zip(self.spec.listeners, modes, self.settings, allows, strict=True):
+        tls = self.tls or [None] * len(self.spec.listeners)
+        listening = zip(self.spec.listeners, modes, self.settings, allows, tls, strict=True)
+        for sock, mode, settings, allow, tls_listener in listening:
             listener = green_socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
             balancers = None if mode == "off" else self.cfg.server.proxy_allow_from
             door = door_for(listener, allow, balancers, self.counters)
-            if mode == "off":
+            if mode == "off" and tls_listener is None:
                 handle = functools.partial(self._handle, settings)
             else:
-                handle = functools.partial(self._handle_proxied, mode, settings, door=door)
+                handle = functools.partial(self._handle_proxied, mode, tls_listener, settings, door=door)
             server = GatedStreamServer(listener, handle, spawn=pool)
             server.gate = self.gate
             server.door = door
@@ -272,20 +289,35 @@ class Worker:
     # -- serving ------------------------------------------------------------------------------------
 
     def _handle_proxied(
-        self, mode: str, settings: ProtocolSettings, sock: Any, addr: Any, door: Door | None = None
+        self,
+        mode: str,
+        tls: TlsListener | None,
+        settings: ProtocolSettings,
+        sock: Any,
+        addr: Any,
+        door: Door | None = None,
     ) -> None:
         # A balancer's header first (server.proxy_protocol): the client it names is the one served. The wait
         # for it (up to HEADER_TIMEOUT, or that long to tell a direct client) is cut short by a graceful stop.
+        # Then, on a TLS listener, the handshake (HAProxy in TCP mode passes TLS through after its header),
+        # with its deadline, cut short by a graceful stop too.
         me = gevent.getcurrent()
         self.handshakes.add(me)
         try:
             client = None if self.draining else client_address(sock, addr, mode, self.cfg.server.proxy_allow_from)
+            if client is not None and door is not None and not door.after_header(sock, addr, client):
+                client = None  # outside server.allow_from: closed, counted, logged (before any TLS is spent on it)
+            if client is not None and tls is not None:
+                peer = "unix" if sock.family == socket.AF_UNIX else str(client[0])
+                tls_sock = tls.accept(sock, peer, self.counters)
+                if tls_sock is None:
+                    client = None
+                else:
+                    sock = tls_sock
         except StopReading:
             client = None  # thrown by _graceful_stop: no line was read, the peer sees a close
         finally:
             self.handshakes.discard(me)
-        if client is not None and door is not None and not door.after_header(sock, addr, client):
-            client = None  # outside server.allow_from: closed, counted, logged
         if client is None:
             sock.close()
             self.gate.released()
@@ -372,9 +404,11 @@ class Worker:
             "unread_clients": c.unread_clients,
             "handoffs": c.handoffs,
             "refused": c.refused,
+            "tls": c.tls,
             "rss_bytes": _rss_bytes(),
             "loop_lag_ms": round(self.loop_lag_ms, 3),
             "app": self._app_stats(),
+            "not_ready": self._app_not_ready(),
         }
         beat(self.spec.heartbeat_fd, state)
 
@@ -397,6 +431,18 @@ class Worker:
             self._bad_stats(f"{size} bytes of JSON, more than {MAX_APP_STATS_BYTES}")
             return None
         return value
+
+    def _app_not_ready(self) -> str | None:
+        """Why the app says it cannot serve now (its optional ``readiness()``), or None: the master's
+        /readyz answers 503 with it. A hook that raises counts as not ready, saying so."""
+        readiness = readiness_of(self.app)
+        if readiness is None or not self.ready:
+            return None
+        try:
+            reason = readiness()
+        except Exception as exc:  # the app's own bug: not ready, and the heartbeat still goes out
+            reason = f"the app's readiness() failed: {type(exc).__name__}: {exc}"
+        return " ".join(str(reason).split())[:MAX_NOT_READY] if reason else None
 
     def _bad_stats(self, why: str) -> None:
         if not self._bad_stats_logged:

@@ -31,6 +31,7 @@ class WorkerSpec:
     proxy_modes: list[str] = field(default_factory=list)  # server.proxy_protocol of each listener, in order
     framings: list[str] = field(default_factory=list)  # server.framing of each listener, in order
     acks: list[str] = field(default_factory=list)  # server.ack (on, off, auto) of each listener, in order
+    tls: list[Any] = field(default_factory=list)  # prefork.tls.TlsSettings (None: plaintext) of each listener
     allow_from: list[AllowList] = field(default_factory=list)  # server.allow_from of each listener, in order
     handoff_channel: socket.socket | None = None  # this generation's handoff listener (prefork.handoff)
     handoff_board: Any = None  # prefork.handoff.HandoffBoard: the generation serving now

@@ -14,10 +14,16 @@ from pathlib import Path
 import gevent.socket
 import pymysql.connections
 import pytest
+from hypothesis import HealthCheck, settings
 
 from devtools.galera import GaleraCluster, GaleraMissing
 from devtools.mariadb import MariaDBServer, ServerBinaryMissing
 from tests.certs import Pki, make_pki
+
+# The property tests run on a machine shared with the rest of the suite (make test runs Debian's Python pass
+# beside the main one): how long an example takes says nothing about its correctness.
+settings.register_profile("prefork", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("prefork")
 
 # PyMySQL in this (test) process talks over gevent sockets, as it does in a monkey-patched worker, so that
 # pool tests can run many greenlets against the real server without patching pytest itself.

@@ -80,8 +80,9 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self._final_logs: str | None = None
 
-    def start(self, wait: bool = True, timeout: float = 30.0, preexec_fn=None) -> ServerProcess:
-        """Start the master; with wait, return once it listens and its workers are serving."""
+    def start(self, wait: bool = True, timeout: float = 30.0, preexec_fn=None, pass_fds=()) -> ServerProcess:
+        """Start the master; with wait, return once it listens and its workers are serving. ``pass_fds``:
+        descriptors it inherits (as systemd passes sockets)."""
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             prefork_cmd("run", *self.args, python=self.python),
@@ -92,6 +93,7 @@ class ServerProcess:
             cwd=self.cwd,
             start_new_session=True,
             preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
         )
         if wait:
             wait_for(

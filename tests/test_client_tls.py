@@ -26,7 +26,7 @@ from devtools.mariadb import MariaDBServer, free_port
 from prefork.client import Client, ClientError
 from prefork.client_tls import client_context
 from tests.certs import Pki
-from tests.helpers import connect, query
+from tests.helpers import INNODB_TRX_POLL_S, connect, query
 from tests.server import ServerProcess, test_env, wait_for
 from tests.test_cli import one_error_line, run_cli
 
@@ -120,7 +120,7 @@ def cut_with_replies_held(fronts: TLSFronts, locked: threading.Event) -> set[str
                 cursor.execute("UNLOCK TABLES")
         wait_for(lambda: query(fronts.dsn, count)[0][0] > before, what="the held lines to be committed")
         idle = "SELECT 1 FROM information_schema.INNODB_TRX UNION ALL " + waiting
-        wait_for(lambda: not query(fronts.dsn, idle), what="ingest's transactions to end")
+        wait_for(lambda: not query(fronts.dsn, idle), 20, INNODB_TRX_POLL_S, what="ingest's transactions to end")
         return set(stored(fronts.dsn, "cut-"))
     finally:
         locked.set()
@@ -334,3 +334,47 @@ def test_a_tls_write_that_could_not_finish_is_retried_with_the_same_bytes(pki):
     client._send(out)
     assert sock.writes[-1] == b"b\n" and out == b""
     client._sock = None
+
+
+@pytest.mark.timeout(120)
+def test_straight_to_preforks_own_tls_listener_through_reloads(mariadb, pki):
+    """No terminator in between: the client speaks TLS to prefork's own listener (mutual TLS) while the server
+    reloads twice. A TLS connection does not move at a reload (its state is in the old worker's OpenSSL): the
+    old worker answers what it read and closes it, the client opens a new TLS session and resends what had no
+    reply, with its ids, so every line is answered OK and stored exactly once."""
+    table = "t_client_tls_direct"
+    args = ["--dsn", mariadb.dsn, "--table", table, "--workers", "1", "--line-ids", "on"]
+    args += ["-s", f"server.tls_cert={pki.server_chain}", "-s", f"server.tls_key={pki.server_key}"]
+    args += ["-s", f"server.tls_client_ca={pki.ca}"]
+    lines = [f"direct-{i}" for i in range(6000)]
+    with ServerProcess(args) as srv:
+        reloads_done = threading.Event()
+
+        def reload_twice() -> None:
+            for _ in range(2):
+                wait_for(lambda: len(query(mariadb.dsn, f"SHOW TABLES LIKE '{table}'")) > 0, what="the table")
+                old = set(srv.worker_pids())
+                srv.signal(signal.SIGHUP)
+                wait_for(lambda o=old: not o & set(srv.worker_pids()), 30, what="the old worker to exit")
+            reloads_done.set()
+
+        reloader = threading.Thread(target=reload_twice, daemon=True)
+        client = Client(
+            f"127.0.0.1:{srv.port}", tls_ca=str(pki.ca), tls_cert=str(pki.client), tls_key=str(pki.client_key),
+            window=200,
+        )  # fmt: skip
+        with client:
+            replies = []
+            for n, (_, reply) in enumerate(client.stream(lines)):
+                replies.append(reply)
+                if n == 500:
+                    reloader.start()
+                if n == 3000:
+                    assert reloads_done.wait(60), "the reloads did not finish"
+            assert client.tls_version in ("TLSv1.2", "TLSv1.3")
+        reloader.join(10)
+        handoffs = srv.status()["handoffs"]
+    assert replies == ["OK"] * len(lines)
+    rows = query(mariadb.dsn, f"SELECT payload FROM `{table}`")
+    assert sorted(r[0] for r in rows) == sorted(lines)  # each once
+    assert handoffs["out"] == 0 and handoffs["fallback"] >= 1, handoffs

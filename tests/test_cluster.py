@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.galera import free_ports
 from devtools.haproxy import HAProxy
 from devtools.mariadb import free_port
 from tests.cluster_load import RecordingClient, longest_gap, verify
@@ -97,19 +98,20 @@ def test_the_galera_node_written_to_fails_under_load_and_nothing_is_lost_or_doub
     assert "Traceback" not in logs, logs[-3000:]
 
 
-def haproxy_from_example(base: Path, front: int, hosts: int) -> HAProxy:
-    """etc/haproxy.cfg as it is, with free ports in place of 32777."""
+def haproxy_from_example(base: Path, front: int, hosts: int, metrics: int) -> HAProxy:
+    """etc/haproxy.cfg as it is, with free ports in place of 32777 (lines) and 9108 (the hosts' /readyz)."""
     text = (ROOT / "etc" / "haproxy.cfg").read_text()
-    text = text.replace("127.0.0.20:32777", f"127.0.0.20:{front}")
+    assert "check port 9108 " in text
+    text = text.replace("127.0.0.20:32777", f"127.0.0.20:{front}").replace("port 9108 ", f"port {metrics} ")
     for address in ("127.0.0.21", "127.0.0.22"):
         text = text.replace(f"{address}:32777", f"{address}:{hosts}")
     return HAProxy(base, text=text)
 
 
-def prefork_host(address: str, port: int, dsn: str, table: str) -> ServerProcess:
+def prefork_host(address: str, port: int, metrics: int, dsn: str, table: str) -> ServerProcess:
     args = ["--dsn", dsn, "--table", table, "--workers", "2", "--line-ids", "on"]
     args += ["--proxy-protocol", "v2", "--proxy-allow-from", "127.0.0.20/32", "--name", address]
-    return ServerProcess(args, bind=f"{address}:{port}")
+    return ServerProcess([*args, "--metrics-bind", f"{address}:{metrics}"], bind=f"{address}:{port}")
 
 
 @pytest.mark.timeout(240)
@@ -123,13 +125,13 @@ def test_a_prefork_host_failing_behind_haproxy_loses_and_doubles_nothing(db, tmp
     table = f"cluster_front_tier_{fault}"
     query(db.dsn, f"DROP TABLE IF EXISTS `{table}`")
     assert run_cli("initdb", "--dsn", db.dsn, "--table", table, "--line-ids", "on").returncode == 0
-    front, port = free_port("127.0.0.20"), free_port("127.0.0.21")
-    hosts = [prefork_host(address, port, db.dsn, table) for address in ("127.0.0.21", "127.0.0.22")]
+    front, (port, metrics) = free_port("127.0.0.20"), free_ports(["127.0.0.21", "127.0.0.22"], 2)
+    hosts = [prefork_host(address, port, metrics, db.dsn, table) for address in ("127.0.0.21", "127.0.0.22")]
     stop = threading.Event()
     try:
         for host in hosts:
             host.start()
-        with haproxy_from_example(tmp_path / "haproxy", front, port) as haproxy:
+        with haproxy_from_example(tmp_path / "haproxy", front, port, metrics) as haproxy:
             haproxy.wait_state("host1", "UP")
             haproxy.wait_state("host2", "UP")
             clients = [RecordingClient(i, ("127.0.0.20", front), stop, ids=True) for i in range(CLIENTS)]
@@ -146,7 +148,7 @@ def test_a_prefork_host_failing_behind_haproxy_loses_and_doubles_nothing(db, tmp
             restarted_at = time.monotonic()
             if fault == "kill":
                 hosts[0].stop()
-                hosts[0] = prefork_host("127.0.0.21", port, db.dsn, table).start()
+                hosts[0] = prefork_host("127.0.0.21", port, metrics, db.dsn, table).start()
             else:
                 os.killpg(hosts[0].proc.pid, signal.SIGCONT)
             haproxy.wait_state("host1", "UP", timeout=20)

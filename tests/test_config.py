@@ -105,7 +105,7 @@ def test_defaults():
 def test_settings_table_matches_spec_order_and_names():
     names = [s.name for s in ALL]
     assert names[:3] == ["server.bind", "server.workers", "server.worker_connections"]
-    assert names[-1] == "ingest.method" and len(names) == len(set(names)) == 48
+    assert names[-1] == "ingest.client_cert" and len(names) == len(set(names)) == 58
     assert {s.section for s in SETTINGS} == {"server", "pool"}  # the framework names no app's section
     assert [s.section for s in ALL] == sorted((s.section for s in ALL), key=["server", "pool", "ingest"].index)
     for s in ALL:

@@ -12,7 +12,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from prefork.protocol.greensock import can_wait_readable, raw_socket, wait_readable
+from prefork.protocol.greensock import can_wait_readable, is_tls, raw_socket, send_close_notify, wait_readable
 
 TIMEOUT = 0.05  # the socket timeout of a wait that must time out (no data is ever sent)
 IO_TIMEOUT = 10.0  # a wait that must return, bounded so that a broken one fails instead of hanging
@@ -60,3 +60,44 @@ def test_a_plain_socket_has_neither() -> None:
     with a, b:
         assert raw_socket(a) is None
         assert not can_wait_readable(a)
+
+
+@pytest.fixture
+def tls_pair(pki):
+    """A TLS connection over a gevent socket pair, as a worker has one: (server side, client side)."""
+    import gevent.ssl
+
+    # This process is not patched: gevent's contexts by hand (a worker's prefork.tls.server_context makes one).
+    server_ctx = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(pki.server_chain), str(pki.server_key))
+    client_ctx = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cafile=str(pki.ca))
+    a, b = gevent.socket.socketpair()
+    server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    client = client_ctx.wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
+    for sock in (server, client):
+        sock.settimeout(IO_TIMEOUT)
+    gevent.joinall([gevent.spawn(server.do_handshake), gevent.spawn(client.do_handshake)], raise_error=True)
+    with server, client:
+        yield server, client
+
+
+def test_a_tls_socket_takes_the_slow_path(tls_pair) -> None:
+    """Its _sock would send plaintext under the TLS stream, and a wait on the OS socket could last forever
+    while OpenSSL holds decrypted bytes: both are refused, and the connection sends and reads through TLS."""
+    server, client = tls_pair
+    assert is_tls(server) and not is_tls(server._sock)
+    assert raw_socket(server) is None
+    assert not can_wait_readable(server)
+    client.sendall(b"one\ntwo\n")
+    assert server.recv(4) == b"one\n"
+    assert server.pending() == 4  # what the OS socket no longer shows: a wait on it would never return
+    assert server.recv(100) == b"two\n"
+
+
+def test_close_notify_ends_the_clients_stream_and_reading_goes_on(tls_pair) -> None:
+    server, client = tls_pair
+    send_close_notify(server)
+    assert client.recv(100) == b""  # the TLS end of the stream, as EOF
+    client.sendall(b"late\n")  # after the server's close_notify, the client may still send: it is read
+    assert server.recv(100) == b"late\n"

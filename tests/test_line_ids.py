@@ -17,8 +17,8 @@ import threading
 import pytest
 
 from prefork.client import Client, ClientError
+from tests.helpers import INNODB_TRX_POLL_S, query
 from tests.helpers import connect as db_connect
-from tests.helpers import query
 from tests.mysql_proxy import FaultProxy
 from tests.server import ROOT, ServerProcess, connect, prefork_cmd, read_lines, roundtrip, test_env, wait_for
 
@@ -235,6 +235,7 @@ def test_an_id_committed_meanwhile_by_another_transaction(dsn, method, other):
                         dsn, "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
                     )[0][0],
                     30,
+                    INNODB_TRX_POLL_S,
                     what="the batch to wait for the test's transaction",
                 )
                 holder.commit() if other == "commit" else holder.rollback()

@@ -452,9 +452,20 @@ def test_max_requests_restarts_the_worker():
 
 # -- status -----------------------------------------------------------------------------------------
 
-MASTER_KEYS = {"pid", "name", "generation", "started_at", "uptime_s", "workers_target", "listeners", "reload"}
+MASTER_KEYS = {
+    "pid",
+    "name",
+    "generation",
+    "started_at",
+    "uptime_s",
+    "workers_target",
+    "listeners",
+    "reload",
+    "not_ready",  # why /readyz would answer 503, null when ready
+}
 WORKER_KEYS = {
     "pid",
+    "slot",  # its place in the accept table: what /metrics labels its series by
     "generation",
     "started_at",
     "age_s",
@@ -501,12 +512,12 @@ def test_status_json_and_table():
         workers = wait_for(n_workers(srv, 2), what="two workers")
         assert roundtrip(srv.port, [b"a", b"b", b"c"]) == [b"a", b"b", b"c"]
         status = wait_for(lambda: (s := srv.status()) and s["totals"]["lines_in"] >= 3 and s, what="counted lines")
-        assert set(status) == {"master", "workers", "totals", "handoffs"}
+        assert set(status) == {"master", "workers", "totals", "handoffs", "tls"}
         assert status["handoffs"] == {"out": 0, "fallback": 0, "in": 0}
         m = status["master"]
         assert set(m) == MASTER_KEYS
         assert m["pid"] == srv.pid and m["name"] == "stat" and m["generation"] == 1
-        assert m["workers_target"] == 2
+        assert m["workers_target"] == 2 and m["not_ready"] is None
         assert m["listeners"] == [f"127.0.0.1:{srv.port}"]
         assert m["reload"] == {  # no HUP yet (tests/test_reload_wait.py: the record after reloads)
             "requested": 0,
@@ -519,6 +530,7 @@ def test_status_json_and_table():
         }
         assert ISO.fullmatch(m["started_at"]) and isinstance(m["uptime_s"], (int, float))
         assert sorted(w["pid"] for w in status["workers"]) == workers
+        assert sorted(w["slot"] for w in status["workers"]) == [0, 1]
         for w in status["workers"]:
             assert set(w) == WORKER_KEYS
             assert set(w["pool"]) == POOL_KEYS
@@ -594,26 +606,7 @@ def http_get(port: int, path: str) -> tuple[str, str]:
     return head.split("\r\n", 1)[0], body
 
 
-def test_metrics_endpoint_serves_prometheus_text():
-    with ServerProcess([ECHO, "--workers", "2", "--name", "metered", "--metrics-bind", "127.0.0.1:0"]) as srv:
-        match = wait_for(lambda: re.search(r"Metrics at: http://127\.0\.0\.1:(\d+)/metrics", srv.logs()))
-        port = int(match.group(1))
-        assert echo_ok(srv.port)
-
-        def scraped():
-            # Both workers reporting (a worker still booting under load is not listed yet) and the lines counted.
-            status, body = http_get(port, "/metrics")
-            counted = 'prefork_lines_total{name="metered"} 3\n' in body
-            return body if counted and body.count("prefork_clients{") == 2 else None
-
-        body = wait_for(scraped, what="metrics with both workers and the lines")
-        assert http_get(port, "/metrics")[0] == "HTTP/1.1 200 OK"
-        assert 'prefork_up{name="metered"} 1' in body
-        assert "# TYPE prefork_lines_total counter" in body
-        assert http_get(port, "/nope")[0].startswith("HTTP/1.1 404")
-        with socket.create_connection(("127.0.0.1", port), timeout=10):
-            pass  # a scraper that says nothing must not hang the master
-        assert echo_ok(srv.port)
+# /metrics, /healthz and /readyz: tests/test_health.py (the exposition's rules: tests/test_metrics.py).
 
 
 def test_master_raises_the_open_files_limit_for_workers():

@@ -159,6 +159,9 @@ def test_statements_for_mysql_are_plain():
         "ALTER TABLE `t` ADD COLUMN line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL"
     )
     assert schema.add_line_id_sql("t", column=False) == "ALTER TABLE `t` ADD UNIQUE KEY line_id (line_id)"
+    assert schema.add_client_cert_sql("t") == (
+        "ALTER TABLE `t` ADD COLUMN client_cert VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL"
+    )
     with pytest.raises(ValueError):
         schema.add_line_id_sql("t", column=False, key=False)
 
@@ -305,3 +308,14 @@ def test_two_workers_racing_end_with_one_column_and_one_key(dsn, bare_table, mon
     finally:
         for conn in workers:
             conn.close()
+
+
+def test_the_client_cert_column_is_added_once_and_a_concurrent_add_is_done(bare_table, monkeypatch):
+    conn, table = bare_table
+    assert schema.add_client_cert(conn, table) is True
+    assert schema.add_client_cert(conn, table) is False  # looked up: nothing to alter
+    assert schema.missing_columns(conn, table, (schema.CLIENT_CERT_COLUMN,)) == []
+    # The lookup saw it missing, but another session added it before this ALTER: 1060 means done.
+    monkeypatch.setattr(schema, "missing_columns", lambda c, t, columns: list(columns))
+    assert schema.add_client_cert(conn, table) is False
+    assert "IF NOT EXISTS" not in schema.add_client_cert_sql(table)

@@ -230,3 +230,29 @@ def test_a_log_file_that_cannot_be_reopened_is_written_on(tmp_path):
         assert old.count("cannot reopen the log file") == 1, old
     finally:
         logs.setup("info", "-")
+
+
+def test_a_root_only_tls_key_is_loaded_before_dropping_privileges(user: Account, python: Python, pki):
+    """The key is root's, mode 0600, in a directory only root may enter: the workers read it before they
+    become server.user (as nginx does), at start and again at a reload."""
+    import socket
+    import ssl
+
+    assert not user.can("-r", pki.server_key), "the test needs a key the user cannot read"
+    args = ["workers.echo:app", "--workers", "1", "--user", user.name]
+    args += ["--tls-cert", str(pki.server_chain), "--tls-key", str(pki.server_key)]
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+
+    def served() -> bool:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"secret\n")
+                return sock.recv(100) == b"secret\n"
+
+    with server(python, args) as srv:
+        assert_runs_as(workers_of(srv, 1)[0], user)
+        assert served()
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: "Reloaded: generation 2" in srv.logs(), what="the reload")
+        assert_runs_as(workers_of(srv, 2)[0], user)
+        assert served()

@@ -323,3 +323,23 @@ def test_a_graceful_stop_closes_connections_still_reading_their_header():
         assert "outlived" not in logs and "did not stop within graceful_timeout" not in logs, logs
         half.close()
         untrusted.close()
+
+
+@pytest.mark.timeout(60)
+def test_headers_are_read_past_descriptor_1023():
+    """1,100 connections each waiting for the rest of its header: the worker's descriptors go past 1023, where
+    select() refuses to wait (the greenlet died with a ValueError and its slot leaked); the next client's
+    header is still read and its lines answered."""
+    args = ["testapps:client_addr", "--workers", "1", "--proxy-protocol", "v1", "--worker-connections", "1200"]
+    with ServerProcess(args) as srv:
+        waiting = []
+        try:
+            for _ in range(1100):
+                sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                sock.sendall(b"PROXY ")
+                waiting.append(sock)
+            assert lines_via(srv.port, V1_HEADER + b"served\n", 1) == [b"203.0.113.7 served"]
+        finally:
+            for sock in waiting:
+                sock.close()
+        assert "ValueError" not in srv.logs()

@@ -539,7 +539,7 @@ def test_odd_app_stats_never_break_status_metrics_or_a_worker(kind):
     """Whatever an app's stats() returns, the worker keeps its heartbeat, `prefork status --json` exits 0
     and shows the app's JSON as it is (under "app"), the pool columns take only numbers, and /metrics
     answers 200 with every series (before: a number or None where a mapping was expected answered 500,
-    prefork_up included, and status failed with a TypeError)."""
+    every series included, and status failed with a TypeError)."""
     args = ["testapps:odd_stats", "--workers", "1", "--timeout", "2", "--metrics-bind", "127.0.0.1:0"]
     with ServerProcess(args, env={"TESTAPP_STATS": kind}) as srv:
         workers = serving(srv, 1)
@@ -562,10 +562,10 @@ def test_odd_app_stats_never_break_status_metrics_or_a_worker(kind):
             assert f'{workers[0]} app: {{"queue": {{"depth": 7, "name": "q"}}, "note": "hi"}}' in table.stdout
         status, series = scrape(port)
         assert status == "HTTP/1.1 200 OK", series
-        assert series['prefork_up{name="prefork"}'] == 1
+        assert series['prefork_workers{name="prefork"}'] == 1
         assert sum(1 for k in series if k.startswith("prefork_pool_size{")) == 1
         if kind == "extra":
-            labels = f'name="prefork",pid="{workers[0]}",generation="1",key="queue.depth"'
+            labels = 'name="prefork",slot="0",key="queue.depth"'
             assert series["prefork_app_stat{" + labels + "}"] == 7
         assert roundtrip(srv.port, [b"fine"]) == [b"fine"]
         assert srv.logs().count("cannot be reported") <= 1

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from prefork.cli import build_parser
+from prefork.config.loader import load_config
 from tests.server import ROOT, ServerProcess, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_supervision import FakeSystemd
 from tests.unprivileged import Account, Python, account, python_for
 
 UNIT = ROOT / "etc" / "prefork.service"
+SOCKET_UNIT = ROOT / "etc" / "prefork.socket"  # socket activation (tests/test_socket_activation.py)
 CONFIG = "/etc/prefork/prefork.ini"  # where the unit reads its config
 
 # The sandbox a network daemon that talks to a database gets (issue 16): each must be in the unit as is.
@@ -54,10 +56,10 @@ SANDBOX = {
 }
 
 
-def options(section: str = "Service") -> list[tuple[str, str]]:
+def options(section: str = "Service", unit: Path = UNIT) -> list[tuple[str, str]]:
     """The unit's `Key=value` lines of one section, in order (a key may repeat, as systemd allows)."""
     found, current = [], None
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if line.startswith("[") and line.endswith("]"):
             current = line[1:-1]
@@ -102,7 +104,17 @@ def test_the_readme_says_why_each_option_is_there():
         assert key in section and key in UNIT.read_text(), key  # documented for ports below 1024
 
 
-def test_systemd_analyze_verifies_the_unit(tmp_path):
+def test_the_socket_unit_passes_the_default_listener_to_the_service():
+    """etc/prefork.socket: served with the default config (its address is server.bind's default), named
+    as systemd allows (no ":"), started with the service's name and enabled by sockets.target."""
+    socket_ = dict(options("Socket", SOCKET_UNIT))
+    assert socket_["Service"] == UNIT.name and socket_["ListenStream"] == "127.0.0.1:32777", socket_
+    assert socket_["FileDescriptorName"] and ":" not in socket_["FileDescriptorName"], socket_
+    assert dict(options("Install", SOCKET_UNIT)) == {"WantedBy": "sockets.target"}
+    assert [str(a) for a in load_config(env={}).server.bind] == [socket_["ListenStream"]]
+
+
+def test_systemd_analyze_verifies_the_units(tmp_path):
     """`systemd-analyze verify` needs the command to exist: the unit's path is that of this checkout's.
     (`make test` installs Debian's systemd package when the command is missing: it does not make systemd
     PID 1, and a missing command fails here, naming the package.)"""
@@ -112,7 +124,9 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert prefork.exists(), prefork
     unit = tmp_path / "prefork.service"
     unit.write_text(UNIT.read_text().replace("/opt/prefork/.venv/bin/prefork", str(prefork)))
-    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    (tmp_path / SOCKET_UNIT.name).write_text(SOCKET_UNIT.read_text())
+    verify = ["systemd-analyze", "verify", str(unit), str(tmp_path / SOCKET_UNIT.name)]
+    out = subprocess.run(verify, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
 
 

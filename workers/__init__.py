@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     _i7: api.HasCheck = ingest.app
     _i8: api.HasInitdb = ingest.app
     _i9: api.HasSettings = ingest.app
+    _i10: api.HasReadiness = ingest.app
 
     _s1: api.App = syslog.app
     _s2: api.HandlesLines = syslog.app
@@ -36,3 +37,4 @@ if TYPE_CHECKING:
     _s7: api.HasCheck = syslog.app
     _s8: api.HasInitdb = syslog.app
     _s9: api.HasSettings = syslog.app
+    _s10: api.HasReadiness = syslog.app

@@ -88,6 +88,33 @@ def add_line_id_sql(table: str, column: bool = True, key: bool = True) -> str:
     return f"ALTER TABLE {quote_identifier(table)} " + ", ".join(parts)
 
 
+# With ingest.client_cert on: the subject of the client's verified TLS certificate (RFC 4514), NULL without one.
+CLIENT_CERT_COLUMN = "client_cert"
+CLIENT_CERT_CHARS = 255
+CLIENT_CERT_TYPE = f"VARCHAR({CLIENT_CERT_CHARS}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL"
+
+
+def add_client_cert_sql(table: str) -> str:
+    """The ALTER TABLE that adds the client certificate column: a plain one, which MySQL takes too; the
+    caller looks in information_schema first (``add_client_cert``)."""
+    return f"ALTER TABLE {quote_identifier(table)} ADD COLUMN {CLIENT_CERT_COLUMN} {CLIENT_CERT_TYPE}"
+
+
+def add_client_cert(conn: Any, table: str) -> bool:
+    """Add the client certificate column if information_schema says the table lacks it; True if this call
+    altered the table. A duplicate column (1060: another session added it meanwhile) means it is there."""
+    if not missing_columns(conn, table, (CLIENT_CERT_COLUMN,)):
+        return False  # looked up first: an ALTER waits for the table's metadata lock even with nothing to do
+    try:
+        conn.cursor().execute(add_client_cert_sql(table))
+    except pymysql.err.MySQLError as exc:
+        if error_code(exc) != DUPLICATE_COLUMN:
+            raise
+        return False
+    conn.commit()
+    return True
+
+
 def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str]:
     """Those of ``columns`` the table lacks (what an app's ``check`` hook reports)."""
     cur = conn.cursor()
@@ -142,10 +169,12 @@ def add_line_id(conn: Any, table: str) -> bool:
     return altered
 
 
-def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str | None = None) -> None:
+def ensure_table(
+    conn: Any, table: str, line_ids: bool = False, create_sql: str | None = None, client_cert: bool = False
+) -> None:
     """Create the ingest table (``create_sql``, another app's CREATE TABLE, in its place), the marker table
     and the server run table if they are missing; with ``line_ids``, add the line id column and its unique
-    key to the ingest table if they are missing."""
+    key to the ingest table if they are missing; with ``client_cert``, the client certificate column."""
     cur = conn.cursor()
     cur.execute(create_sql if create_sql is not None else create_table_sql(table))
     cur.execute(create_marker_table_sql())
@@ -154,6 +183,8 @@ def ensure_table(conn: Any, table: str, line_ids: bool = False, create_sql: str 
     conn.commit()
     if line_ids:
         add_line_id(conn, table)
+    if client_cert:
+        add_client_cert(conn, table)
 
 
 # One marker row per committed batch, written in the batch's transaction: after a connection broke during
@@ -195,11 +226,24 @@ LINE_IDS_NOTE = """
 """
 
 
+CLIENT_CERT_NOTE = """
+-- With ingest.client_cert = on, the workers and `prefork initdb` add the client certificate column (the
+-- subject of the client's verified TLS certificate) to the ingest table, if information_schema says it is
+-- missing:
+-- {sql};
+"""
+
+
 def schema_sql(table: str) -> str:
     """The text of ``etc/schema.sql`` for the ingest table ``table``: every statement the app may run."""
     statements = [create_table_sql(table), create_marker_table_sql(), create_server_run_table_sql()]
     created = "".join(f"\n{sql};\n" for sql in statements)
-    return SCHEMA_FILE_HEADER.format(table=table) + created + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
+    return (
+        SCHEMA_FILE_HEADER.format(table=table)
+        + created
+        + LINE_IDS_NOTE.format(sql=add_line_id_sql(table))
+        + CLIENT_CERT_NOTE.format(sql=add_client_cert_sql(table))
+    )
 
 
 SYSLOG_FILE_HEADER = """\

@@ -21,6 +21,7 @@ from prefork.protocol.allow import AllowList, parse_allow_from
 from prefork.protocol.framers import ACK_MODES, FRAMINGS
 from prefork.protocol.proxy import MODES as PROXY_MODES
 from prefork.protocol.proxy import parse_networks
+from prefork.tls import MIN_VERSIONS, check_ciphers
 
 FRAMEWORK_SECTIONS = ("server", "pool")
 
@@ -131,6 +132,35 @@ _parse_acks = _per_listener(
 )
 
 
+def _parse_fd_names(text: str) -> tuple[str, ...]:
+    names = tuple(item.strip() for item in text.split(","))
+    # systemd's rule for FileDescriptorName=: printable ASCII, no ":" (LISTEN_FDNAMES is ":"-separated).
+    if not all(len(n) <= 255 and n.isascii() and n.isprintable() and ":" not in n and " " not in n for n in names):
+        raise ValueError(
+            "expected names of up to 255 printable ASCII characters without ':' or spaces, one for all "
+            "listeners or one per listener, comma separated"
+        )
+    return names
+
+
+def _per_listener_text(name: str, check: Any = None) -> Any:
+    """A parser of free text (a path, a cipher string, names) for all listeners, or one per server.bind
+    address, comma separated; an empty entry is allowed (for TLS: that listener is plaintext)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(item.strip() for item in text.split(","))
+        return tuple(check(v) for v in values) if check is not None else values
+
+    parse.__name__ = f"_parse_{name}"
+    return parse
+
+
+_parse_tls_paths = _per_listener_text("tls_paths")
+_parse_tls_ciphers = _per_listener_text("tls_ciphers", check_ciphers)
+_parse_tls_names = _per_listener_text("tls_client_names", lambda t: " ".join(t.split()))
+_parse_tls_versions = _per_listener("tls_min_version", tuple(MIN_VERSIONS))
+
+
 def _parse_networks(text: str) -> tuple[Any, ...]:
     networks = parse_networks(text)
     if not networks:
@@ -213,9 +243,36 @@ class ServerConfig(Section, name="server"):
         "5", positive_int,
         "times a listener in use at start is tried, 1 s apart, before exit 2 (a restart racing the old "
         "process's exit); 1 = once")
+    fd_name: tuple[str, ...] = option(
+        "", _parse_fd_names,
+        "socket activation: the FileDescriptorName= of the socket systemd passes for a server.bind address, "
+        "when its address alone does not match it (empty = by address only); one for all listeners, or one per "
+        "server.bind address, comma separated")
     unix_mode: int | None = option(
         "", _parse_mode, "file mode of unix socket listeners, e.g. 0660 (empty = as the umask leaves it)",
         flag="--unix-mode")
+    tls_cert: tuple[str, ...] = option(
+        "", _parse_tls_paths,
+        "PEM certificate chain of a TLS listener (empty = plaintext); one for all listeners, or one per "
+        "server.bind address, comma separated", flag="--tls-cert")
+    tls_key: tuple[str, ...] = option(
+        "", _parse_tls_paths,
+        "PEM private key of the certificate (empty = in the tls_cert file); per listener like tls_cert",
+        flag="--tls-key")
+    tls_client_ca: tuple[str, ...] = option(
+        "", _parse_tls_paths,
+        "PEM CA certificates: set, a client certificate they signed is required (mutual TLS); per listener")
+    tls_min_version: tuple[str, ...] = option(
+        "1.2", _parse_tls_versions, "oldest TLS version accepted: 1.2 or 1.3; per listener")
+    tls_ciphers: tuple[str, ...] = option(
+        "", _parse_tls_ciphers,
+        "OpenSSL cipher string for TLS 1.2, colon separated (empty = OpenSSL's defaults); per listener")
+    tls_client_names: tuple[str, ...] = option(
+        "", _parse_tls_names,
+        "client certificate subjects allowed in (CN or DNS name), space separated (empty = any the client CA "
+        "signed); per listener")
+    tls_handshake_timeout: float = option(
+        "10", positive_seconds, "seconds a client gets to complete its TLS handshake, then it is closed")
     name: str = option("prefork", _parse_name, "shown in process titles, logs and metrics", flag="--name")
     pidfile: str | None = option(
         "", optional, "file holding the master's pid (empty = none); reload/stop/status -c FILE use it",

@@ -17,11 +17,19 @@ from prefork.config.section import Section
 from prefork.config.sources import ENV_PREFIX, RawValue, check_name, convert, read_file, setting_of_variable
 from prefork.db.dsn import DSN
 from prefork.protocol.allow import AllowList
+from prefork.tls import listener_settings
 
 S = TypeVar("S", bound=Section)
 
+TLS_KEYS = (
+    "server.tls_cert", "server.tls_key", "server.tls_client_ca", "server.tls_min_version", "server.tls_ciphers",
+    "server.tls_client_names",
+)  # fmt: skip
+
 # Keys with one value for all listeners or one per server.bind address (prefork.master.per_listener).
-PER_LISTENER = ("server.proxy_protocol", "server.framing", "server.ack", "server.allow_from")
+PER_LISTENER = (
+    "server.proxy_protocol", "server.framing", "server.ack", "server.allow_from", "server.fd_name", *TLS_KEYS,
+)  # fmt: skip
 # What a wrong count of a per-listener key most likely means, besides.
 _COUNT_HINTS = {"server.allow_from": "; the networks of one listener are separated by spaces, not commas"}
 
@@ -196,6 +204,7 @@ def load_config(
                 name,
             )
     _check_unix_allow_from(values["server.allow_from"], binds)
+    listener_settings({name: values[name] for name in TLS_KEYS}, len(binds))  # ConfigError: a key without a cert
     if values["pool.min_size"] > values["pool.max_size"]:
         raise ConfigError(
             f"pool.min_size: invalid value {str(values['pool.min_size'])!r} "

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +52,11 @@ from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
 from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
-from prefork.protocol.greensock import can_wait_readable, wait_readable
+from prefork.protocol.greensock import can_wait_readable, is_tls, send_close_notify, wait_readable
 from prefork.protocol.rejects import REJECTS
 from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
+from prefork.protocol.tlsaccept import identity_of, looks_like_tls, tls_on_plaintext
 
 READ_SIZE = 65536
 LINGER_S = 2.0  # after the server's FIN, how long what a client still sends is read (and handled) before the close
@@ -83,6 +85,7 @@ class LineConnection:
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
         "_in_recv", "_wake", "_reader", "framer", "_session", "_read_until", "_lingering", "_handoff", "_expired",
+        "_fresh",
     )  # fmt: skip
 
     reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
@@ -93,7 +96,9 @@ class LineConnection:
         self.settings = settings
         self.counters = counters
         counters.next_client_id += 1
-        self.client = Peer(addr=_peer_name(sock, addr), id=counters.next_client_id)
+        tls = is_tls(sock)
+        identity = identity_of(sock) if tls else None  # the client certificate a TLS listener verified
+        self.client = Peer(addr=_peer_name(sock, addr), id=counters.next_client_id, tls=identity)
         self.framer = make_framer(settings.framing, settings.max_line, settings.line_ids)
         # A RELP session answers with frames of its own, always (its acks are the protocol's, not server.ack).
         self._session = self.framer if isinstance(self.framer, RelpSession) else None
@@ -114,6 +119,7 @@ class LineConnection:
         self._in_recv = False  # the reader waits in recv: the only place a graceful stop interrupts it
         self._wake: Any = None  # a timer that throws StopReading into the reader, cancelled if recv returns first
         self._reader: gevent.Greenlet | None = None
+        self._fresh = not tls  # nothing read yet on a plaintext listener: a TLS ClientHello would be told apart
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -149,6 +155,10 @@ class LineConnection:
             if carried:
                 self._read(carried)
             self._read_loop()
+        except ssl.SSLError as exc:
+            # A TLS client's fatal alert, a renegotiation refused, a record that does not decrypt: the session
+            # is over (a plain EOF or close_notify is no error: recv gives b"").
+            REJECTS.session_closed(self._name(), "TLS", str(exc.reason or exc))
         except (StopReading, OSError):
             pass
         finally:
@@ -182,6 +192,8 @@ class LineConnection:
         carried = unframed() if unframed is not None else None
         state_of = getattr(self.framer, "state", None)  # a session's own state (RELP), besides its bytes
         state = state_of() if state_of is not None else None
+        if is_tls(self.sock):
+            carried = None  # its TLS state is in this process's OpenSSL: no other process can take it over
         if (
             carried is None
             or self._handoff is None
@@ -279,6 +291,12 @@ class LineConnection:
                     # clients of this worker waiting.
                     full_reads = 0
                     gevent.sleep(FAIR_PAUSE_S)
+            if self._fresh:
+                self._fresh = False
+                if looks_like_tls(data):
+                    tls_on_plaintext(self.counters, self.client.addr)
+                    self._saw_eof = True  # closed at once: nothing of it is a line, a reset is fine
+                    return
             if not data:
                 self._saw_eof = True
                 batch = framer.feed_eof()  # the final unterminated line, if any
@@ -359,12 +377,18 @@ class LineConnection:
         unanswered, since nothing can follow the FIN.
         """
         sock = self.sock
+        tls = is_tls(sock)
         try:
             if not self._saw_eof and not self.replies.failed:
                 if self._session is not None:
                     sock.settimeout(LINGER_S)
                     sock.sendall(SERVERCLOSE)  # the RELP hint: the client need not wait for the FIN to know
-                sock.shutdown(socket.SHUT_WR)
+                if tls:
+                    # The TLS end of the stream; a shutdown would drop the TLS layer and the linger below
+                    # would read records as lines.
+                    send_close_notify(sock)
+                else:
+                    sock.shutdown(socket.SHUT_WR)
                 self._stopping = self._lingering = True
                 self._read_until = gevent.get_hub().loop.now() + LINGER_S
                 self.replies.ack = False  # counted, never sent
@@ -374,6 +398,8 @@ class LineConnection:
                 finally:
                     self.replies.reader = None
                 self.replies.finish()
+            elif tls and not self.replies.failed:
+                send_close_notify(sock)  # the client ended first (its close_notify or FIN): answered in kind
         except (OSError, StopReading):
             pass
         finally:

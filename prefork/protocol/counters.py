@@ -16,6 +16,7 @@ class Counters:
         "unread_clients",
         "handoffs",
         "refused",
+        "tls",
     )
 
     def __init__(self) -> None:
@@ -29,5 +30,8 @@ class Counters:
         # Connections moved at a reload (prefork.handoff): "out" handed to the new generation, "fallback" not
         # (closed here as at any graceful stop), "in" adopted from the old one.
         self.handoffs = {"out": 0, "fallback": 0, "in": 0}
+        # TLS listeners (prefork.protocol.tlsaccept): "handshakes" completed, "failed:REASON" handshakes that
+        # failed, "wrong:plaintext" plaintext on a TLS listener, "wrong:tls" a ClientHello on a plaintext one.
+        self.tls: dict[str, int] = {}
         # Connections closed as they came, by reason: "allow_from" (outside server.allow_from; prefork.protocol.door).
         self.refused = {"allow_from": 0}

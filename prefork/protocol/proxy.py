@@ -163,9 +163,17 @@ def read_header(sock: socket.socket, mode: str, timeout: float) -> ProxyHeader:
 
 
 def _wait_readable(sock: socket.socket, left: float, timeout: float) -> None:
-    # Under gevent's monkey-patching select() only blocks this greenlet.
-    if left <= 0 or not select.select([sock], [], [], left)[0]:
+    if left <= 0 or not _readable_within(sock, left):
         raise ProxyHeaderError(f"no complete PROXY header within {timeout:g}s")
+
+
+def _readable_within(sock: socket.socket, left: float) -> bool:
+    """Whether ``sock`` has data (or EOF) within ``left`` seconds. poll, not select: select refuses a descriptor
+    past 1023, which a worker with a thousand clients has (the greenlet died with a ValueError and its slot
+    leaked). Under gevent's monkey-patching poll blocks only this greenlet."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(left * 1000))
 
 
 def parse_networks(text: str, separator: str | None = ",") -> Networks:
@@ -233,7 +241,7 @@ def _begins_with_header(sock: socket.socket) -> bool:
     seen = 0
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
+        if left <= 0 or not _readable_within(sock, left):
             return False
         try:
             data = sock.recv(len(V2_SIGNATURE), socket.MSG_PEEK)

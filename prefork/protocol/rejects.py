@@ -2,7 +2,8 @@
 sessions the server ends on an error (RELP): logged, at most one line per ``LOG_INTERVAL_S`` per worker; what
 falls between is summed up in one line (how many, by reason) once the interval is over. Connections closed as
 they are accepted (``server.allow_from``) have a log of their own, limited the same way (``DOOR``), so a flood
-of them hides no refused frame.
+of them hides no refused frame; so have connections closed before they became clients on a TLS listener or for
+the wrong protocol (``TLS``).
 
 Every one is counted besides (``err_by_reason``: ``prefork status`` and ``prefork_replies_total`` in
 /metrics, by reason, whether or not the reply was sent), so nothing is refused without a trace, and a
@@ -75,6 +76,13 @@ class RejectLog:
             return
         log.warning("closing a connection from %s at %s: outside %s", peer, listener, setting)
 
+    def tls_refused(self, peer: str, why: str, reason: str) -> None:
+        """A connection closed before it became a client (a failed TLS handshake, the wrong protocol on a
+        listener): one line naming the peer and why, within the same limit; ``reason`` is its counter's."""
+        if self._quiet({reason: 1}):
+            return
+        log.warning("closed a connection from %s: %s", peer, why)
+
     def _quiet(self, reasons: dict[str, int]) -> bool:
         """True if a line was written less than LOG_INTERVAL_S ago: ``reasons`` then wait for the summary."""
         now = time.monotonic()
@@ -101,3 +109,4 @@ def _named(reasons: dict[str, int]) -> str:
 
 REJECTS = RejectLog()  # this worker's (a process of its own: no sharing across workers)
 DOOR = RejectLog("connections closed as they came")  # this worker's, of connections refused at accept
+TLS = RejectLog("connections closed before a TLS session or for the wrong protocol")  # this worker's

@@ -330,3 +330,14 @@ class SlowOk:
 
 
 slow_ok = SlowOk()
+
+
+class TlsWhoAmI:
+    """Echo, except that the line `whoami` is answered with the client's verified TLS certificate (Peer.tls):
+    its subject and SANs, or `none`."""
+
+    def handle(self, line: str, client) -> str:
+        if line != "whoami":
+            return line
+        tls = client.tls
+        return "none" if tls is None else f"{tls.subject} {tls.common_name} {','.join(tls.sans)}"

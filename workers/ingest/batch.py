@@ -16,8 +16,11 @@ from gevent.event import Event
 
 from prefork.interface import ERR_UNAVAILABLE
 
-# Lines of one read of one client, consecutive in a batch: (arrival time in epoch seconds, address, count).
-Run = tuple[float, str, int]
+# Where the lines of a run come from: the client's address, or, with ingest.client_cert on, (address, the
+# subject of its verified TLS certificate or None).
+Source = str | tuple[str, str | None]
+# Lines of one read of one client, consecutive in a batch: (arrival time in epoch seconds, source, count).
+Run = tuple[float, Source, int]
 
 
 class Batch:

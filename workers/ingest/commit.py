@@ -144,7 +144,7 @@ class Committer:
         if isinstance(exc, PoolError) or is_disconnect(exc):
             return True
         code = E.error_code(exc)
-        # A missing table, or an unknown column (line_id not added yet: line ids just turned on).
+        # A missing table, or an unknown column (line_id or client_cert not added yet: just turned on).
         if code == ER.NO_SUCH_TABLE or (code == ER.BAD_FIELD_ERROR and self.line_ids):
             self._ensure_tables()
             return True

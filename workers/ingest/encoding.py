@@ -5,7 +5,8 @@ No I/O here: an ``Encoder`` builds text and bytes, the writer (``workers.ingest.
 value that goes into SQL goes through the driver's escaping, passed in as ``escape`` (``conn.escape``, which
 honours NO_BACKSLASH_ESCAPES); a LOAD file has its own escaping (``escape_field``).
 
-Every row starts with ``received_at, client_addr, worker_pid``; what follows, the columns a line fills, is
+Every row starts with ``received_at, client_addr, worker_pid`` (with ``ingest.client_cert`` on,
+``client_cert`` after ``client_addr``: a run's source is then the pair); what follows, the columns a line fills, is
 the encoder's ``RowShape``: ingest's is ``Payload`` (the line as sent), the syslog app's parses the line
 into its columns (``workers.syslog.rows``). A shape works on all the rows of a write at once, so that
 ingest's builds nothing per line.
@@ -17,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from workers.ingest.batch import Rows
-from workers.schema import LINE_ID_COLUMN, quote_identifier
+from workers.ingest.batch import Rows, Source
+from workers.schema import CLIENT_CERT_COLUMN, LINE_ID_COLUMN, quote_identifier
 
 # Split a batch's INSERT well below max_allowed_packet (16 MiB by default): a character is at most 4 bytes
 # of UTF-8, and escaping can double it.
@@ -77,11 +78,12 @@ class Encoder:
     """The statements and LOAD files for one worker's rows of one table (``worker_pid`` is this worker's),
     each row ROW_HEAD then the columns of ``shape``."""
 
-    def __init__(self, table: str, pid: int, shape: RowShape = PAYLOAD) -> None:
+    def __init__(self, table: str, pid: int, shape: RowShape = PAYLOAD, client_cert: bool = False) -> None:
         self.pid = pid
         self.shape = shape
         quoted = quote_identifier(table)
-        names = ROW_HEAD + tuple(shape.columns)
+        head = ROW_HEAD[:2] + (CLIENT_CERT_COLUMN,) + ROW_HEAD[2:] if client_cert else ROW_HEAD
+        names = head + tuple(shape.columns)
         columns = f"({', '.join(names)})"
         self._insert_head = f"INSERT INTO {quoted} {columns} VALUES "
         self._load_sql = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {columns}"
@@ -91,7 +93,7 @@ class Encoder:
         self._insert_head_ids = f"INSERT INTO {quoted} {with_id} VALUES "
         self._load_sql_ids = f"LOAD DATA LOCAL INFILE 'prefork-batch' INTO TABLE {quoted} {LOAD_FORMAT} {with_id}"
         self._id_lookup = f"SELECT {LINE_ID_COLUMN} FROM {quoted} WHERE {LINE_ID_COLUMN} IN "
-        self._load_fields: dict[str, str] = {}  # client address -> its escaped field in a LOAD file
+        self._load_fields: dict[Source, str] = {}  # a run's source -> its escaped field(s) in a LOAD file
         self._stamp_secs = -1  # the second whose text is _stamp_text
         self._stamp_text = ""
 
@@ -121,12 +123,16 @@ class Encoder:
             done += count
         return "".join(parts).encode()
 
-    def _load_field(self, addr: str) -> str:
+    def _load_field(self, addr: Source) -> str:
         field = self._load_fields.get(addr)
         if field is None:
             if len(self._load_fields) > LOAD_FIELDS_KEPT:
                 self._load_fields.clear()
-            field = self._load_fields[addr] = escape_field(addr)
+            if isinstance(addr, str):
+                field = escape_field(addr)
+            else:  # (address, certificate subject): two fields
+                field = f"{escape_field(addr[0])}\t{NULL_FIELD if addr[1] is None else escape_field(addr[1])}"
+            self._load_fields[addr] = field
         return field
 
     def inserts(self, escape: Escape, rows: Rows) -> Iterator[str]:
@@ -146,7 +152,8 @@ class Encoder:
             insert_head = self._insert_head_ids
             ends = iter([f",{escape(ident)})" if ident is not None else ",NULL)" for ident in rows.ids])
         for received, addr, count in rows.runs:
-            head = f"('{self.stamp(received)}',{escape(addr)},{self.pid},"
+            source = escape(addr) if isinstance(addr, str) else f"{escape(addr[0])},{escape(addr[1])}"
+            head = f"('{self.stamp(received)}',{source},{self.pid},"
             for _ in range(count):
                 text = next(texts)
                 if size + len(text) > STATEMENT_CHARS and values:

@@ -17,13 +17,16 @@ from prefork.config.loader import Config
 from prefork.interface import ERR_UNAVAILABLE, Peer, WorkerInfo
 from prefork.pool import Pool, connect_once, transport
 from prefork.settings import Section
-from workers.ingest.batch import Share
+from workers.ingest.batch import Share, Source
 from workers.ingest.commit import Committer
 from workers.ingest.encoding import PAYLOAD, ROW_HEAD, Encoder, RowShape
 from workers.ingest.pending import Pending
+from workers.ingest.readiness import DatabaseReadiness
 from workers.ingest.settings import IngestSettings
 from workers.ingest.write import Rejected, Writer, session_setup
 from workers.schema import (
+    CLIENT_CERT_CHARS,
+    CLIENT_CERT_COLUMN,
     LINE_ID_COLUMN,
     MARKER_TABLE,
     create_table_sql,
@@ -57,12 +60,15 @@ class IngestApp:
 
     table: str  # ingest.table
     line_ids: bool  # server.line_ids: the table has a line id column
+    client_cert: bool  # ingest.client_cert: the table has a client certificate column
     pool: Pool  # this worker's connections (lazily made)
     pending: Pending  # lines not yet answered: the batch queue, backpressure, expiry
     writer: Writer  # one try at storing lines (LOAD DATA or INSERT, ingest.method)
     committer: Committer  # retries, unknown outcomes, bisection; the counters of what is stored
     _flushers: list[gevent.Greenlet]  # ingest.flushers of them, each committing one batch at a time
     _expirer: gevent.Greenlet  # answers queued lines past their deadline
+    _readiness: DatabaseReadiness  # whether the database could be reached lately (/readyz)
+    _checker: gevent.Greenlet  # keeps _readiness current
     _marker_retention_s: int  # markers older than this are pruned (outlasting any retry of their batch)
     _last_prune: float  # monotonic time of the last pruning of old markers
 
@@ -72,16 +78,21 @@ class IngestApp:
         ingest = cfg.section(IngestSettings)
         self.table = self.table_of(cfg)
         self.line_ids = cfg.server.line_ids
+        self.client_cert = ingest.client_cert
         self.pool = Pool.from_config(cfg.pool, on_connect=session_setup)
         self.pending = Pending(ingest.batch_size, ingest.commit_timeout, ingest.max_pending, ingest.max_pending_bytes)
-        self.writer = Writer(self.pool, Encoder(self.table, worker.pid, self.row_shape(cfg)), ingest.method)
-        self.committer = Committer(
-            self.pool, self.writer, ingest.commit_timeout, self.line_ids, self._ensure_tables_quietly
-        )
+        encoder = Encoder(self.table, worker.pid, self.row_shape(cfg), self.client_cert)
+        self.writer = Writer(self.pool, encoder, ingest.method)
+        # A column the workers add (line_id, client_cert) may be missing when a batch is written: then the
+        # committer has the tables made again and retries.
+        added = self.line_ids or self.client_cert
+        self.committer = Committer(self.pool, self.writer, ingest.commit_timeout, added, self._ensure_tables_quietly)
         self._marker_retention_s = int(max(MARKER_RETENTION_S, 10 * ingest.commit_timeout))
         self._last_prune = time.monotonic()
         self._flushers = [gevent.spawn(self._flush_loop) for _ in range(ingest.flushers)]
         self._expirer = gevent.spawn(self.pending.expire_loop)
+        self._readiness = DatabaseReadiness(self.pool, ingest.ready_within, lambda: self.committer.batches_committed)
+        self._checker = gevent.spawn(self._readiness.run)
         gevent.spawn(self._ensure_tables_quietly)
 
     # -- what the rows are (overridden by an app that stores lines its own way) ----------------------
@@ -102,12 +113,19 @@ class IngestApp:
 
     def handle(self, line: str, client: Peer) -> Share:
         """Queue one line; return the future of its reply, known once its batch is committed."""
-        return self.pending.add([line], client.addr, None)[0]
+        return self.pending.add([line], self._source(client), None)[0]
 
     def handle_lines(self, lines: list[str], client: Peer, ids: list[str | None] | None = None) -> list[Share]:
         """Queue the lines of one read; return the futures of their replies, one per line (lines that join
         the same batch share one). ``ids`` (server.line_ids): each line's id or None."""
-        return self.pending.add(lines, client.addr, ids)
+        return self.pending.add(lines, self._source(client), ids)
+
+    def _source(self, client: Peer) -> Source:
+        """Where a client's lines come from, as the rows say: its address, and with ingest.client_cert on
+        the subject of its verified certificate (None without one)."""
+        if not self.client_cert:
+            return client.addr
+        return client.addr, client.tls.subject[:CLIENT_CERT_CHARS] if client.tls is not None else None
 
     def _flush_loop(self) -> None:
         pending = self.pending
@@ -142,6 +160,8 @@ class IngestApp:
             via = transport(conn)
             found = table_exists(conn, table)
             ids_missing = found and cfg.server.line_ids and not has_line_id(conn, table)
+            cert_on = cfg.section(IngestSettings).client_cert
+            cert_missing = found and cert_on and bool(missing_columns(conn, table, (CLIENT_CERT_COLUMN,)))
             absent = missing_columns(conn, table, ROW_HEAD + tuple(self.row_shape(cfg).columns)) if found else []
         finally:
             conn.close()
@@ -151,6 +171,8 @@ class IngestApp:
             raise RuntimeError(f"table `{table}` in {cfg.pool.dsn.redacted} has no column {', '.join(absent)}")
         if ids_missing:
             state += f" without its unique {LINE_ID_COLUMN} column (the workers add it at start, `prefork initdb` now)"
+        if cert_missing:
+            state += f" without its {CLIENT_CERT_COLUMN} column (the workers add it at start, `prefork initdb` now)"
         if via != "plaintext":
             via += f", ssl_mode={cfg.pool.dsn.tls.mode}"
         return f"database {cfg.pool.dsn.redacted} answers ({via}), table `{table}` {state}"
@@ -162,7 +184,13 @@ class IngestApp:
         table = self.table_of(cfg)
         conn = connect_once(cfg.pool.dsn)
         try:
-            ensure_table(conn, table, line_ids=cfg.server.line_ids, create_sql=self.table_sql(table))
+            ensure_table(
+                conn,
+                table,
+                line_ids=cfg.server.line_ids,
+                create_sql=self.table_sql(table),
+                client_cert=cfg.section(IngestSettings).client_cert,
+            )
         except pymysql.err.MySQLError as exc:
             raise RuntimeError(f"cannot create table `{table}` in {cfg.pool.dsn.redacted}: {exc}") from None
         finally:
@@ -173,7 +201,13 @@ class IngestApp:
         """Create the ingest table and the marker table if they are missing (and the line id column, with
         server.line_ids on)."""
         with self.pool.connection() as conn:
-            ensure_table(conn, self.table, line_ids=self.line_ids, create_sql=self.table_sql(self.table))
+            ensure_table(
+                conn,
+                self.table,
+                line_ids=self.line_ids,
+                create_sql=self.table_sql(self.table),
+                client_cert=self.client_cert,
+            )
 
     def _ensure_tables_quietly(self) -> None:
         try:
@@ -212,8 +246,13 @@ class IngestApp:
             "already_stored": committer.already_stored,
         }
 
+    def readiness(self) -> str | None:
+        """``/readyz``: None while a database connection could be had within ``ingest.ready_within``."""
+        return self._readiness.reason()
+
     def close(self, timeout: float) -> None:
         """Finish every queued batch (within timeout), then close the pool."""
+        self._checker.kill(block=False)
         self.pending.close()
         gevent.joinall(self._flushers, timeout=timeout)
         self._expirer.kill(block=False)

@@ -13,7 +13,7 @@ from collections import deque
 import gevent
 from gevent.event import Event
 
-from workers.ingest.batch import Batch, Rows, Share
+from workers.ingest.batch import Batch, Rows, Share, Source
 
 log = logging.getLogger("workers.ingest")
 
@@ -36,7 +36,7 @@ class Pending:
         self._room.set()
         self._closed = False  # no more lines come: a flusher finding the queue empty returns
 
-    def add(self, lines: list[str], addr: str, ids: list[str | None] | None) -> list[Share]:
+    def add(self, lines: list[str], addr: Source, ids: list[str | None] | None) -> list[Share]:
         """Queue the lines of one read from ``addr``; return the futures of their replies, one per line
         (lines that join the same batch share one). Blocks while the queue is full."""
         if ids is not None and ids.count(None) == len(ids):

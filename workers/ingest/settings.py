@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefork.settings import Section, choice, option, positive_int, positive_seconds, size, table_name
+from prefork.settings import Section, boolean, choice, option, positive_int, positive_seconds, size, table_name
 
 
 # fmt: off
@@ -27,4 +27,12 @@ class IngestSettings(Section, name="ingest"):
         "auto", choice("auto", "load", "insert"),
         "how batches are sent: load (LOAD DATA LOCAL INFILE from memory), insert (multi-row INSERT), "
         "auto (load, falling back to insert when the server refuses it)", flag="--ingest-method")
+    ready_within: float = option(
+        "10", positive_seconds,
+        "a worker is not ready (/readyz answers 503) when no database connection could be had for this long",
+        flag="--ready-within")
+    client_cert: bool = option(
+        "off", boolean,
+        "on: store the subject of the client's verified TLS certificate (server.tls_client_ca) in a client_cert "
+        "column, added if missing (NULL for a client without one)")
 # fmt: on
