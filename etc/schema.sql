@@ -22,9 +22,10 @@ CREATE TABLE IF NOT EXISTS `prefork_server_run` (
 ) ENGINE=MEMORY;
 
 -- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
--- the ingest table (left out while it is off):
--- ALTER TABLE `received_lines` ADD COLUMN IF NOT EXISTS line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY IF NOT EXISTS line_id (line_id);
+-- the ingest table (left out while it is off), each only if information_schema says it is missing:
+-- ALTER TABLE `received_lines` ADD COLUMN line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY line_id (line_id);
 
 -- With ingest.client_cert = on, the workers and `prefork initdb` add the client certificate column (the
--- subject of the client's verified TLS certificate) to the ingest table:
--- ALTER TABLE `received_lines` ADD COLUMN IF NOT EXISTS client_cert VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;
+-- subject of the client's verified TLS certificate) to the ingest table, if information_schema says it is
+-- missing:
+-- ALTER TABLE `received_lines` ADD COLUMN client_cert VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;

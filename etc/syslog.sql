@@ -26,5 +26,5 @@ CREATE TABLE IF NOT EXISTS `syslog_messages` (
 ) ENGINE=InnoDB;
 
 -- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
--- the ingest table (left out while it is off):
--- ALTER TABLE `syslog_messages` ADD COLUMN IF NOT EXISTS line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY IF NOT EXISTS line_id (line_id);
+-- the ingest table (left out while it is off), each only if information_schema says it is missing:
+-- ALTER TABLE `syslog_messages` ADD COLUMN line_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL, ADD UNIQUE KEY line_id (line_id);

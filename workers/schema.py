@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymysql
+
+from prefork.db.errors import DUPLICATE_COLUMN, DUPLICATE_KEY_NAME, error_code
+
 
 def quote_identifier(name: str) -> str:
     """Quote a table name for MySQL; config validation already refused backticks and NUL."""
@@ -70,12 +74,18 @@ LINE_ID_COLUMN = "line_id"
 LINE_ID_TYPE = "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL"
 
 
-def add_line_id_sql(table: str) -> str:
-    """The ALTER TABLE that adds the line id column and its unique key, each if missing (MariaDB)."""
-    return (
-        f"ALTER TABLE {quote_identifier(table)} ADD COLUMN IF NOT EXISTS {LINE_ID_COLUMN} {LINE_ID_TYPE}, "
-        f"ADD UNIQUE KEY IF NOT EXISTS {LINE_ID_COLUMN} ({LINE_ID_COLUMN})"
-    )
+def add_line_id_sql(table: str, column: bool = True, key: bool = True) -> str:
+    """The ALTER TABLE that adds the line id column (``column``) and its unique key (``key``): plain
+    statements, which MySQL and MariaDB both take (``IF NOT EXISTS`` in ALTER is MariaDB's alone), so the
+    caller looks in information_schema first for what is missing (``add_line_id``)."""
+    parts = []
+    if column:
+        parts.append(f"ADD COLUMN {LINE_ID_COLUMN} {LINE_ID_TYPE}")
+    if key:
+        parts.append(f"ADD UNIQUE KEY {LINE_ID_COLUMN} ({LINE_ID_COLUMN})")
+    if not parts:
+        raise ValueError("nothing to add")
+    return f"ALTER TABLE {quote_identifier(table)} " + ", ".join(parts)
 
 
 # With ingest.client_cert on: the subject of the client's verified TLS certificate (RFC 4514), NULL without one.
@@ -85,8 +95,24 @@ CLIENT_CERT_TYPE = f"VARCHAR({CLIENT_CERT_CHARS}) CHARACTER SET utf8mb4 COLLATE 
 
 
 def add_client_cert_sql(table: str) -> str:
-    """The ALTER TABLE that adds the client certificate column if missing (MariaDB)."""
-    return f"ALTER TABLE {quote_identifier(table)} ADD COLUMN IF NOT EXISTS {CLIENT_CERT_COLUMN} {CLIENT_CERT_TYPE}"
+    """The ALTER TABLE that adds the client certificate column: a plain one, which MySQL takes too; the
+    caller looks in information_schema first (``add_client_cert``)."""
+    return f"ALTER TABLE {quote_identifier(table)} ADD COLUMN {CLIENT_CERT_COLUMN} {CLIENT_CERT_TYPE}"
+
+
+def add_client_cert(conn: Any, table: str) -> bool:
+    """Add the client certificate column if information_schema says the table lacks it; True if this call
+    altered the table. A duplicate column (1060: another session added it meanwhile) means it is there."""
+    if not missing_columns(conn, table, (CLIENT_CERT_COLUMN,)):
+        return False  # looked up first: an ALTER waits for the table's metadata lock even with nothing to do
+    try:
+        conn.cursor().execute(add_client_cert_sql(table))
+    except pymysql.err.MySQLError as exc:
+        if error_code(exc) != DUPLICATE_COLUMN:
+            raise
+        return False
+    conn.commit()
+    return True
 
 
 def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str]:
@@ -103,15 +129,44 @@ def missing_columns(conn: Any, table: str, columns: tuple[str, ...]) -> list[str
 
 def has_line_id(conn: Any, table: str) -> bool:
     """Whether the table has the line id column with a unique key on it alone."""
+    return missing_line_id(conn, table) == (False, False)
+
+
+def missing_line_id(conn: Any, table: str) -> tuple[bool, bool]:
+    """Whether the table lacks the line id column, and whether it lacks its unique key (a unique key named
+    ``line_id`` on that column alone), as information_schema says."""
+    column = bool(missing_columns(conn, table, (LINE_ID_COLUMN,)))
     cur = conn.cursor()
     cur.execute(
         "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
         "AND INDEX_NAME = %s AND COLUMN_NAME = %s AND NON_UNIQUE = 0",
         (table, LINE_ID_COLUMN, LINE_ID_COLUMN),
     )
-    found = cur.fetchone()[0] > 0
+    key = cur.fetchone()[0] == 0
     cur.close()
-    return bool(found)
+    return column, key
+
+
+def add_line_id(conn: Any, table: str) -> bool:
+    """Add the line id column and its unique key to the table where information_schema says they are
+    missing; True if this call altered the table. Another session (a worker of this or another host) may
+    add them meanwhile: a duplicate column or key name (1060, 1061) means that part is there, and what is
+    left is looked up again."""
+    # Looked up first: even an ALTER with nothing to do waits for the table's metadata lock, and the
+    # statements of every other session on the table would queue behind it meanwhile.
+    altered = False
+    for _ in range(3):  # each failed try finds one more part there: column and key, then one, then none
+        column, key = missing_line_id(conn, table)
+        if not column and not key:
+            break
+        try:
+            conn.cursor().execute(add_line_id_sql(table, column, key))
+            altered = True
+        except pymysql.err.MySQLError as exc:
+            if error_code(exc) not in (DUPLICATE_COLUMN, DUPLICATE_KEY_NAME):
+                raise
+        conn.commit()
+    return altered
 
 
 def ensure_table(
@@ -126,14 +181,10 @@ def ensure_table(
     cur.execute(create_server_run_table_sql())
     cur.close()
     conn.commit()
-    # Looked up first: even an ALTER with nothing to do waits for the table's metadata lock, and the
-    # statements of every other session on the table would queue behind it meanwhile.
-    if line_ids and not has_line_id(conn, table):
-        conn.cursor().execute(add_line_id_sql(table))
-        conn.commit()
-    if client_cert and missing_columns(conn, table, (CLIENT_CERT_COLUMN,)):
-        conn.cursor().execute(add_client_cert_sql(table))
-        conn.commit()
+    if line_ids:
+        add_line_id(conn, table)
+    if client_cert:
+        add_client_cert(conn, table)
 
 
 # One marker row per committed batch, written in the batch's transaction: after a connection broke during
@@ -170,14 +221,15 @@ SCHEMA_FILE_HEADER = """\
 """
 LINE_IDS_NOTE = """
 -- With server.line_ids = on, the workers and `prefork initdb` add the line id column and its unique key to
--- the ingest table (left out while it is off):
+-- the ingest table (left out while it is off), each only if information_schema says it is missing:
 -- {sql};
 """
 
 
 CLIENT_CERT_NOTE = """
 -- With ingest.client_cert = on, the workers and `prefork initdb` add the client certificate column (the
--- subject of the client's verified TLS certificate) to the ingest table:
+-- subject of the client's verified TLS certificate) to the ingest table, if information_schema says it is
+-- missing:
 -- {sql};
 """
 

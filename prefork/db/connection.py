@@ -28,7 +28,8 @@ What the class adds:
   greeting offers none, before the login, naming the host (PyMySQL 1.1 would log in in plaintext, 1.2
   refuses without naming it). A plaintext login refused with "access denied" by a server that offers TLS
   says that the server may require it: MariaDB answers a plaintext login under
-  ``require_secure_transport=ON`` with nothing else than error 1045 (MySQL says why, with error 3159).
+  ``require_secure_transport=ON`` with nothing else than error 1045; MySQL says why, with error 3159, to
+  which the same advice is added.
 - ``load_local_data(sql, data)`` runs a ``LOAD DATA LOCAL INFILE`` statement and sends ``data`` when the
   server asks for the file. PyMySQL itself would open whatever file name the server asks for; this class
   never opens a file: a request it did not offer data for gets an empty file.
@@ -43,6 +44,7 @@ import pymysql.connections
 from pymysql.constants import CLIENT, CR, ER, SERVER_STATUS
 
 from prefork.config.address import format_host_port
+from prefork.db.errors import SECURE_TRANSPORT_REQUIRED
 
 # LOAD DATA LOCAL data goes out in packets of this size (below any server's max_allowed_packet).
 LOCAL_DATA_PACKET = 256 * 1024
@@ -94,6 +96,9 @@ class Connection(pymysql.connections.Connection):
         try:
             super()._request_authentication()
         except pymysql.err.OperationalError as exc:
+            if not self.ssl and exc.args[:1] == (SECURE_TRANSPORT_REQUIRED,):
+                hint = f"{exc.args[1]}: the server requires TLS (require_secure_transport=ON): give the DSN an ssl_mode"
+                raise pymysql.err.OperationalError(SECURE_TRANSPORT_REQUIRED, hint) from exc
             if self.ssl or not self.server_capabilities & CLIENT.SSL or exc.args[:1] != (ER.ACCESS_DENIED_ERROR,):
                 raise
             hint = (

@@ -28,17 +28,27 @@ LOAD_INFILE_CAPABILITY_DISABLED = 4166
 CLIENT_LOCAL_FILES_DISABLED = 3948
 # MySQL 8.0.16 and later: a CHECK constraint failed (MariaDB says ER.CONSTRAINT_FAILED, 4025).
 CHECK_CONSTRAINT_VIOLATED = 3819
+# MySQL 8.0.24 and later: ER_CLIENT_INTERACTION_TIMEOUT, "the client was disconnected by the server because
+# of inactivity" (wait_timeout), sent before the server closes an idle session; the next statement reads it.
+CLIENT_INTERACTION_TIMEOUT = 4031
+# MySQL 8: ER_SECURE_TRANSPORT_REQUIRED, a plaintext login refused under require_secure_transport=ON.
+SECURE_TRANSPORT_REQUIRED = 3159
+# ER_DUP_FIELDNAME and ER_DUP_KEYNAME: an ALTER adding a column or key that another session added meanwhile.
+DUPLICATE_COLUMN = ER.DUP_FIELDNAME
+DUPLICATE_KEY_NAME = ER.DUP_KEYNAME
 
 # Errors after which the connection is unusable: PyMySQL's closed connection, server shutdown in
-# progress, connection killed, a Galera node that left the primary component (a new connection goes to a
-# ready host of the DSN), server gone away, lost connection, commands out of sync, and two numbers of the
-# C client library PyMySQL itself does not raise (2045, and 2055: lost connection with a system error).
+# progress, connection killed, MySQL's disconnect for inactivity, a Galera node that left the primary
+# component (a new connection goes to a ready host of the DSN), server gone away, lost connection, commands
+# out of sync, and two numbers of the C client library PyMySQL itself does not raise (2045, and 2055: lost
+# connection with a system error).
 DISCONNECT_CODES = frozenset(
     {
         CLOSED_BY_DRIVER,
         WSREP_NOT_READY,
         ER.SERVER_SHUTDOWN,
         CONNECTION_KILLED,
+        CLIENT_INTERACTION_TIMEOUT,
         CR.CR_SERVER_GONE_ERROR,
         CR.CR_SERVER_LOST,
         CR.CR_COMMANDS_OUT_OF_SYNC,

@@ -1,6 +1,6 @@
-"""What prefork asks a server through a connection: whether a Galera node is ready, session variables
-a server may not have (MySQL lacks MariaDB's own, a server without Galera its wsrep_*), and whether the
-connection is encrypted."""
+"""What prefork asks a server through a connection: which server it is (MariaDB or MySQL), whether a
+Galera node is ready, session variables a server may not have (MySQL lacks MariaDB's own, a server without
+Galera its wsrep_*), and whether the connection is encrypted."""
 
 from __future__ import annotations
 
@@ -10,6 +10,29 @@ import pymysql
 from pymysql.constants import ER
 
 from prefork.db.errors import error_code
+
+MARIADB = "mariadb"
+MYSQL = "mysql"
+
+
+def flavour_of_version(version: str) -> str:
+    """``mariadb`` for a version string MariaDB reports (``10.11.6-MariaDB-0+deb12u1``, or in the greeting
+    ``5.5.5-10.11.6-MariaDB``), ``mysql`` for any other (MySQL's is ``8.0.36`` or ``8.4.0-log``)."""
+    return MARIADB if "mariadb" in version.lower() else MYSQL
+
+
+def flavour(conn: Any) -> str:
+    """Which server a connection talks to (``MARIADB`` or ``MYSQL``): read from the version in the server's
+    greeting, which PyMySQL keeps (``server_version``), else asked with ``SELECT VERSION()``."""
+    version = getattr(conn, "server_version", None)
+    if not isinstance(version, str):
+        cur = conn.cursor()
+        try:
+            cur.execute("SELECT VERSION()")
+            version = str(cur.fetchone()[0])
+        finally:
+            cur.close()
+    return flavour_of_version(version)
 
 
 def set_session_variable(cur: Any, name: str, value: int) -> bool:

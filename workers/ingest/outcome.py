@@ -49,15 +49,30 @@ def server_of(conn: Any) -> Server:
     server = getattr(conn, "prefork_server", None)
     if server is None:
         cur = conn.cursor()
-        # The first connection after a start writes the run's token; MEMORY tables are not transactional,
-        # so it is visible at once, and INSERT IGNORE keeps the first one.
-        cur.execute(f"INSERT IGNORE INTO `{SERVER_RUN_TABLE}` (id, token) VALUES (1, %s)", (os.urandom(16),))
-        cur.execute(f"SELECT @@hostname, @@port, token FROM `{SERVER_RUN_TABLE}` WHERE id = 1")
-        hostname, port, run = cur.fetchone()
+        row = _server_row(cur)
+        if row is None:
+            # The first connection after a start writes the run's token (INSERT IGNORE keeps the first
+            # one), as an autocommitted statement of its own: MySQL with enforce_gtid_consistency (GTID
+            # replication) refuses a write to a non-transactional table inside a transaction (error 1785).
+            # No COMMIT is sent for it: a COMMIT here would be mistaken for a batch's.
+            conn.autocommit(True)
+            try:
+                cur.execute(f"INSERT IGNORE INTO `{SERVER_RUN_TABLE}` (id, token) VALUES (1, %s)", (os.urandom(16),))
+            finally:
+                conn.autocommit(False)
+            row = _server_row(cur)
         cur.close()
+        hostname, port, run = row
         server = Server(str(hostname), int(port), bytes(run))
         conn.prefork_server = server
     return server
+
+
+def _server_row(cur: Any) -> Any:
+    """The server's host name and port and its run's token (a MEMORY table, so it is visible at once and
+    empty after each restart); None while the token is not written."""
+    cur.execute(f"SELECT @@hostname, @@port, token FROM `{SERVER_RUN_TABLE}` WHERE id = 1")
+    return cur.fetchone()
 
 
 @dataclass(frozen=True)
@@ -87,10 +102,16 @@ def marker_committed(conn: Any, marker: bytes, session: Session | None) -> bool:
     return found
 
 
+def kill_sql(thread_id: int) -> str:
+    """The statement that ends a session: ``KILL CONNECTION``, the same on MySQL and MariaDB (a user may kill
+    its own sessions without any privilege; 1095 answers for another user's, 1094 for one that is gone)."""
+    return f"KILL CONNECTION {int(thread_id)}"
+
+
 def _end_session(cur: Any, thread_id: int) -> None:
     """Kill the old session if the server still has it, and wait until it is gone."""
     try:
-        cur.execute(f"KILL {int(thread_id)}")
+        cur.execute(kill_sql(thread_id))
     except pymysql.err.MySQLError as exc:
         code = error_code(exc)
         if code == ER.KILL_DENIED_ERROR:

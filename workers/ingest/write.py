@@ -20,6 +20,7 @@ from pymysql.constants import ER
 
 from prefork.db import errors as E
 from prefork.db.connection import force_close
+from prefork.db.server import MARIADB, flavour
 from prefork.pool import Pool, set_session_variable
 from workers.ingest.batch import Rows
 from workers.ingest.encoding import Encoder
@@ -40,7 +41,8 @@ MIN_CONNECT_WAIT_S = 0.05
 # The statements of a batch follow each other within milliseconds, and our data is in memory.
 STALLED_CLIENT_S = 5
 # The server refuses LOAD DATA LOCAL INFILE: ER_NOT_ALLOWED_COMMAND (older servers), MariaDB's
-# ER_LOAD_INFILE_CAPABILITY_DISABLED (local_infile = OFF), MySQL 8's "loading local data is disabled".
+# ER_LOAD_INFILE_CAPABILITY_DISABLED (local_infile = OFF), MySQL 8's "loading local data is disabled"
+# (local_infile = OFF, MySQL 8's default).
 LOAD_REFUSED_CODES = frozenset(
     {ER.NOT_ALLOWED_COMMAND, E.LOAD_INFILE_CAPABILITY_DISABLED, E.CLIENT_LOCAL_FILES_DISABLED}
 )
@@ -196,9 +198,20 @@ class Writer:
 def session_setup(conn: Any) -> None:
     """Each new connection of ingest's pool: the server gives up on a stalled statement of ours soon."""
     cur = conn.cursor()
-    set_session_variable(cur, "net_read_timeout", STALLED_CLIENT_S)
-    set_session_variable(cur, "idle_write_transaction_timeout", STALLED_CLIENT_S)  # MariaDB only
+    for name, value in session_variables(flavour(conn)):
+        set_session_variable(cur, name, value)
     cur.close()
+
+
+def session_variables(server_flavour: str) -> list[tuple[str, int]]:
+    """The session variables ``session_setup`` sets on a server of this flavour (``prefork.db.server``).
+    MySQL has no idle_write_transaction_timeout: there, ``wait_timeout`` (the server's, 8 hours by default)
+    ends a hung session and its transaction, and innodb_lock_wait_timeout bounds the waits of others on its
+    locks (README, "MySQL 8")."""
+    variables = [("net_read_timeout", STALLED_CLIENT_S)]
+    if server_flavour == MARIADB:
+        variables.append(("idle_write_transaction_timeout", STALLED_CLIENT_S))
+    return variables
 
 
 def _line_id_taken(exc: Exception) -> bool:
