@@ -18,7 +18,10 @@ Marker ``shippers``.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -101,22 +104,24 @@ def send_with_logger(socket_path: Path, tag: str, lines: list[str], tmp: Path) -
     assert result.returncode == 0, (cmd, result.stderr)
 
 
-def stored(server: Listeners, tag: str, sent: list[str], lead: str) -> Counter:
-    """Wait until the table holds as many rows of ``tag`` as were sent; then check each is one whole
-    message of ``sent`` in its columns (``lead``: what the shipper puts before the text, rsyslog's space
-    after `TAG:`), sent with the client certificate; the count of each message."""
-    sql = f"SELECT COUNT(*) FROM `{TABLE}` WHERE app_name = %s"
-    wait_for(lambda: int(query(server.dsn, sql, (tag,))[0][0]) >= len(sent), STORE_TIMEOUT_S, 0.1, f"{tag} rows")
+def stored(server: Listeners, tag: str, sent: list[str], lead: str, once: bool = True) -> Counter:
+    """Wait until the table holds every message of ``tag`` sent; then check each row is one whole message
+    of ``sent`` in its columns (``lead``: what the shipper puts before the text, rsyslog's space after
+    `TAG:`), sent with the client certificate, and with ``once`` that none is stored twice; the count of
+    each message."""
+    expected = {lead + text for text in sent}
+    sql = f"SELECT message FROM `{TABLE}` WHERE app_name = %s"
+    wait_for(lambda: expected <= {r[0] for r in query(server.dsn, sql, (tag,))}, STORE_TIMEOUT_S, 0.1, f"{tag} rows")
     columns = "facility, severity, ts_utc, hostname, procid, client_cert, message"
     rows = query(server.dsn, f"SELECT {columns} FROM `{TABLE}` WHERE app_name = %s", (tag,))
-    expected = {lead + text for text in sent}
     counts: Counter = Counter()
     for facility, severity, ts_utc, hostname, procid, client_cert, message in rows:
         assert message in expected, message  # not merged, split, framed wrong or altered
         assert (facility, severity, procid, client_cert) == (LOCAL3, NOTICE, None, CLIENT_SUBJECT), message
         assert ts_utc is not None and hostname, message
         counts[message] += 1
-    assert sorted(counts) == sorted(expected) and set(counts.values()) == {1}, counts.most_common(3)
+    assert set(counts) == expected
+    assert not once or set(counts.values()) == {1}, counts.most_common(3)
     return counts
 
 
@@ -210,3 +215,43 @@ def test_a_missing_rsyslog_module_names_its_package():
     with pytest.raises(FileNotFoundError, match="install the Debian package rsyslog-nothing"):
         rsyslog_module("lmnsd_nothing", "rsyslog-nothing")
     assert rsyslog_module("lmnsd_ossl", "rsyslog-openssl").is_file()
+
+
+RELOAD_PARTS = 3
+RELOAD_PART = 200  # messages per part; the middle one is sent in chunks while prefork reloads
+RELOAD_CHUNK = 20
+RELOAD_PACE_S = 0.1  # between chunks: a stream that spans the reload, not a burst before it
+RELOAD_TIMEOUT_S = 40.0
+WINDOW = 128  # the omrelp windowSize of etc/shippers/rsyslog-omrelp-tls.conf
+
+
+def test_rsyslog_omrelp_tls_through_a_reload(server: Listeners, pki: Pki, tmp_path: Path):
+    """RELP in TLS across a SIGHUP reload of prefork: a TLS session is not handed to the new generation (its
+    state is in the old worker's OpenSSL), so the old worker answers what it read, sends serverclose and
+    closes; rsyslog reconnects and resends what was not acked. Every message stored: 0 lost (at most a
+    window stored twice, when a session broke with acks unsent; printed). Last in the module: it reloads the
+    shared server. (omfwd and syslog-ng over TLS lose the messages they write into the closed session before
+    they notice: README, "Shipping syslog".)"""
+    tag = "relp-tls-reload"
+    sent = [f"{i:04d} {text}" for i, text in enumerate(texts(RELOAD_PARTS * RELOAD_PART))]
+    first, middle, last = (sent[i * RELOAD_PART : (i + 1) * RELOAD_PART] for i in range(RELOAD_PARTS))
+    certs = certificate_dir(tmp_path / "certs", pki.ca, pki.client, pki.client_key)
+    srv = server.srv
+    with shipper("rsyslog-omrelp-tls.conf", tmp_path / "daemon", server.relp, certs) as daemon:
+        socket_path = daemon.directory / "log.sock"
+        send_with_logger(socket_path, tag, first, tmp_path)
+        old_workers = srv.worker_pids()
+        reloads = srv.logs().count("Reloaded: generation")
+        for n in range(0, RELOAD_PART, RELOAD_CHUNK):
+            send_with_logger(socket_path, tag, middle[n : n + RELOAD_CHUNK], tmp_path)
+            if n == 0:
+                srv.signal(signal.SIGHUP)
+            time.sleep(RELOAD_PACE_S)
+        wait_for(lambda: srv.logs().count("Reloaded: generation") > reloads, RELOAD_TIMEOUT_S, 0.1, "the reload")
+        exited = [f"Worker {pid} exited" for pid in old_workers]
+        wait_for(lambda: all(line in srv.logs() for line in exited), RELOAD_TIMEOUT_S, 0.1, "the old workers' exit")
+        send_with_logger(socket_path, tag, last, tmp_path)
+        counts = stored(server, tag, sent, lead=" ", once=False)
+    twice = sum(count - 1 for count in counts.values())
+    print(f"\nRELP in TLS through a reload: {len(sent)} sent, 0 lost, {twice} stored twice", file=sys.stderr)
+    assert twice <= WINDOW
