@@ -12,8 +12,10 @@ repository's ``etc/shippers/rsyslog-omrelp.conf`` (``omrelp``, Debian's ``rsyslo
 control files in ``directory``) from the package unpacked by ``syslog_ng_root()`` (``apt-get download`` and
 ``dpkg -x`` into a cache directory: syslog-ng conflicts with rsyslog, so it is never installed).
 
-``shipper_config(name, host, port)`` reads a config of etc/shippers/ as a user would drop it in, with its
-placeholder host and port (``PLACEHOLDER_HOST``, ``PLACEHOLDER_PORT``) replaced, nothing else changed.
+``shipper_config(name, host, port, certs)`` reads a config of etc/shippers/ as a user would drop it in, with its
+placeholder host and port (``PLACEHOLDER_HOST``, ``PLACEHOLDER_PORT``) replaced, and for the TLS configs the
+directory of its CA, client certificate and key (``PLACEHOLDER_CERTS``: ca.pem, client.pem, client.key, as
+tests/certs.py names them) made ``certs``; nothing else changed.
 
     with Rsyslog(tmp_path / "rsyslog", omfwd_config(tmp_path / "rsyslog", in_port, prefork_port)) as rs:
         send_lines(in_port, [b"<13>hello"])
@@ -35,6 +37,8 @@ ETC_SHIPPERS = Path(__file__).resolve().parent.parent / "etc" / "shippers"
 # What the configs of etc/shippers/ name prefork by, for the user to change (and the tests to substitute).
 PLACEHOLDER_HOST = "prefork.example.com"
 PLACEHOLDER_PORT = "6514"
+# Where the TLS configs expect the CA (ca.pem) and the client's certificate and key (client.pem, client.key).
+PLACEHOLDER_CERTS = "/etc/ssl/prefork"
 # Debian's syslog-ng, unpacked (never installed: it conflicts with rsyslog), and the libraries it needs that
 # a machine with rsyslog lacks.
 SYSLOG_NG_PACKAGES = ("syslog-ng-core", "libivykis0", "libpcre3", "libnet1")
@@ -54,6 +58,14 @@ def rsyslogd_path() -> str:
     if not os.access(found, os.X_OK):
         raise FileNotFoundError("rsyslogd not found: install the Debian package rsyslog")
     return found
+
+
+def rsyslog_module(module: str, package: str) -> Path:
+    """The path of one of rsyslog's loadable modules (``lmnsd_ossl``, ``omrelp``); missing, an error naming
+    the Debian package that has it."""
+    for found in sorted(Path("/usr/lib").glob(f"*/rsyslog/{module}.so")):
+        return found
+    raise FileNotFoundError(f"rsyslog's {module} module is missing: install the Debian package {package}")
 
 
 class Rsyslog:
@@ -195,13 +207,20 @@ def send_lines(port: int, lines: Iterable[bytes], timeout: float = 60.0) -> None
             pass
 
 
-def shipper_config(name: str, host: str, port: int) -> str:
-    """etc/shippers/NAME as a user drops it in, prefork's placeholder host and port replaced by these."""
+def shipper_config(name: str, host: str, port: int, certs: Path | None = None) -> str:
+    """etc/shippers/NAME as a user drops it in, prefork's placeholder host and port replaced by these, and
+    the placeholder certificate directory by ``certs`` (a TLS config needs it; any other refuses it)."""
     text = (ETC_SHIPPERS / name).read_text()
     for placeholder in (PLACEHOLDER_HOST, PLACEHOLDER_PORT):
         if placeholder not in text:
             raise ValueError(f"etc/shippers/{name} does not name prefork as {placeholder}")
-    return text.replace(PLACEHOLDER_HOST, host).replace(PLACEHOLDER_PORT, str(port))
+    if (PLACEHOLDER_CERTS in text) != (certs is not None):
+        raise ValueError(
+            f"etc/shippers/{name}: certificates given {certs}, but it names {PLACEHOLDER_CERTS}: "
+            f"{PLACEHOLDER_CERTS in text}"
+        )
+    text = text.replace(PLACEHOLDER_HOST, host).replace(PLACEHOLDER_PORT, str(port))
+    return text if certs is None else text.replace(PLACEHOLDER_CERTS, str(certs))
 
 
 def rsyslog_main_config(directory: Path, socket_path: Path, include: Path) -> str:
