@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -378,3 +379,28 @@ def test_straight_to_preforks_own_tls_listener_through_reloads(mariadb, pki):
     rows = query(mariadb.dsn, f"SELECT payload FROM `{table}`")
     assert sorted(r[0] for r in rows) == sorted(lines)  # each once
     assert handoffs["out"] == 0 and handoffs["fallback"] >= 1, handoffs
+
+
+@pytest.mark.timeout(60)
+def test_haproxy_passing_tls_through_with_a_proxy_header(mariadb, pki, tmp_path):
+    """HAProxy in TCP mode, not terminating TLS, sends a PROXY v2 header and then passes the client's TLS
+    through to prefork's TLS listener: prefork reads the header, then does the handshake, and stores every
+    line under the client's own address (127.0.0.5 here), not HAProxy's."""
+    table = "t_tls_passthrough"
+    args = ["--dsn", mariadb.dsn, "--table", table, "--workers", "1", "--proxy-protocol", "v2"]
+    args += ["--tls-cert", str(pki.server_chain), "--tls-key", str(pki.server_key)]
+    lines = [f"through-{i}" for i in range(200)]
+    with ServerProcess(args) as srv:
+        front = Frontend("pass", "127.0.0.1", free_port(), [Server("prefork", "127.0.0.1", srv.port, send_proxy=True)])
+        with HAProxy(tmp_path / "haproxy", [front]):
+            raw = socket.create_connection((front.address, front.port), timeout=20, source_address=("127.0.0.5", 0))
+            with client_context(str(pki.ca)).wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall("".join(line + "\n" for line in lines).encode())
+                replies = b""
+                while replies.count(b"\n") < len(lines):
+                    data = sock.recv(65536)
+                    assert data, f"EOF after {replies!r}"
+                    replies += data
+    assert replies.split(b"\n")[: len(lines)] == [b"OK"] * len(lines)
+    rows = query(mariadb.dsn, f"SELECT client_addr, payload FROM `{table}` ORDER BY id")
+    assert rows == [("127.0.0.5", line) for line in lines]
