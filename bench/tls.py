@@ -3,17 +3,20 @@ twin, measured in the same run on the same server.
 
 - echo: `prefork run workers.echo:app` with two listeners, one plaintext and one TLS (server.tls_cert for
   the second only: the same workers serve both); LOADGENS x CONNS pipelining connections (bench/loadgen.py,
-  TLS through its CAFILE argument) send TLS_ECHO_LINES lines to one listener, then to the other, TLS_ROUNDS
-  rounds, the order swapped every other round. Lines/s, the server's CPU (master + workers) and the
-  generators' own CPU per million lines: the generators encrypt and decrypt too, on the same 2 cores.
+  TLS through its CAFILE argument) send ECHO_LINES lines to one listener, then to the other, ROUNDS rounds,
+  the order swapped every other round, after a warm-up of each listener (a tenth of the lines). Lines/s,
+  the server's CPU (master + workers) and the generators' own CPU per million lines: the generators encrypt
+  and decrypt too, on the same 2 cores. Since both are CPU-bound on those cores, the ratio of their CPU per
+  line (server + generators, plaintext / TLS) is also shown: the ratio the rates tend to on an idle
+  machine, steadier than the rates when other work shares it.
 - ingest: the same with `workers.ingest:app` (its default method) on the bench's database, both listeners
   writing into one table, every line acked after its COMMIT and the rows counted after each round.
 - new connections: a connection is connect + handshake + one line + its reply + close (bench/connrate.py,
   CONN_PROCS processes x CONN_CONCURRENCY clients in a loop for CONN_SECONDS, full handshakes: no session
-  resumption). Against prefork's echo app with ONE worker (plaintext listener, TLS listener) and against
-  HAProxy with ONE thread terminating TLS (`bind ... ssl crt`) in front of that worker's plaintext
-  listener. Connections/s, and CPU milliseconds per connection of the server side (prefork: master and
-  worker; HAProxy: haproxy + the prefork behind it) and of the generators.
+  resumption; CONN_ROUNDS rounds). Against prefork's echo app with ONE worker (plaintext listener, TLS
+  listener) and against HAProxy with ONE thread terminating TLS (`bind ... ssl crt`) in front of that
+  worker's plaintext listener. Connections/s, and CPU milliseconds per connection of the server side
+  (prefork: master and worker; HAProxy: haproxy, and the prefork behind it) and of the generators.
 - idle memory: bench/idle_memory.py's measure_tls, N idle clients of prefork's echo app (one worker),
   plaintext then TLS (each handshake done, one line and its reply, then idle): KB per client.
 
@@ -21,8 +24,8 @@ Certificates: tests/certs.py's make_pki (the openssl command line) under var/ben
 server's for localhost / 127.0.0.1, verified by every client. TLS 1.3 is what the clients and servers
 negotiate (OpenSSL 3's default).
 Each figure is the best round (highest rate, lowest CPU); every round is listed.
-Environment: BENCH_TLS_ECHO_LINES (2000000), BENCH_TLS_LINES (BENCH_LINES, 200000), BENCH_TLS_ROUNDS (3),
-BENCH_TLS_CONN_SECONDS (4), BENCH_TLS_IDLE_CLIENTS (5000), BENCH_WORKERS (CPUs).
+Environment: BENCH_TLS_ECHO_LINES (2000000), BENCH_TLS_LINES (2 x BENCH_LINES, 400000), BENCH_TLS_ROUNDS (5),
+BENCH_TLS_CONN_ROUNDS (3), BENCH_TLS_CONN_SECONDS (4), BENCH_TLS_IDLE_CLIENTS (5000), BENCH_WORKERS (CPUs).
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ from devtools.haproxy import HAProxy  # noqa: E402
 from devtools.mariadb import MariaDBServer, free_port  # noqa: E402
 
 ECHO_LINES = int(os.environ.get("BENCH_TLS_ECHO_LINES", 2_000_000))
-INGEST_LINES = int(os.environ.get("BENCH_TLS_LINES", LINES))
-ROUNDS = int(os.environ.get("BENCH_TLS_ROUNDS", 3))
+INGEST_LINES = int(os.environ.get("BENCH_TLS_LINES", 2 * LINES))
+ROUNDS = int(os.environ.get("BENCH_TLS_ROUNDS", 5))
+CONN_ROUNDS = int(os.environ.get("BENCH_TLS_CONN_ROUNDS", 3))
 CONN_SECONDS = float(os.environ.get("BENCH_TLS_CONN_SECONDS", 4))
 IDLE_CLIENTS = int(os.environ.get("BENCH_TLS_IDLE_CLIENTS", 5000))
 CONN_PROCS = 2
@@ -182,6 +186,8 @@ def load_round(pair: Pair, tls: bool, lines: int, certs: dict[str, str], result:
 def throughput(pair: Pair, lines: int, certs: dict[str, str], what: str, db=None) -> tuple[Figures, Figures]:
     """ROUNDS rounds of plaintext then TLS (swapped every other round) against the pair."""
     plain, tls = Figures(f"{what} plaintext"), Figures(f"{what} TLS")
+    for is_tls in (False, True):  # a warm-up of each listener, not counted (a first round ran slower)
+        load_round(pair, is_tls, lines // 10, certs, Figures("warm-up"), db)
     for round_ in range(ROUNDS):
         order = [(False, plain), (True, tls)]
         for is_tls, figures in order if round_ % 2 == 0 else reversed(order):
@@ -261,13 +267,13 @@ def connections(certs: dict[str, str]) -> tuple[list[Figures], str]:
             (pair.tls_port, certs["ca"], [], [group], tls),
             (front, certs["ca"], [proxy.proc.pid], [group], haproxy),
         ]
-        for round_ in range(ROUNDS):
+        for round_ in range(CONN_ROUNDS):
             for port, ca, pids, groups, figures in contenders if round_ % 2 == 0 else reversed(contenders):
                 version = conn_round(port, ca, pids, groups, figures)
                 if ca is not None:
                     versions.add(version)
             progress(
-                f"connections round {round_ + 1}/{ROUNDS}: "
+                f"connections round {round_ + 1}/{CONN_ROUNDS}: "
                 + ", ".join(f"{f.name} {f.rates[-1]:,.0f}/s" for *_, f in contenders)
             )
     finally:
@@ -313,6 +319,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def _rounds(base: Figures, other: Figures) -> str:
+    """Each round's ratio of other to base (measured back to back: the spread of the ratio)."""
+    return "(rounds: " + " ".join(f"{o / b:.2f}" for b, o in zip(base.rates, other.rates, strict=True)) + ")"
+
+
+def _cpu_bound(plain: Figures, tls: Figures) -> float:
+    """The ratio of rates when server and generators use all the cores: all CPU per line, plaintext / TLS."""
+    return (plain.server_cpu + plain.gen_cpu) / (tls.server_cpu + tls.gen_cpu)
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -329,14 +345,23 @@ def report(m: dict) -> tuple[list[str], list[str]]:
     echo_x, ing_x = _ratio(echo_t.rate, echo_p.rate), _ratio(ing_t.rate, ing_p.rate)
     conn_x = _ratio(tls.rate, haproxy.rate)
     ratios = [
-        f"TLS echo = {echo_x:.2f} x plaintext echo (target >= {ECHO_RATIO})   [{_verdict(echo_x, ECHO_RATIO)}]",
-        f"TLS ingest = {ing_x:.2f} x plaintext ingest (target >= {INGEST_RATIO})   [{_verdict(ing_x, INGEST_RATIO)}]",
+        f"TLS echo = {echo_x:.2f} x plaintext echo (target >= {ECHO_RATIO})   [{_verdict(echo_x, ECHO_RATIO)}]  "
+        f"{_rounds(echo_p, echo_t)}",
+        f"  CPU per line, TLS / plaintext: server {_ratio(echo_t.server_cpu, echo_p.server_cpu):.2f} x, generators "
+        f"{_ratio(echo_t.gen_cpu, echo_p.gen_cpu):.2f} x; CPU-bound ratio (all CPU per line, plaintext / TLS) "
+        f"{_cpu_bound(echo_p, echo_t):.2f}",
+        f"TLS ingest = {ing_x:.2f} x plaintext ingest (target >= {INGEST_RATIO})   [{_verdict(ing_x, INGEST_RATIO)}]  "
+        f"{_rounds(ing_p, ing_t)}",
+        f"  CPU per line, TLS / plaintext: server {_ratio(ing_t.server_cpu, ing_p.server_cpu):.2f} x, generators "
+        f"{_ratio(ing_t.gen_cpu, ing_p.gen_cpu):.2f} x",
         f"new TLS connections/s, one worker: prefork {tls.rate:,.0f} = {conn_x:.2f} x HAProxy (one thread) "
-        f"terminating TLS ({haproxy.rate:,.0f}); plaintext prefork {plain.rate:,.0f}",
-        f"  server CPU per new TLS connection: prefork {tls.server_cpu:.3f} ms = "
-        f"{fmt(_ratio(tls.server_cpu, haproxy.proxy_cpu), '.2f')} x haproxy's own "
-        f"({fmt(haproxy.proxy_cpu, '.3f')} ms), "
-        f"{fmt(_ratio(tls.server_cpu, haproxy.server_cpu), '.2f')} x haproxy + the prefork behind it",
+        f"terminating TLS ({haproxy.rate:,.0f}); plaintext prefork {plain.rate:,.0f}  {_rounds(haproxy, tls)}",
+        f"  per second of server CPU: prefork TLS {1e3 / tls.server_cpu:,.0f} = "
+        f"{fmt(_ratio(haproxy.proxy_cpu, tls.server_cpu), '.2f')} x haproxy's own "
+        f"({fmt(None if not haproxy.proxy_cpu else 1e3 / haproxy.proxy_cpu, ',.0f')}), "
+        f"{_ratio(haproxy.server_cpu, tls.server_cpu):.2f} x haproxy + the prefork behind it "
+        f"({1e3 / haproxy.server_cpu:,.0f}); the rates share 2 cores with generators using "
+        f"{tls.gen_cpu:.2f} ms CPU per TLS connection",
         f"idle TLS client = {mem['tls']['kb_per_client']:.1f} KB = {mem['kb_ratio']:.2f} x plaintext "
         f"({mem['plaintext']['kb_per_client']:.1f} KB)",
     ]
