@@ -238,7 +238,8 @@ def conn_round(port: int, ca: str | None, cpu_pids: list[int], groups: list[int]
     proxy_cpu = sum(process_cpu_seconds(p) for p in cpu_pids) - proxy_before
     errors = sum(r["errors"] for r in results)
     if errors:
-        progress(f"{result.name}: {errors} connections failed, first: {results[0]['first_error']}")
+        first = next(r["first_error"] for r in results if r["first_error"])
+        progress(f"{result.name}: {errors} connections failed, first: {first}")
     n = sum(r["connections"] for r in results)
     result.rates.append(n / CONN_SECONDS)
     result.server.append(cpu / max(1, n) * 1e3)
