@@ -2,7 +2,8 @@
 
     python bench/idle_memory.py [CLIENTS]        # measure both servers (default 10,000 clients)
     python bench/idle_memory.py serve PORT       # the bare server: one process, a gevent StreamServer echo
-    python bench/idle_memory.py clients PORT N   # N idle clients; JSON once all are set up, held until stdin EOF
+    python bench/idle_memory.py clients PORT N [CAFILE]  # N idle clients (TLS with CAFILE); JSON once all are
+                                                         # set up, held until stdin EOF
 
 For each server: start it (a: `prefork run workers.echo:app --workers 1`; b: the bare server), warm it up
 with a few short connections, read the serving process's RSS (VmRSS of /proc/PID/status; for prefork the
@@ -10,6 +11,10 @@ only worker, a child of the master), then open CLIENTS connections from one clie
 one line and reading its reply (so the connection is fully set up on both sides), CONCURRENCY at a time.
 The time from the first connect to the last reply is the time to accept them all. With every client
 connected and idle, the RSS is read again: (after - before) / CLIENTS is the memory per idle client.
+
+``measure_tls()`` (bench/tls.py) measures prefork twice instead, plaintext and with a TLS listener (its
+clients speak TLS: each connection's handshake is done, then its line and reply, before it idles), and
+compares the two.
 
 ``measure()`` is imported by bench/run.py; it never patches the calling process (the clients and the bare
 server run in their own processes).
@@ -22,6 +27,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -75,8 +81,9 @@ def serve(port: int) -> None:
 # -- the clients ----------------------------------------------------------------------------------------
 
 
-def clients(port: int, n: int) -> None:
-    """Open n clients, each sending a line and reading its echo; print JSON, hold them until stdin EOF."""
+def clients(port: int, n: int, ca_file: str | None = None) -> None:
+    """Open n clients, each sending a line and reading its echo (over TLS, verified against ca_file, when
+    given); print JSON, hold them until stdin EOF."""
     _raise_nofile()
     from gevent import monkey
 
@@ -86,10 +93,13 @@ def clients(port: int, n: int) -> None:
 
     held: list = []
     failures: list[str] = []
+    tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     def one(i: int) -> None:
         try:
             sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=60)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname="localhost")
             line = f"idle client {i:06d}\n".encode()
             sock.sendall(line)
             got = b""
@@ -162,9 +172,10 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def _warm_up(port: int) -> None:
+def _warm_up(port: int, tls: ssl.SSLContext | None) -> None:
     for i in range(WARMUP_CLIENTS):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            sock = raw if tls is None else tls.wrap_socket(raw, server_hostname="localhost")
             sock.sendall(f"warm up {i}\n".encode())
             got = b""
             while not got.endswith(b"\n"):
@@ -174,7 +185,8 @@ def _warm_up(port: int) -> None:
                 got += data
 
 
-def _one_server(kind: str, n: int) -> dict:
+def _one_server(kind: str, n: int, tls: tuple[str, str, str] | None = None) -> dict:
+    """One server's figures; tls: (certificate, key, CA) makes prefork's listener and the clients speak TLS."""
     port = _free_port()
     log = tempfile.TemporaryFile()
     if kind == "prefork":
@@ -193,6 +205,8 @@ def _one_server(kind: str, n: int) -> dict:
             "--log-level",
             "warning",
         ]
+        if tls is not None:
+            cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     else:
         cmd = [PY, str(Path(__file__).resolve()), "serve", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -208,11 +222,11 @@ def _one_server(kind: str, n: int) -> dict:
             pid = _children(server.pid)[0]
         else:
             pid = server.pid
-        _warm_up(port)
+        _warm_up(port, None if tls is None else ssl.create_default_context(cafile=tls[2]))
         time.sleep(SETTLE_S)
         before = _rss_kb(pid)
         client = subprocess.Popen(
-            [PY, str(Path(__file__).resolve()), "clients", str(port), str(n)],
+            [PY, str(Path(__file__).resolve()), "clients", str(port), str(n), *([tls[2]] if tls else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -268,11 +282,27 @@ def measure(clients: int = CLIENTS) -> dict:
     }
 
 
+def measure_tls(clients: int, cert: str, key: str, ca: str) -> dict:
+    """Memory per idle client and time to accept them, prefork's echo app (one worker) plaintext and with
+    a TLS listener (certificate, key; the clients verify it against ca)."""
+    limit = _raise_nofile()
+    n = min(clients, limit - 200)
+    plaintext = _one_server("prefork", n)
+    tls = _one_server("prefork", n, (cert, key, ca))
+    return {
+        "clients": n,
+        "plaintext": plaintext,
+        "tls": tls,
+        "kb_ratio": tls["kb_per_client"] / plaintext["kb_per_client"] if plaintext["kb_per_client"] > 0 else None,
+        "accept_ratio": tls["accept_seconds"] / plaintext["accept_seconds"],
+    }
+
+
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "serve":
         serve(int(sys.argv[2]))
     elif len(sys.argv) >= 2 and sys.argv[1] == "clients":
-        clients(int(sys.argv[2]), int(sys.argv[3]))
+        clients(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else CLIENTS), indent=1))
 

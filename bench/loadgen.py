@@ -1,15 +1,18 @@
 """Load generator: CONNS connections, each pipelining LINES lines, counting replies. Prints JSON.
 
-    python bench/loadgen.py PORT CONNS LINES PREFIX
+    python bench/loadgen.py PORT CONNS LINES PREFIX [CAFILE]
 
 Runs in its own process (the bench starts several), with gevent sockets. Connections are opened and their
 lines built first, then it prints "ready"; the clock starts when the parent writes a byte on stdin, so all
-generators start together and only sending, serving and reading replies are timed.
+generators start together and only sending, serving and reading replies are timed. With CAFILE the
+connections speak TLS (the server verified against CAFILE as ``localhost``), handshakes done before "ready":
+the generator's own encryption is then part of its CPU, which the bench reports (bench/tls.py).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import time
 
@@ -24,10 +27,12 @@ CHUNK_LINES = 2000
 UNIQUE_LINES = 10_000  # per connection
 
 
-def prepare(port: int, lines: int, prefix: str) -> tuple:
+def prepare(port: int, lines: int, prefix: str, tls: ssl.SSLContext | None = None) -> tuple:
     """A connection and its lines, in chunks of CHUNK_LINES, ready to send. Past UNIQUE_LINES a connection
     sends its lines again from the first (the same chunk objects: memory stays small for millions of lines)."""
     sock = gevent.socket.create_connection(("127.0.0.1", port))
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname="localhost")  # the handshake happens here
     unique = min(lines, UNIQUE_LINES)
     payload = [
         f"{prefix}-{i} some typical log line payload of moderate length, with a number {i}\n" for i in range(unique)
@@ -72,7 +77,8 @@ def client(sock, chunks: list[bytes], lines: int, result: dict) -> None:
 
 def main() -> None:
     port, conns, lines, prefix = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    prepared = [prepare(port, lines, f"{prefix}{c}") for c in range(conns)]
+    tls = ssl.create_default_context(cafile=sys.argv[5]) if len(sys.argv) > 5 else None
+    prepared = [prepare(port, lines, f"{prefix}{c}", tls) for c in range(conns)]
     print("ready", flush=True)  # the parent then writes the byte that starts the clock
     sys.stdin.read(1)
     result = {"replies": 0, "ok": 0}

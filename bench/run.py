@@ -31,7 +31,10 @@ Then:
 - shippers: bench/shippers.py on the same database, before it stops: rsyslog forwarding N messages to
   prefork over octet-counted TCP and over RELP, and rsyslog's own ommysql writing straight to MariaDB
   (messages/s counted in the tables, every message checked stored); `--only shippers` (`make bench
-  BENCH=shippers`) runs this part alone and replaces its section of bench/RESULTS.md.
+  BENCH=shippers`) runs this part alone and replaces its section of bench/RESULTS.md;
+- TLS: bench/tls.py on the same database: TLS echo and ingest against plaintext on the same server, new
+  TLS connections/s of one worker against HAProxy terminating TLS, memory per idle TLS client; `--only tls`
+  (`make bench BENCH=tls`) runs it alone, likewise.
 
 Prints ratios first, then the table and the sections, and writes the same to bench/RESULTS.md; exits 1
 when the shipper bench lost messages (after writing them down).
@@ -747,6 +750,17 @@ def bench_shippers(db: MariaDBServer) -> tuple[list[str], list[str], bool]:
     return shippers_report(shippers_measure(db, mysqld_pid(db)))
 
 
+TLS_TITLE = "TLS: the cost"
+
+
+def bench_tls(db: MariaDBServer) -> tuple[list[str], list[str]]:
+    """bench/tls.py on the bench's database: its ratios' lines and its section's."""
+    from tls import measure as tls_measure
+    from tls import report as tls_report
+
+    return tls_report(tls_measure(db))
+
+
 def replace_section(text: str, title: str, lines: list[str]) -> str:
     """RESULTS.md with its section `title` made of these lines (added at the end when it has none)."""
     block = f"## {title}\n\n```\n" + "\n".join(lines) + "\n```\n"
@@ -760,7 +774,9 @@ def replace_section(text: str, title: str, lines: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="prefork's bench (README, Benchmarks)")
-    parser.add_argument("--only", choices=["shippers"], help="run this part alone (bench/RESULTS.md: its section)")
+    parser.add_argument(
+        "--only", choices=["shippers", "tls"], help="run this part alone (bench/RESULTS.md: its section)"
+    )
     only = parser.parse_args().only
     started = time.monotonic()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -783,10 +799,14 @@ def main() -> None:
     if only == "shippers":
         main_shippers(db, header)
         return
+    if only == "tls":
+        main_tls(db, header)
+        return
     results: dict[str, Result] = {}
     try:
         bench_database(db, results)
         shippers = bench_shippers(db)
+        tls_ratios, tls_table = bench_tls(db)
     finally:
         db.stop()
     bench_echo(results)
@@ -804,6 +824,8 @@ def main() -> None:
     ship_ratios, ship_table, complete = shippers
     sections[0][1].extend(ship_ratios)
     sections.append((SHIPPERS_TITLE, ship_table))
+    sections[0][1].extend(tls_ratios)
+    sections.append((TLS_TITLE, tls_table))
     elapsed = time.monotonic() - started
 
     out = []
@@ -838,6 +860,18 @@ def main_shippers(db: MariaDBServer, header: list[str]) -> None:
     results.write_text(replace_section(results.read_text() if results.exists() else "", SHIPPERS_TITLE, lines))
     if not complete:
         raise SystemExit("bench: the shipper bench LOST messages (see MESSAGES LOST above)")
+
+
+def main_tls(db: MariaDBServer, header: list[str]) -> None:
+    """`--only tls`: the TLS bench alone; its section of bench/RESULTS.md is replaced, the rest kept."""
+    try:
+        ratios, table = bench_tls(db)
+    finally:
+        db.stop()
+    lines = [*ratios, "", *table, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
+    print("\n".join(lines))
+    results = ROOT / "bench/RESULTS.md"
+    results.write_text(replace_section(results.read_text() if results.exists() else "", TLS_TITLE, lines))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Debian packages `make bench` needs besides MariaDB: rsyslog, rsyslog-relp (omrelp) and rsyslog-mysql
 # (ommysql), for the shipper bench (bench/shippers.py: rsyslogd run in the foreground with its own config,
-# never the machine's service). Installed when root and missing; otherwise one clear line naming what to
+# never the machine's service); haproxy and openssl for the TLS bench (bench/tls.py: HAProxy terminating TLS
+# in the foreground with its own config, certificates made by the openssl command line). Installed when root and missing; otherwise one clear line naming what to
 # install and a non-zero exit: the bench never leaves a contender out.
 # rsyslog-mysql's own setup (dbconfig-common) would create a database and a user in the machine's MySQL: it
 # is told not to (the bench gives ommysql its own server and table). The package still drops
@@ -10,12 +11,16 @@ set -eu
 have_rsyslog() { command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ]; }
 have_rsyslog_relp() { ls /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1; }
 have_rsyslog_mysql() { ls /usr/lib/*/rsyslog/ommysql.so >/dev/null 2>&1; }
+have_haproxy() { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }
+have_openssl() { command -v openssl >/dev/null 2>&1; }
 
 missing() {
     out=""
     have_rsyslog || out="$out rsyslog"
     have_rsyslog_relp || out="$out rsyslog-relp"
     have_rsyslog_mysql || out="$out rsyslog-mysql"
+    have_haproxy || out="$out haproxy"
+    have_openssl || out="$out openssl"
     echo "${out# }"
 }
 
