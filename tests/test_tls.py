@@ -367,3 +367,24 @@ def test_a_graceful_stop_ends_handshakes_under_way(pki: Pki):
             half.close()
         logs = srv.logs()
         assert "outlived" not in logs and "did not stop within graceful_timeout" not in logs, logs
+
+
+def test_tls_on_a_unix_socket_listener(pki: Pki, tmp_path: Path):
+    """TLS is the listener's, whatever its family: a unix socket listener with a certificate speaks TLS (the
+    client checks the name it was given), and a plaintext client there is closed at once."""
+    path = tmp_path / "tls.sock"
+    args = ["workers.echo:app", "--workers", "1", "--bind", f"unix:{path}"]
+    args += ["--tls-cert", str(pki.server_chain), "--tls-key", str(pki.server_key)]
+    with ServerProcess(args, bind=None):
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(IO_S)
+        raw.connect(str(path))
+        with tls_client(pki).wrap_socket(raw, server_hostname="localhost") as sock:
+            assert exchange(sock, b"over\nunix\n", 2) == [b"over", b"unix"]
+        with socket.socket(socket.AF_UNIX) as plain:
+            plain.settimeout(IO_S)
+            plain.connect(str(path))
+            try:
+                assert exchange(plain, b"plaintext\n", 1) == []  # closed without a reply
+            except ConnectionResetError:
+                pass  # closed with the line unread: a reset
