@@ -1,0 +1,194 @@
+"""`prefork upgrade` (USR2): a new master from the installed code takes over the listening sockets, under load.
+
+One master for the module (the versioned ingest app, tests/apps/versioned.py, copied to a directory of
+the test's own whose copy the test rewrites): first an upgrade whose new code does not import (the old
+master serves on), then one to version 2. Meanwhile a loader sends batches of lines with ids, each batch
+pipelined on a new connection (prefork.client.Client), and a connector thread counts refused connections.
+Rows are read back from MariaDB: each line stored once, none lost, each row carrying the version that
+stored it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prefork.client import Client
+from prefork.exits import EXIT_FAILURE
+from prefork.pidfile import read_pid
+from prefork.state import state_dir_for
+from prefork.upgrade import running
+from tests.helpers import query
+from tests.server import APPS, ROOT, ServerProcess, prefork_cmd, test_env, wait_for
+
+TABLE = "upgrade_rows"
+BATCH = 20  # lines per connection
+
+
+class Load:
+    """Batches of lines with ids, each on a new connection, and a thread that only connects: what was
+    sent, the replies that were not OK, and the connections refused."""
+
+    def __init__(self, port: int) -> None:
+        self.address = f"127.0.0.1:{port}"
+        self.port = port
+        self.sent: list[str] = []
+        self.not_ok: list[str] = []
+        self.refused = 0
+        self.connects = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=t, daemon=True) for t in (self._send, self._connect)]
+        for t in self._threads:
+            t.start()
+
+    def batch(self) -> list[str]:
+        """One batch on a new connection; its lines."""
+        lines = [f"line-{len(self.sent) + i}" for i in range(BATCH)]
+        with Client(self.address, ids=True, id_prefix=f"b{len(self.sent)}-") as client:
+            replies = client.send_all(lines)
+        self.sent += lines
+        self.not_ok += [f"{line}: {reply}" for line, reply in zip(lines, replies, strict=True) if reply != "OK"]
+        return lines
+
+    def _send(self) -> None:
+        while not self._stop.is_set():
+            self.batch()
+            time.sleep(0.01)
+
+    def _connect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=10).close()
+                self.connects += 1
+            except ConnectionRefusedError:
+                self.refused += 1
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("upgrade")
+    shutil.copy(APPS / "versioned.py", path / "versioned.py")
+    return path
+
+
+@pytest.fixture(scope="module")
+def srv(files: Path, mariadb) -> Iterator[ServerProcess]:
+    query(mariadb.dsn, f"DROP TABLE IF EXISTS `{TABLE}`")
+    args = ["versioned:app", "--dsn", mariadb.dsn, "--table", TABLE, "--workers", "2", "--graceful-timeout", "10"]
+    args += ["-s", "server.line_ids=on", "-s", f"server.pidfile={files / 'prefork.pid'}"]
+    env = {"PYTHONPATH": os.pathsep.join(map(str, (files, APPS, ROOT))), "VERSIONED_HOLD": str(files / "hold")}
+    server = ServerProcess(args, env=env)
+    try:
+        yield server.start()
+    finally:
+        new = read_pid(files / "prefork.pid")
+        server.stop()  # the whole session: the new master and its workers are in it too
+        if new:
+            shutil.rmtree(state_dir_for(new), ignore_errors=True)
+
+
+def set_version(files: Path, value: str) -> None:
+    """Rewrite the copy's ``VERSION = ...`` line (the next master imports the file afresh)."""
+    path = files / "versioned.py"
+    path.write_text(re.sub(r"^VERSION = .*$", f"VERSION = {value}", path.read_text(), count=1, flags=re.M))
+
+
+def upgrade(files: Path) -> subprocess.Popen:
+    cmd = prefork_cmd("upgrade", "--pidfile", str(files / "prefork.pid"), "--timeout", "60")
+    return subprocess.Popen(cmd, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def outcome(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=90)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def rows(dsn: str) -> list[str]:
+    return [payload for (payload,) in query(dsn, f"SELECT payload FROM `{TABLE}`")]
+
+
+def check_rows(dsn: str, load: Load) -> list[str]:
+    """Every line sent stored once; the payloads."""
+    stored = rows(dsn)
+    lines = [p.split(" ", 1)[1] for p in stored]
+    assert len(lines) == len(set(lines)), "a line stored twice"
+    assert sorted(lines) == sorted(load.sent), "lines lost"
+    return stored
+
+
+@pytest.mark.timeout(60)
+def test_a_new_master_that_cannot_import_the_app_leaves_the_old_one_serving(srv: ServerProcess, files: Path, mariadb):
+    load = Load(srv.port)
+    try:
+        wait_for(lambda: len(load.sent) >= 5 * BATCH, what="lines served")
+        set_version(files, "(")  # a syntax error: the new master's workers cannot import it
+        out = outcome(upgrade(files))
+        wait_for(lambda: len(load.sent) >= 10 * BATCH, what="lines served after the upgrade")
+    finally:
+        load.stop()
+        set_version(files, '"v1"')
+    assert out.returncode == EXIT_FAILURE, out
+    assert out.stderr.startswith("prefork: upgrade failed: new master "), out.stderr
+    assert (
+        "(exit code 3): its workers could not boot" in out.stderr and f"(master {srv.pid} keeps serving)" in out.stderr
+    )
+    assert load.refused == 0 and load.not_ok == [] and load.connects > 0
+    assert srv.proc.poll() is None and read_pid(files / "prefork.pid") == srv.pid
+    assert not (files / "prefork.pid.oldbin").exists()
+    assert srv.logs().count("upgrade failed: ") == 1
+    assert {p.split(" ", 1)[0] for p in check_rows(mariadb.dsn, load)} == {"v1"}
+
+
+@pytest.mark.timeout(60)
+def test_upgrade_under_load_serves_the_new_version_with_nothing_refused_lost_or_stored_twice(
+    srv: ServerProcess, files: Path, mariadb
+):
+    query(mariadb.dsn, f"DELETE FROM `{TABLE}`")
+    old = srv.pid
+    load = Load(srv.port)
+    try:
+        wait_for(lambda: len(load.sent) >= 5 * BATCH, what="lines served")
+        set_version(files, '"v2"')
+        before = len(load.sent)
+        (files / "hold").touch()  # the new master's import waits: a second USR2 comes meanwhile
+        proc = upgrade(files)
+        wait_for(lambda: "New master " in srv.logs().split("upgrade failed: ")[-1], what="the new master starting")
+        srv.signal(signal.SIGUSR2)
+        wait_for(lambda: "USR2: an upgrade is under way (new master " in srv.logs(), what="the second USR2 ignored")
+        (files / "hold").unlink()
+        out = outcome(proc)
+        during = len(load.sent) - before  # lines sent, and answered OK, while the command waited
+        after = load.batch()  # a new connection once the command returned: the new version serves it
+    finally:
+        (files / "hold").unlink(missing_ok=True)
+        load.stop()
+    assert out.returncode == 0, (out, srv.logs())
+    new = read_pid(files / "prefork.pid")
+    assert out.stdout == f"prefork: upgraded: master {new} serving, the old master {old} gone\n"
+    assert new != old and running(new) and srv.wait(10) == 0  # the old master exited 0
+    assert not (files / "prefork.pid.oldbin").exists()
+    assert load.refused == 0 and load.not_ok == [] and load.connects > 0
+    stored = check_rows(mariadb.dsn, load)
+    assert {p.split(" ", 1)[0] for p in stored} == {"v1", "v2"}
+    assert {f"v2 {line}" for line in after} <= set(stored)
+    assert during > 0
+    print(f"\n{len(load.sent)} lines ({during} during the upgrade), {load.connects} connects: 0 refused")
+    # The new master answers the usual commands, and stops as any master does.
+    stop = subprocess.run(prefork_cmd("stop", "--pidfile", str(files / "prefork.pid")), env=test_env(), timeout=30)
+    assert stop.returncode == 0 and not running(new)
