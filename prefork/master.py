@@ -341,7 +341,9 @@ class Master:
     def halt(self, reason: str, exit_status: int) -> int:
         """Stop every worker (gracefully unless already done), clean up, return the exit status."""
         log.info("Shutting down: %s", reason)
-        if not self.handed_over:  # else systemd follows the new master (MAINPID=): it is not stopping
+        # Not after a handover (systemd follows the new master: MAINPID=), nor from a new master that never
+        # took over (the old one serves on): with NotifyAccess=all, systemd would take the service as stopping.
+        if not self.handed_over and self.handover is None:
             self.notify.stopping()
         if self.upgrade is not None:  # stopped while upgrading: the new master goes too
             self.upgrade_failed(f"this master was stopped ({reason})", signal.SIGTERM)

@@ -30,6 +30,7 @@ from prefork.state import state_dir_for
 from prefork.upgrade import running
 from tests.helpers import query
 from tests.server import APPS, ROOT, ServerProcess, prefork_cmd, test_env, wait_for
+from tests.test_supervision import FakeSystemd
 
 TABLE = "upgrade_rows"
 BATCH = 20  # lines per connection
@@ -46,6 +47,8 @@ class Load:
         self.not_ok: list[str] = []
         self.refused = 0
         self.connects = 0
+        self._next = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=t, daemon=True) for t in (self._send, self._connect)]
         for t in self._threads:
@@ -53,10 +56,13 @@ class Load:
 
     def batch(self) -> list[str]:
         """One batch on a new connection; its lines."""
-        lines = [f"line-{len(self.sent) + i}" for i in range(BATCH)]
-        with Client(self.address, ids=True, id_prefix=f"b{len(self.sent)}-") as client:
+        with self._lock:  # the loader's thread, and the test's own batch after the upgrade
+            first, self._next = self._next, self._next + BATCH
+        lines = [f"line-{first + i}" for i in range(BATCH)]
+        with Client(self.address, ids=True, id_prefix=f"b{first}-") as client:
             replies = client.send_all(lines)
-        self.sent += lines
+        with self._lock:
+            self.sent += lines
         self.not_ok += [f"{line}: {reply}" for line, reply in zip(lines, replies, strict=True) if reply != "OK"]
         return lines
 
@@ -88,11 +94,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def srv(files: Path, mariadb) -> Iterator[ServerProcess]:
+def systemd(files: Path) -> Iterator[FakeSystemd]:
+    notify = FakeSystemd(files / "notify")
+    yield notify
+    notify.close()
+
+
+@pytest.fixture(scope="module")
+def srv(files: Path, mariadb, systemd: FakeSystemd) -> Iterator[ServerProcess]:
     query(mariadb.dsn, f"DROP TABLE IF EXISTS `{TABLE}`")
     args = ["versioned:app", "--dsn", mariadb.dsn, "--table", TABLE, "--workers", "2", "--graceful-timeout", "10"]
     args += ["-s", "server.line_ids=on", "-s", f"server.pidfile={files / 'prefork.pid'}"]
     env = {"PYTHONPATH": os.pathsep.join(map(str, (files, APPS, ROOT))), "VERSIONED_HOLD": str(files / "hold")}
+    env["NOTIFY_SOCKET"] = str(systemd.path)
     server = ServerProcess(args, env=env)
     try:
         yield server.start()
@@ -133,7 +147,9 @@ def check_rows(dsn: str, load: Load) -> list[str]:
 
 
 @pytest.mark.timeout(60)
-def test_a_new_master_that_cannot_import_the_app_leaves_the_old_one_serving(srv: ServerProcess, files: Path, mariadb):
+def test_a_new_master_that_cannot_import_the_app_leaves_the_old_one_serving(
+    srv: ServerProcess, files: Path, mariadb, systemd: FakeSystemd
+):
     load = Load(srv.port)
     try:
         wait_for(lambda: len(load.sent) >= 5 * BATCH, what="lines served")
@@ -153,11 +169,12 @@ def test_a_new_master_that_cannot_import_the_app_leaves_the_old_one_serving(srv:
     assert not (files / "prefork.pid.oldbin").exists()
     assert srv.logs().count("upgrade failed: ") == 1
     assert {p.split(" ", 1)[0] for p in check_rows(mariadb.dsn, load)} == {"v1"}
+    assert systemd.keys() == ["READY"]  # the old master's: nothing from the failed one
 
 
 @pytest.mark.timeout(60)
 def test_upgrade_under_load_serves_the_new_version_with_nothing_refused_lost_or_stored_twice(
-    srv: ServerProcess, files: Path, mariadb
+    srv: ServerProcess, files: Path, mariadb, systemd: FakeSystemd
 ):
     query(mariadb.dsn, f"DELETE FROM `{TABLE}`")
     old = srv.pid
@@ -188,6 +205,10 @@ def test_upgrade_under_load_serves_the_new_version_with_nothing_refused_lost_or_
     assert {p.split(" ", 1)[0] for p in stored} == {"v1", "v2"}
     assert {f"v2 {line}" for line in after} <= set(stored)
     assert during > 0
+    # systemd follows the new master: its pid with its READY=1, and no STOPPING=1 from the old one.
+    assert systemd.keys() == ["READY", "MAINPID"]
+    took_over = next(m for m in systemd.messages if "MAINPID" in m)
+    assert took_over["MAINPID"] == str(new) and took_over["READY"] == "1"
     print(f"\n{len(load.sent)} lines ({during} during the upgrade), {load.connects} connects: 0 refused")
     # The new master answers the usual commands, and stops as any master does.
     stop = subprocess.run(prefork_cmd("stop", "--pidfile", str(files / "prefork.pid")), env=test_env(), timeout=30)
