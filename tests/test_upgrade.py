@@ -5,7 +5,8 @@ the test's own whose copy the test rewrites): first an upgrade whose new code do
 master serves on), then one to version 2. Meanwhile a loader sends batches of lines with ids, each batch
 pipelined on a new connection (prefork.client.Client), and a connector thread counts refused connections.
 Rows are read back from MariaDB: each line stored once, none lost, each row carrying the version that
-stored it.
+stored it. A fake NOTIFY_SOCKET checks what systemd hears. Last, a master of its own whose new master's
+workers cannot boot (the new master itself runs, then exits 3).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prefork.pidfile import read_pid
 from prefork.state import state_dir_for
 from prefork.upgrade import running
 from tests.helpers import query
-from tests.server import APPS, ROOT, ServerProcess, prefork_cmd, test_env, wait_for
+from tests.server import APPS, ROOT, ServerProcess, prefork_cmd, roundtrip, test_env, wait_for
 from tests.test_supervision import FakeSystemd
 
 TABLE = "upgrade_rows"
@@ -213,3 +214,25 @@ def test_upgrade_under_load_serves_the_new_version_with_nothing_refused_lost_or_
     # The new master answers the usual commands, and stops as any master does.
     stop = subprocess.run(prefork_cmd("stop", "--pidfile", str(files / "prefork.pid")), env=test_env(), timeout=30)
     assert stop.returncode == 0 and not running(new)
+
+
+@pytest.mark.timeout(60)
+def test_a_new_master_whose_workers_cannot_boot_exits_and_tells_systemd_nothing(tmp_path: Path):
+    """No app settings, so no probe: the new master itself starts, its workers fail to import the app three
+    times, it exits 3. The old master serves on; systemd hears nothing from the new one (no STOPPING=1)."""
+    (tmp_path / "plain.py").write_text("from workers.echo import app\n")
+    systemd = FakeSystemd(tmp_path / "notify")
+    pidfile = tmp_path / "prefork.pid"
+    env = {"PYTHONPATH": os.pathsep.join(map(str, (tmp_path, APPS, ROOT))), "NOTIFY_SOCKET": str(systemd.path)}
+    try:
+        with ServerProcess(["plain:app", "--workers", "1", "-s", f"server.pidfile={pidfile}"], env=env) as srv:
+            (tmp_path / "plain.py").write_text("raise ImportError('plain v2 is broken')\n")
+            cmd = prefork_cmd("upgrade", "--pidfile", str(pidfile), "--timeout", "60")
+            out = subprocess.run(cmd, env=test_env(), capture_output=True, text=True, timeout=90)
+            assert out.returncode == EXIT_FAILURE, out
+            assert "(exit code 3): its workers could not boot" in out.stderr, out.stderr
+            assert "ImportError('plain v2 is broken')" in srv.logs()
+            assert read_pid(pidfile) == srv.pid and roundtrip(srv.port, [b"still"]) == [b"still"]
+            assert systemd.keys() == ["READY"]
+    finally:
+        systemd.close()
