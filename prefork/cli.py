@@ -451,7 +451,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from prefork.upgrade import FAILED, answer, answered, running
 
     pid, state_dir = find_master(args)
-    before = answered(read_json(state_dir / MASTER_FILE))  # the next attempt to finish answers this USR2
+    master = read_json(state_dir / MASTER_FILE)
+    if master is not None and "upgrade" not in master:  # USR2 would kill it: its default action
+        raise CommandError("the master keeps no upgrade record (a prefork older than this command?)", EXIT_FAILURE)
+    before = answered(master)  # the next attempt to finish answers this USR2
     signal_master(args, signal.SIGUSR2, pid)
     path = _pidfile_of(args) if args.pid is None else None
     deadline = time.monotonic() + args.timeout

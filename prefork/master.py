@@ -334,7 +334,14 @@ class Master:
         if self.handover is not None:
             log.info("USR2: this master is not serving alone yet (upgrading from %s): ignored", self.handover.old_pid)
             return
+        if self.pending is not None or self.probing is not None:  # its listeners are not settled yet
+            self.upgrade_not_started("a reload is under way: upgrade once it is over")
+            return
         self.start_upgrade()
+
+    def upgrade_not_started(self, reason: str) -> None:
+        log.error("USR2: upgrade not started: %s", reason)
+        self.upgrade_record.refuse(reason)
 
     # -- stopping -----------------------------------------------------------------------------------
 
@@ -553,13 +560,13 @@ class Master:
                 os.rename(path, path + OLDBIN)  # the lock moves with the file: it stays held by this master
                 self._pidfile_path = path + OLDBIN
             except OSError as exc:
-                log.error("upgrade not started: cannot rename the pidfile %s: %s", path, exc)
+                self.upgrade_not_started(f"cannot rename the pidfile {path}: {exc}")
                 return
         try:
             self.upgrade = spawn(self.listeners, self.start_dir)
         except OSError as exc:
             self.restore_pidfile()
-            log.error("upgrade not started: %s", exc)
+            self.upgrade_not_started(str(exc))
             return
         self.upgrade.deadline = time.monotonic() + max(self.cfg.server.timeout, 10.0)
         self.upgrade_record.begin(self.upgrade.pid)

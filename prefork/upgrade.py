@@ -165,6 +165,12 @@ class UpgradeRecord:
         self.requested += 1
         self.running = pid
 
+    def refuse(self, reason: str) -> None:
+        """An attempt that could not start: answered at once."""
+        self.requested += 1
+        self.answered, self.running, self.new_pid = self.requested, None, None
+        self.outcome, self.reason, self.finished_at = FAILED, reason, iso(time.time())
+
     def finish(self, outcome: str, reason: str | None = None) -> None:
         if self.running is None:
             return
