@@ -350,8 +350,9 @@ def find_master(args: argparse.Namespace) -> tuple[int, Path]:
         if not pidfile:
             raise CommandError("server.pidfile is not set in the config: give --pidfile")
     if pidfile:
+        pidfile = _live_pidfile(pidfile)
         pid = _pid_from(pidfile)
-        try:  # the master wrote where its state is beside the pidfile
+        try:  # the master wrote where its state is beside the pidfile (PIDFILE's, not PIDFILE.oldbin's)
             recorded = [Path(Path(pidfile + PIDFILE_STATE_SUFFIX).read_text().strip())]
         except OSError:
             recorded = []
@@ -403,12 +404,22 @@ def signal_master(args: argparse.Namespace, signum: int, pid: int | None = None)
     return pid
 
 
-def _pidfile_of(args: argparse.Namespace) -> str | None:
-    if getattr(args, "pidfile", None):
-        return args.pidfile
-    if args.config or args.sets:
-        return load_from_args(args).server.pidfile
-    return None
+def _pidfile_of(args: argparse.Namespace, live: bool = True) -> str | None:
+    """The pidfile the command names; with ``live``, PIDFILE.oldbin instead while an upgrade moved it there."""
+    path = args.pidfile if getattr(args, "pidfile", None) else None
+    if path is None and (args.config or args.sets):
+        path = load_from_args(args).server.pidfile
+    return _live_pidfile(path) if path and live else path
+
+
+def _live_pidfile(path: str) -> str:
+    """PIDFILE, or PIDFILE.oldbin when only that exists: a master upgrading (USR2) moved its pidfile there
+    until the new master writes PIDFILE; `stop`, `reload`, `status` and `upgrade` reach it meanwhile."""
+    from prefork.upgrade import OLDBIN
+
+    if os.path.lexists(path) or not os.path.lexists(path + OLDBIN):
+        return path
+    return path + OLDBIN
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -456,7 +467,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         raise CommandError("the master keeps no upgrade record (a prefork older than this command?)", EXIT_FAILURE)
     before = answered(master)  # the next attempt to finish answers this USR2
     signal_master(args, signal.SIGUSR2, pid)
-    path = _pidfile_of(args) if args.pid is None else None
+    path = _pidfile_of(args, live=False) if args.pid is None else None  # the new master writes PIDFILE
     deadline = time.monotonic() + args.timeout
     new_pid = None
     while True:
@@ -474,7 +485,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
                 print(f"prefork: upgraded: master {new_pid} serving, the old master {pid} gone")
                 return 0
         if time.monotonic() > deadline:
-            doing = f"new master {new_pid} serves, the old one stopping" if new_pid else "the new master booting"
+            if record is not None:
+                doing = f"new master {new_pid} serves, the old one stopping"
+            else:
+                doing = f"new master {new_pid} booting" if new_pid else "no new master started yet"
             print(f"prefork: upgrade not over after {args.timeout:g}s ({doing})", file=sys.stderr)
             return EXIT_TIMEOUT
         time.sleep(0.1)

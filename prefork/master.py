@@ -257,13 +257,16 @@ class Master:
             return self.halt("unhandled error", EXIT_FAILURE)
 
     def wait_for_events(self) -> None:
-        """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape or a probe's report."""
+        """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape, a probe's report or the
+        word of a new master (upgrade)."""
         self._scrape_waiting = False
         if self.sig_queue:
             return
         assert self._pipe is not None  # start() made it
         wakeup = self._pipe[0]
         waiting: list[Any] = [wakeup, *(x for x in (self.metrics, self.probing) if x is not None)]
+        if self.upgrade is not None:  # the new master's word: hand over at once
+            waiting.append(self.upgrade.pipe)
         try:
             readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
         except InterruptedError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from prefork.client import Client
-from prefork.exits import EXIT_FAILURE
+from prefork.exits import EXIT_FAILURE, EXIT_TIMEOUT
 from prefork.pidfile import read_pid
 from prefork.state import state_dir_for
 from prefork.upgrade import running
@@ -124,8 +123,8 @@ def set_version(files: Path, value: str) -> None:
     path.write_text(re.sub(r"^VERSION = .*$", f"VERSION = {value}", path.read_text(), count=1, flags=re.M))
 
 
-def upgrade(files: Path) -> subprocess.Popen:
-    cmd = prefork_cmd("upgrade", "--pidfile", str(files / "prefork.pid"), "--timeout", "60")
+def upgrade(files: Path, timeout: str = "60") -> subprocess.Popen:
+    cmd = prefork_cmd("upgrade", "--pidfile", str(files / "prefork.pid"), "--timeout", timeout)
     return subprocess.Popen(cmd, env=test_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -187,8 +186,11 @@ def test_upgrade_under_load_serves_the_new_version_with_nothing_refused_lost_or_
         (files / "hold").touch()  # the new master's import waits: a second USR2 comes meanwhile
         proc = upgrade(files)
         wait_for(lambda: "New master " in srv.logs().split("upgrade failed: ")[-1], what="the new master starting")
-        srv.signal(signal.SIGUSR2)
-        wait_for(lambda: "USR2: an upgrade is under way (new master " in srv.logs(), what="the second USR2 ignored")
+        # A second command meanwhile: its USR2 is ignored, it would get this upgrade's outcome, but gives up.
+        second = outcome(upgrade(files, "0.5"))
+        assert second.returncode == EXIT_TIMEOUT, second
+        assert re.fullmatch(r"prefork: upgrade not over after 0.5s \(new master \d+ booting\)\n", second.stderr)
+        assert "USR2: an upgrade is under way (new master " in srv.logs()
         (files / "hold").unlink()
         out = outcome(proc)
         during = len(load.sent) - before  # lines sent, and answered OK, while the command waited
