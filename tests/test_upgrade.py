@@ -168,6 +168,10 @@ def test_a_new_master_that_cannot_import_the_app_leaves_the_old_one_serving(
     assert srv.proc.poll() is None and read_pid(files / "prefork.pid") == srv.pid
     assert not (files / "prefork.pid.oldbin").exists()
     assert srv.logs().count("upgrade failed: ") == 1
+    status = subprocess.run(
+        prefork_cmd("status", "--pidfile", str(files / "prefork.pid")), env=test_env(), capture_output=True, text=True
+    )
+    assert "): failed: new master " in status.stdout and "its workers could not boot" in status.stdout, status
     assert {p.split(" ", 1)[0] for p in check_rows(mariadb.dsn, load)} == {"v1"}
     assert systemd.keys() == ["READY"]  # the old master's: nothing from the failed one
 
