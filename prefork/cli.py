@@ -4,6 +4,7 @@
     prefork run --daemon [options]     # returns 0 only once workers are serving
     prefork reload|stop|status [--pidfile PATH | -c FILE | --pid PID] [--json]
     prefork reload --wait [--timeout S]  # 0: the new generation serves; 1: refused or abandoned; 124: timed out
+    prefork upgrade [--pidfile PATH | -c FILE | --pid PID] [--timeout S]  # USR2: 0 once the new master serves alone
     prefork check [APP] [-c FILE]      # validate config, import the app, run its check hook
     prefork initdb [APP] [-c FILE]     # run the app's initdb hook (ingest: create its table)
     prefork config [APP] [-c FILE] [--json]  # the effective configuration, each key with its source
@@ -89,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "--timeout", type=float, help="wait at most this many seconds for the master to exit (exit 1 if not)"
             )
 
+    upgrade = sub.add_parser("upgrade", help="start a new master from the installed code (SIGUSR2) and wait")
+    _add_config_options(upgrade)
+    upgrade.add_argument("--pidfile", help="the master's pidfile")
+    upgrade.add_argument("--pid", type=int, help="the master's pid (systemd's $MAINPID), instead of a pidfile")
+    upgrade.add_argument(
+        "--timeout",
+        type=float,
+        default=UPGRADE_WAIT_TIMEOUT,
+        help="exit 124 if the new master does not serve alone within this many seconds "
+        f"(default {UPGRADE_WAIT_TIMEOUT:g}); exit 0 once it does, 1 if it failed (the old master serves on)",
+    )
+
     for name, text in (
         ("check", "validate the config, import the app and run its check hook (ingest: connect, find the table)"),
         ("initdb", "import the app and run its initdb hook (ingest: create the table if missing)"),
@@ -130,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RELOAD_WAIT_TIMEOUT = 60.0  # a probe and a generation's boot each get server.timeout (30 s by default)
+UPGRADE_WAIT_TIMEOUT = 120.0  # the new master's boot (server.timeout), then the old workers' graceful stop
 
 
 class _VersionAction(argparse.Action):
@@ -209,7 +223,7 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prefork import activation, logs, sockets
+    from prefork import activation, logs, sockets, upgrade
     from prefork.config.appload import AppLoadError, start_directory
     from prefork.config.probe import needs_probe, probe
     from prefork.daemon import daemonize
@@ -220,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:  # first: no child (the app probe, workers) may see LISTEN_FDS or inherit the sockets
         passed, ignored = activation.take()
-    except activation.ActivationError as exc:
+        handover = upgrade.take(len(passed))  # USR2 started this master: the sockets are the old master's
+    except (activation.ActivationError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     cfg = load_from_args(args)
     identity = resolve_identity(cfg)
@@ -242,7 +257,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ignored:
         log.warning("%s", ignored)
     try:
-        from_systemd = activation.match(passed, cfg.server.bind, cfg.server.fd_name)
+        if handover is not None:
+            log.info("Upgrading from master %s: serving its listening sockets", handover.old_pid)
+            from_systemd, dropped = upgrade.matched(handover, passed, cfg.server.bind)
+            for key, each in dropped:
+                log.warning("server.bind=%s is no longer in the config: its socket is not served", key)
+                each.sock.close()
+        else:
+            from_systemd = activation.match(passed, cfg.server.bind, cfg.server.fd_name)
     except activation.ActivationError as exc:
         raise CommandError(str(exc)) from None
     # TLS listeners' files, as root if started so (the workers load them before dropping privileges).
@@ -251,7 +273,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         for address in cfg.server.bind:
             if (key := str(address)) in from_systemd:
-                listeners[key] = sockets.adopt(from_systemd[key].sock)
+                # Inherited: systemd's, or the old master's (a unix socket's file is then left in place at
+                # the final stop: the next bind replaces a stale one).
+                listeners[key] = sockets.adopt(from_systemd[key].sock, upgrade=handover is not None)
                 continue
             if passed:
                 log.info("server.bind=%s: no socket from systemd matches it, binding it", address)
@@ -280,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sock.close()
             raise CommandError(f"cannot bind server.metrics_bind={metrics_bind}: {exc.strerror or exc}") from None
     master = Master(cfg, listeners, metrics=metrics, identity=identity)
-    if not cfg.server.daemon:
+    master.handover = handover
+    if not cfg.server.daemon or handover is not None:  # started by a daemon's USR2: detached already
         return master.run()
     report = daemonize(master)  # the launching process exits inside, with the start's outcome
     code = master.run()
@@ -325,8 +350,9 @@ def find_master(args: argparse.Namespace) -> tuple[int, Path]:
         if not pidfile:
             raise CommandError("server.pidfile is not set in the config: give --pidfile")
     if pidfile:
+        pidfile = _live_pidfile(pidfile)
         pid = _pid_from(pidfile)
-        try:  # the master wrote where its state is beside the pidfile
+        try:  # the master wrote where its state is beside the pidfile (PIDFILE's, not PIDFILE.oldbin's)
             recorded = [Path(Path(pidfile + PIDFILE_STATE_SUFFIX).read_text().strip())]
         except OSError:
             recorded = []
@@ -378,12 +404,22 @@ def signal_master(args: argparse.Namespace, signum: int, pid: int | None = None)
     return pid
 
 
-def _pidfile_of(args: argparse.Namespace) -> str | None:
-    if getattr(args, "pidfile", None):
-        return args.pidfile
-    if args.config or args.sets:
-        return load_from_args(args).server.pidfile
-    return None
+def _pidfile_of(args: argparse.Namespace, live: bool = True) -> str | None:
+    """The pidfile the command names; with ``live``, PIDFILE.oldbin instead while an upgrade moved it there."""
+    path = args.pidfile if getattr(args, "pidfile", None) else None
+    if path is None and (args.config or args.sets):
+        path = load_from_args(args).server.pidfile
+    return _live_pidfile(path) if path and live else path
+
+
+def _live_pidfile(path: str) -> str:
+    """PIDFILE, or PIDFILE.oldbin when only that exists: a master upgrading (USR2) moved its pidfile there
+    until the new master writes PIDFILE; `stop`, `reload`, `status` and `upgrade` reach it meanwhile."""
+    from prefork.upgrade import OLDBIN
+
+    if os.path.lexists(path) or not os.path.lexists(path + OLDBIN):
+        return path
+    return path + OLDBIN
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -416,6 +452,46 @@ def cmd_reload(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_FAILURE
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """USR2, then wait: 0 once the new master serves and the old one is gone (the pidfile naming the new
+    one), 1 with the reason if the new master failed (the old one serves on), 124 when --timeout runs out."""
+    from prefork import pidfile
+    from prefork.state import MASTER_FILE, read_json
+    from prefork.upgrade import FAILED, answer, answered, running
+
+    pid, state_dir = find_master(args)
+    master = read_json(state_dir / MASTER_FILE)
+    if master is not None and "upgrade" not in master:  # USR2 would kill it: its default action
+        raise CommandError("the master keeps no upgrade record (a prefork older than this command?)", EXIT_FAILURE)
+    before = answered(master)  # the next attempt to finish answers this USR2
+    signal_master(args, signal.SIGUSR2, pid)
+    path = _pidfile_of(args, live=False) if args.pid is None else None  # the new master writes PIDFILE
+    deadline = time.monotonic() + args.timeout
+    new_pid = None
+    while True:
+        master = read_json(state_dir / MASTER_FILE)  # None once the old master is gone
+        record = answer(master, before)
+        if record is not None and record["outcome"] == FAILED:
+            print(f"prefork: upgrade failed: {record['reason']} (master {pid} keeps serving)", file=sys.stderr)
+            return EXIT_FAILURE
+        # The new master's pid, seen while it boots (the old master may be gone before its last words are read).
+        new_pid = (record or {}).get("new_pid") or (master or {}).get("upgrade", {}).get("running") or new_pid
+        if not running(pid):
+            if new_pid is None or not running(new_pid):
+                raise CommandError(f"master {pid} exited before a new master served", EXIT_FAILURE)
+            if path is None or (pidfile.read_pid(path) == new_pid and pidfile.is_locked(path)):
+                print(f"prefork: upgraded: master {new_pid} serving, the old master {pid} gone")
+                return 0
+        if time.monotonic() > deadline:
+            if record is not None:
+                doing = f"new master {new_pid} serves, the old one stopping"
+            else:
+                doing = f"new master {new_pid} booting" if new_pid else "no new master started yet"
+            print(f"prefork: upgrade not over after {args.timeout:g}s ({doing})", file=sys.stderr)
+            return EXIT_TIMEOUT
+        time.sleep(0.1)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -528,6 +604,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "reload": cmd_reload,
+    "upgrade": cmd_upgrade,
     "stop": cmd_stop,
     "status": cmd_status,
     "check": cmd_check,

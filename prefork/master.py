@@ -15,6 +15,10 @@ worker reports ready are the old ones stopped gracefully. Listeners stay open th
 refused. A config that fails to load, a listener that fails to bind or a generation that fails to boot
 is logged, and the old workers keep serving. The old workers hand their connections, open, to the new
 generation (``prefork.handoff``): a reload closes no client connection.
+
+Upgrade (USR2, ``prefork.upgrade``): a new master, re-executed from the installed code, inherits the
+listeners; once its workers serve, this one stops its own gracefully and exits. Until then it serves
+on, and keeps serving if the new master fails.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ from prefork.systemd import Notifier
 from prefork.tls import check_config as check_tls_files
 from prefork.tls import of_config as tls_of_config
 from prefork.tls import warn_expiring
+from prefork.upgrade import EXEC_FAILED, FAILED, OLDBIN, Handover, Upgrade, UpgradeRecord, spawn
+from prefork.upgrade import command_line as upgrade_command
 from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
@@ -149,6 +155,11 @@ class Master:
         self._scrape_waiting = False
         self._notified_ready = False
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
+        self._pidfile_path = config.server.pidfile  # where it is now: PIDFILE, or PIDFILE.oldbin during an upgrade
+        self.upgrade: Upgrade | None = None  # a new master started by USR2, not yet serving
+        self.upgrade_record = UpgradeRecord()  # what became of the USR2s (`prefork upgrade`)
+        self.handover: Handover | None = None  # set when USR2 started this master: the old one waits for it
+        self.handed_over = False  # a new master serves: this one only stops its workers and exits
         # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
         self.retired: dict[str, Any] = {
             "lines": 0,
@@ -187,13 +198,8 @@ class Master:
             raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_USAGE) from None
         self._state_dir_ours = True
         _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
-        if self.cfg.server.pidfile:
-            try:
-                self._pidfile_fd = pidfile.acquire(self.cfg.server.pidfile, self.pid)
-            except pidfile.PidfileError as exc:
-                raise HaltServer(str(exc), EXIT_USAGE) from None
-            # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
-            Path(self.cfg.server.pidfile + PIDFILE_STATE_SUFFIX).write_text(f"{self.state_dir}\n")
+        if self.handover is None:  # a new master started by USR2 writes the pidfile once it serves
+            self.write_pidfile()
         self.handoff_board.set(self.generation)
         r, w = os.pipe()
         os.set_blocking(r, False)
@@ -208,6 +214,18 @@ class Master:
         if self.metrics is not None:
             log.info("Metrics at: http://%s/metrics", self.metrics.address)
         log.info("Using app %s with %d workers", self.cfg.server.app, self.target)
+
+    def write_pidfile(self) -> None:
+        """Write and lock server.pidfile (if set), and note beside it where the state lives."""
+        path = self._pidfile_path = self.cfg.server.pidfile
+        if not path:
+            return
+        try:
+            self._pidfile_fd = pidfile.acquire(path, self.pid)
+        except pidfile.PidfileError as exc:
+            raise HaltServer(str(exc), EXIT_USAGE) from None
+        # Beside the pidfile, where the state lives: `status -c FILE` finds it whatever its environment.
+        Path(path + PIDFILE_STATE_SUFFIX).write_text(f"{self.state_dir}\n")
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.sig_queue.append(signum)  # no logging, just queue: the loop acts on it
@@ -226,6 +244,7 @@ class Master:
                 self.reap_workers()
                 self.poll_workers()
                 self.check_reload()
+                self.check_upgrade()
                 self.murder_workers()
                 self.manage_workers()
                 self.announce_ready()
@@ -238,13 +257,16 @@ class Master:
             return self.halt("unhandled error", EXIT_FAILURE)
 
     def wait_for_events(self) -> None:
-        """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape or a probe's report."""
+        """Sleep up to LOOP_INTERVAL, waking early for a signal, a metrics scrape, a probe's report or the
+        word of a new master (upgrade)."""
         self._scrape_waiting = False
         if self.sig_queue:
             return
         assert self._pipe is not None  # start() made it
         wakeup = self._pipe[0]
         waiting: list[Any] = [wakeup, *(x for x in (self.metrics, self.probing) if x is not None)]
+        if self.upgrade is not None:  # the new master's word: hand over at once
+            waiting.append(self.upgrade.pipe)
         try:
             readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
         except InterruptedError:
@@ -307,16 +329,40 @@ class Master:
         logs.reopen()
         self.signal_workers(signal.SIGUSR1)
 
+    def handle_usr2(self) -> None:
+        """Upgrade: start a new master from the installed code on the same listeners (prefork.upgrade)."""
+        if self.upgrade is not None:
+            log.info("USR2: an upgrade is under way (new master %s): ignored", self.upgrade.pid)
+            return
+        if self.handover is not None:
+            log.info("USR2: this master is not serving alone yet (upgrading from %s): ignored", self.handover.old_pid)
+            return
+        if self.pending is not None or self.probing is not None:  # its listeners are not settled yet
+            self.upgrade_not_started("a reload is under way: upgrade once it is over")
+            return
+        self.start_upgrade()
+
+    def upgrade_not_started(self, reason: str) -> None:
+        log.error("USR2: upgrade not started: %s", reason)
+        self.upgrade_record.refuse(reason)
+
     # -- stopping -----------------------------------------------------------------------------------
 
     def halt(self, reason: str, exit_status: int) -> int:
         """Stop every worker (gracefully unless already done), clean up, return the exit status."""
         log.info("Shutting down: %s", reason)
-        self.notify.stopping()
+        # Not after a handover (systemd follows the new master: MAINPID=), nor from a new master that never
+        # took over (the old one serves on): with NotifyAccess=all, systemd would take the service as stopping.
+        if not self.handed_over and self.handover is None:
+            self.notify.stopping()
+        if self.upgrade is not None:  # stopped while upgrading: the new master goes too
+            self.upgrade_failed(f"this master was stopped ({reason})", signal.SIGTERM)
+        if self.handover is not None:
+            self.handover.close()
         self.stop(graceful=True)
-        path = self.cfg.server.pidfile
-        if path and pidfile.read_pid(path) == self.pid:
-            _remove(Path(path + PIDFILE_STATE_SUFFIX))
+        path = self._pidfile_path
+        if path and path == self.cfg.server.pidfile and pidfile.read_pid(path) == self.pid:
+            _remove(Path(path + PIDFILE_STATE_SUFFIX))  # after an upgrade it is the new master's
         if path:
             pidfile.release(path, self.pid, self._pidfile_fd)
             self._pidfile_fd = None
@@ -506,6 +552,92 @@ class Master:
         self.notify.ready(self.summary())
         self.reload_queued_now()
 
+    # -- upgrade (USR2) -----------------------------------------------------------------------------
+
+    def start_upgrade(self) -> None:
+        """Move the pidfile aside (PIDFILE.oldbin) and start the new master on this one's listeners."""
+        log.info("USR2: upgrading: starting a new master (%s)", " ".join(upgrade_command()))
+        path = self.cfg.server.pidfile
+        if path and pidfile.read_pid(path) == self.pid:
+            try:
+                os.rename(path, path + OLDBIN)  # the lock moves with the file: it stays held by this master
+                self._pidfile_path = path + OLDBIN
+            except OSError as exc:
+                self.upgrade_not_started(f"cannot rename the pidfile {path}: {exc}")
+                return
+        try:
+            self.upgrade = spawn(self.listeners, self.start_dir)
+        except OSError as exc:
+            self.restore_pidfile()
+            self.upgrade_not_started(str(exc))
+            return
+        self.upgrade.deadline = time.monotonic() + max(self.cfg.server.timeout, 10.0)
+        self.upgrade_record.begin(self.upgrade.pid)
+        log.info("New master %s starting; this master (%s) serves until it is ready", self.upgrade.pid, self.pid)
+
+    def check_upgrade(self) -> None:
+        """Hand over once the new master says it serves; give up on one that overran its time."""
+        upgrade = self.upgrade
+        if upgrade is None:
+            return
+        upgrade.read()
+        if upgrade.ready:
+            self.upgrade = None
+            upgrade.close()
+            self.upgrade_record.finish(SERVING)
+            self.handed_over = True
+            for sock in self.listeners.values():
+                sockets.adopt(sock, upgrade=True)  # the new master's now: closing must not remove its file
+            self.write_status()  # the outcome, for `prefork upgrade`, before the drain
+            raise HaltServer(f"upgraded: new master {upgrade.pid} serves, stopping the old workers")
+        if time.monotonic() > upgrade.deadline:
+            bound = max(self.cfg.server.timeout, 10.0)
+            self.upgrade_failed(f"new master {upgrade.pid} was not ready within {bound:g}s (sent TERM)", signal.SIGTERM)
+
+    def new_master_exited(self, status: int) -> None:
+        """The new master exited before it served: the upgrade failed."""
+        assert self.upgrade is not None
+        code = os.waitstatus_to_exitcode(status)
+        said = self.upgrade.read().strip()
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        why = {EXIT_BOOT: "its workers could not boot", EXIT_USAGE: "a usage, config or bind error"}.get(code, "")
+        if code == EXEC_FAILED and said.startswith("error "):
+            why = said.removeprefix("error ")
+        detail = f": {why}" if why else ""
+        self.upgrade_failed(f"new master {self.upgrade.pid} exited ({how}){detail}; see its log lines above")
+
+    def upgrade_failed(self, reason: str, signum: int | None = None) -> None:
+        """Keep serving: the pidfile back in place, one line with the reason."""
+        upgrade = self.upgrade
+        if upgrade is None:
+            return
+        self.upgrade = None
+        if signum is not None:
+            self.kill_worker(upgrade.pid, signum)  # reaped by reap_workers (an unknown pid by then)
+        upgrade.close()
+        self.restore_pidfile()
+        self.upgrade_record.finish(FAILED, reason)
+        log.error("upgrade failed: %s; this master (%s) keeps serving", reason, self.pid)
+
+    def restore_pidfile(self) -> None:
+        path = self.cfg.server.pidfile
+        if path and self._pidfile_path == path + OLDBIN:
+            try:
+                os.rename(path + OLDBIN, path)
+                self._pidfile_path = path
+            except OSError as exc:
+                log.error("cannot rename %s back to %s: %s", path + OLDBIN, path, exc)
+
+    def take_over(self) -> None:
+        """In a new master started by USR2, once its workers serve: write the pidfile, become systemd's main
+        process, and tell the old master, which then stops its workers and exits."""
+        assert self.handover is not None
+        self.write_pidfile()
+        self.notify.send(f"MAINPID={self.pid}", "READY=1", f"STATUS={self.summary()}")
+        log.info("Serving: telling the old master %s to stop its workers", self.handover.old_pid)
+        self.handover.ready(self.pid)
+        self.handover = None
+
     # -- worker management --------------------------------------------------------------------------
 
     def manage_workers(self) -> None:
@@ -533,7 +665,10 @@ class Master:
         current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
         if len(current) >= self.target and all(w.ready for w in current):
             self._notified_ready = True
-            self.notify.ready(self.summary())
+            if self.handover is not None:
+                self.take_over()
+            else:
+                self.notify.ready(self.summary())
 
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
@@ -604,6 +739,10 @@ class Master:
         fds += self.notify.filenos()
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
             fds.append(self._pidfile_fd)
+        if self.upgrade is not None:
+            fds.append(self.upgrade.pipe)
+        if self.handover is not None and self.handover.fd >= 0:
+            fds.append(self.handover.fd)
         if self.probing is not None:  # a worker reading the probe's report would leave the master half of it
             fds.append(self.probing.fileno())
         others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
@@ -622,6 +761,9 @@ class Master:
                 return
             if self.probing is not None and pid == self.probing.pid:
                 self.probing.reaped = True  # check_probe reads its report; it must not wait for it again
+                continue
+            if self.upgrade is not None and pid == self.upgrade.pid:
+                self.new_master_exited(status)
                 continue
             worker = self.workers.pop(pid, None)
             if worker is None:
@@ -805,6 +947,7 @@ class Master:
             "restarts": self.restarts,
             "reloads": self.reloads,
             "reload": self.reload_record.as_dict(),
+            "upgrade": self.upgrade_record.as_dict(),
             "not_ready": self.readiness(),
         }
 

@@ -19,6 +19,7 @@ MASTER_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGUSR1,
+    signal.SIGUSR2,
     signal.SIGCHLD,
 )
 

@@ -25,6 +25,7 @@ BIND_RETRY_DELAY = 1.0
 # Listeners systemd passed (prefork.activation): systemd made them and keeps them, so closing one here
 # never removes its socket file, and the logs say where each listener came from.
 _from_systemd: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+_from_old_master: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # inherited through an upgrade (USR2)
 
 
 class BindError(Exception):
@@ -131,21 +132,24 @@ def address_of(sock: socket.socket) -> str:
     return format_host_port(host, port)
 
 
-def adopt(sock: socket.socket) -> socket.socket:
-    """Mark a listener as systemd's (socket activation): see `described` and `close`."""
-    _from_systemd.add(sock)
+def adopt(sock: socket.socket, upgrade: bool = False) -> socket.socket:
+    """Mark a listener as systemd's (socket activation), or as passed on by an upgrade (the old master's,
+    or the new one's in the old master): see `described` and `close`."""
+    (_from_old_master if upgrade else _from_systemd).add(sock)
     return sock
 
 
 def described(sock: socket.socket) -> str:
     """A listener's address for the `Listening at:` log line, saying when systemd passed it."""
+    if sock in _from_old_master:
+        return address_of(sock) + " (from the old master)"
     return address_of(sock) + (" (from systemd)" if sock in _from_systemd else "")
 
 
 def close(sock: socket.socket) -> None:
     """Close a listener in this process, removing its socket file if it is a unix socket prefork bound
     (one systemd passed is systemd's: it stays)."""
-    ours = sock.family == socket.AF_UNIX and sock not in _from_systemd
+    ours = sock.family == socket.AF_UNIX and sock not in _from_systemd and sock not in _from_old_master
     path = sock.getsockname() if ours else None
     sock.close()
     if path:

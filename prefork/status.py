@@ -75,6 +75,7 @@ def build_report(master: dict[str, Any]) -> dict[str, Any]:
             "workers_target",
             "listeners",
             "reload",
+            "upgrade",
             "not_ready",
         )
     }
@@ -151,6 +152,11 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append(
             f"last reload ({r['finished_at']}): {r['outcome']}: {r['reason']}; generation {r['generation']} kept"
         )
+    u = m.get("upgrade") or {}
+    if u.get("running"):
+        lines.append(f"upgrading: new master {u['running']} booting (USR2)")
+    elif u.get("outcome") == "failed":
+        lines.append(f"last upgrade ({u['finished_at']}): failed: {u['reason']}")
     h = report["handoffs"]
     if any(h.values()):
         lines.append(

@@ -8,7 +8,9 @@ newline-separated ``KEY=VALUE`` lines. The master sends:
 - ``RELOADING=1`` with ``MONOTONIC_USEC`` when a HUP starts a reload;
 - ``STOPPING=1`` when it starts to stop;
 - ``STATUS=2 workers, gen 3, 1,234 clients`` when that summary changes;
-- ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` when systemd asks for it (``WatchdogSec=``).
+- ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` when systemd asks for it (``WatchdogSec=``);
+- ``MAINPID=<pid>`` with ``READY=1`` from a new master started by an upgrade (USR2), once it serves
+  (``NotifyAccess=all``: it is not the main process yet); a new master that fails sends nothing.
 
 Without ``NOTIFY_SOCKET`` every call is a no-op. A failing send is ignored: systemd's view must never
 stop the server.

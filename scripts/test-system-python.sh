@@ -20,7 +20,7 @@ test_faults.py test_hostile.py test_cluster.py test_cluster_infra.py test_handof
 test_privileges.py test_systemd_unit.py test_shippers.py test_shipper_configs.py test_relp_rsyslog.py
 test_syslog.py test_syslog_framing.py test_line_ids.py test_lookup.py test_logging.py test_allow_from.py
 test_db_tls.py test_client_tls.py test_reload_wait.py test_bind_retry.py test_release.py test_health.py
-test_socket_activation.py test_tls.py test_hostile_tls.py test_shippers_tls.py"
+test_socket_activation.py test_tls.py test_hostile_tls.py test_shippers_tls.py test_upgrade.py"
 
 if [ ! -x "$SYSTEM_PYTHON" ]; then
     echo "prefork: no $SYSTEM_PYTHON: the suite ran under $MAIN_PY only" >&2

@@ -461,6 +461,7 @@ MASTER_KEYS = {
     "workers_target",
     "listeners",
     "reload",
+    "upgrade",  # the last USR2's outcome (prefork.upgrade)
     "not_ready",  # why /readyz would answer 503, null when ready
 }
 WORKER_KEYS = {
