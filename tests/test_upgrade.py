@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -242,3 +243,27 @@ def test_a_new_master_whose_workers_cannot_boot_exits_and_tells_systemd_nothing(
             assert systemd.keys() == ["READY"]
     finally:
         systemd.close()
+
+
+@pytest.mark.timeout(60)
+def test_usr2_during_a_reload_is_refused_and_the_reload_goes_on(tmp_path: Path):
+    """While a reload's new generation boots (its import held here), the listeners are not settled: USR2 is
+    refused at once with the reason, `prefork upgrade` says so (exit 1), and the reload then completes."""
+    hold = tmp_path / "hold"
+    (tmp_path / "held.py").write_text(
+        f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\nfrom workers.echo import app\n"
+    )
+    pidfile = tmp_path / "prefork.pid"
+    env = {"PYTHONPATH": os.pathsep.join(map(str, (tmp_path, APPS, ROOT)))}
+    with ServerProcess(["held:app", "--workers", "1", "-s", f"server.pidfile={pidfile}"], env=env) as srv:
+        (old,) = srv.worker_pids()
+        hold.touch()
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: len(srv.worker_pids()) == 2, what="the reload's new worker booting")
+        cmd = prefork_cmd("upgrade", "--pidfile", str(pidfile), "--timeout", "30")
+        out = subprocess.run(cmd, env=test_env(), capture_output=True, text=True, timeout=60)
+        hold.unlink()
+        assert out.returncode == EXIT_FAILURE, out
+        assert "a reload is under way" in out.stderr, out.stderr
+        wait_for(lambda: old not in srv.worker_pids(), 30, what="the reload to finish")
+        assert read_pid(pidfile) == srv.pid and roundtrip(srv.port, [b"after"]) == [b"after"]
