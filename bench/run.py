@@ -44,7 +44,8 @@ Prints ratios first, then the table and the sections, and writes the same to ben
 when the shipper bench lost messages (after writing them down).
 Environment: BENCH_LINES (200000), BENCH_ECHO_LINES (25 x BENCH_LINES), BENCH_DB_ROUNDS (3),
 BENCH_ECHO_ROUNDS (3), BENCH_WORKERS (CPUs), BENCH_LOADDATA_CONNS (1), BENCH_IDLE_CLIENTS (10000),
-BENCH_OPENLOOP_SECONDS (5), BENCH_LATENCY_RATE (unset: measured).
+BENCH_OPENLOOP_SECONDS (5), BENCH_LATENCY_RATE (unset: measured), BENCH_LATENCY_SETTINGS (none: KEY=VALUE ...
+for the ingest server of --only latency).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ OPENLOOP_CONNS = 50  # in all, spread over the OPENLOOP_PROCS processes
 HALF = 0.5
 LATENCY_LOADS = (0.25, 0.5, 0.75)  # --only latency: fractions of the maximum offered in turn
 LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", 0))  # --only latency: the maximum, if given
+# --only latency: settings for the ingest server, space-separated KEY=VALUE (to compare ingest.flushers=3 ...)
+LATENCY_SETTINGS = tuple(os.environ.get("BENCH_LATENCY_SETTINGS", "").split())
 INGEST_METHODS = ("load", "insert")
 PY = sys.executable
 
@@ -901,7 +904,8 @@ def bench_latency(db: MariaDBServer) -> list[str]:
     """Ingest (method load): its lines/s (or LATENCY_RATE), then an open loop at each of LATENCY_LOADS."""
     name = "prefork ingest method=load"
     result = Result(name)
-    started = start_prefork(db, name, "workers.ingest:app", "bench_ingest_load", ("ingest.method=load",))
+    settings = ("ingest.method=load", *LATENCY_SETTINGS)
+    started = start_prefork(db, name, "workers.ingest:app", "bench_ingest_load", settings)
     if isinstance(started, str):
         raise SystemExit(f"{name}: {started}")
     server = started
@@ -922,7 +926,7 @@ def bench_latency(db: MariaDBServer) -> list[str]:
         stop_server(server)
     return [
         f"open loop: {OPENLOOP_CONNS} connections ({OPENLOOP_PROCS} processes), {OPENLOOP_SECONDS:g} s at each "
-        f"fraction of the maximum, first 0.5 s not counted; maximum: {measured}",
+        f"fraction of the maximum, first 0.5 s not counted; maximum: {measured}; settings: {' '.join(settings)}",
         LATENCY_HEAD,
         *rows,
         LATENCY_LEGEND,
