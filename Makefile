@@ -54,7 +54,8 @@ test-system-python: $(STAMP) server-binary
 	sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV) $(PYTEST_ARGS)
 
 # Throughput against baselines measured in the same run (bench/run.py says what each contender is);
-# BENCH=shippers runs the rsyslog part alone (bench/shippers.py), BENCH=tls the cost of TLS (bench/tls.py).
+# BENCH=shippers runs the rsyslog part alone (bench/shippers.py), BENCH=tls the cost of TLS (bench/tls.py),
+# BENCH=latency ingest's latency at a quarter, half and three quarters of its maximum (bench/run.py).
 BENCH ?=
 bench: $(STAMP) server-binary
 	sh scripts/ensure-bench-packages.sh

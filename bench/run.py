@@ -34,13 +34,18 @@ Then:
   BENCH=shippers`) runs this part alone and replaces its section of bench/RESULTS.md;
 - TLS: bench/tls.py on the same database: TLS echo and ingest against plaintext on the same server, new
   TLS connections/s of one worker against HAProxy terminating TLS, memory per idle TLS client; `--only tls`
-  (`make bench BENCH=tls`) runs it alone, likewise.
+  (`make bench BENCH=tls`) runs it alone, likewise;
+- `--only latency` (`make bench BENCH=latency`): ingest (method load) alone, in a minute or two: its
+  lines/s (best of DB_ROUNDS rounds, or BENCH_LATENCY_RATE lines/s taken as measured, so that runs compare
+  at the same offered load), then open loops at a quarter, half and three quarters of it; replaces its
+  section of bench/RESULTS.md.
 
 Prints ratios first, then the table and the sections, and writes the same to bench/RESULTS.md; exits 1
 when the shipper bench lost messages (after writing them down).
 Environment: BENCH_LINES (200000), BENCH_ECHO_LINES (25 x BENCH_LINES), BENCH_DB_ROUNDS (3),
 BENCH_ECHO_ROUNDS (3), BENCH_WORKERS (CPUs), BENCH_LOADDATA_CONNS (1), BENCH_IDLE_CLIENTS (10000),
-BENCH_OPENLOOP_SECONDS (5).
+BENCH_OPENLOOP_SECONDS (5), BENCH_LATENCY_RATE (unset: measured), BENCH_LATENCY_SETTINGS (none: KEY=VALUE ...
+for the ingest server of --only latency).
 """
 
 from __future__ import annotations
@@ -81,6 +86,10 @@ CONNS = 50
 OPENLOOP_PROCS = 2
 OPENLOOP_CONNS = 50  # in all, spread over the OPENLOOP_PROCS processes
 HALF = 0.5
+LATENCY_LOADS = (0.25, 0.5, 0.75)  # --only latency: fractions of the maximum offered in turn
+LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", 0))  # --only latency: the maximum, if given
+# --only latency: settings for the ingest server, space-separated KEY=VALUE (to compare ingest.flushers=3 ...)
+LATENCY_SETTINGS = tuple(os.environ.get("BENCH_LATENCY_SETTINGS", "").split())
 INGEST_METHODS = ("load", "insert")
 PY = sys.executable
 
@@ -456,8 +465,9 @@ def worker_rss(server: Server) -> int | None:
         return None
 
 
-def open_loop(server: Server, result: Result, expect_ok: bool) -> None:
-    rate = HALF * result.rate
+def open_loop(server: Server, result: Result, expect_ok: bool, load: float = HALF) -> dict:
+    """The open loop at `load` x the contender's best lines/s; its figures (also kept as its latency)."""
+    rate = load * result.rate
     progress(f"{server.name}: {result.rate:,.0f} lines/s (best of {len(result.rates)}); open loop at {rate:,.0f}")
     time.sleep(1)
     before = group_cpu_seconds(server.proc.pid)
@@ -466,6 +476,7 @@ def open_loop(server: Server, result: Result, expect_ok: bool) -> None:
     latency["server_cpu_per_m"] = cpu / max(1, latency["sent"]) * 1e6
     latency["server_cores"] = cpu / latency["seconds"]
     result.latency = latency
+    return latency
 
 
 def bench_database(db: MariaDBServer, results: dict[str, Result]) -> None:
@@ -537,6 +548,28 @@ def bench_echo(results: dict[str, Result]) -> None:
 
 
 # -- the report ---------------------------------------------------------------------------------------------
+
+
+LATENCY_HEAD = (
+    f"{'server':<32}{'offered/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'missing':>9}{'ERR':>6}"
+    f"{'gen CPU':>9}{'gen lag ms':>12}{'srv CPU s/M':>13}{'srv cores':>11}"
+)
+LATENCY_LEGEND = (
+    "gen CPU: the busiest generator process's CPU over its sending time (near 100% would make it the "
+    "bottleneck); gen lag: its latest tick; srv: the server's CPU (master + workers) per million lines of "
+    "the open loop, and in cores over its time."
+)
+
+
+def latency_row(name: str, lat: dict | None) -> str:
+    """One open loop's figures, under LATENCY_HEAD."""
+    if lat is None:
+        return f"{name:<32} not measured"
+    return (
+        f"{name:<32}{lat['offered_rate']:>11,.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{lat['max_ms']:>9.2f}"
+        f"{lat['missing']:>9}{lat['errors']:>6}{lat['gen_cpu']:>8.0%} {lat['gen_lag_ms']:>11.1f}"
+        f"{fmt(lat.get('server_cpu_per_m'), '.2f'):>13}{fmt(lat.get('server_cores'), '.2f'):>11}"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -660,24 +693,11 @@ def report(results: dict[str, Result], memory: dict | None, balance: dict | str)
     latency = [
         f"open loop: {OPENLOOP_CONNS} connections ({OPENLOOP_PROCS} processes), {OPENLOOP_SECONDS:g} s at half the "
         f"lines/s measured above, first 0.5 s not counted",
-        f"{'server':<32}{'offered/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'missing':>9}{'ERR':>6}"
-        f"{'gen CPU':>9}{'gen lag ms':>12}{'srv CPU s/M':>13}{'srv cores':>11}",
+        LATENCY_HEAD,
     ]
     for r in [*ingest, echo, minimal]:
-        lat = r.latency
-        if lat is None:
-            latency.append(f"{r.name:<32} not measured")
-            continue
-        latency.append(
-            f"{r.name:<32}{lat['offered_rate']:>11,.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{lat['max_ms']:>9.2f}"
-            f"{lat['missing']:>9}{lat['errors']:>6}{lat['gen_cpu']:>8.0%} {lat['gen_lag_ms']:>11.1f}"
-            f"{fmt(lat.get('server_cpu_per_m'), '.2f'):>13}{fmt(lat.get('server_cores'), '.2f'):>11}"
-        )
-    latency.append(
-        "gen CPU: the busiest generator process's CPU over its sending time (near 100% would make it the "
-        "bottleneck); gen lag: its latest tick; srv: the server's CPU (master + workers) per million lines of "
-        "the open loop, and in cores over its time."
-    )
+        latency.append(latency_row(r.name, r.latency))
+    latency.append(LATENCY_LEGEND)
 
     if memory is None:
         mem = ["not measured"]
@@ -775,7 +795,7 @@ def replace_section(text: str, title: str, lines: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="prefork's bench (README, Benchmarks)")
     parser.add_argument(
-        "--only", choices=["shippers", "tls"], help="run this part alone (bench/RESULTS.md: its section)"
+        "--only", choices=["shippers", "tls", "latency"], help="run this part alone (bench/RESULTS.md: its section)"
     )
     only = parser.parse_args().only
     started = time.monotonic()
@@ -801,6 +821,9 @@ def main() -> None:
         return
     if only == "tls":
         main_tls(db, header)
+        return
+    if only == "latency":
+        main_latency(db, header)
         return
     results: dict[str, Result] = {}
     try:
@@ -872,6 +895,54 @@ def main_tls(db: MariaDBServer, header: list[str]) -> None:
     print("\n".join(lines))
     results = ROOT / "bench/RESULTS.md"
     results.write_text(replace_section(results.read_text() if results.exists() else "", TLS_TITLE, lines))
+
+
+LATENCY_TITLE = "Ingest latency against offered load"
+
+
+def bench_latency(db: MariaDBServer) -> list[str]:
+    """Ingest (method load): its lines/s (or LATENCY_RATE), then an open loop at each of LATENCY_LOADS."""
+    name = "prefork ingest method=load"
+    result = Result(name)
+    settings = ("ingest.method=load", *LATENCY_SETTINGS)
+    started = start_prefork(db, name, "workers.ingest:app", "bench_ingest_load", settings)
+    if isinstance(started, str):
+        raise SystemExit(f"{name}: {started}")
+    server = started
+    rows = []
+    try:
+        time.sleep(1)
+        if LATENCY_RATE:
+            result.rates.append(LATENCY_RATE)
+            measured = f"{LATENCY_RATE:,.0f} lines/s given (BENCH_LATENCY_RATE)"
+        else:
+            for _ in range(DB_ROUNDS):
+                load_pass(server, result, db, LINES)
+            rounds = " ".join(f"{x / 1e3:.0f}" for x in result.rates)
+            measured = f"{result.rate:,.0f} lines/s measured (best of {DB_ROUNDS} rounds: {rounds} k lines/s)"
+        for load in LATENCY_LOADS:
+            rows.append(latency_row(f"{name} at {load:.2f}", open_loop(server, result, expect_ok=True, load=load)))
+    finally:
+        stop_server(server)
+    return [
+        f"open loop: {OPENLOOP_CONNS} connections ({OPENLOOP_PROCS} processes), {OPENLOOP_SECONDS:g} s at each "
+        f"fraction of the maximum, first 0.5 s not counted; maximum: {measured}; settings: {' '.join(settings)}",
+        LATENCY_HEAD,
+        *rows,
+        LATENCY_LEGEND,
+    ]
+
+
+def main_latency(db: MariaDBServer, header: list[str]) -> None:
+    """`--only latency`: ingest's latency curve alone; its section of bench/RESULTS.md is replaced, the rest kept."""
+    try:
+        table = bench_latency(db)
+    finally:
+        db.stop()
+    lines = [*table, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
+    print("\n".join(lines))
+    results = ROOT / "bench/RESULTS.md"
+    results.write_text(replace_section(results.read_text() if results.exists() else "", LATENCY_TITLE, lines))
 
 
 if __name__ == "__main__":

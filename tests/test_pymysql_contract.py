@@ -22,7 +22,14 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from pymysql.constants import CR
 
-from prefork.db.connection import Connection, LocalDataResult, force_close, open_connection, transaction_closed
+from prefork.db.connection import (
+    LOCAL_DATA_PACKET,
+    Connection,
+    LocalDataResult,
+    force_close,
+    open_connection,
+    transaction_closed,
+)
 from prefork.db.dsn import parse_dsn
 from tests.helpers import query
 from tests.server import ROOT, wait_for
@@ -64,6 +71,7 @@ CALLED = [
     (pymysql.connections.Connection, "_force_close", (), {}),
     (pymysql.connections.Connection, "_request_authentication", (), {}),
     (pymysql.connections.Connection, "write_packet", (b"",), {}),
+    (pymysql.connections.Connection, "_write_bytes", (b"",), {}),
     (pymysql.connections.MySQLResult, "__init__", (None,), {}),
     (pymysql.connections.MySQLResult, "read", (), {}),
     (pymysql.connections.MySQLResult, "init_unbuffered_query", (), {}),
@@ -186,6 +194,47 @@ def test_load_data_local_sends_the_offered_data_and_counts_warnings(dsn, table, 
         f"connection's own result class, or its OK packet through MySQLResult._read_ok_packet; {RELIES}"
     )
     assert query(dsn, f"SELECT k, v FROM `{table}` ORDER BY k") == [(0, "3"), (1, "one"), (2, "two")]
+
+
+def test_a_file_of_many_packets_goes_out_in_one_send_numbered_as_the_driver_would(dsn, table, conn, monkeypatch):
+    assert isinstance(getattr(conn, "_next_seq_id", None), int), (
+        f"PyMySQL {VERSION} no longer numbers packets in Connection._next_seq_id; {RELIES}"
+    )
+    sends = []
+    write_bytes = conn._write_bytes
+    monkeypatch.setattr(conn, "_write_bytes", lambda data: (sends.append(len(data)), write_bytes(data)))
+    value = "x" * 20
+    data = "".join(f"{k},{value}\n" for k in range(3 * LOCAL_DATA_PACKET // len(value))).encode()
+    sql = f"LOAD DATA LOCAL INFILE 'offered' INTO TABLE `{table}` FIELDS TERMINATED BY ','"
+    try:
+        rows, warnings = conn.load_local_data(sql, data)
+    except pymysql.err.MySQLError as exc:
+        raise AssertionError(
+            f"PyMySQL {VERSION}: a LOAD's packets numbered from Connection._next_seq_id and sent with "
+            f"Connection._write_bytes were refused ({exc}); {RELIES}"
+        ) from exc
+    assert (rows, warnings) == (data.count(b"\n"), 0)
+    assert len(sends) == 2 and sends[1] > len(data), "the query, then the whole file (4 packets and its end) at once"
+    conn.commit()
+    assert query(dsn, f"SELECT COUNT(*), MAX(k) FROM `{table}`") == [(rows, rows - 1)]
+
+
+def test_a_statement_runs_before_a_load_in_its_round_trip_and_stops_it_when_it_fails(dsn, table, conn, monkeypatch):
+    conn.set_multi_statements(True)
+    commands = []
+    execute = conn._execute_command
+    monkeypatch.setattr(conn, "_execute_command", lambda cmd, sql: (commands.append(sql), execute(cmd, sql)))
+    sql = f"LOAD DATA LOCAL INFILE 'offered' INTO TABLE `{table}` FIELDS TERMINATED BY ','"
+    first = f"INSERT INTO `{table}` VALUES (1, 'first')"
+    assert conn.load_local_data(sql, b"2,two\n3,three\n", first) == (2, 0)
+    assert len(commands) == 1, "the INSERT and the LOAD go in one query"
+    with pytest.raises(pymysql.err.IntegrityError):
+        conn.load_local_data(sql, b"4,four\n", first)  # a duplicate key: the LOAD is not run
+    cur = conn.cursor()
+    cur.execute("SELECT 1")  # the connection is in sync
+    assert cur.fetchall() == ((1,),)
+    conn.commit()
+    assert query(dsn, f"SELECT k, v FROM `{table}` ORDER BY k") == [(1, "first"), (2, "two"), (3, "three")]
 
 
 def test_a_file_the_server_names_is_never_opened(dsn, table, conn):

@@ -12,6 +12,8 @@ member that changed when a release breaks one of them):
 - ``Connection._read_packet()`` and ``MySQLResult._read_ok_packet(packet)``: the reply after a file;
 - ``MySQLResult._read_load_local_packet(first_packet)``: the server asking for a LOAD DATA LOCAL file;
 - ``Connection._force_close()``: close the socket without a word to the server (``force_close``);
+- ``Connection._write_bytes(data)`` and ``Connection._next_seq_id``: a LOAD's file and its end packet go
+  out in one send, numbered as ``write_packet`` would number them;
 - ``Connection._request_authentication()``, ``Connection.ssl`` and ``Connection.server_capabilities``:
   the login, whether TLS was asked for (``ssl=`` an SSLContext), what the server's greeting offered.
 
@@ -32,16 +34,18 @@ What the class adds:
   which the same advice is added.
 - ``load_local_data(sql, data)`` runs a ``LOAD DATA LOCAL INFILE`` statement and sends ``data`` when the
   server asks for the file. PyMySQL itself would open whatever file name the server asks for; this class
-  never opens a file: a request it did not offer data for gets an empty file.
+  never opens a file: a request it did not offer data for gets an empty file. ``set_multi_statements``
+  (COM_SET_OPTION) lets a statement go in the LOAD's round trip (``load_local_data(sql, data, first)``).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pymysql
 import pymysql.connections
-from pymysql.constants import CLIENT, CR, ER, SERVER_STATUS
+from pymysql.constants import CLIENT, COMMAND, CR, ER, SERVER_STATUS
 
 from prefork.config.address import format_host_port
 from prefork.db.errors import SECURE_TRANSPORT_REQUIRED
@@ -58,12 +62,10 @@ class LocalDataResult(pymysql.connections.MySQLResult):
         data = conn.offered_data
         conn.offered_data = None  # one statement, one file
         try:
-            if data is not None:
-                view = memoryview(data)
-                for start in range(0, len(view), LOCAL_DATA_PACKET):
-                    conn.write_packet(view[start : start + LOCAL_DATA_PACKET])
+            # The file's packets and its end in one send: the server wakes once for the whole file (and a
+            # LOAD holds the table's AUTO-INC lock until the end arrives).
+            conn._write_bytes(conn.file_packets(data or b""))
         finally:
-            conn.write_packet(b"")  # end of file
             ok = conn._read_packet()  # raises the statement's error, if any
         if not ok.is_ok_packet():
             raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "Commands Out of Sync")
@@ -130,12 +132,46 @@ class Connection(pymysql.connections.Connection):
         self.last_warning_count = result.warning_count or 0
         return result.affected_rows
 
-    def load_local_data(self, sql: str, data: bytes) -> tuple[int, int]:
+    multi_statements = False  # set_multi_statements(True) was answered: one query may hold several statements
+
+    def set_multi_statements(self, on: bool) -> None:
+        """Let one query hold several statements (COM_SET_OPTION), for this session only."""
+        self._execute_command(COMMAND.COM_SET_OPTION, struct.pack("<H", 0 if on else 1))
+        self._read_packet()  # EOF or OK; raises the server's error, if any
+        self.multi_statements = on
+
+    def file_packets(self, data: bytes) -> bytes:
+        """``data`` as the packets of a LOAD DATA LOCAL file, its empty end packet included, numbered from
+        the connection's next sequence id (which they advance)."""
+        view = memoryview(data)
+        seq: int = self._next_seq_id  # type: ignore[has-type]
+        parts: list[bytes | memoryview] = []
+        for start in range(0, len(view), LOCAL_DATA_PACKET):
+            chunk = view[start : start + LOCAL_DATA_PACKET]
+            parts.append(struct.pack("<I", len(chunk))[:3] + bytes((seq,)))
+            parts.append(chunk)
+            seq = (seq + 1) % 256
+        parts.append(b"\0\0\0" + bytes((seq,)))  # end of file: an empty packet
+        self._next_seq_id = (seq + 1) % 256
+        return b"".join(parts)
+
+    def load_local_data(self, sql: str, data: bytes, first: str | None = None) -> tuple[int, int]:
         """Run a LOAD DATA LOCAL INFILE statement with ``data`` as its file; return the rows it
-        stored and its warning count (LOCAL turns bad values into warnings, not errors)."""
+        stored and its warning count (LOCAL turns bad values into warnings, not errors).
+
+        ``first``: a statement run before it in the same round trip (with ``multi_statements`` on; else
+        apart, before it). If it fails, the LOAD is not run.
+        """
+        if first is not None and not self.multi_statements:
+            self.query(first)
+            first = None
         self.offered_data = data
         try:
-            rows = self.query(sql)
+            if first is None:
+                rows = self.query(sql)
+            else:
+                self.query(f"{first};{sql}")
+                rows = self.next_result()
         finally:
             self.offered_data = None
         return rows, self.last_warning_count

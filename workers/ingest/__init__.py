@@ -3,7 +3,9 @@
 Lines from all clients of a worker join the open batch; up to ``ingest.flushers`` transactions at a time
 each take the oldest batch (at most ``ingest.batch_size`` rows), write it plus a marker row, COMMIT, and
 only then release the batch's replies. There is no artificial delay: under light
-load a line is committed at once, under heavy load batches grow while the flushers are busy.
+load a line is committed at once, under heavy load batches grow while the flushers are busy. While one
+flusher is busy, the others leave the open batch to grow for up to two recent commit times
+(``workers.ingest.pending``): a worker's transactions at once share its CPU and slow each other down.
 
 How a batch is written (``ingest.method``): ``load`` streams it from memory as the file of one
 ``LOAD DATA LOCAL INFILE`` (the cheapest way into InnoDB: no SQL to build or parse per row); ``insert``

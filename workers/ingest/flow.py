@@ -134,6 +134,7 @@ class IngestApp:
             batch = pending.take()
             if batch is None:
                 return
+            started = time.monotonic()
             try:
                 reply = committer.commit(functools.partial(pending.unexpired, batch))
             except Rejected as exc:
@@ -146,6 +147,7 @@ class IngestApp:
                 log.exception("ingest: batch of %d lines failed", len(batch.texts))
                 reply = ERR_UNAVAILABLE
             pending.settle(batch, reply)
+            pending.done(time.monotonic() - started)
             self._maybe_prune()
 
     # -- tables and housekeeping --------------------------------------------------------------------

@@ -105,14 +105,24 @@ class Writer:
             with self.pool.connection(timeout=timeout) as conn:
                 server = server_of(conn)
                 cur = conn.cursor()
+                # Without ids to look up first, the marker goes in the LOAD's round trip (one query of two
+                # statements: the LOAD is not run if the marker's INSERT fails).
+                together = self._use_load and lines.ids is None and getattr(conn, "multi_statements", False)
                 try:
-                    cur.execute(MARKER_INSERT, (marker,))
+                    if not together:
+                        cur.execute(MARKER_INSERT, (marker,))
+                        rows = lines if lines.ids is None else self._unstored(conn, lines)
+                    else:
+                        rows = lines
+                    loaded = together and self._load(conn, rows, marker, with_marker=True)
                 except pymysql.err.IntegrityError as exc:
+                    # Only the marker's INSERT can fail so here (LOAD LOCAL makes a duplicate row a warning).
                     if E.error_code(exc) == ER.DUP_ENTRY:
                         return 0  # an earlier try of this batch did commit: stored once, done
                     raise
-                rows = lines if lines.ids is None else self._unstored(conn, lines)
-                if rows.texts and not self._load(conn, rows, marker):
+                if not together:
+                    loaded = bool(rows.texts) and self._load(conn, rows, marker, with_marker=False)
+                if rows.texts and not loaded:
                     for sql in self.encoder.inserts(conn.escape, rows):
                         cur.execute(sql)
                 session = Session(server, conn.thread_id())
@@ -158,15 +168,19 @@ class Writer:
                 keep.append(True)
         return lines if all(keep) else lines.only(keep)
 
-    def _load(self, conn: Any, lines: Rows, marker: bytes) -> bool:
+    def _load(self, conn: Any, lines: Rows, marker: bytes, with_marker: bool) -> bool:
         """Write the rows with LOAD DATA LOCAL INFILE if the method says so; True if they are written.
+        ``with_marker``: the marker's INSERT goes first in the same round trip (else it is in already).
 
         False leaves the transaction as it was (the marker alone in it): the caller INSERTs the rows.
         """
         if not self._use_load:
             return False
+        first = MARKER_INSERT % conn.escape(marker) if with_marker else None
         try:
-            stored, warnings = conn.load_local_data(self.encoder.load_statement(lines), self.encoder.load_data(lines))
+            stored, warnings = conn.load_local_data(
+                self.encoder.load_statement(lines), self.encoder.load_data(lines), first
+            )
         except pymysql.err.MySQLError as exc:
             if E.error_code(exc) not in LOAD_REFUSED_CODES:
                 raise
@@ -201,6 +215,10 @@ def session_setup(conn: Any) -> None:
     for name, value in session_variables(flavour(conn)):
         set_session_variable(cur, name, value)
     cur.close()
+    if hasattr(conn, "set_multi_statements"):  # prefork's connection class (a test may hand another)
+        # The marker's INSERT then goes in the LOAD's round trip (Writer.write). Every value in our SQL is
+        # escaped by the driver, so a second statement can only be one we wrote.
+        conn.set_multi_statements(True)
 
 
 def session_variables(server_flavour: str) -> list[tuple[str, int]]:
