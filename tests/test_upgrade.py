@@ -267,3 +267,22 @@ def test_usr2_during_a_reload_is_refused_and_the_reload_goes_on(tmp_path: Path):
         assert "a reload is under way" in out.stderr, out.stderr
         wait_for(lambda: old not in srv.worker_pids(), 30, what="the reload to finish")
         assert read_pid(pidfile) == srv.pid and roundtrip(srv.port, [b"after"]) == [b"after"]
+
+
+@pytest.mark.timeout(60)
+def test_a_new_master_that_cannot_be_started_leaves_the_old_one_serving(tmp_path: Path):
+    """The directory prefork was started in is gone (a release directory removed): the child cannot enter it
+    to exec the new master, says why on the pipe and exits 127; `prefork upgrade` exits 1 with that reason
+    and the old master serves on, its pidfile back in place."""
+    release = tmp_path / "release"
+    release.mkdir()
+    pidfile = tmp_path / "prefork.pid"
+    args = ["workers.echo:app", "--workers", "1", "-s", f"server.pidfile={pidfile}"]
+    with ServerProcess(args, cwd=release) as srv:
+        release.rmdir()
+        cmd = prefork_cmd("upgrade", "--pidfile", str(pidfile), "--timeout", "30")
+        out = subprocess.run(cmd, env=test_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == EXIT_FAILURE, out
+        assert "(exit code 127): cannot start " in out.stderr and "No such file or directory" in out.stderr, out
+        assert read_pid(pidfile) == srv.pid and not (tmp_path / "prefork.pid.oldbin").exists()
+        assert roundtrip(srv.port, [b"still here"]) == [b"still here"]
