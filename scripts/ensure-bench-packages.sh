@@ -8,11 +8,7 @@
 # is told not to (the bench gives ommysql its own server and table). The package still drops
 # /etc/rsyslog.d/mysql.conf, read only by the machine's rsyslog service, which the bench never starts.
 set -eu
-have_rsyslog() { command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ]; }
-have_rsyslog_relp() { ls /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1; }
-have_rsyslog_mysql() { ls /usr/lib/*/rsyslog/ommysql.so >/dev/null 2>&1; }
-have_haproxy() { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }
-have_openssl() { command -v openssl >/dev/null 2>&1; }
+. "$(dirname "$0")/debian-packages.sh"
 
 missing() {
     out=""
@@ -24,16 +20,8 @@ missing() {
     echo "${out# }"
 }
 
-need=$(missing)
-[ -z "$need" ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "prefork: installing the Debian packages $need for the bench" >&2
+# rsyslog-mysql's database setup: not in the machine's MySQL (see above).
+before_install() {
     echo "rsyslog-mysql rsyslog-mysql/dbconfig-install boolean false" | debconf-set-selections
-    apt-get update -qq
-    # shellcheck disable=SC2086 # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-    need=$(missing)
-    [ -z "$need" ] && exit 0
-fi
-echo "prefork: the bench needs the Debian packages: $need; install them with: sudo apt-get install $need" >&2
-exit 1
+}
+ensure_packages "the bench" "the bench needs"

@@ -11,21 +11,7 @@
 # naming what to install and a non-zero exit, so `make test` stops before pytest instead of tests failing one
 # by one.
 set -eu
-have_faketime() { ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; }
-have_haproxy() { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }
-have_galera_4() {
-    for f in /usr/lib/galera/libgalera_smm.so /usr/lib/*/galera*/libgalera_smm.so; do
-        [ -e "$f" ] && return 0
-    done
-    return 1
-}
-have_rsync() { command -v rsync >/dev/null 2>&1; }
-have_rsyslog() { command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ]; }
-have_rsyslog_relp() { ls /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1; }
-have_rsyslog_openssl() { ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1; }
-have_systemd() { command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-socket-activate >/dev/null 2>&1; }
-have_setpriv() { command -v setpriv >/dev/null 2>&1; }
-have_openssl() { command -v openssl >/dev/null 2>&1; }
+. "$(dirname "$0")/debian-packages.sh"
 
 missing() {
     out=""
@@ -42,15 +28,4 @@ missing() {
     echo "${out# }"
 }
 
-need=$(missing)
-[ -z "$need" ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "prefork: installing the Debian packages $need for the tests" >&2
-    apt-get update -qq
-    # shellcheck disable=SC2086 # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-    need=$(missing)
-    [ -z "$need" ] && exit 0
-fi
-echo "prefork: the tests need the Debian packages: $need; install them with: sudo apt-get install $need" >&2
-exit 1
+ensure_packages "the tests" "the tests need"
