@@ -23,6 +23,7 @@ monkey.patch_all()
 
 import gevent  # noqa: E402
 import gevent.socket  # noqa: E402
+from idle_memory import exchange_line  # noqa: E402
 
 
 def one(port: int, tls: ssl.SSLContext | None, line: bytes) -> str:
@@ -33,13 +34,7 @@ def one(port: int, tls: ssl.SSLContext | None, line: bytes) -> str:
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname="localhost")
             version = sock.version() or "?"
-        sock.sendall(line)
-        got = b""
-        while not got.endswith(b"\n"):
-            data = sock.recv(256)
-            if not data:
-                raise ConnectionError("closed before the reply")
-            got += data
+        exchange_line(sock, line)
     finally:
         sock.close()
     return version

@@ -42,6 +42,18 @@ WARMUP_CLIENTS = 20
 SETTLE_S = 1.0
 
 
+def exchange_line(sock: socket.socket, line: bytes) -> bytes:
+    """Send one line and read its reply up to its LF; ConnectionError if the server closes first."""
+    sock.sendall(line)
+    got = b""
+    while not got.endswith(b"\n"):
+        data = sock.recv(256)
+        if not data:
+            raise ConnectionError("closed before the reply")
+        got += data
+    return got
+
+
 def _raise_nofile() -> int:
     """Raise this process's soft limit of open files to the hard one; return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -101,13 +113,7 @@ def clients(port: int, n: int, ca_file: str | None = None) -> None:
             if tls is not None:
                 sock = tls.wrap_socket(sock, server_hostname="localhost")
             line = f"idle client {i:06d}\n".encode()
-            sock.sendall(line)
-            got = b""
-            while not got.endswith(b"\n"):
-                data = sock.recv(256)
-                if not data:
-                    raise ConnectionError("closed before the reply")
-                got += data
+            got = exchange_line(sock, line)
             if got != line:
                 raise ConnectionError(f"reply {got!r}")
             held.append(sock)
@@ -176,13 +182,10 @@ def _warm_up(port: int, tls: ssl.SSLContext | None) -> None:
     for i in range(WARMUP_CLIENTS):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             sock = raw if tls is None else tls.wrap_socket(raw, server_hostname="localhost")
-            sock.sendall(f"warm up {i}\n".encode())
-            got = b""
-            while not got.endswith(b"\n"):
-                data = sock.recv(256)
-                if not data:
-                    break
-                got += data
+            try:
+                exchange_line(sock, f"warm up {i}\n".encode())
+            except ConnectionError:
+                pass  # a warm-up client: its reply matters not
 
 
 def _one_server(kind: str, n: int, tls: tuple[str, str, str] | None = None) -> dict:
