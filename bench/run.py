@@ -871,16 +871,21 @@ def main() -> None:
         raise SystemExit("bench: the shipper bench LOST messages (see MESSAGES LOST above)")
 
 
+def report_alone(title: str, lines: list[str], header: list[str]) -> None:
+    """A part run alone (`--only`): print it and replace its section of bench/RESULTS.md, the rest kept."""
+    lines = [*lines, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
+    print("\n".join(lines))
+    results = ROOT / "bench/RESULTS.md"
+    results.write_text(replace_section(results.read_text() if results.exists() else "", title, lines))
+
+
 def main_shippers(db: MariaDBServer, header: list[str]) -> None:
     """`--only shippers`: the shipper bench alone; its section of bench/RESULTS.md is replaced, the rest kept."""
     try:
         ratios, table, complete = bench_shippers(db)
     finally:
         db.stop()
-    lines = [*ratios, "", *table, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
-    print("\n".join(lines))
-    results = ROOT / "bench/RESULTS.md"
-    results.write_text(replace_section(results.read_text() if results.exists() else "", SHIPPERS_TITLE, lines))
+    report_alone(SHIPPERS_TITLE, [*ratios, "", *table], header)
     if not complete:
         raise SystemExit("bench: the shipper bench LOST messages (see MESSAGES LOST above)")
 
@@ -891,10 +896,7 @@ def main_tls(db: MariaDBServer, header: list[str]) -> None:
         ratios, table = bench_tls(db)
     finally:
         db.stop()
-    lines = [*ratios, "", *table, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
-    print("\n".join(lines))
-    results = ROOT / "bench/RESULTS.md"
-    results.write_text(replace_section(results.read_text() if results.exists() else "", TLS_TITLE, lines))
+    report_alone(TLS_TITLE, [*ratios, "", *table], header)
 
 
 LATENCY_TITLE = "Ingest latency against offered load"
@@ -939,10 +941,7 @@ def main_latency(db: MariaDBServer, header: list[str]) -> None:
         table = bench_latency(db)
     finally:
         db.stop()
-    lines = [*table, "", *(f"(run alone) {line}" for line in header if not line.startswith("bench:"))]
-    print("\n".join(lines))
-    results = ROOT / "bench/RESULTS.md"
-    results.write_text(replace_section(results.read_text() if results.exists() else "", LATENCY_TITLE, lines))
+    report_alone(LATENCY_TITLE, table, header)
 
 
 if __name__ == "__main__":
