@@ -465,16 +465,49 @@ def worker_rss(server: Server) -> int | None:
         return None
 
 
+PHASES = ("taken", "taken_lines", "queued_s", "write_s", "commit_s")  # ingest's stats (workers/ingest/flow.py)
+
+
+def ingest_phases(server: Server) -> dict[str, float] | None:
+    """The ingest workers' time counters, summed over the workers (None for a server without them)."""
+    if not server.table or server.pidfile is None:
+        return None
+    try:
+        status = json.loads(
+            subprocess.check_output(
+                [PY, "-m", "prefork.cli", "status", "--json", "--pidfile", str(server.pidfile)],
+                cwd=ROOT,
+                env=prefork_env(),
+            )
+        )
+        apps = [w.get("app") or {} for w in status["workers"]]
+        return {key: sum(float(app.get(key, 0)) for app in apps) for key in PHASES}
+    except (subprocess.CalledProcessError, ValueError, KeyError):
+        return None
+
+
 def open_loop(server: Server, result: Result, expect_ok: bool, load: float = HALF) -> dict:
-    """The open loop at `load` x the contender's best lines/s; its figures (also kept as its latency)."""
+    """The open loop at `load` x the contender's best lines/s; its figures (also kept as its latency), with
+    where an ingest line's time went (``phases``: queue wait per line, send and COMMIT per batch)."""
     rate = load * result.rate
     progress(f"{server.name}: {result.rate:,.0f} lines/s (best of {len(result.rates)}); open loop at {rate:,.0f}")
     time.sleep(1)
+    phases = ingest_phases(server)
     before = group_cpu_seconds(server.proc.pid)
     latency = run_openloop(server.port, rate, "ol", expect_ok)
     cpu = group_cpu_seconds(server.proc.pid) - before
+    after = ingest_phases(server)
     latency["server_cpu_per_m"] = cpu / max(1, latency["sent"]) * 1e6
     latency["server_cores"] = cpu / latency["seconds"]
+    if phases is not None and after is not None:
+        delta = {key: after[key] - phases[key] for key in PHASES}
+        batches = max(1.0, delta["taken"])
+        latency["phases"] = {
+            "lines_per_batch": delta["taken_lines"] / batches,
+            "queued_ms": delta["queued_s"] / max(1.0, delta["taken_lines"]) * 1e3,
+            "write_ms": delta["write_s"] / batches * 1e3,
+            "commit_ms": delta["commit_s"] / batches * 1e3,
+        }
     result.latency = latency
     return latency
 
@@ -569,6 +602,26 @@ def latency_row(name: str, lat: dict | None) -> str:
         f"{name:<32}{lat['offered_rate']:>11,.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{lat['max_ms']:>9.2f}"
         f"{lat['missing']:>9}{lat['errors']:>6}{lat['gen_cpu']:>8.0%} {lat['gen_lag_ms']:>11.1f}"
         f"{fmt(lat.get('server_cpu_per_m'), '.2f'):>13}{fmt(lat.get('server_cores'), '.2f'):>11}"
+    )
+
+
+PHASES_HEAD = f"{'where the time goes':<32}{'lines/batch':>12}{'queued ms':>11}{'rows sent ms':>14}{'COMMIT ms':>11}"
+PHASES_LEGEND = (
+    "queued: a line's mean wait from its read to a flusher taking its batch; rows sent: per batch, from the "
+    "connection in hand to the rows sent (marker and LOAD in one round trip); COMMIT: per batch, the COMMIT's "
+    "round trip (the redo log's fsync). A line's latency is about queued + rows sent + COMMIT + its reply's way "
+    "back; the rest of p50 is the server's and the generator's CPU queueing."
+)
+
+
+def phases_row(name: str, lat: dict | None) -> str:
+    """Where an open loop's ingest time went, under PHASES_HEAD."""
+    ph = (lat or {}).get("phases")
+    if ph is None:
+        return f"{name:<32} not measured"
+    return (
+        f"{name:<32}{ph['lines_per_batch']:>12,.0f}{ph['queued_ms']:>11.2f}{ph['write_ms']:>14.2f}"
+        f"{ph['commit_ms']:>11.2f}"
     )
 
 
@@ -911,7 +964,8 @@ def bench_latency(db: MariaDBServer) -> list[str]:
     if isinstance(started, str):
         raise SystemExit(f"{name}: {started}")
     server = started
-    rows = []
+    rows: list[str] = []
+    phases: list[str] = []
     try:
         time.sleep(1)
         if LATENCY_RATE:
@@ -923,7 +977,9 @@ def bench_latency(db: MariaDBServer) -> list[str]:
             rounds = " ".join(f"{x / 1e3:.0f}" for x in result.rates)
             measured = f"{result.rate:,.0f} lines/s measured (best of {DB_ROUNDS} rounds: {rounds} k lines/s)"
         for load in LATENCY_LOADS:
-            rows.append(latency_row(f"{name} at {load:.2f}", open_loop(server, result, expect_ok=True, load=load)))
+            lat = open_loop(server, result, expect_ok=True, load=load)
+            rows.append(latency_row(f"{name} at {load:.2f}", lat))
+            phases.append(phases_row(f"at {load:.2f}", lat))
     finally:
         stop_server(server)
     return [
@@ -932,6 +988,10 @@ def bench_latency(db: MariaDBServer) -> list[str]:
         LATENCY_HEAD,
         *rows,
         LATENCY_LEGEND,
+        "",
+        PHASES_HEAD,
+        *phases,
+        PHASES_LEGEND,
     ]
 
 

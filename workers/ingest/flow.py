@@ -246,6 +246,13 @@ class IngestApp:
             "rows": committer.rows_committed,
             "rejected": committer.rejected,
             "already_stored": committer.already_stored,
+            # Where a line's time goes before its OK (summed; make bench divides): waiting in the queue for
+            # a flusher, per line; then per batch taken, sending its rows and committing them.
+            "taken": self.pending.taken,
+            "taken_lines": self.pending.taken_lines,
+            "queued_s": round(self.pending.queued_s, 6),
+            "write_s": round(self.writer.write_s, 6),
+            "commit_s": round(self.writer.commit_s, 6),
         }
 
     def readiness(self) -> str | None:

@@ -42,6 +42,9 @@ class Pending:
         self._closed = False  # no more lines come: a flusher finding the queue empty returns
         self.busy = 0  # flushers holding a batch
         self.cycle_s = 0.0  # how long a batch took to commit lately (a moving average)
+        self.taken = 0  # batches taken by a flusher
+        self.taken_lines = 0  # and their lines
+        self.queued_s = 0.0  # the time those lines waited in the queue, summed over the lines
 
     def add(self, lines: list[str], addr: Source, ids: list[str | None] | None) -> list[Share]:
         """Queue the lines of one read from ``addr``; return the futures of their replies, one per line
@@ -115,6 +118,10 @@ class Pending:
         batch = batches.popleft()
         batch.taken = True
         self.busy += 1
+        now = time.time()  # runs hold the arrival in epoch seconds (they become received_at)
+        self.taken += 1
+        self.taken_lines += len(batch.texts)
+        self.queued_s += sum(count * (now - received) for received, _, count in batch.runs)
         return batch
 
     def done(self, seconds: float) -> None:

@@ -95,6 +95,11 @@ class Writer:
         self.method = method
         self._use_load = method != "insert"  # False for good once a server refused LOAD (method auto)
         self._unclean_loads = 0  # LOADs redone with INSERT because of warnings (the first one is logged)
+        # Where a try's time goes (``prefork status``, and make bench's latency breakdown): from the
+        # connection in hand to the rows sent (marker, lookup, LOAD or INSERTs), and the COMMIT's round trip
+        # (the redo log's flush, at innodb_flush_log_at_trx_commit = 1).
+        self.write_s = 0.0
+        self.commit_s = 0.0
 
     def write(self, lines: Rows, marker: bytes, deadline: float) -> int:
         """One try at storing the lines with their marker; return how many were not written because their
@@ -103,6 +108,7 @@ class Writer:
         session: Session | None = None  # known once the COMMIT is about to be sent
         try:
             with self.pool.connection(timeout=timeout) as conn:
+                began = time.monotonic()
                 server = server_of(conn)
                 cur = conn.cursor()
                 # Without ids to look up first, the marker goes in the LOAD's round trip (one query of two
@@ -126,8 +132,11 @@ class Writer:
                     for sql in self.encoder.inserts(conn.escape, rows):
                         cur.execute(sql)
                 session = Session(server, conn.thread_id())
+                written = time.monotonic()
+                self.write_s += written - began
                 try:
                     conn.commit()
+                    self.commit_s += time.monotonic() - written
                 except BaseException:
                     # Whatever failed, the server may have committed, and this connection's protocol state
                     # is unknown: it must not serve another batch (nor be the session we KILL later).
