@@ -12,7 +12,14 @@ import gevent
 import gevent.socket
 import pytest
 
-from prefork.protocol.greensock import can_wait_readable, is_tls, raw_socket, send_close_notify, wait_readable
+from prefork.protocol.greensock import (
+    can_wait_readable,
+    is_tls,
+    raw_socket,
+    send_close_notify,
+    wait_readable,
+    wait_readable_untimed,
+)
 
 TIMEOUT = 0.05  # the socket timeout of a wait that must time out (no data is ever sent)
 IO_TIMEOUT = 10.0  # a wait that must return, bounded so that a broken one fails instead of hanging
@@ -53,6 +60,26 @@ def test_wait_readable_waits_for_data_and_times_out_as_recv(pair) -> None:
     assert b.recv(100) == b"line\n"
     wait_readable(b)  # EOF is readable too
     assert b.recv(100) == b""
+
+
+def test_wait_readable_untimed_ignores_the_socket_timeout_and_can_be_interrupted(pair) -> None:
+    a, b = pair
+    assert can_wait_readable(b), f"gevent {gevent.__version__}: a gevent socket has no hub"
+    b.settimeout(TIMEOUT)  # not used by this wait: data sent after it still ends the wait
+    gevent.spawn_later(TIMEOUT * 4, a.sendall, b"line\n")
+    with gevent.Timeout(IO_TIMEOUT):
+        wait_readable_untimed(b)
+    assert b.recv(100) == b"line\n"
+    # What bounds it is a throw from the event loop (the sweeper's): the watcher is stopped, the socket usable.
+    reader = gevent.getcurrent()
+    timer = gevent.get_hub().loop.timer(TIMEOUT)
+    timer.start(lambda: reader.throw(TimeoutError))
+    with pytest.raises(TimeoutError):
+        wait_readable_untimed(b)
+    timer.close()
+    a.sendall(b"more\n")
+    wait_readable_untimed(b)
+    assert b.recv(100) == b"more\n"
 
 
 def test_a_plain_socket_has_neither() -> None:

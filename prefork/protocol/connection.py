@@ -10,7 +10,8 @@ Rules (README "Line protocol (v1)"):
 - Exactly one reply per line, in order: the application's, or the framer's early reply (``ERR too-long``...).
 - A half-closed client still gets every reply, then the server closes.
 - ``client_timeout``: a client that sends no complete line for this long is closed; a partial line it
-  had started is dropped without a reply (replies for its complete lines are still sent).
+  had started is dropped without a reply (replies for its complete lines are still sent). The event
+  loop's sweeper (``prefork.protocol.sweeper``) enforces it: a read waits with no timer of its own.
 - Memory per connection is bounded: the framer holds at most a line's limit plus one read, and the reply
   queue stops the reader past its in-flight limits, so a client that never reads its replies stalls only
   itself.
@@ -52,8 +53,15 @@ from prefork.interface import ERR_UNAVAILABLE, Peer, handle_lines_of
 from prefork.protocol.counters import Counters
 from prefork.protocol.framers import make_framer
 from prefork.protocol.framing import Batch, Framer
-from prefork.protocol.greensock import can_wait_readable, is_tls, send_close_notify, wait_readable
+from prefork.protocol.greensock import (
+    can_wait_readable,
+    is_tls,
+    send_close_notify,
+    wait_readable,
+    wait_readable_untimed,
+)
 from prefork.protocol.rejects import REJECTS
+from prefork.protocol.sweeper import sweeper as sweeper_of_loop
 from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
 from prefork.protocol.tlsaccept import identity_of, looks_like_tls, tls_on_plaintext
@@ -85,7 +93,7 @@ class LineConnection:
     __slots__ = (
         "sock", "app", "settings", "counters", "client", "replies", "_handle_lines", "_saw_eof", "_stopping",
         "_in_recv", "_wake", "_reader", "framer", "_session", "_read_until", "_lingering", "_handoff", "_expired",
-        "_fresh",
+        "_fresh", "_deadline",
     )  # fmt: skip
 
     reply_queue = ReplyQueue  # the class of ``replies`` (a test counts its waits for room)
@@ -120,6 +128,7 @@ class LineConnection:
         self._wake: Any = None  # a timer that throws StopReading into the reader, cancelled if recv returns first
         self._reader: gevent.Greenlet | None = None
         self._fresh = not tls  # nothing read yet on a plaintext listener: a TLS ClientHello would be told apart
+        self._deadline = 0.0  # while reading: the event loop's time at which client_timeout ends the connection
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -236,25 +245,43 @@ class LineConnection:
     # -- reading ------------------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        """Read and dispatch until EOF, client_timeout, an error, or the stop's end (see ``stop``)."""
+        sweeper = sweeper_of_loop()
+        sweeper.watch(self, self.settings.client_timeout)
+        try:
+            self._read_until_end()
+        finally:
+            sweeper.unwatch(self)
+
+    def expire_if_due(self, now: float) -> None:
+        """The sweeper's look (``prefork.protocol.sweeper``): a reader that waits for data past its client's
+        deadline gets the TimeoutError its recv's own timeout would have raised."""
+        if self._in_recv and not self._stopping and self._wake is None and now >= self._deadline:
+            if self._reader is not None:
+                self._reader.throw(TimeoutError)
+
+    def _read_until_end(self) -> None:
         sock = self.sock
         # Only the Framer shape is used below (and a RELP session's ``closing``): each framing is another framer.
         framer: Framer = self.framer
         session = self._session
         timeout = self.settings.client_timeout
         clock = gevent.get_hub().loop
-        deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
+        self._deadline = clock.now() + timeout  # moved on by each complete line, whatever else the client sends
         full_reads = 0
         # After a short read (the socket was emptied), wait for data before recv, which would try first.
         can_wait = can_wait_readable(sock)
         drained = False
         replies = self.replies
+        sock.settimeout(timeout)  # a bound for the waits the sweeper does not watch (a TLS record, a send)
         while not replies.failed:
             now = clock.now()
-            remaining = deadline - now
+            remaining = self._deadline - now
             if remaining <= 0:
                 log.debug("client %d (%s) closed: client_timeout", self.client.id, self.client.addr)
                 self._expired = True
                 return  # no complete line for client_timeout: any partial line is dropped
+            timed = self._stopping or not can_wait  # the hot path waits with no timer: the sweeper watches it
             if self._stopping:
                 if self._handoff is not None:
                     return  # a reload: the rest goes to the new generation with the socket
@@ -262,14 +289,18 @@ class LineConnection:
                 if left <= 0:
                     return  # the stop's time is up: what was read is answered, then the close
                 remaining = min(remaining, left) if self._lingering else min(remaining, left, STOP_IDLE_S)
-            sock.settimeout(remaining)
+            if timed:
+                sock.settimeout(remaining)
             self._in_recv = True
             try:
                 if drained and can_wait:
-                    wait_readable(sock)  # raises socket.timeout (a TimeoutError) as recv would
+                    if timed:
+                        wait_readable(sock)  # raises socket.timeout (a TimeoutError) as recv would
+                    else:
+                        wait_readable_untimed(sock)
                 data = sock.recv(READ_SIZE)
             except TimeoutError:
-                if self._stopping and clock.now() < deadline:
+                if self._stopping and clock.now() < self._deadline:
                     if self._lingering or replies.idle():
                         return  # quiet with nothing owed (or the linger is over): the stop closes it now
                     continue  # replies still owed: a client reading them may answer with more lines
@@ -305,7 +336,7 @@ class LineConnection:
                 return
             batch = framer.feed(data)
             if batch is not None:
-                deadline = clock.now() + timeout
+                self._deadline = clock.now() + timeout
                 self._dispatch(batch)
                 if framer.broken is not None:
                     REJECTS.broken(self._name(), self.settings.framing, framer.broken)

@@ -46,7 +46,7 @@ def can_wait_readable(sock: Any) -> bool:
     """Whether ``wait_readable`` works on ``sock`` (a gevent socket as known here, not a TLS one)."""
     if is_tls(sock):
         return False
-    return getattr(sock, "_wait", None) is not None and getattr(sock, "_read_event", None) is not None
+    return all(getattr(sock, name, None) is not None for name in ("_wait", "_read_event", "hub"))
 
 
 def send_close_notify(sock: Any) -> None:
@@ -68,3 +68,10 @@ def wait_readable(sock: Any) -> None:
     timeout as ``recv`` would. Only for a socket ``can_wait_readable`` accepts. A function, not a closure
     kept per connection: thousands of idle connections would each hold one."""
     sock._wait(sock._read_event)  # the watcher looked up each time: gevent drops it when the socket closes
+
+
+def wait_readable_untimed(sock: Any) -> None:
+    """Wait until ``sock`` has data (or EOF) with no timeout: no timer is made, so a wait costs only the
+    watcher. What bounds it is the caller's (``prefork.protocol.sweeper`` throws TimeoutError into it).
+    Only for a socket ``can_wait_readable`` accepts."""
+    sock.hub.wait(sock._read_event)
