@@ -53,11 +53,19 @@ test-system-python: $(STAMP) server-binary
 	sh scripts/ensure-test-packages.sh
 	sh scripts/test-system-python.sh $(SYSTEM_PYTHON) $(PY) $(SYSTEM_VENV) $(PYTEST_ARGS)
 
+# The bench extra (matplotlib, for bench/latency.png) on top of the install above, for `make bench` alone:
+# `make test` and `make run` never need it. After $(STAMP), so the two installs never run at once.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
 # Throughput against baselines measured in the same run (bench/run.py says what each contender is);
 # BENCH=shippers runs the rsyslog part alone (bench/shippers.py), BENCH=tls the cost of TLS (bench/tls.py),
-# BENCH=latency ingest's latency at a quarter, half and three quarters of its maximum (bench/run.py).
+# BENCH=latency ingest's latency at a quarter, half and three quarters of its maximum (bench/run.py; the full
+# bench runs it too), drawn into bench/latency.png beside bench/RESULTS.md.
 BENCH ?=
-bench: $(STAMP) server-binary
+bench: $(BENCH_STAMP) server-binary
 	sh scripts/ensure-bench-packages.sh
 	$(PY) bench/run.py $(if $(BENCH),--only $(BENCH))
 

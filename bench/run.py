@@ -26,6 +26,8 @@ Then:
 - latency: bench/openloop.py offers half of the best lines/s just measured, at a fixed rate over
   OPENLOOP_CONNS connections for OPENLOOP_SECONDS, to each ingest method, echo and the minimal server (for
   reference): p50/p99/max reply latency;
+- latency against offered load: ingest (method load) alone, as `--only latency` below, on the same database
+  (about a minute): its section of bench/RESULTS.md and the curve drawn into bench/latency.png (bench/plot.py);
 - memory: bench/idle_memory.py, RSS per idle client with 10,000 clients, prefork echo vs bare gevent;
 - balance: bench/balance.py's measure(WORKERS), when that file exists;
 - shippers: bench/shippers.py on the same database, before it stops: rsyslog forwarding N messages to
@@ -38,7 +40,8 @@ Then:
 - `--only latency` (`make bench BENCH=latency`): ingest (method load) alone, in a minute or two: its
   lines/s (best of DB_ROUNDS rounds, or BENCH_LATENCY_RATE lines/s taken as measured, so that runs compare
   at the same offered load), then open loops at a quarter, half and three quarters of it; replaces its
-  section of bench/RESULTS.md.
+  section of bench/RESULTS.md and redraws bench/latency.png (p50 and p99 against offered load; matplotlib,
+  the bench extra, which `make bench` installs; without it the section says the plot was not written).
 
 Prints ratios first, then the table and the sections, and writes the same to bench/RESULTS.md; exits 1
 when the shipper bench lost messages (after writing them down).
@@ -881,6 +884,7 @@ def main() -> None:
     results: dict[str, Result] = {}
     try:
         bench_database(db, results)
+        curve = bench_latency(db, header)
         shippers = bench_shippers(db)
         tls_ratios, tls_table = bench_tls(db)
     finally:
@@ -897,6 +901,8 @@ def main() -> None:
     progress("balance")
     balance = measure_balance()
     sections = report(results, memory, balance)
+    # the curve beside the half-load figures it extends
+    sections.insert([title for title, _ in sections].index("Latency at half load") + 1, (LATENCY_TITLE, curve))
     ship_ratios, ship_table, complete = shippers
     sections[0][1].extend(ship_ratios)
     sections.append((SHIPPERS_TITLE, ship_table))
@@ -955,8 +961,40 @@ def main_tls(db: MariaDBServer, header: list[str]) -> None:
 LATENCY_TITLE = "Ingest latency against offered load"
 
 
-def bench_latency(db: MariaDBServer) -> list[str]:
-    """Ingest (method load): its lines/s (or LATENCY_RATE), then an open loop at each of LATENCY_LOADS."""
+LATENCY_PNG = "bench/latency.png"  # beside RESULTS.md, relative to ROOT
+
+
+def plot_latency(
+    name: str, lats: list[dict], maximum: float | None, settings: tuple[str, ...], header: list[str]
+) -> str:
+    """The curve of bench_latency drawn into LATENCY_PNG; the line that names it in the section (or says why
+    it is missing: a failed plot must not cost the figures of the run)."""
+    try:
+        from plot import write_latency_plot
+
+        write_latency_plot(
+            {name: [(lat["offered_rate"], lat["p50_ms"], lat["p99_ms"]) for lat in lats]},
+            ROOT / LATENCY_PNG,
+            [
+                f"{name}: reply latency against offered load",
+                f"open loop, {OPENLOOP_CONNS} connections; {' '.join(settings)}",
+            ],
+            maximum=maximum,
+            footer=[line for line in header if line.startswith(("date:", "commit:", "machine:"))],
+        )
+    except ImportError as exc:
+        progress(f"latency plot not written: {exc}")
+        return f"plot: not written ({exc}; `make bench` installs matplotlib, the bench extra)"
+    except Exception as exc:
+        progress(f"latency plot failed: {exc!r}")
+        return f"plot: not written ({exc!r})"
+    progress(f"latency plot: {LATENCY_PNG}")
+    return f"plot: {LATENCY_PNG} (p50 and p99 against offered load)"
+
+
+def bench_latency(db: MariaDBServer, header: list[str]) -> list[str]:
+    """Ingest (method load): its lines/s (or LATENCY_RATE), then an open loop at each of LATENCY_LOADS; the
+    section's lines, the curve also drawn into LATENCY_PNG (`header` gives its footer: date, commit)."""
     name = "prefork ingest method=load"
     result = Result(name)
     settings = ("ingest.method=load", *LATENCY_SETTINGS)
@@ -966,6 +1004,7 @@ def bench_latency(db: MariaDBServer) -> list[str]:
     server = started
     rows: list[str] = []
     phases: list[str] = []
+    lats: list[dict] = []
     try:
         time.sleep(1)
         if LATENCY_RATE:
@@ -978,6 +1017,7 @@ def bench_latency(db: MariaDBServer) -> list[str]:
             measured = f"{result.rate:,.0f} lines/s measured (best of {DB_ROUNDS} rounds: {rounds} k lines/s)"
         for load in LATENCY_LOADS:
             lat = open_loop(server, result, expect_ok=True, load=load)
+            lats.append(lat)
             rows.append(latency_row(f"{name} at {load:.2f}", lat))
             phases.append(phases_row(f"at {load:.2f}", lat))
     finally:
@@ -992,13 +1032,15 @@ def bench_latency(db: MariaDBServer) -> list[str]:
         PHASES_HEAD,
         *phases,
         PHASES_LEGEND,
+        "",
+        plot_latency(name, lats, result.rate, settings, header),
     ]
 
 
 def main_latency(db: MariaDBServer, header: list[str]) -> None:
     """`--only latency`: ingest's latency curve alone; its section of bench/RESULTS.md is replaced, the rest kept."""
     try:
-        table = bench_latency(db)
+        table = bench_latency(db, header)
     finally:
         db.stop()
     report_alone(LATENCY_TITLE, table, header)
