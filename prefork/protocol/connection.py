@@ -61,9 +61,9 @@ from prefork.protocol.greensock import (
     wait_readable_untimed,
 )
 from prefork.protocol.rejects import REJECTS
-from prefork.protocol.sweeper import sweeper as sweeper_of_loop
 from prefork.protocol.relp import SERVERCLOSE, RelpSession
 from prefork.protocol.replies import ReplyQueue, StopReading, app_name
+from prefork.protocol.sweeper import sweeper as sweeper_of_loop
 from prefork.protocol.tlsaccept import identity_of, looks_like_tls, tls_on_plaintext
 
 READ_SIZE = 65536
