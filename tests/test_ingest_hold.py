@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gevent
 import pytest
+from gevent.event import Event
 
 from workers.ingest.pending import HOLD_MAX_S, Pending
 
@@ -63,3 +64,32 @@ def test_the_hold_is_bounded_even_after_a_slow_commit():
     pending.add(["a"], "127.0.0.1", None)
     batch = gevent.spawn(pending.take).get(timeout=HOLD_MAX_S * 100)
     assert batch is not None and batch.texts == ["a"]
+
+
+@pytest.mark.timeout(10)
+def test_lines_joining_the_held_batch_do_not_wake_the_holding_flusher():
+    # Each wake was a greenlet switch and a look at the clock per client read, for nothing: the hold ends
+    # only when the batch is full, the busy flusher is done or the time is up.
+    pending = queue()
+    pending.add(["first"], "127.0.0.1", None)
+    assert pending.take() is not None
+    pending.cycle_s = 3600.0
+    pending.add(["a"], "127.0.0.1", None)
+    waits: list[float | None] = []
+
+    class CountedWaits(Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            return super().wait(timeout)
+
+    pending._work = CountedWaits()
+    second = gevent.spawn(pending.take)
+    gevent.sleep(0)
+    assert len(waits) == 1
+    for line in ("b", "c"):
+        pending.add([line], "127.0.0.1", None)
+        gevent.sleep(0)
+    assert not second.ready() and len(waits) == 1, "woken by lines that only joined the held batch"
+    pending.add(["d", "e"], "127.0.0.1", None)  # fills it and opens the next: the hold ends
+    batch = second.get(timeout=1)
+    assert batch is not None and batch.texts == ["a", "b", "c", "d"]

@@ -60,11 +60,13 @@ class Pending:
         batches = self.batches
         replies: list[Share] = []
         done = 0
+        opened = False  # a batch was opened: one for an idle flusher, or the one before is full (ends a hold)
         while done < len(lines):
             batch = batches[-1] if batches else None
             if batch is None or batch.taken or len(batch.texts) >= self.batch_size:
                 batch = Batch()
                 batches.append(batch)
+                opened = True
             count = min(len(lines) - done, self.batch_size - len(batch.texts))
             part = lines if count == len(lines) else lines[done : done + count]
             size = sum(map(sys.getsizeof, part))
@@ -83,7 +85,9 @@ class Pending:
             self.lines += count
             self.nbytes += size
             done += count
-        if not self._work.is_set():
+        # Lines that only join the open batch wake nobody: a flusher holding it waits for its time, a full
+        # batch or the busy one's end (``take``), and waking it at every read cost a switch per read.
+        if opened and not self._work.is_set():
             self._work.set()
         return replies
 
