@@ -191,10 +191,22 @@ def test_200_clients_500_pipelined_lines_group_committed(dsn):
         before = query(dsn, "SELECT COUNT(*) FROM prefork_batches")[0][0] if markers_before[0][0] else 0
         seen = blast(srv.port, 200, 500, "load")
         batches = query(dsn, "SELECT COUNT(*) FROM prefork_batches")[0][0] - before
+        stats = wait_for(lambda: ingest_stats(srv, 100_000), what="every row in the workers' stats")
     assert_every_line_ok(seen, 100_000)
     stored = assert_stored_exactly_once(dsn, table, seen.replies)
     assert len(stored) == 100_000
     assert batches * 10 < len(stored), f"{batches} transactions for {len(stored)} rows: batches are not growing"
+    # Where the time went (README, "Its stats()"): every line taken once, each batch's phases timed.
+    assert stats["taken_lines"] == 100_000 and stats["taken"] == stats["batches"] == batches, stats
+    assert stats["queued_s"] > 0 and stats["write_s"] > 0 and stats["commit_s"] > 0, stats
+
+
+def ingest_stats(srv: ServerProcess, rows: int) -> dict | None:
+    """The ingest stats summed over the workers, once they count ``rows`` committed rows."""
+    apps = [w["app"] for w in srv.status()["workers"]]
+    keys = ("rows", "batches", "taken", "taken_lines", "queued_s", "write_s", "commit_s")
+    total = {key: sum(app.get(key, 0) for app in apps) for key in keys}
+    return total if total["rows"] == rows else None
 
 
 @pytest.mark.timeout(240)
