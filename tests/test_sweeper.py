@@ -49,9 +49,10 @@ def server():
         listener.close()
 
 
-def closed_after(sock: Any) -> float:
-    """Read until the server closes; the seconds that took."""
-    started = time.monotonic()
+def closed_after(sock: Any, started: float | None = None) -> float:
+    """Read until the server closes; the seconds since ``started`` (by default now)."""
+    if started is None:
+        started = time.monotonic()
     with gevent.Timeout(IO_TIMEOUT):
         while sock.recv(65536):
             pass
@@ -61,15 +62,16 @@ def closed_after(sock: Any) -> float:
 @pytest.mark.timeout(30)
 def test_idle_clients_are_closed_at_client_timeout_and_not_before(server):
     address, served = server
-    clients = [gevent.socket.create_connection(address) for _ in range(20)]
+    # Timed from before each connect: the server's clock for a client starts at its accept, later.
+    clients = [(time.monotonic(), gevent.socket.create_connection(address)) for _ in range(20)]
     try:
-        waits = gevent.joinall([gevent.spawn(closed_after, c) for c in clients], raise_error=True)
+        waits = gevent.joinall([gevent.spawn(closed_after, c, t) for t, c in clients], raise_error=True)
         for wait in waits:
             # Not before client_timeout; after it, within the sweep interval (a tenth of it) and this
             # process's scheduling.
             assert CLIENT_TIMEOUT * 0.95 <= wait.value < CLIENT_TIMEOUT + 2.0, wait.value
     finally:
-        for c in clients:
+        for _, c in clients:
             c.close()
     gevent.joinall(served, timeout=IO_TIMEOUT)
     assert all(g.dead for g in served)
@@ -100,9 +102,9 @@ def test_a_client_sending_lines_stays_open_past_client_timeout(server):
 @pytest.mark.timeout(30)
 def test_a_partial_line_does_not_move_the_deadline(server):
     address, _ = server
+    started = time.monotonic()  # before the connect: the server's clock starts at its accept, later
     with gevent.socket.create_connection(address) as sock:
         sock.settimeout(IO_TIMEOUT)
-        started = time.monotonic()
 
         def trickle() -> None:
             try:
