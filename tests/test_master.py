@@ -163,7 +163,9 @@ def test_hup_under_load_replaces_the_generation_without_losing_a_client(tmp_path
     conf.write_text(f"[server]\napp = {ECHO}\nworkers = 2\nname = one\ngraceful_timeout = 10\n")
     with ServerProcess(["-c", str(conf)]) as srv:
         old = wait_for(n_workers(srv, 2), what="two workers")
-        assert all(srv.titles()[p] == "prefork: worker [one] gen 1" for p in old)
+        # A child just forked still carries the master's title until the worker sets its own.
+        titled = "prefork: worker [one] gen 1"
+        wait_for(lambda: all(srv.titles().get(p) == titled for p in old), what=f"the workers' titles {titled!r}")
         stop = threading.Event()
         errors: list[str] = []
         counts = [0] * 6
