@@ -290,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from prefork.metrics import MetricsServer
 
         def serve_metrics() -> MetricsServer:
-            return MetricsServer(metrics_bind, lambda: master.state())
+            return MetricsServer(metrics_bind, lambda: master.reporter.state())
 
         try:
             what = f"server.metrics_bind={metrics_bind}"
@@ -303,8 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for sock in listeners.values():
                 sock.close()
             raise CommandError(f"cannot bind server.metrics_bind={metrics_bind}: {exc.strerror or exc}") from None
-    master = Master(cfg, listeners, metrics=metrics, identity=identity)
-    master.handover = handover
+    master = Master(cfg, listeners, metrics=metrics, identity=identity, handover=handover)
     if not cfg.server.daemon or handover is not None:  # started by a daemon's USR2: detached already
         return master.run()
     report = daemonize(master)  # the launching process exits inside, with the start's outcome

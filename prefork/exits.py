@@ -1,4 +1,5 @@
-"""Exit statuses of every prefork process and command, in one place (README, "Command line").
+"""Exit statuses of every prefork process and command, in one place (README, "Command line"), and
+``HaltServer``, how the master's code stops the master with one.
 
 The numbers are a contract: systemd units stop restarting on ``EXIT_USAGE`` and ``EXIT_BOOT``
 (``RestartPreventExitStatus=2 3``), and scripts test ``prefork send``'s status.
@@ -15,3 +16,12 @@ EXIT_USAGE = 2  # a usage, config or bind error (or a socket systemd passed that
 EXIT_BOOT = 3  # workers could not boot: a worker whose app fails to import or set up, and the master after that
 EXIT_TIMEOUT = 124  # as timeout(1) reports: a command's wait ran out (`reload --wait`), the outcome is not known
 EXIT_INTERRUPTED = 130  # as a shell reports a command killed by SIGINT
+
+
+class HaltServer(Exception):
+    """Stop the master with this reason and exit status (its main loop catches it, ``Master.halt``)."""
+
+    def __init__(self, reason: str, exit_status: int = EXIT_OK):
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_status = exit_status

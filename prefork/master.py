@@ -4,21 +4,20 @@ Signal handlers only queue the signal and wake the main loop (self-pipe through 
 the loop waits for a signal or a scrape, pops the queue and dispatches to a small ``handle_*`` method,
 serves /metrics, then reaps (a reaped worker is retired: its last counts join the lasting totals), polls
 (heartbeats, readiness, workers stopping by themselves), goes on with a reload (its app probe, then its
-generation), murders (heartbeat timeouts, overdue stops), manages (spawns or stops workers toward the
-target), announces readiness once, writes the status file and keeps systemd current.
+generation) and an upgrade, murders (heartbeat timeouts, overdue stops), manages (spawns or stops workers
+toward the target), announces readiness once, writes the status file and keeps systemd current.
+
+This module holds the loop, the signal handlers, stopping and the workers' lives (spawn, reap, poll,
+murder). The master owns one object per other concern, each in its own module and working on it:
+
+- ``Reloader`` (``prefork.generations``): reloads (HUP), ready-gated: a new generation beside the old
+  one, which stops only once the new one serves; a reload that fails keeps the old workers serving.
+- ``Upgrader`` (``prefork.master_upgrade``): upgrades (USR2): a new master, re-executed from the installed
+  code, inherits the listeners; once its workers serve, this one stops its own gracefully and exits.
+- ``Reporter`` (``prefork.master_status``): master.json, /readyz's reason, systemd's status line.
 
 The master never imports the application, gevent or the database driver, and never opens a database
 connection: workers import the app after the fork, so a HUP's new generation runs new code.
-
-Reload (HUP) is ready-gated: the new generation is started beside the old one, and only when every new
-worker reports ready are the old ones stopped gracefully. Listeners stay open throughout, so no client is
-refused. A config that fails to load, a listener that fails to bind or a generation that fails to boot
-is logged, and the old workers keep serving. The old workers hand their connections, open, to the new
-generation (``prefork.handoff``): a reload closes no client connection.
-
-Upgrade (USR2, ``prefork.upgrade``): a new master, re-executed from the installed code, inherits the
-listeners; once its workers serve, this one stops its own gracefully and exits. Until then it serves
-on, and keeps serving if the new master fails.
 """
 
 from __future__ import annotations
@@ -38,36 +37,30 @@ from pathlib import Path
 from typing import Any
 
 from prefork import logs, pidfile, sockets
-from prefork.config.appload import AppLoadError, start_directory
-from prefork.config.errors import ConfigError
+from prefork.config.appload import start_directory
 from prefork.config.loader import Config
-from prefork.config.probe import Probe, needs_probe
-from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from prefork.exits import EXIT_BOOT, EXIT_FAILURE, EXIT_USAGE, HaltServer
+from prefork.generations import Reloader
 from prefork.handoff import HandoffBoard, open_channel
+from prefork.master_status import Reporter
+from prefork.master_upgrade import Upgrader
 from prefork.metrics import MetricsServer, carry
 from prefork.privileges import Identity, file_owner
 from prefork.proctitle import set_title
 from prefork.protocol.allow import EVERYONE
-from prefork.reloads import ABANDONED, REFUSED, SERVING, ReloadRecord
 from prefork.signals import MASTER_SIGNALS, handler_name
 from prefork.state import (
-    MASTER_FILE,
     PIDFILE_STATE_SUFFIX,
     AcceptTable,
     Heartbeat,
     StateDirError,
-    iso,
     prepare_state_dir,
     runtime_dir,
     state_dir_for,
-    write_json,
 )
 from prefork.systemd import Notifier
-from prefork.tls import check_config as check_tls_files
 from prefork.tls import of_config as tls_of_config
-from prefork.tls import warn_expiring
-from prefork.upgrade import EXEC_FAILED, FAILED, OLDBIN, Handover, Upgrade, UpgradeRecord, spawn
-from prefork.upgrade import command_line as upgrade_command
+from prefork.upgrade import Handover
 from prefork.workerspec import WorkerSpec
 
 log = logging.getLogger("prefork.master")
@@ -78,16 +71,6 @@ LOOP_INTERVAL = 0.25  # seconds between two passes of the main loop when no sign
 QUICK_STOP_TIMEOUT = 2.0
 ABORT_GRACE = 1.0  # seconds a timed-out worker gets to dump its stack after SIGABRT before SIGKILL
 MAX_RESPAWN_DELAY = 10.0
-READY_SILENCE_S = 5.0  # a worker silent longer (heartbeats come each second) makes /readyz answer 503
-
-
-class HaltServer(Exception):
-    """Stop the master with this reason and exit status."""
-
-    def __init__(self, reason: str, exit_status: int = EXIT_OK):
-        super().__init__(reason)
-        self.reason = reason
-        self.exit_status = exit_status
 
 
 @dataclass
@@ -107,18 +90,6 @@ class WorkerProc:
     slot: int | None = None  # its slot in the accept table (client counts that balance accepting)
 
 
-@dataclass
-class PendingReload:
-    """A new generation being started by a HUP, not yet serving alone."""
-
-    generation: int
-    config: Config
-    listeners: dict[str, socket.socket]
-    opened: list[str]  # listeners this reload opened (closed again if it fails)
-    deadline: float
-    failure: str | None = None  # how a new worker died, the reason given if the reload is abandoned
-
-
 class Master:
     """Supervise the workers of one server."""
 
@@ -128,23 +99,21 @@ class Master:
         listeners: dict[str, socket.socket],
         metrics: MetricsServer | None = None,
         identity: Identity | None = None,
+        handover: Handover | None = None,
     ):
+        """``handover``: set when a USR2 started this master (``prefork.upgrade.take``): the old master
+        waits for it to serve."""
         self.cfg = config
         self.listeners = listeners  # configured address -> bound socket
         self.metrics = metrics
         self.identity = identity  # who the workers and the app probe run as (server.user/group), or None
         self.pid = 0  # set by start(): daemon mode forks after the master is built
         self.generation = 1
-        self.last_generation = 1  # never reused, even when a reload is abandoned
         self.target = config.server.workers
         self.workers: dict[int, WorkerProc] = {}
-        self.pending: PendingReload | None = None
-        self.probing: Probe | None = None  # a reload's app probe, checking the new config (see check_probe)
-        self.reload_queued = False  # a HUP came during a reload: reload again once it is over
         self.sig_queue: list[int] = []
         self.state_dir = Path()
         self._state_dir_ours = False  # created or taken over by this master: removed at exit
-        self._status_error: str | None = None  # the last failure to write master.json, logged once
         self.started_at = time.time()
         self.booted = False  # some worker has reported ready
         self.boot_failures = 0
@@ -153,14 +122,14 @@ class Master:
         self._pipe: tuple[int, int] | None = None
         self.notify = Notifier()  # systemd, when it started us with Type=notify
         self._scrape_waiting = False
-        self._notified_ready = False
+        self.notified_ready = False  # systemd was told READY (or the old master, after an upgrade)
         self._pidfile_fd: int | None = None  # the pidfile, locked while this master runs
-        self._pidfile_path = config.server.pidfile  # where it is now: PIDFILE, or PIDFILE.oldbin during an upgrade
-        self.upgrade: Upgrade | None = None  # a new master started by USR2, not yet serving
-        self.upgrade_record = UpgradeRecord()  # what became of the USR2s (`prefork upgrade`)
-        self.handover: Handover | None = None  # set when USR2 started this master: the old one waits for it
-        self.handed_over = False  # a new master serves: this one only stops its workers and exits
-        # Figures that outlive workers: the last counts of every retired worker, restarts, reloads.
+        self.pidfile_path = config.server.pidfile  # where it is now: PIDFILE, or PIDFILE.oldbin during an upgrade
+        # Each concern in its own module, working on this master: reloads (HUP), upgrades (USR2), reports.
+        self.reloader = Reloader(self)
+        self.upgrader = Upgrader(self, handover)
+        self.reporter = Reporter(self)
+        # Figures that outlive workers: the last counts of every retired worker, restarts.
         self.retired: dict[str, Any] = {
             "lines": 0,
             "ok": 0,
@@ -172,8 +141,6 @@ class Master:
             "slots": {},  # per accept-table slot (as a string): what its per-slot counters carry (metrics.carry)
         }
         self.restarts: dict[str, int] = {}
-        self.reloads = {"ok": 0, "failed": 0}
-        self.reload_record = ReloadRecord()  # which HUPs were answered, and how (`prefork reload --wait`)
         self.on_ready: list[Callable[[], None]] = []  # callbacks run once the first generation is serving (daemon mode)
         self.start_dir = start_directory()
         # Shared with every worker forked from here: each one's clients, so that none holds more than its
@@ -198,7 +165,7 @@ class Master:
             raise HaltServer(f"server.runtime_dir: cannot use {self.state_dir}: {exc}", EXIT_USAGE) from None
         self._state_dir_ours = True
         _raise_fd_limit(self.cfg.server.worker_connections + FD_MARGIN)
-        if self.handover is None:  # a new master started by USR2 writes the pidfile once it serves
+        if self.upgrader.handover is None:  # a new master started by USR2 writes the pidfile once it serves
             self.write_pidfile()
         self.handoff_board.set(self.generation)
         r, w = os.pipe()
@@ -217,7 +184,7 @@ class Master:
 
     def write_pidfile(self) -> None:
         """Write and lock server.pidfile (if set), and note beside it where the state lives."""
-        path = self._pidfile_path = self.cfg.server.pidfile
+        path = self.pidfile_path = self.cfg.server.pidfile
         if not path:
             return
         try:
@@ -243,13 +210,13 @@ class Master:
                 self.serve_metrics()
                 self.reap_workers()
                 self.poll_workers()
-                self.check_reload()
-                self.check_upgrade()
+                self.reloader.check()
+                self.upgrader.check()
                 self.murder_workers()
                 self.manage_workers()
                 self.announce_ready()
-                self.write_status()
-                self.notify_systemd()
+                self.reporter.write()
+                self.reporter.notify_systemd()
         except HaltServer as halt:
             return self.halt(halt.reason, halt.exit_status)
         except Exception:
@@ -264,9 +231,8 @@ class Master:
             return
         assert self._pipe is not None  # start() made it
         wakeup = self._pipe[0]
-        waiting: list[Any] = [wakeup, *(x for x in (self.metrics, self.probing) if x is not None)]
-        if self.upgrade is not None:  # the new master's word: hand over at once
-            waiting.append(self.upgrade.pipe)
+        waiting: list[Any] = [wakeup, *(x for x in (self.metrics, self.reloader.probing) if x is not None)]
+        waiting += self.upgrader.waits_on()  # the new master's word: hand over at once
         try:
             readable, _, _ = select.select(waiting, [], [], LOOP_INTERVAL)
         except InterruptedError:
@@ -295,10 +261,8 @@ class Master:
         """Reaping happens on every pass of the loop."""
 
     def handle_hup(self) -> None:
-        """Reload: new config, new generation, then stop the old one."""
-        log.info("Hang up: reloading")
-        self.reload_record.hup()
-        self.reload()
+        """Reload: new config, new generation, then stop the old one (prefork.generations)."""
+        self.reloader.hup()
 
     def handle_term(self) -> None:
         """Graceful stop."""
@@ -330,37 +294,19 @@ class Master:
         self.signal_workers(signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
-        """Upgrade: start a new master from the installed code on the same listeners (prefork.upgrade)."""
-        if self.upgrade is not None:
-            log.info("USR2: an upgrade is under way (new master %s): ignored", self.upgrade.pid)
-            return
-        if self.handover is not None:
-            log.info("USR2: this master is not serving alone yet (upgrading from %s): ignored", self.handover.old_pid)
-            return
-        if self.pending is not None or self.probing is not None:  # its listeners are not settled yet
-            self.upgrade_not_started("a reload is under way: upgrade once it is over")
-            return
-        self.start_upgrade()
-
-    def upgrade_not_started(self, reason: str) -> None:
-        log.error("USR2: upgrade not started: %s", reason)
-        self.upgrade_record.refuse(reason)
+        """Upgrade: start a new master from the installed code on the same listeners (prefork.master_upgrade)."""
+        self.upgrader.usr2()
 
     # -- stopping -----------------------------------------------------------------------------------
 
     def halt(self, reason: str, exit_status: int) -> int:
         """Stop every worker (gracefully unless already done), clean up, return the exit status."""
         log.info("Shutting down: %s", reason)
-        # Not after a handover (systemd follows the new master: MAINPID=), nor from a new master that never
-        # took over (the old one serves on): with NotifyAccess=all, systemd would take the service as stopping.
-        if not self.handed_over and self.handover is None:
+        if self.upgrader.stops_service:
             self.notify.stopping()
-        if self.upgrade is not None:  # stopped while upgrading: the new master goes too
-            self.upgrade_failed(f"this master was stopped ({reason})", signal.SIGTERM)
-        if self.handover is not None:
-            self.handover.close()
+        self.upgrader.stopping(reason)  # stopped while upgrading: the new master goes too
         self.stop(graceful=True)
-        path = self._pidfile_path
+        path = self.pidfile_path
         if path and path == self.cfg.server.pidfile and pidfile.read_pid(path) == self.pid:
             _remove(Path(path + PIDFILE_STATE_SUFFIX))  # after an upgrade it is the new master's
         if path:
@@ -382,15 +328,9 @@ class Master:
         An INT or QUIT that comes during a graceful stop turns it into a quick one.
         """
         self.handoff_board.set(0)  # a final stop: the workers hand off nothing, and serve their backlog
-        if self.probing is not None:
-            self.probing.kill()
-            log.info("reload abandoned: stopped while importing %s to check its settings", self.probing.cfg.server.app)
-            self.probing = None
+        reloading = self.reloader.abandon()
         # A reload shares the unchanged listeners with the running generation: close each socket once.
-        distinct = {id(sock): sock for sock in self.listeners.values()}
-        if self.pending is not None:
-            distinct.update((id(sock), sock) for sock in self.pending.listeners.values())
-            self.pending = None
+        distinct = {id(sock): sock for sock in [*self.listeners.values(), *reloading]}
         for sock in distinct.values():
             sockets.close(sock)
         self.listeners = {}
@@ -418,226 +358,6 @@ class Master:
             self.reap_workers()
             time.sleep(0.01)
 
-    # -- reload -------------------------------------------------------------------------------------
-
-    def reload(self) -> None:
-        """Re-read the config; start a new generation with it (check_reload stops the old one when it is
-        ready), after the app's probe approved it when the app's sections have values (check_probe)."""
-        if self.pending is not None or self.probing is not None:
-            what = f"generation {self.pending.generation}" if self.pending else "checking the app's settings"
-            log.info("reload already in progress (%s): reloading again after it", what)
-            self.reload_queued = True
-            return
-        self.reload_record.begin()
-        try:
-            cfg = self.cfg.reload()
-            # The new generation reads the certificate files afresh: an unreadable or mismatched pair, or an
-            # expired certificate, keeps the old generation serving with the files it loaded.
-            warn_expiring(check_tls_files(cfg))
-        except ConfigError as exc:
-            self.reload_failed(exc)
-            return
-        if needs_probe(cfg):  # the app's sections have values: check them with the new code, in a probe
-            app_dir = cfg.server.chdir or self.start_dir
-            self.probing = Probe(cfg, app_dir, timeout=cfg.server.timeout, identity=self.identity)
-            return
-        self.start_generation(cfg)
-
-    def check_probe(self) -> None:
-        """Go on with a reload once its probe reported; refuse it if the probe failed or overran
-        server.timeout. Meanwhile the loop goes on: workers are reaped and replaced, /metrics answers."""
-        probe = self.probing
-        if probe is None:
-            return
-        if not probe.poll():
-            if not probe.overdue():
-                return
-            probe.kill()
-            self.probing = None
-            self.reload_failed(probe.timed_out())
-            return
-        self.probing = None
-        try:
-            cfg = probe.result()
-        except (ConfigError, AppLoadError) as exc:
-            self.reload_failed(exc)
-            return
-        self.start_generation(cfg)
-
-    def reload_failed(self, exc: Exception) -> None:
-        """Keep the old config and generation after a reload that cannot go on."""
-        log.error("reload failed, keeping the old config: %s", exc)
-        self.reloads["failed"] += 1
-        self.reload_record.finish(REFUSED, self.generation, str(exc))
-        self.reload_queued_now()
-
-    def reload_queued_now(self) -> None:
-        """Run the reload a HUP asked for while another was under way, now that that one is over."""
-        if self.reload_queued:
-            self.reload_queued = False
-            log.info("Hang up (queued during the reload): reloading")
-            self.reload()
-
-    def start_generation(self, cfg: Config) -> None:
-        """Open the new config's listeners and fork its generation beside the running one."""
-        listeners: dict[str, socket.socket] = {}
-        opened: list[str] = []
-        try:
-            for address in cfg.server.bind:
-                key = str(address)
-                if key in self.listeners:
-                    listeners[key] = self.listeners[key]
-                else:
-                    listeners[key] = sockets.bind(address, **sockets.bind_options(cfg.server))
-                    opened.append(key)
-                    log.info("Listening at: %s", sockets.address_of(listeners[key]))
-        except sockets.BindError as exc:
-            for key in opened:
-                sockets.close(listeners[key])
-            self.reload_failed(exc)
-            return
-        self.last_generation += 1
-        generation = self.last_generation
-        self.pending = PendingReload(
-            generation, cfg, listeners, opened, time.monotonic() + max(cfg.server.timeout, 10.0)
-        )
-        self.notify.reloading()
-        for _ in range(cfg.server.workers):
-            self.spawn_worker(generation, cfg, listeners)
-
-    def check_reload(self) -> None:
-        """Go on with a reload: its probe's report (check_probe), then its generation (check_generation)."""
-        self.check_probe()
-        self.check_generation()
-
-    def check_generation(self) -> None:
-        """Finish a pending reload once its workers are all ready, or abandon it if they fail to boot."""
-        pending = self.pending
-        if pending is None:
-            return
-        new = [w for w in self.workers.values() if w.generation == pending.generation]
-        if len(new) == pending.config.server.workers and all(w.ready for w in new):
-            old = [w for w in self.workers.values() if w.generation != pending.generation]
-            for key, sock in self.listeners.items():
-                if key not in pending.listeners:
-                    sockets.close(sock)
-            self.cfg, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
-            self.target = pending.config.server.workers
-            self.pending = None
-            server, owner = self.cfg.server, file_owner(self.identity)
-            logs.setup(server.log_level, server.log_file, server.log_format, owner=owner)
-            set_title(f"prefork: master [{self.cfg.server.name}]")  # server.name may have changed
-            self.handoff_board.set(self.generation)  # before the stop: the old workers' connections come here
-            self.close_channels()
-            for w in old:
-                self.stop_worker(w, "reload")
-            log.info("Reloaded: generation %d serving, %d old workers stopping", self.generation, len(old))
-            self.reloads["ok"] += 1
-            self.reload_record.finish(SERVING, self.generation)
-        elif len(new) < pending.config.server.workers or time.monotonic() > pending.deadline:
-            log.error("reload failed: generation %d did not boot; the old workers keep serving", pending.generation)
-            self.reloads["failed"] += 1
-            boot_s = max(pending.config.server.timeout, 10.0)
-            why = pending.failure or f"its workers were not all ready within {boot_s:g}s"
-            self.reload_record.finish(ABANDONED, self.generation, f"generation {pending.generation} failed: {why}")
-            # New workers that already serve have clients: drain them like any stopping worker.
-            for w in new:
-                self.stop_worker(w, "reload")
-            for key in pending.opened:
-                sockets.close(pending.listeners[key])
-            self.pending = None
-            self.close_channels()
-        else:
-            return
-        self.notify.ready(self.summary())
-        self.reload_queued_now()
-
-    # -- upgrade (USR2) -----------------------------------------------------------------------------
-
-    def start_upgrade(self) -> None:
-        """Move the pidfile aside (PIDFILE.oldbin) and start the new master on this one's listeners."""
-        log.info("USR2: upgrading: starting a new master (%s)", " ".join(upgrade_command()))
-        path = self.cfg.server.pidfile
-        if path and pidfile.read_pid(path) == self.pid:
-            try:
-                os.rename(path, path + OLDBIN)  # the lock moves with the file: it stays held by this master
-                self._pidfile_path = path + OLDBIN
-            except OSError as exc:
-                self.upgrade_not_started(f"cannot rename the pidfile {path}: {exc}")
-                return
-        try:
-            self.upgrade = spawn(self.listeners, self.start_dir)
-        except OSError as exc:
-            self.restore_pidfile()
-            self.upgrade_not_started(str(exc))
-            return
-        self.upgrade.deadline = time.monotonic() + max(self.cfg.server.timeout, 10.0)
-        self.upgrade_record.begin(self.upgrade.pid)
-        log.info("New master %s starting; this master (%s) serves until it is ready", self.upgrade.pid, self.pid)
-
-    def check_upgrade(self) -> None:
-        """Hand over once the new master says it serves; give up on one that overran its time."""
-        upgrade = self.upgrade
-        if upgrade is None:
-            return
-        upgrade.read()
-        if upgrade.ready:
-            self.upgrade = None
-            upgrade.close()
-            self.upgrade_record.finish(SERVING)
-            self.handed_over = True
-            for sock in self.listeners.values():
-                sockets.adopt(sock, upgrade=True)  # the new master's now: closing must not remove its file
-            self.write_status()  # the outcome, for `prefork upgrade`, before the drain
-            raise HaltServer(f"upgraded: new master {upgrade.pid} serves, stopping the old workers")
-        if time.monotonic() > upgrade.deadline:
-            bound = max(self.cfg.server.timeout, 10.0)
-            self.upgrade_failed(f"new master {upgrade.pid} was not ready within {bound:g}s (sent TERM)", signal.SIGTERM)
-
-    def new_master_exited(self, status: int) -> None:
-        """The new master exited before it served: the upgrade failed."""
-        assert self.upgrade is not None
-        code = os.waitstatus_to_exitcode(status)
-        said = self.upgrade.read().strip()
-        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        why = {EXIT_BOOT: "its workers could not boot", EXIT_USAGE: "a usage, config or bind error"}.get(code, "")
-        if code == EXEC_FAILED and said.startswith("error "):
-            why = said.removeprefix("error ")
-        detail = f": {why}" if why else ""
-        self.upgrade_failed(f"new master {self.upgrade.pid} exited ({how}){detail}; see its log lines above")
-
-    def upgrade_failed(self, reason: str, signum: int | None = None) -> None:
-        """Keep serving: the pidfile back in place, one line with the reason."""
-        upgrade = self.upgrade
-        if upgrade is None:
-            return
-        self.upgrade = None
-        if signum is not None:
-            self.kill_worker(upgrade.pid, signum)  # reaped by reap_workers (an unknown pid by then)
-        upgrade.close()
-        self.restore_pidfile()
-        self.upgrade_record.finish(FAILED, reason)
-        log.error("upgrade failed: %s; this master (%s) keeps serving", reason, self.pid)
-
-    def restore_pidfile(self) -> None:
-        path = self.cfg.server.pidfile
-        if path and self._pidfile_path == path + OLDBIN:
-            try:
-                os.rename(path + OLDBIN, path)
-                self._pidfile_path = path
-            except OSError as exc:
-                log.error("cannot rename %s back to %s: %s", path + OLDBIN, path, exc)
-
-    def take_over(self) -> None:
-        """In a new master started by USR2, once its workers serve: write the pidfile, become systemd's main
-        process, and tell the old master, which then stops its workers and exits."""
-        assert self.handover is not None
-        self.write_pidfile()
-        self.notify.send(f"MAINPID={self.pid}", "READY=1", f"STATUS={self.summary()}")
-        log.info("Serving: telling the old master %s to stop its workers", self.handover.old_pid)
-        self.handover.ready(self.pid)
-        self.handover = None
-
     # -- worker management --------------------------------------------------------------------------
 
     def manage_workers(self) -> None:
@@ -654,21 +374,21 @@ class Master:
     def announce_ready(self) -> None:
         """Say once that the server serves: when a first worker is ready, log it and run the ``on_ready``
         callbacks (daemon mode: the launcher returns 0); when every worker of the first generation is,
-        tell systemd READY=1 (a reload's end tells it again: check_generation)."""
+        tell systemd READY=1 (a reload's end tells it again: Reloader.check_generation)."""
         if not self.booted and any(w.ready for w in self.workers.values()):
             self.booted = True
             log.info("Workers are serving")
             for callback in self.on_ready:
                 callback()
-        if self._notified_ready:
+        if self.notified_ready:
             return
         current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
         if len(current) >= self.target and all(w.ready for w in current):
-            self._notified_ready = True
-            if self.handover is not None:
-                self.take_over()
+            self.notified_ready = True
+            if self.upgrader.handover is not None:
+                self.upgrader.take_over()
             else:
-                self.notify.ready(self.summary())
+                self.notify.ready(self.reporter.summary())
 
     def spawn_worker(self, generation: int, cfg: Config, listeners: dict[str, socket.socket]) -> None:
         """Fork one worker; the child never returns from here."""
@@ -725,7 +445,8 @@ class Master:
 
     def close_channels(self) -> None:
         """Close the handoff channels of every generation but the serving one and a pending reload's."""
-        keep = {self.generation, *([self.pending.generation] if self.pending else [])}
+        pending = self.reloader.pending
+        keep = {self.generation, *([pending.generation] if pending else [])}
         for generation in [g for g in self.channels if g not in keep]:
             self.channels.pop(generation).close()
 
@@ -739,13 +460,11 @@ class Master:
         fds += self.notify.filenos()
         if self._pidfile_fd is not None:  # a worker holding the lock would outlive a killed master
             fds.append(self._pidfile_fd)
-        if self.upgrade is not None:
-            fds.append(self.upgrade.pipe)
-        if self.handover is not None and self.handover.fd >= 0:
-            fds.append(self.handover.fd)
-        if self.probing is not None:  # a worker reading the probe's report would leave the master half of it
-            fds.append(self.probing.fileno())
-        others = [*self.listeners.values(), *(self.pending.listeners.values() if self.pending else [])]
+        fds += self.upgrader.fds()
+        probing, pending = self.reloader.probing, self.reloader.pending
+        if probing is not None:  # a worker reading the probe's report would leave the master half of it
+            fds.append(probing.fileno())
+        others = [*self.listeners.values(), *(pending.listeners.values() if pending else [])]
         mine = {id(sock) for sock in listeners.values()}
         fds += {sock.fileno() for sock in others if id(sock) not in mine}
         return fds
@@ -759,11 +478,11 @@ class Master:
                 return
             if not pid:
                 return
-            if self.probing is not None and pid == self.probing.pid:
-                self.probing.reaped = True  # check_probe reads its report; it must not wait for it again
+            probing = self.reloader.probing
+            if probing is not None and pid == probing.pid:
+                probing.reaped = True  # Reloader.check_probe reads its report; it must not wait for it again
                 continue
-            if self.upgrade is not None and pid == self.upgrade.pid:
-                self.new_master_exited(status)
+            if self.upgrader.reaped(pid, status):  # the new master, exited before it served
                 continue
             worker = self.workers.pop(pid, None)
             if worker is None:
@@ -802,10 +521,11 @@ class Master:
             else:
                 log.warning("Worker %s exited while stopping (%s)", worker.pid, how)
             return
-        if self.pending is not None and worker.generation == self.pending.generation:
+        pending = self.reloader.pending
+        if pending is not None and worker.generation == pending.generation:
             log.error("new worker %s died during reload (%s)", worker.pid, how)
-            self.pending.failure = self.pending.failure or f"new worker {worker.pid} died ({how})"
-            return  # check_reload abandons the reload
+            pending.failure = pending.failure or f"new worker {worker.pid} died ({how})"
+            return  # Reloader.check_generation abandons the reload
         if not self.booted and (code == EXIT_BOOT or not worker.ready):
             # Any exit before serving at start is a boot failure: sys.exit() in the app's import, a
             # segfault, an import that hung past `timeout`. Counted, so a broken app never fork-loops.
@@ -856,8 +576,8 @@ class Master:
                     self.kill_worker(w.pid, signal.SIGKILL)
                     w.stop_deadline = float("inf")  # killed once; reaped on the next pass
                 continue
-            pending = self.pending is not None and w.generation == self.pending.generation
-            timeout = (self.pending.config if pending and self.pending else self.cfg).server.timeout
+            pending = self.reloader.pending
+            timeout = (pending.config if pending and w.generation == pending.generation else self.cfg).server.timeout
             if w.silent_s > timeout:
                 log.error(
                     "worker %s timed out (no heartbeat for %.1fs): dumping its stack (SIGABRT), then killed",
@@ -885,90 +605,6 @@ class Master:
             if exc.errno == errno.ESRCH:
                 return  # already gone: reaped on the next pass
             raise
-
-    # -- status -------------------------------------------------------------------------------------
-
-    def write_status(self) -> None:
-        """Write master.json for `prefork status` and /metrics."""
-        try:
-            write_json(self.state_dir / MASTER_FILE, self.state())
-        except FileNotFoundError:
-            # The directory was removed (a tmp cleaner, logind at logout): make it again. Heartbeats do
-            # not depend on it, so no worker is harmed meanwhile.
-            self._status_failed("the state directory was removed; recreating it")
-            try:
-                prepare_state_dir(self.state_dir)
-            except (StateDirError, OSError) as exc:
-                self._status_failed(f"cannot recreate the state directory {self.state_dir}: {exc}")
-        except OSError as exc:  # a full disk, ...
-            self._status_failed(f"cannot write the status file: {exc}")
-        else:
-            if self._status_error is not None:
-                log.info("status file written again")
-                self._status_error = None
-
-    def notify_systemd(self) -> None:
-        """Keep systemd current: the watchdog ping (the loop runs), and the status line once the server was
-        announced ready, except during a reload (whose end sends READY with it)."""
-        if not self.notify.enabled:
-            return
-        self.notify.watchdog()
-        if self._notified_ready and self.pending is None:
-            self.notify.status(self.summary())
-
-    def _status_failed(self, message: str) -> None:
-        if message != self._status_error:  # logged once, not every pass
-            log.warning("%s (workers keep serving)", message)
-            self._status_error = message
-
-    def summary(self) -> str:
-        """One line for systemd's status: workers, generation, clients."""
-        current = [w for w in self.workers.values() if w.generation == self.generation]
-        clients = sum(w.heartbeat.last.get("clients") or 0 for w in self.workers.values())
-        return f"{len(current)} workers, gen {self.generation}, {clients:,} clients"
-
-    def state(self) -> dict:
-        """The master's figures and its workers' last states: what `status` and `/metrics` show."""
-        now = time.time()
-        return {
-            "pid": self.pid,
-            "name": self.cfg.server.name,
-            "generation": self.generation,
-            "started_at": iso(self.started_at),
-            "uptime_s": round(now - self.started_at, 3),
-            "workers_target": self.target,
-            "listeners": [sockets.address_of(s) for s in self.listeners.values()],
-            "workers": [
-                {**w.heartbeat.last, "slot": w.slot} for _, w in sorted(self.workers.items()) if w.heartbeat.last
-            ],
-            "written_ts": now,
-            "started_ts": self.started_at,
-            "retired": self.retired,
-            "restarts": self.restarts,
-            "reloads": self.reloads,
-            "reload": self.reload_record.as_dict(),
-            "upgrade": self.upgrade_record.as_dict(),
-            "not_ready": self.readiness(),
-        }
-
-    def readiness(self) -> str | None:
-        """Why the server is not ready (``/readyz`` answers 503 with it), or None when it is: the workers
-        of the current generation serve, each one's heartbeat came within READY_SILENCE_S, and none of
-        their apps says it is not ready (an app's optional ``readiness()``, reported in its heartbeat: the
-        ingest app's database). At start every worker must serve; later a worker being replaced (a crash,
-        max_requests) does not count while others serve: a routine restart must not take the host out of
-        its balancer, which would close every client's connection."""
-        current = [w for w in self.workers.values() if w.generation == self.generation and w.stop_deadline is None]
-        serving = sorted((w for w in current if w.ready), key=lambda w: (w.slot is None, w.slot or 0, w.pid))
-        if not serving or (len(serving) < self.target and not self._notified_ready):
-            return f"{len(serving)} of {self.target} workers serving"
-        for w in serving:
-            if w.silent_s > READY_SILENCE_S:  # hung (killed only at server.timeout): not serving meanwhile
-                return f"worker {w.pid} (slot {w.slot}): no heartbeat for {w.silent_s:.0f}s"
-            reason = w.heartbeat.last.get("not_ready")
-            if reason:
-                return f"worker {w.pid} (slot {w.slot}): {reason}"
-        return None
 
 
 def _raise_fd_limit(needed: int) -> None:

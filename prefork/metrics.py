@@ -71,7 +71,7 @@ class Exposition:
 
 
 def render(state: dict[str, Any]) -> str:
-    """The master's state (``Master.state()``) as Prometheus text exposition format.
+    """The master's state (``prefork.master_status.Reporter.state``) as Prometheus text exposition format.
 
     Counters without a slot label (lines, replies, restarts, reloads) add every retired worker's last
     counts to the live workers' ones, so they never go down when a worker exits, crashes or is replaced
@@ -286,9 +286,9 @@ def _escape(value: str) -> str:
 class MetricsServer:
     """A listening socket the master selects on; `serve_one` answers one request.
 
-    ``report`` gives the master's state (``Master.state()``): ``/metrics`` renders it, ``/readyz`` reads
-    its ``not_ready`` (None when ready, else why not), ``/healthz`` answers as long as the master's loop
-    runs. GET and HEAD only."""
+    ``report`` gives the master's state (``prefork.master_status.Reporter.state``): ``/metrics`` renders
+    it, ``/readyz`` reads its ``not_ready`` (None when ready, else why not), ``/healthz`` answers as long as
+    the master's loop runs. GET and HEAD only."""
 
     def __init__(self, address: Address, report: Callable[[], dict[str, Any]]):
         infos = socket.getaddrinfo(address.host, address.port, socket.AF_UNSPEC, socket.SOCK_STREAM)
