@@ -455,19 +455,26 @@ def load_pass(server: Server, result: Result, db: MariaDBServer | None, lines: i
     result.add(rate, cpu, mysqld, sent)
 
 
-def worker_rss(server: Server) -> int | None:
-    """The largest RSS of the prefork server's workers, from `prefork status --json`."""
+def prefork_status(server: Server) -> dict | None:
+    """`prefork status --json` of a prefork server (None if it cannot be had)."""
     try:
-        status = json.loads(
+        return json.loads(
             subprocess.check_output(
                 [PY, "-m", "prefork.cli", "status", "--json", "--pidfile", str(server.pidfile)],
                 cwd=ROOT,
                 env=prefork_env(),
             )
         )
-        return max(w["rss_bytes"] for w in status["workers"])
-    except (subprocess.CalledProcessError, ValueError, KeyError):
+    except (subprocess.CalledProcessError, ValueError):
         return None
+
+
+def worker_rss(server: Server) -> int | None:
+    """The largest RSS of the prefork server's workers, from `prefork status --json`."""
+    status = prefork_status(server)
+    if status is None or not status.get("workers"):
+        return None
+    return max(w.get("rss_bytes") or 0 for w in status["workers"])
 
 
 PHASES = ("taken", "taken_lines", "queued_s", "write_s", "commit_s")  # ingest's stats (workers/ingest/flow.py)
@@ -477,18 +484,11 @@ def ingest_phases(server: Server) -> dict[str, float] | None:
     """The ingest workers' time counters, summed over the workers (None for a server without them)."""
     if not server.table or server.pidfile is None:
         return None
-    try:
-        status = json.loads(
-            subprocess.check_output(
-                [PY, "-m", "prefork.cli", "status", "--json", "--pidfile", str(server.pidfile)],
-                cwd=ROOT,
-                env=prefork_env(),
-            )
-        )
-        apps = [w.get("app") or {} for w in status["workers"]]
-        return {key: sum(float(app.get(key, 0)) for app in apps) for key in PHASES}
-    except (subprocess.CalledProcessError, ValueError, KeyError):
+    status = prefork_status(server)
+    if status is None or "workers" not in status:
         return None
+    apps = [w.get("app") or {} for w in status["workers"]]
+    return {key: sum(float(app.get(key, 0)) for app in apps) for key in PHASES}
 
 
 def open_loop(server: Server, result: Result, expect_ok: bool, load: float = HALF) -> dict:
