@@ -16,14 +16,10 @@ import pytest
 from prefork.protocol.connection import LineConnection, ProtocolSettings
 from prefork.protocol.counters import Counters
 from prefork.protocol.sweeper import SWEEPS_PER_TIMEOUT, sweeper
+from workers.echo import EchoApp
 
 CLIENT_TIMEOUT = 0.3
 IO_TIMEOUT = 10.0
-
-
-class Echo:
-    def handle(self, line: str, client: Any) -> str:
-        return line
 
 
 @pytest.fixture
@@ -38,7 +34,7 @@ def server():
     def accept() -> None:
         while True:
             conn, addr = listener.accept()
-            served.append(gevent.spawn(LineConnection(conn, addr, Echo(), proto, Counters()).serve))
+            served.append(gevent.spawn(LineConnection(conn, addr, EchoApp(), proto, Counters()).serve))
 
     acceptor = gevent.spawn(accept)
     try:

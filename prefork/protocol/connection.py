@@ -256,9 +256,9 @@ class LineConnection:
     def expire_if_due(self, now: float) -> None:
         """The sweeper's look (``prefork.protocol.sweeper``): a reader that waits for data past its client's
         deadline gets the TimeoutError its recv's own timeout would have raised."""
-        if self._in_recv and not self._stopping and self._wake is None and now >= self._deadline:
-            if self._reader is not None:
-                self._reader.throw(TimeoutError)
+        # A stopping reader has timed waits of its own (and maybe the stop's wake-up timer).
+        if self._in_recv and not self._stopping and now >= self._deadline and self._reader is not None:
+            self._reader.throw(TimeoutError)
 
     def _read_until_end(self) -> None:
         sock = self.sock
